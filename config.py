@@ -1,0 +1,66 @@
+"""One typed settings object, read from environment variables and `.env`.
+
+Every setting is documented in README.md ("Settings"). Import `get_settings()`;
+it is cached so every module in a process sees the same values.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_CLIP_MODEL = "OFA-Sys/chinese-clip-vit-base-patch16"
+DEFAULT_VQA_MODEL = "Qwen/Qwen2.5-VL-3B-Instruct"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    # Models
+    clip_model: str = DEFAULT_CLIP_MODEL
+    vqa_model: str = DEFAULT_VQA_MODEL
+    model_source: Literal["modelscope", "huggingface"] = "modelscope"
+    model_cache_dir: Path | None = None
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    # Image library and vector store
+    image_library: Path = Path("./images")
+    qdrant_path: Path = Path("./data/qdrant")
+    qdrant_url: str | None = None
+    qdrant_api_key: str | None = None
+    qdrant_collection: str = "images"
+    qdrant_shards: int = Field(default=1, ge=1)
+    qdrant_replication_factor: int = Field(default=1, ge=1)
+
+    # Indexer
+    index_batch_size: int = Field(default=32, ge=1, le=4096)
+    index_workers: int = Field(default=4, ge=1, le=64)
+
+    # CLIP runner (adaptive batching)
+    clip_max_batch_size: int = Field(default=64, ge=1)
+    clip_max_latency_ms: int = Field(default=20_000, ge=1)
+
+    # VQA runner
+    vqa_quantization: Literal["4bit", "8bit", "none"] = "4bit"
+    vqa_min_pixels: int | None = Field(default=None, ge=1)
+    vqa_max_pixels: int | None = Field(default=None, ge=1)
+    vqa_max_new_tokens: int = Field(default=512, ge=1)
+    vqa_max_new_tokens_cap: int = Field(default=2048, ge=1)
+    vqa_video_fps: float = Field(default=1.0, gt=0)
+    vqa_video_max_frames: int = Field(default=16, ge=2)
+    vqa_max_batch_size: int = Field(default=8, ge=1)
+    vqa_max_latency_ms: int = Field(default=60_000, ge=1)
+
+    # Search API
+    search_max_top_k: int = Field(default=100, ge=1)
+    max_query_chars: int = Field(default=512, ge=1)
+    service_timeout_s: int = Field(default=120, ge=1)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,90 @@
+"""`python -m indexer`: fill the Qdrant collection from the image library (see README)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from config import Settings, get_settings
+from indexer.pipeline import Indexer, Options, Summary
+from store import open_store
+from store.base import ModelMismatchError, StoreError, VectorStore
+
+log = logging.getLogger("indexer")
+
+
+def parse_args(argv: list[str] | None, settings: Settings) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m indexer", description=__doc__)
+    parser.add_argument("--library", type=Path, default=settings.image_library,
+                        help="image folder (default: IMAGE_LIBRARY=%(default)s)")
+    parser.add_argument("--recreate", action="store_true",
+                        help="drop the collection and index from scratch (needed to change CLIP_MODEL)")
+    parser.add_argument("--batch-size", type=int, default=settings.index_batch_size,
+                        help="images per embedding/upsert batch (INDEX_BATCH_SIZE=%(default)s)")
+    parser.add_argument("--workers", type=int, default=settings.index_workers,
+                        help="decode threads (INDEX_WORKERS=%(default)s)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+    return parser.parse_args(argv)
+
+
+def check_model(store: VectorStore, model_id: str, recreate: bool) -> None:
+    """Refuse early (before loading the model) when the collection was made by another model."""
+    info = store.info()
+    if info is not None and info.model_id != model_id and not recreate:
+        raise ModelMismatchError(mismatch_message(info.model_id, model_id))
+
+
+def mismatch_message(stored: str, wanted: str) -> str:
+    return (f"the collection holds vectors made by {stored!r}, but CLIP_MODEL is {wanted!r}. "
+            f"Set CLIP_MODEL back to {stored!r}, or run `python -m indexer --recreate` to re-embed "
+            f"the library with the new model.")
+
+
+def print_summary(summary: Summary, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(summary.as_dict(), ensure_ascii=False))
+        return
+    print(f"scanned {summary.scanned} | added {summary.added} | updated {summary.updated} | "
+          f"removed {summary.removed} | unchanged {summary.unchanged} | failed {summary.failed} "
+          f"(vectors reused: {summary.reused})")
+    for path, reason in summary.failures:
+        print(f"  failed: {path}: {reason}")
+    print("seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in summary.seconds.items()))
+
+
+def run(argv: list[str] | None = None) -> int:
+    settings = get_settings()
+    args = parse_args(argv, settings)
+    if not args.library.is_dir():
+        print(f"error: image library {args.library} is not a folder (set IMAGE_LIBRARY or --library)",
+              file=sys.stderr)
+        return 2
+    from runners.clip import ClipEncoder, model_id_of
+    from runners.hub import ModelNotFoundError, resolve_model
+
+    try:
+        store = open_store(settings)
+        folder = resolve_model(settings.clip_model, settings.model_source, settings.model_cache_dir, "CLIP_MODEL")
+        check_model(store, model_id_of(settings.clip_model, folder), args.recreate)
+        encoder = ClipEncoder(str(folder), settings.device, model_id=model_id_of(settings.clip_model, folder))
+        store.ensure_collection(encoder.model_id, encoder.dim, recreate=args.recreate)
+        options = Options(batch_size=args.batch_size, workers=args.workers, progress=not args.no_progress)
+        summary = Indexer(store, encoder, options).run(args.library)
+        store.close()
+    except (ModelMismatchError, ModelNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except StoreError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print_summary(summary, args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    sys.exit(run())

@@ -1,0 +1,207 @@
+"""Runner: embed what changed in batches, upsert in batches, delete what is gone, and report."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+from PIL import Image
+
+from indexer.decode import Decoded, decode_entry
+from indexer.plan import make_plan
+from indexer.scan import FileEntry, scan_library
+from store.base import Point, VectorStore, point_id
+
+log = logging.getLogger(__name__)
+
+
+class ImageEncoder(Protocol):
+    model_id: str
+    dim: int
+
+    def encode_images(self, images: list[Image.Image]) -> np.ndarray: ...
+
+
+@dataclass
+class Summary:
+    scanned: int = 0
+    added: int = 0
+    updated: int = 0
+    removed: int = 0
+    unchanged: int = 0
+    failed: int = 0
+    reused: int = 0  # vectors taken over from a renamed/copied file or a touched file
+    failures: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    seconds: dict[str, float] = field(default_factory=dict)  # time spent per stage
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Options:
+    batch_size: int = 32
+    workers: int = 4
+    draft_size: int | None = 448  # JPEGs decode at a reduced scale no smaller than this
+    progress: bool = True
+
+
+class Indexer:
+    """One indexing run of `root` into `store` with `encoder`."""
+
+    def __init__(self, store: VectorStore, encoder: ImageEncoder, options: Options | None = None) -> None:
+        self.store = store
+        self.encoder = encoder
+        self.options = options or Options()
+        self.summary = Summary()
+        self.to_embed: list[Decoded] = []
+        self.to_reuse: list[tuple[Decoded, str]] = []
+        self.delete_ids: list[str] = []
+        self.timer: dict[str, float] = {}
+
+    def run(self, root: Path) -> Summary:
+        entries = self.timed("scan", scan_library, Path(root))
+        self.summary.scanned = len(entries)
+        payloads = self.timed("plan", lambda: dict(self.store.payloads()))
+        plan = make_plan(entries, payloads, self.encoder.model_id)
+        self.plan = plan
+        self.summary.unchanged = len(plan.unchanged)
+        for decoded in self.decoded(plan.check):
+            self.take(decoded)
+        self.flush_reuse()  # may hand files back to embedding, so it goes first
+        self.flush_embed()
+        self.delete_ids += plan.stale_ids
+        self.summary.removed = len(plan.stale_ids)
+        if self.delete_ids:
+            self.timed("write", self.store.delete, sorted(set(self.delete_ids)))
+        self.timed("finish", self.store.finish)
+        self.summary.seconds = {k: round(v, 3) for k, v in self.timer.items()}
+        return self.summary
+
+    def timed(self, stage: str, func: Any, *args: Any) -> Any:
+        start = time.perf_counter()
+        try:
+            return func(*args)
+        finally:
+            self.timer[stage] = self.timer.get(stage, 0.0) + time.perf_counter() - start
+
+    def decoded(self, entries: list[FileEntry]) -> Iterator[Decoded]:
+        """Decode in a worker pool, in order, with a bounded number of files in flight."""
+        window = max(2 * self.options.batch_size, 2 * self.options.workers)
+        needs_image = self.needs_image
+        bar = progress_bar(len(entries), self.options.progress)
+        with ThreadPoolExecutor(self.options.workers, thread_name_prefix="decode") as pool:
+            pending: deque[Future[Decoded]] = deque()
+            items = iter(entries)
+            for entry in items:
+                pending.append(pool.submit(decode_entry, entry, self.options.draft_size, needs_image))
+                if len(pending) >= window:
+                    yield self.wait(pending.popleft())
+                    bar.update(1)
+            while pending:
+                yield self.wait(pending.popleft())
+                bar.update(1)
+        bar.close()
+
+    def wait(self, future: Future[Decoded]) -> Decoded:
+        return self.timed("decode_wait", future.result)
+
+    def needs_image(self, entry: FileEntry, digest: str) -> bool:
+        return self.plan.reuse_source(entry, digest) is None
+
+    def take(self, item: Decoded) -> None:
+        pid = point_id(item.entry.rel_path)
+        if item.error is not None:
+            self.summary.failed += 1
+            self.summary.failures.append((item.entry.rel_path, item.error))
+            if pid in self.plan.existing:
+                self.delete_ids.append(pid)  # its old vector no longer matches the file
+            return
+        source = self.plan.reuse_source(item.entry, item.content_hash)
+        if source is not None:
+            self.to_reuse.append((item, source))
+            if len(self.to_reuse) >= self.options.batch_size:
+                self.flush_reuse()
+        else:
+            self.to_embed.append(item)
+            if len(self.to_embed) >= self.options.batch_size:
+                self.flush_embed()
+
+    def count_write(self, item: Decoded, same_content: bool) -> None:
+        pid = point_id(item.entry.rel_path)
+        if pid not in self.plan.existing:
+            self.summary.added += 1
+        elif same_content:
+            self.summary.unchanged += 1
+        else:
+            self.summary.updated += 1
+
+    def flush_embed(self) -> None:
+        batch, self.to_embed = self.to_embed, []
+        if not batch:
+            return
+        vectors = self.timed("embed", self.encoder.encode_images, [d.image for d in batch])
+        points = [self.point(d, vec, d.width, d.height) for d, vec in zip(batch, vectors, strict=True)]
+        self.timed("write", self.store.upsert, points)
+        for item in batch:
+            self.count_write(item, same_content=False)
+
+    def flush_reuse(self) -> None:
+        batch, self.to_reuse = self.to_reuse, []
+        if not batch:
+            return
+        vectors = self.timed("write", self.store.vectors, sorted({src for _, src in batch}))
+        points = []
+        for item, source in batch:
+            if source not in vectors:  # gone meanwhile: embed it after all
+                self.retry_embed(item)
+                continue
+            src = self.plan.existing[source]
+            points.append(self.point(item, vectors[source], int(src.get("width", 0)), int(src.get("height", 0))))
+            own = point_id(item.entry.rel_path)
+            self.count_write(item, same_content=source == own)
+            self.summary.reused += 1
+        self.timed("write", self.store.upsert, points)
+
+    def retry_embed(self, item: Decoded) -> None:
+        fresh = decode_entry(item.entry, self.options.draft_size)
+        if fresh.error is None:
+            self.to_embed.append(fresh)
+        else:
+            self.take(fresh)
+
+    def point(self, item: Decoded, vector: np.ndarray, width: int, height: int) -> Point:
+        entry = item.entry
+        payload = {
+            "path": entry.rel_path,
+            "content_hash": item.content_hash,
+            "size": entry.size,
+            "mtime": entry.mtime,
+            "width": width,
+            "height": height,
+            "indexed_at": time.time(),
+            "model_id": self.encoder.model_id,
+        }
+        return Point(point_id(entry.rel_path), np.asarray(vector, dtype=np.float32), payload)
+
+
+class _NoBar:
+    def update(self, n: int) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def progress_bar(total: int, enabled: bool) -> Any:
+    if not enabled or total == 0:
+        return _NoBar()
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="img", desc="indexing", dynamic_ncols=True)
+

@@ -1,0 +1,47 @@
+"""Compare the files on disk with the collection: what is unchanged, what to check, what is gone."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from indexer.scan import FileEntry
+from store.base import point_id
+
+MTIME_TOLERANCE = 1e-6
+
+
+@dataclass
+class Plan:
+    unchanged: list[FileEntry] = field(default_factory=list)  # same size and mtime as indexed
+    check: list[FileEntry] = field(default_factory=list)  # new or modified: hash, then embed or reuse
+    stale_ids: list[str] = field(default_factory=list)  # points whose file is gone
+    existing: dict[str, dict[str, Any]] = field(default_factory=dict)  # point id -> payload
+    by_hash: dict[str, str] = field(default_factory=dict)  # content hash -> a point id holding it
+
+    def reuse_source(self, entry: FileEntry, digest: str) -> str | None:
+        """The id of a point whose vector fits this content (its own, or a renamed/copied file's)."""
+        own = point_id(entry.rel_path)
+        if self.existing.get(own, {}).get("content_hash") == digest:
+            return own
+        return self.by_hash.get(digest)
+
+
+def same_stat(entry: FileEntry, payload: dict[str, Any]) -> bool:
+    return payload.get("size") == entry.size and abs(float(payload.get("mtime", -1)) - entry.mtime) < MTIME_TOLERANCE
+
+
+def make_plan(entries: list[FileEntry], payloads: dict[str, dict[str, Any]], model_id: str) -> Plan:
+    plan = Plan(existing=payloads)
+    plan.by_hash = {p["content_hash"]: pid for pid, p in sorted(payloads.items()) if p.get("content_hash")}
+    on_disk = set()
+    for entry in entries:
+        pid = point_id(entry.rel_path)
+        on_disk.add(pid)
+        payload = payloads.get(pid)
+        if payload is not None and same_stat(entry, payload) and payload.get("model_id") == model_id:
+            plan.unchanged.append(entry)
+        else:
+            plan.check.append(entry)
+    plan.stale_ids = sorted(set(payloads) - on_disk)
+    return plan

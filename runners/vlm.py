@@ -1,0 +1,477 @@
+"""Qwen2.5-VL visual question answering: a plain class, `VisionLanguageModel`.
+
+Images, videos (frame lists or local mp4/webm files) and multi-turn chats go through one code path:
+Qwen chat messages -> `qwen_vl_utils.process_vision_info` -> one left-padded processor batch -> `generate`.
+Heavy imports (torch, transformers, qwen_vl_utils, av) happen inside functions only.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, cast
+
+from PIL import Image
+
+from config import Settings, get_settings
+from runners.hub import resolve_model
+
+if TYPE_CHECKING:
+    import torch
+
+log = logging.getLogger(__name__)
+
+Quantization = Literal["4bit", "8bit", "none"]
+QUANTIZATIONS: tuple[str, ...] = ("4bit", "8bit", "none")
+# qwen-vl-utils samples at least this many frames from a video file (when it has them).
+MIN_VIDEO_FRAMES = 4
+
+Message = dict[str, Any]
+Conversation = list[Message]
+
+
+@dataclass(kw_only=True)
+class VQAItem:
+    """One question about zero or more images and/or one video.
+
+    `video` is a list of frames (PIL images, already sampled; at most VQA_VIDEO_MAX_FRAMES are kept) or a
+    local video file path (sampled at VQA_VIDEO_FPS, at most VQA_VIDEO_MAX_FRAMES frames).
+    `max_new_tokens` None means VQA_MAX_NEW_TOKENS; any value is capped at VQA_MAX_NEW_TOKENS_CAP.
+    """
+
+    question: str
+    images: list[Image.Image] = field(default_factory=list)
+    video: list[Image.Image] | str | Path | None = None
+    max_new_tokens: int | None = None
+
+
+@dataclass(frozen=True)
+class Generation:
+    """One generated answer with its OpenAI-style usage."""
+
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: Literal["stop", "length"]
+
+
+def pick_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("DEVICE=cuda but no CUDA device is available; use DEVICE=auto or cpu")
+    return device
+
+
+def item_messages(item: VQAItem) -> Conversation:
+    """The Qwen chat messages for one VQAItem: its images, its video, then the question."""
+    content: list[dict[str, Any]] = [{"type": "image", "image": image} for image in item.images]
+    if item.video is not None:
+        content.append({"type": "video", "video": item.video})
+    content.append({"type": "text", "text": item.question})
+    return [{"role": "user", "content": content}]
+
+
+def read_video(path: str | Path, fps: float, max_frames: int) -> tuple[list[Image.Image], float]:
+    """Decode a local video file with PyAV; return frames sampled at about `fps` and their sampling rate.
+
+    Follows qwen-vl-utils' rule (at least 4 frames when the clip has them, at most `max_frames`, an even
+    count, spread evenly over the clip), decoding sequentially and keeping only the chosen frames.
+    qwen-vl-utils 0.0.14 itself reads files with torchcodec, decord or `torchvision.io.read_video`; the
+    first two are not installed and torchvision 0.29 no longer has `read_video`, so it cannot read files here.
+    """
+    import av
+
+    text = str(path)
+    if text.startswith("file://"):
+        text = text[len("file://"):]
+    if "://" in text:
+        raise ValueError(f"only local video files are read, got {text!r}")
+    if not Path(text).is_file():
+        raise FileNotFoundError(f"no such video file: {text}")
+    with av.open(text) as container:
+        if not container.streams.video:
+            raise ValueError(f"{text} has no video stream")
+        stream = container.streams.video[0]
+        rate = float(stream.average_rate or stream.guessed_rate or 0) or 24.0
+        total = int(stream.frames or 0)
+        if total <= 0:  # webm/mkv often lack a frame count: estimate from the duration
+            if stream.duration is not None and stream.time_base is not None:
+                seconds = float(stream.duration * stream.time_base)
+            elif container.duration is not None:
+                seconds = container.duration / 1_000_000
+            else:
+                seconds = 0.0
+            total = max(1, round(seconds * rate))
+        wanted = sample_count(total, rate, fps, max_frames)
+        indices = sorted({round(i * (total - 1) / max(wanted - 1, 1)) for i in range(wanted)})
+        keep = set(indices)
+        frames: list[Image.Image] = []
+        decoded = 0
+        for frame in container.decode(stream):
+            if decoded in keep:
+                frames.append(frame.to_image().convert("RGB"))
+            decoded += 1
+            if decoded > indices[-1]:
+                break
+        else:  # the clip ended before the estimated frame count
+            total = max(decoded, 1)
+    if not frames:
+        raise ValueError(f"could not decode any frame from {text}")
+    sample_fps = len(frames) / total * rate
+    return frames, sample_fps
+
+
+def sample_count(total: int, rate: float, fps: float, max_frames: int) -> int:
+    """How many frames to take from a clip of `total` frames at `rate` fps when sampling at `fps`."""
+    if total < 2:
+        return 1
+    want = total / rate * fps
+    want = min(max(want, MIN_VIDEO_FRAMES), max_frames, total)
+    return max(2, int(want // 2 * 2))
+
+
+def subsample(frames: Sequence[Any], max_frames: int) -> list[Any]:
+    """Keep at most `max_frames` frames, evenly spread."""
+    if len(frames) <= max_frames:
+        return list(frames)
+    step = (len(frames) - 1) / (max_frames - 1)
+    return [frames[round(i * step)] for i in range(max_frames)]
+
+
+class VisionLanguageModel:
+    """Qwen2.5-VL (any Qwen2_5_VLForConditionalGeneration folder) answering questions about images/videos.
+
+    `quantization` None means VQA_QUANTIZATION on CUDA and "none" on CPU; pass "4bit"/"8bit" to force
+    bitsandbytes on CPU too (bitsandbytes 0.50 loads and runs NF4 on CPU).
+    Calls are serialised by a lock: one generate at a time per instance.
+    """
+
+    def __init__(
+        self,
+        model_dir: str | Path,
+        settings: Settings | None = None,
+        *,
+        quantization: Quantization | None = None,
+        model_id: str | None = None,
+    ) -> None:
+        import torch
+        from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
+
+        settings = settings or get_settings()
+        self.settings = settings
+        self.device = pick_device(settings.device)
+        self.model_id = model_id or str(model_dir)
+        if quantization is None:
+            quantization = settings.vqa_quantization if self.device == "cuda" else "none"
+        if quantization not in QUANTIZATIONS:
+            raise ValueError(f"quantization must be one of {QUANTIZATIONS}, got {quantization!r}")
+        self.quantization: str = quantization
+        self.min_pixels = settings.vqa_min_pixels
+        self.max_pixels = settings.vqa_max_pixels
+        if self.min_pixels is not None and self.max_pixels is not None and self.min_pixels > self.max_pixels:
+            raise ValueError(f"VQA_MIN_PIXELS={self.min_pixels} > VQA_MAX_PIXELS={self.max_pixels}")
+
+        if self.device == "cuda":
+            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        else:
+            dtype = torch.float32
+        kwargs: dict[str, Any] = {"dtype": dtype, "low_cpu_mem_usage": True}
+        if quantization != "none":
+            kwargs["quantization_config"] = bitsandbytes_config(quantization, dtype)
+        if self.device == "cuda":
+            kwargs["device_map"] = "auto"
+        elif quantization != "none":
+            kwargs["device_map"] = {"": "cpu"}
+        self.model = Qwen2_5_VLForConditionalGeneration.from_pretrained(str(model_dir), **kwargs)
+        if "device_map" not in kwargs:
+            self.model.to(self.device)
+        self.model.eval()
+
+        self.processor = AutoProcessor.from_pretrained(str(model_dir))
+        self.tokenizer = self.processor.tokenizer
+        self.tokenizer.padding_side = "left"  # batched generation appends after each row's last token
+
+        gen = self.model.generation_config
+        eos = gen.eos_token_id if gen.eos_token_id is not None else self.tokenizer.eos_token_id
+        self.eos_token_ids: set[int] = set(eos if isinstance(eos, list) else [eos])
+        self.pad_token_id: int = (
+            gen.pad_token_id if gen.pad_token_id is not None
+            else self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None
+            else min(self.eos_token_ids)
+        )
+        # (prompt_tokens, completion_tokens) per item of the last call; use generate() for race-free counts.
+        self.token_counts: list[tuple[int, int]] = []
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings | None = None, *, quantization: Quantization | None = None
+    ) -> VisionLanguageModel:
+        settings = settings or get_settings()
+        folder = resolve_model(settings.vqa_model, settings.model_source, settings.model_cache_dir, "VQA_MODEL")
+        return cls(folder, settings, quantization=quantization, model_id=settings.vqa_model)
+
+    # ------------------------------------------------------------------------------------------- public
+
+    def answer(self, image: Image.Image, question: str, max_new_tokens: int | None = None) -> str:
+        return self.answer_batch([VQAItem(images=[image], question=question, max_new_tokens=max_new_tokens)])[0]
+
+    def answer_batch(self, items: Sequence[VQAItem]) -> list[str]:
+        """Answer every item (greedy) in one left-padded batch."""
+        conversations = [item_messages(item) for item in items]
+        limits = [item.max_new_tokens for item in items]
+        return [g.text for g in self.generate(conversations, limits)]
+
+    def chat_batch(
+        self,
+        conversations: Sequence[Conversation],
+        max_new_tokens: int | None = None,
+        temperature: float = 0.0,
+        top_p: float | None = None,
+    ) -> list[str]:
+        """Continue each Qwen-format conversation (messages with role and content: a string or a list of
+        {"type": "text"|"image"|"video", ...} parts holding PIL images / frame lists / local video paths)."""
+        return [g.text for g in self.generate(conversations, max_new_tokens, temperature, top_p)]
+
+    def stream(self, item: VQAItem) -> Iterator[str]:
+        """Yield the greedy answer to `item` piece by piece; the pieces join to `answer_batch([item])[0]`."""
+        return self.stream_chat(item_messages(item), item.max_new_tokens)
+
+    def stream_chat(
+        self,
+        conversation: Conversation,
+        max_new_tokens: int | None = None,
+        temperature: float = 0.0,
+        top_p: float | None = None,
+    ) -> Iterator[str]:
+        """Like chat_batch for one conversation, yielding text pieces as they are generated."""
+        from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+
+        limit = self.new_token_limit(max_new_tokens)
+        inputs = self.build_inputs([conversation])
+        prompt_tokens = int(inputs["attention_mask"][0].sum())
+        streamer = TextIteratorStreamer(
+            self.tokenizer, skip_prompt=True, skip_special_tokens=True, clean_up_tokenization_spaces=False
+        )
+        cancelled = threading.Event()
+
+        class Cancelled(StoppingCriteria):
+            def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+                import torch
+
+                return torch.full((input_ids.shape[0],), cancelled.is_set(), dtype=torch.bool,
+                                  device=input_ids.device)
+
+        outcome: dict[str, Any] = {}
+
+        def run() -> None:
+            try:
+                outcome["output"] = self._generate(
+                    inputs, limit, temperature, top_p,
+                    streamer=streamer, stopping_criteria=StoppingCriteriaList([Cancelled()]),
+                )
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the consumer's thread
+                outcome["error"] = exc
+                streamer.end()
+
+        thread = threading.Thread(target=run, name="vlm-stream", daemon=True)
+        thread.start()
+        try:
+            yield from streamer
+        finally:
+            cancelled.set()
+            thread.join()
+        if "error" in outcome:
+            raise outcome["error"]
+        generated = outcome["output"][0, inputs["input_ids"].shape[1]:]
+        self.token_counts = [(prompt_tokens, self._finish(generated.tolist(), limit)[1])]
+
+    def generate(
+        self,
+        conversations: Sequence[Conversation],
+        max_new_tokens: int | None | Sequence[int | None] = None,
+        temperature: float = 0.0,
+        top_p: float | None = None,
+    ) -> list[Generation]:
+        """The shared path: one batch, one generate; per-conversation token limits and usage.
+
+        `max_new_tokens` is one limit for all or one per conversation (None: VQA_MAX_NEW_TOKENS), each capped
+        at VQA_MAX_NEW_TOKENS_CAP. temperature 0 is greedy; above 0 samples (top_p default 1.0).
+        """
+        if not conversations:
+            return []
+        if max_new_tokens is None or isinstance(max_new_tokens, int):
+            limits = [self.new_token_limit(max_new_tokens)] * len(conversations)
+        else:
+            if len(max_new_tokens) != len(conversations):
+                raise ValueError("max_new_tokens needs one value per conversation")
+            limits = [self.new_token_limit(n) for n in max_new_tokens]
+        inputs = self.build_inputs(conversations)
+        output = self._generate(inputs, max(limits), temperature, top_p)
+        start = inputs["input_ids"].shape[1]  # left padding: every row's prompt ends here
+        results = []
+        for row, limit in enumerate(limits):
+            tokens = output[row, start:].tolist()[:limit]
+            kept, count, reason = self._finish(tokens, limit)
+            text = self.tokenizer.decode(kept, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+            prompt = int(inputs["attention_mask"][row].sum())
+            results.append(Generation(text=text, prompt_tokens=prompt, completion_tokens=count, finish_reason=reason))
+        self.token_counts = [(g.prompt_tokens, g.completion_tokens) for g in results]
+        return results
+
+    def new_token_limit(self, requested: int | None) -> int:
+        value = self.settings.vqa_max_new_tokens if requested is None else int(requested)
+        if value < 1:
+            raise ValueError(f"max_new_tokens must be at least 1, got {value}")
+        return min(value, self.settings.vqa_max_new_tokens_cap)
+
+    def build_inputs(self, conversations: Sequence[Conversation]) -> Any:
+        """The processor's left-padded batch (a BatchFeature on the model's device) for `conversations`."""
+        from qwen_vl_utils import process_vision_info
+
+        prepared = [self._prepare(conversation) for conversation in conversations]
+        texts = [
+            self.processor.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
+            for conversation in prepared
+        ]
+        patch = int(getattr(self.processor.image_processor, "patch_size", 14))
+        images, videos, _ = process_vision_info(
+            prepared, return_video_kwargs=True, return_video_metadata=True, image_patch_size=patch
+        )
+        images_kwargs: dict[str, Any] = {}
+        videos_kwargs: dict[str, Any] = {}
+        if self.min_pixels is not None or self.max_pixels is not None:
+            # VQA_MIN/MAX_PIXELS, only when set (else the processor's own config applies), per modality.
+            low, high = self.pixel_bounds("image")
+            images_kwargs["size"] = {"shortest_edge": low, "longest_edge": high}
+            low, high = self.pixel_bounds("video")
+            videos_kwargs["size"] = {"shortest_edge": low, "longest_edge": high}
+        kwargs: dict[str, Any] = {}
+        if videos:
+            kwargs["videos"] = [video for video, _ in videos]
+            videos_kwargs["video_metadata"] = [metadata for _, metadata in videos]
+            videos_kwargs["do_sample_frames"] = False  # frames were sampled above
+            if hasattr(self.processor.video_processor, "cap_pixels_per_frame"):
+                videos_kwargs["cap_pixels_per_frame"] = True  # qwen-vl-utils' per-frame budget, applied above
+            kwargs["videos_kwargs"] = videos_kwargs
+        if images:
+            kwargs["images_kwargs"] = images_kwargs
+        inputs = self.processor(text=texts, images=images or None, padding=True, return_tensors="pt", **kwargs)
+        inputs.pop("video_metadata", None)
+        return inputs.to(self.model.device)
+
+    # ------------------------------------------------------------------------------------------ helpers
+
+    def pixel_bounds(self, kind: Literal["image", "video"]) -> tuple[int, int]:
+        """(min_pixels, max_pixels) per image or video frame: the settings, else the processor's config."""
+        proc = self.processor.image_processor if kind == "image" else self.processor.video_processor
+        size = proc.size
+        low = self.min_pixels or size_value(size, "shortest_edge") or 56 * 56
+        high = self.max_pixels or size_value(size, "longest_edge") or 28 * 28 * 1280
+        return min(low, high), high
+
+    def _prepare(self, conversation: Conversation) -> Conversation:
+        """Copy a conversation, giving each image/video part its pixel bounds and decoding video files."""
+        prepared = []
+        for message in conversation:
+            content = message.get("content")
+            if not isinstance(content, list):
+                prepared.append(dict(message))
+                continue
+            parts = []
+            for part in content:
+                part = dict(part)
+                if "image" in part or "image_url" in part or part.get("type") in ("image", "image_url"):
+                    part = self._prepare_image(part)
+                elif "video" in part or part.get("type") == "video":
+                    part = self._prepare_video(part)
+                parts.append(part)
+            prepared.append({**message, "content": parts})
+        return prepared
+
+    def _prepare_image(self, part: dict[str, Any]) -> dict[str, Any]:
+        image = part.pop("image_url", None) if "image" not in part else part["image"]
+        if isinstance(image, dict):  # OpenAI-style {"url": ...}
+            image = image.get("url")
+        if isinstance(image, (str, Path)):
+            text = str(image)
+            if "://" in text and not text.startswith("file://"):
+                raise ValueError("images must be PIL images or local files; remote URLs are not fetched here")
+            image = Image.open(text[len("file://"):] if text.startswith("file://") else text)
+        if not isinstance(image, Image.Image):
+            raise TypeError(f"an image part needs a PIL image, got {type(image).__name__}")
+        low, high = self.pixel_bounds("image")
+        part.update(type="image", image=image, min_pixels=low, max_pixels=high)
+        return part
+
+    def _prepare_video(self, part: dict[str, Any]) -> dict[str, Any]:
+        video = part.get("video")
+        fps = self.settings.vqa_video_fps
+        max_frames = self.settings.vqa_video_max_frames
+        if isinstance(video, (str, Path)):
+            frames, sample_fps = read_video(video, fps, max_frames)
+        elif isinstance(video, (list, tuple)) and video:
+            frames = [frame.convert("RGB") if isinstance(frame, Image.Image) else frame for frame in video]
+            frames = subsample(frames, max_frames)
+            sample_fps = float(part.get("sample_fps", fps))
+        else:
+            raise TypeError("a video part needs a non-empty list of frames or a local video file path")
+        low, high = self.pixel_bounds("video")
+        for key in ("fps", "nframes", "min_frames", "max_frames", "video_start", "video_end"):
+            part.pop(key, None)
+        part.update(type="video", video=frames, sample_fps=sample_fps, min_pixels=low, max_pixels=high)
+        return part
+
+    def _generate(
+        self, inputs: Any, max_new_tokens: int, temperature: float, top_p: float | None, **extra: Any
+    ) -> torch.Tensor:
+        import torch
+
+        config = copy.deepcopy(self.model.generation_config)
+        config.max_new_tokens = max_new_tokens
+        config.pad_token_id = self.pad_token_id
+        # Override the checkpoint's sampling defaults (Qwen ships temperature 0.1, top_p 0.001, top_k 1).
+        # None would fall back to them, so the neutral values are set explicitly.
+        if temperature and temperature > 0:
+            config.update(do_sample=True, temperature=float(temperature), top_k=0,
+                          top_p=1.0 if top_p is None else float(top_p))
+        else:
+            config.update(do_sample=False, temperature=1.0, top_p=1.0, top_k=50)
+        with self._lock, torch.inference_mode():
+            return cast("torch.Tensor", self.model.generate(**inputs, generation_config=config, **extra))
+
+    def _finish(self, tokens: list[int], limit: int) -> tuple[list[int], int, Literal["stop", "length"]]:
+        """Cut generated ids at the first end-of-sequence token: (kept ids, completion tokens, finish reason)."""
+        for index, token in enumerate(tokens[:limit]):
+            if token in self.eos_token_ids:
+                return tokens[:index], index + 1, "stop"
+        kept = tokens[:limit]
+        return kept, len(kept), "length"
+
+
+def size_value(size: Any, key: str) -> int | None:
+    value = size.get(key) if isinstance(size, dict) else getattr(size, key, None)
+    return int(value) if value else None
+
+
+def bitsandbytes_config(quantization: str, compute_dtype: Any) -> Any:
+    from transformers import BitsAndBytesConfig
+
+    if quantization == "4bit":
+        return BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=compute_dtype,
+        )
+    return BitsAndBytesConfig(load_in_8bit=True)
+
+
+__all__ = ["Generation", "Quantization", "VQAItem", "VisionLanguageModel", "item_messages", "read_video"]

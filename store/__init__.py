@@ -1,0 +1,58 @@
+"""Vector store: a Qdrant server when QDRANT_URL is set, else an embedded Qdrant Edge shard in QDRANT_PATH.
+
+The backends are imported on demand: qdrant-client takes ~2 s to import, the embedded store
+does not need it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from store.base import (
+    PAYLOAD_FIELDS,
+    POINT_NAMESPACE,
+    CollectionInfo,
+    CollectionMissingError,
+    Hit,
+    ModelMismatchError,
+    Point,
+    StoreError,
+    StoreLockedError,
+    VectorStore,
+    point_id,
+)
+
+if TYPE_CHECKING:
+    from config import Settings
+
+__all__ = [
+    "PAYLOAD_FIELDS",
+    "POINT_NAMESPACE",
+    "CollectionInfo",
+    "CollectionMissingError",
+    "Hit",
+    "ModelMismatchError",
+    "Point",
+    "StoreError",
+    "StoreLockedError",
+    "VectorStore",
+    "open_store",
+    "point_id",
+]
+
+
+def open_store(settings: Settings) -> VectorStore:
+    """The store the settings name. Opens nothing yet: the first operation connects / opens."""
+    if settings.qdrant_url:
+        from store.server import ServerStore
+
+        return ServerStore.from_url(
+            settings.qdrant_url,
+            settings.qdrant_api_key,
+            settings.qdrant_collection,
+            shards=settings.qdrant_shards,
+            replication_factor=settings.qdrant_replication_factor,
+        )
+    from store.edge import EdgeStore
+
+    return EdgeStore(settings.qdrant_path, settings.qdrant_collection)

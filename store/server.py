@@ -1,0 +1,228 @@
+"""The server vector store: a collection on a Qdrant server (QDRANT_URL), through qdrant-client.
+
+The model record lives in the collection's own metadata (create_collection(metadata=...),
+Qdrant server >= 1.16; qdrant-client's local ":memory:" mode keeps it too), so it is created and
+dropped atomically with the collection. A collection without that record (made by another tool,
+or by a server that ignores metadata) reports model_id "" and therefore never matches a model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+from qdrant_client import QdrantClient, models
+from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
+
+from store.base import (
+    CollectionInfo,
+    CollectionMissingError,
+    Hit,
+    Point,
+    StoreError,
+    as_vector,
+    clean_payload,
+    require_same_model,
+)
+
+UPSERT_CHUNK = 256
+SCROLL_PAGE = 512
+RETRIEVE_CHUNK = 1024
+
+
+class ServerStore:
+    """VectorStore over one collection of a Qdrant server (or of a local qdrant-client)."""
+
+    def __init__(self, client: QdrantClient, collection: str, shards: int = 1,
+                 replication_factor: int = 1) -> None:
+        self.client = client
+        self.collection = collection
+        self.shards = shards
+        self.replication_factor = replication_factor
+        options = getattr(client, "init_options", {}) or {}
+        self.location = str(options.get("url") or options.get("location") or options.get("host")
+                            or options.get("path") or "the Qdrant server")
+
+    @classmethod
+    def from_url(cls, url: str, api_key: str | None, collection: str, shards: int = 1,
+                 replication_factor: int = 1, timeout: int = 30) -> ServerStore:
+        try:
+            # No compatibility check: it makes a request in the constructor; errors show up, with
+            # a clear message, on the first operation instead.
+            client = QdrantClient(url=url, api_key=api_key or None, timeout=timeout,
+                                  check_compatibility=False)
+        except Exception as exc:
+            raise StoreError(f"invalid Qdrant server address {url!r} (QDRANT_URL): {exc}") from exc
+        return cls(client, collection, shards=shards, replication_factor=replication_factor)
+
+    def _where(self) -> str:
+        return f"collection {self.collection!r} on {self.location}"
+
+    # --- VectorStore -----------------------------------------------------------------------------
+
+    def info(self) -> CollectionInfo | None:
+        try:
+            with self._server("read the collection"):
+                described = self.client.get_collection(self.collection)
+        except CollectionMissingError:
+            return None
+        meta = described.config.metadata or {}
+        params = described.config.params.vectors
+        if not isinstance(params, models.VectorParams) or params.distance != models.Distance.COSINE:
+            # Named vectors or another distance: not a collection this app made.
+            return CollectionInfo(model_id="", dim=0)
+        return CollectionInfo(model_id=str(meta.get("model_id", "")), dim=int(params.size))
+
+    def ensure_collection(self, model_id: str, dim: int, recreate: bool = False) -> None:
+        if dim <= 0:
+            raise StoreError(f"invalid vector dimension {dim}")
+        current = self.info()
+        if current is not None and not recreate:
+            require_same_model(current, model_id, dim, self._where())
+            return
+        if current is not None:
+            with self._server("drop the collection"):
+                self.client.delete_collection(self.collection)
+        try:
+            with self._server("create the collection"):
+                self.client.create_collection(
+                    self.collection,
+                    vectors_config=models.VectorParams(size=dim, distance=models.Distance.COSINE),
+                    shard_number=self.shards,
+                    replication_factor=self.replication_factor,
+                    metadata={"model_id": model_id, "dim": dim},
+                )
+        except StoreError:
+            # Another indexer may have created it meanwhile: accept it if it is the same model.
+            current = self.info()
+            if current is None:
+                raise
+            require_same_model(current, model_id, dim, self._where())
+            return
+        created = self.info()
+        if created is None or created.model_id != model_id:
+            raise StoreError(
+                f"{self.location} did not keep the collection metadata that records the model; "
+                "Qdrant server 1.16 or newer is needed (upgrade the server, or unset QDRANT_URL "
+                "to use the embedded store in QDRANT_PATH).")
+
+    def upsert(self, points: Sequence[Point]) -> None:
+        for start in range(0, len(points), UPSERT_CHUNK):
+            chunk = [models.PointStruct(id=p.id, vector=as_vector(p.vector),
+                                        payload=clean_payload(p.payload))
+                     for p in points[start:start + UPSERT_CHUNK]]
+            with self._server("upsert points"):
+                self.client.upsert(self.collection, points=chunk, wait=True)
+
+    def delete(self, ids: Sequence[str]) -> None:
+        if not ids:
+            return
+        with self._server("delete points"):
+            self.client.delete(self.collection, points_selector=models.PointIdsList(points=list(ids)),
+                               wait=True)
+
+    def payloads(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        offset: Any = None
+        while True:
+            try:
+                with self._server("scroll points"):
+                    records, offset = self.client.scroll(
+                        self.collection, limit=SCROLL_PAGE, offset=offset,
+                        with_payload=True, with_vectors=False)
+            except CollectionMissingError:
+                return
+            for record in records:
+                yield str(record.id), dict(record.payload or {})
+            if offset is None or not records:
+                return
+
+    def vectors(self, ids: Sequence[str]) -> dict[str, np.ndarray]:
+        out: dict[str, np.ndarray] = {}
+        wanted = list(ids)
+        for start in range(0, len(wanted), RETRIEVE_CHUNK):
+            try:
+                with self._server("retrieve points"):
+                    records = self.client.retrieve(self.collection, ids=wanted[start:start + RETRIEVE_CHUNK],
+                                                   with_payload=False, with_vectors=True)
+            except CollectionMissingError:
+                return out
+            for record in records:
+                vector: Any = record.vector
+                if isinstance(vector, dict):
+                    vector = vector.get("")
+                if vector is not None:
+                    out[str(record.id)] = np.asarray(vector, dtype=np.float32)
+        return out
+
+    def search(self, vector: np.ndarray, limit: int) -> list[Hit]:
+        if limit <= 0:
+            return []
+        try:
+            with self._server("search"):
+                found = self.client.query_points(self.collection, query=as_vector(vector), limit=limit,
+                                                 with_payload=True, with_vectors=False).points
+        except CollectionMissingError:
+            return []
+        return [Hit(id=str(p.id), score=float(p.score), payload=dict(p.payload or {})) for p in found]
+
+    def count(self) -> int:
+        try:
+            with self._server("count points"):
+                return int(self.client.count(self.collection, exact=True).count)
+        except CollectionMissingError:
+            return 0
+
+    def finish(self) -> None:
+        """Nothing to do: writes used wait=True (applied and in the server's WAL), and the server's
+        optimizers build the HNSW index in the background."""
+
+    def close(self) -> None:
+        self.client.close()
+
+    # --- internals -------------------------------------------------------------------------------
+
+    @contextmanager
+    def _server(self, what: str) -> Iterator[None]:
+        """Turn qdrant-client errors into StoreError; a missing collection into CollectionMissingError."""
+        try:
+            yield
+        except StoreError:
+            raise
+        except UnexpectedResponse as exc:
+            detail = _response_text(exc)
+            if exc.status_code == 404 and "collection" in detail.lower():
+                raise self._missing() from exc
+            if exc.status_code in (401, 403):
+                raise StoreError(f"{self.location} refused to {what} (HTTP {exc.status_code}): "
+                                 "check QDRANT_API_KEY") from exc
+            raise StoreError(f"{self.location} failed to {what} for {self._where()} "
+                             f"(HTTP {exc.status_code}): {detail}") from exc
+        except ValueError as exc:
+            # qdrant-client's local mode (":memory:" or a path) raises ValueError("Collection x not found")
+            if "not found" in str(exc).lower():
+                raise self._missing() from exc
+            raise StoreError(f"cannot {what} for {self._where()}: {exc}") from exc
+        except (ResponseHandlingException, OSError, ConnectionError, TimeoutError) as exc:
+            raise self._unreachable(what, exc) from exc
+        except Exception as exc:  # httpx / grpc transport errors and the like
+            if type(exc).__module__.split(".")[0] in ("httpx", "httpcore", "grpc"):
+                raise self._unreachable(what, exc) from exc
+            raise StoreError(f"cannot {what} for {self._where()}: {exc}") from exc
+
+    def _missing(self) -> CollectionMissingError:
+        return CollectionMissingError(
+            f"{self._where()} does not exist yet: run the indexer (python -m indexer) first")
+
+    def _unreachable(self, what: str, exc: Exception) -> StoreError:
+        return StoreError(
+            f"cannot reach the Qdrant server at {self.location} (QDRANT_URL) to {what}: {exc}. "
+            "Start the server or fix QDRANT_URL, or unset QDRANT_URL to use the embedded store "
+            "in QDRANT_PATH.")
+
+
+def _response_text(exc: UnexpectedResponse) -> str:
+    content = exc.content
+    text = content.decode("utf-8", "replace") if isinstance(content, bytes) else str(content)
+    return text[:500] or str(exc)

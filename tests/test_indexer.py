@@ -1,0 +1,293 @@
+"""The indexer job: each stage on its own, then whole runs (incremental, failures, crash, model change)."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+from qdrant_client import QdrantClient
+from shapes import draw_shape, make_library
+
+from indexer.decode import decode_entry, open_image
+from indexer.pipeline import Indexer, Options
+from indexer.plan import make_plan
+from indexer.scan import scan_library
+from runners.clip import ClipEncoder
+from store.base import ModelMismatchError, point_id
+from store.edge import EdgeStore
+from store.server import ServerStore
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class CountingEncoder:
+    """The real encoder, counting how many images it was asked to embed."""
+
+    def __init__(self, encoder: ClipEncoder) -> None:
+        self.encoder = encoder
+        self.model_id = encoder.model_id
+        self.dim = encoder.dim
+        self.embedded = 0
+
+    def encode_images(self, images: list[Image.Image]) -> np.ndarray:
+        self.embedded += len(images)
+        return self.encoder.encode_images(images)
+
+
+@pytest.fixture(scope="module")
+def encoder(random_clip_dir: Path) -> ClipEncoder:
+    return ClipEncoder(str(random_clip_dir), "cpu", model_id="random-clip")
+
+
+@pytest.fixture(params=["edge", "server"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+    if request.param == "edge":
+        made: Any = EdgeStore(tmp_path / "qdrant", "images")
+    else:
+        made = ServerStore(QdrantClient(":memory:"), "images")
+    yield made
+    made.close()
+
+
+def index(store: Any, encoder: ClipEncoder, library: Path, **options: Any) -> tuple[Any, CountingEncoder]:
+    counting = CountingEncoder(encoder)
+    store.ensure_collection(counting.model_id, counting.dim)
+    summary = Indexer(store, counting, Options(progress=False, **options)).run(library)
+    return summary, counting
+
+
+def contents(store: Any) -> dict[str, dict[str, Any]]:
+    """Point id -> payload without the indexing time."""
+    return {pid: {k: v for k, v in p.items() if k != "indexed_at"} for pid, p in store.payloads()}
+
+
+def corrupt_files(library: Path) -> dict[str, str]:
+    good = io.BytesIO()
+    draw_shape("circle", "red", seed=99).save(good, format="JPEG")
+    (library / "broken").mkdir(exist_ok=True)
+    (library / "broken" / "empty.png").write_bytes(b"")
+    (library / "broken" / "truncated.jpg").write_bytes(good.getvalue()[: len(good.getvalue()) // 2])
+    (library / "broken" / "notes.JPG").write_text("this is not an image")
+    return {"broken/empty.png": "empty", "broken/truncated.jpg": "truncated", "broken/notes.JPG": "image"}
+
+
+# ---------------------------------------------------------------- stages
+
+
+def test_scan_finds_images_recursively_case_insensitive(tmp_path: Path) -> None:
+    for rel in ["a.JPG", "sub/b.jpeg", "sub/deep/c.PNG", "d.webp", "e.bmp", "f.GIF", "g.txt", ".hidden.jpg",
+                ".cache/h.jpg"]:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"x")
+    outside = tmp_path.parent / f"{tmp_path.name}-outside.jpg"
+    outside.write_bytes(b"x")
+    (tmp_path / "link.jpg").symlink_to(outside)
+    found = [e.rel_path for e in scan_library(tmp_path)]
+    assert found == ["a.JPG", "d.webp", "e.bmp", "f.GIF", "sub/b.jpeg", "sub/deep/c.PNG"]
+
+
+def test_decode_handles_modes_animation_exif_and_bombs(tmp_path: Path) -> None:
+    def encoded(image: Image.Image, fmt: str, **kw: Any) -> bytes:
+        buf = io.BytesIO()
+        image.save(buf, format=fmt, **kw)
+        return buf.getvalue()
+
+    base = draw_shape("square", "blue", size=64, seed=1)
+    for image in [base.convert("RGBA"), base.convert("P"), base.convert("CMYK"), base.convert("L"),
+                  Image.new("I;16", (40, 30), 40000)]:
+        fmt = "JPEG" if image.mode == "CMYK" else "PNG"
+        rgb, w, h = open_image(encoded(image, fmt))
+        assert rgb.mode == "RGB" and (w, h) == image.size
+    frames = [draw_shape("circle", c, seed=2) for c in ("red", "green")]
+    gif = encoded(frames[0], "GIF", save_all=True, append_images=frames[1:])
+    first, _, _ = open_image(gif)
+    assert first.getpixel((0, 0)) == frames[0].convert("P").convert("RGB").getpixel((0, 0))
+    wide = Image.new("RGB", (80, 40), "white")
+    exif = wide.getexif()
+    exif[0x0112] = 6  # stored sideways: must come out rotated upright
+    upright, w, h = open_image(encoded(wide, "JPEG", exif=exif))
+    assert upright.size == (40, 80) and (w, h) == (40, 80)
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(encoded(Image.new("1", (20_000, 20_000)), "PNG"))
+    entry = scan_library(tmp_path)[0]
+    assert "too large" in (decode_entry(entry).error or "")
+
+
+def test_plan_sorts_files_into_unchanged_check_and_stale(tmp_path: Path) -> None:
+    make_library(tmp_path, n_per_class=1)
+    entries = scan_library(tmp_path)
+    kept, touched = entries[0], entries[1]
+    payloads = {
+        point_id(kept.rel_path): {"size": kept.size, "mtime": kept.mtime, "model_id": "m", "content_hash": "h1"},
+        point_id(touched.rel_path): {"size": touched.size, "mtime": 1.0, "model_id": "m", "content_hash": "h2"},
+        point_id("gone.jpg"): {"size": 1, "mtime": 1.0, "model_id": "m", "content_hash": "h3"},
+    }
+    plan = make_plan(entries, payloads, "m")
+    assert plan.unchanged == [kept]
+    assert len(plan.check) == len(entries) - 1 and touched in plan.check
+    assert plan.stale_ids == [point_id("gone.jpg")]
+    assert plan.reuse_source(touched, "h2") == point_id(touched.rel_path)
+    assert plan.reuse_source(entries[2], "h3") == point_id("gone.jpg")
+    assert make_plan(entries, payloads, "other-model").unchanged == []
+
+
+# ---------------------------------------------------------------- whole runs
+
+
+def test_first_run_indexes_everything_and_reports_failures(store: Any, encoder: ClipEncoder,
+                                                            tmp_path: Path) -> None:
+    library = tmp_path / "lib"
+    shapes = make_library(library, n_per_class=1)
+    broken = corrupt_files(library)
+    summary, counting = index(store, encoder, library, batch_size=4, workers=2)
+    assert (summary.scanned, summary.added, summary.failed) == (len(shapes) + 3, len(shapes), 3)
+    assert counting.embedded == len(shapes)
+    reasons = dict(summary.failures)
+    for rel, word in broken.items():
+        assert word in reasons[rel]
+    stored = contents(store)
+    assert set(stored) == {point_id(rel) for rel in shapes}
+    payload = stored[point_id(next(iter(shapes)))]
+    assert payload["path"] == next(iter(shapes)) and payload["model_id"] == "random-clip"
+    assert payload["width"] in (64, 80, 96) and payload["size"] > 0 and len(payload["content_hash"]) == 32
+    # vectors are the model's own image embeddings
+    rel = sorted(shapes)[3]
+    expected = encoder.encode_images([Image.open(library / rel).convert("RGB")])[0]
+    assert store.vectors([point_id(rel)])[point_id(rel)] == pytest.approx(expected, abs=1e-4)
+
+
+def test_incremental_runs_add_update_remove_rename_touch(store: Any, encoder: ClipEncoder,
+                                                         tmp_path: Path) -> None:
+    library = tmp_path / "lib"
+    shapes = sorted(make_library(library, n_per_class=1))
+    index(store, encoder, library)
+    again, counting = index(store, encoder, library)
+    assert (again.unchanged, again.added, again.updated, again.removed, counting.embedded) == (len(shapes), 0, 0, 0, 0)
+
+    changed, deleted, renamed, touched = shapes[0], shapes[1], shapes[2], shapes[3]
+    old_vector = store.vectors([point_id(renamed)])[point_id(renamed)]
+    draw_shape("triangle", "purple", seed=7).save(library / changed)
+    os.utime(library / changed, (time.time() + 5, time.time() + 5))
+    (library / deleted).unlink()
+    (library / "moved").mkdir()
+    shutil.move(library / renamed, library / "moved" / Path(renamed).name)
+    os.utime(library / touched, (time.time() + 10, time.time() + 10))
+    new = library / "new.png"
+    draw_shape("circle", "orange", seed=5).save(new)
+
+    summary, counting = index(store, encoder, library)
+    assert summary.updated == 1 and summary.removed == 2 and summary.added == 2
+    assert summary.reused == 2  # the renamed file and the touched one kept their vectors
+    assert counting.embedded == 2  # only the changed and the new file were embedded
+    moved = f"moved/{Path(renamed).name}"
+    stored = contents(store)
+    assert point_id(moved) in stored and point_id(renamed) not in stored and point_id(deleted) not in stored
+    assert store.vectors([point_id(moved)])[point_id(moved)] == pytest.approx(old_vector, abs=1e-6)
+    assert stored[point_id(touched)]["mtime"] == pytest.approx((library / touched).stat().st_mtime)
+    assert store.count() == len(shapes)
+
+    final, counting = index(store, encoder, library)
+    assert (final.unchanged, counting.embedded) == (len(shapes), 0)
+
+
+def test_a_file_that_turns_corrupt_is_removed_and_reported(store: Any, encoder: ClipEncoder,
+                                                            tmp_path: Path) -> None:
+    library = tmp_path / "lib"
+    shapes = sorted(make_library(library, n_per_class=1))
+    index(store, encoder, library)
+    (library / shapes[0]).write_bytes(b"garbage")
+    summary, _ = index(store, encoder, library)
+    assert summary.failed == 1 and summary.failures[0][0] == shapes[0]
+    assert point_id(shapes[0]) not in contents(store)
+
+
+def test_model_change_is_refused_unless_recreate(store: Any, encoder: ClipEncoder, tmp_path: Path) -> None:
+    library = tmp_path / "lib"
+    make_library(library, n_per_class=1)
+    index(store, encoder, library)
+    with pytest.raises(ModelMismatchError):
+        store.ensure_collection("another-model", encoder.dim)
+    store.ensure_collection("another-model", encoder.dim, recreate=True)
+    assert store.count() == 0
+
+
+# ---------------------------------------------------------------- the command line
+
+
+def cli(env: dict[str, str], *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "indexer", "--no-progress", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def cli_env(model: Path, library: Path, qdrant: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("QDRANT_", "CLIP_", "IMAGE_"))}
+    env.update(CLIP_MODEL=str(model), IMAGE_LIBRARY=str(library), QDRANT_PATH=str(qdrant))
+    return env
+
+
+def edge_contents(folder: Path) -> dict[str, dict[str, Any]]:
+    store = EdgeStore(folder, "images")
+    try:
+        return contents(store)
+    finally:
+        store.close()
+
+
+def test_cli_summary_exit_codes_and_model_mismatch(random_clip_dir: Path, tiny_clip_dir: Path,
+                                                   tmp_path: Path) -> None:
+    library = tmp_path / "lib"
+    shapes = make_library(library, n_per_class=1)
+    corrupt_files(library)
+    env = cli_env(random_clip_dir, library, tmp_path / "qdrant")
+    done = cli(env, "--json")
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert summary["added"] == len(shapes) and summary["failed"] == 3 and len(summary["failures"]) == 3
+
+    text = cli(env)
+    assert text.returncode == 0 and f"unchanged {len(shapes)}" in text.stdout
+    assert "failed: broken/empty.png: empty file" in text.stdout
+
+    other = cli_env(tiny_clip_dir, library, tmp_path / "qdrant")
+    refused = cli(other)
+    assert refused.returncode == 2
+    assert "--recreate" in refused.stderr and str(random_clip_dir.resolve()) in refused.stderr
+    assert cli(other, "--recreate").returncode == 0
+    stored = edge_contents(tmp_path / "qdrant")
+    assert {p["model_id"] for p in stored.values()} == {str(tiny_clip_dir.resolve())}
+
+    missing = cli(cli_env(random_clip_dir, tmp_path / "nowhere", tmp_path / "qdrant"))
+    assert missing.returncode == 2 and "IMAGE_LIBRARY" in missing.stderr
+
+
+def test_killed_runs_converge_to_the_clean_run(random_clip_dir: Path, tmp_path: Path) -> None:
+    library = tmp_path / "lib"
+    make_library(library, n_per_class=6)
+    clean_env = cli_env(random_clip_dir, library, tmp_path / "clean")
+    started = time.monotonic()
+    assert cli(clean_env, "--batch-size", "4").returncode == 0
+    duration = time.monotonic() - started
+    expected = edge_contents(tmp_path / "clean")
+
+    env = cli_env(random_clip_dir, library, tmp_path / "killed")
+    rng = random.Random(1)
+    for _ in range(3):
+        proc = subprocess.Popen([sys.executable, "-m", "indexer", "--no-progress", "--batch-size", "4"],
+                                cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(0.4, 1.0) * duration)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert cli(env).returncode == 0
+    assert edge_contents(tmp_path / "killed") == expected

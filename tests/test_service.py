@@ -1,0 +1,184 @@
+"""The real `bentoml serve` over HTTP: the seed's calls, ranking with a trained model, health, clients."""
+
+from __future__ import annotations
+
+import base64
+import concurrent.futures
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import bentoml
+import httpx
+import pytest
+from shapes import caption, make_library
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Server:
+    def __init__(self, env: dict[str, str], log: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = log
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "bentoml", "serve", ".", "--host", "127.0.0.1", "--port", str(self.port)],
+            cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+
+    def wait_ready(self, timeout: float = 180) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited: {self.log.read_text()[-3000:]}")
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        raise TimeoutError(self.log.read_text()[-3000:])
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, 15)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, 9)
+
+
+def service_env(tmp: Path, model: Path, library: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("QDRANT_", "CLIP_", "IMAGE_", "BENTOML_"))}
+    env.update(CLIP_MODEL=str(model), IMAGE_LIBRARY=str(library), QDRANT_PATH=str(tmp / "qdrant"),
+               BENTOML_HOME=str(tmp / "bentoml"), DEVICE="cpu")
+    return env
+
+
+@pytest.fixture(scope="module")
+def indexed(tmp_path_factory: pytest.TempPathFactory, tiny_clip_dir: Path) -> tuple[Path, dict[str, Any], dict]:
+    tmp = tmp_path_factory.mktemp("service")
+    library = tmp / "photos"
+    shapes = make_library(library, n_per_class=2, seed=11)
+    env = service_env(tmp, tiny_clip_dir, library)
+    done = subprocess.run([sys.executable, "-m", "indexer", "--no-progress"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return tmp, env, shapes
+
+
+@pytest.fixture(scope="module")
+def server(indexed: tuple[Path, dict[str, Any], dict]) -> Iterator[Server]:
+    tmp, env, _ = indexed
+    srv = Server(env, tmp / "server.log")
+    try:
+        srv.wait_ready()
+        yield srv
+    finally:
+        srv.stop()
+
+
+def search(server: Server, **fields: Any) -> httpx.Response:
+    return httpx.post(f"{server.url}/text2image_search", data={k: str(v) for k, v in fields.items()}, timeout=60)
+
+
+def test_seed_form_call_ranks_the_right_shapes(server: Server, indexed: Any) -> None:
+    _, _, shapes = indexed
+    library = Path(indexed[1]["IMAGE_LIBRARY"])
+    hits = 0
+    classes = sorted(set(shapes.values()))
+    for shape, color in classes:
+        response = search(server, text_query=caption(shape, color), top_k=3)
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert body["status"] == "success" and body["query"] == caption(shape, color)
+        results = body["results"]
+        assert len(results) == 3
+        assert [r["score"] for r in results] == sorted((r["score"] for r in results), reverse=True)
+        hits += shapes[results[0]["image"]] == (shape, color)
+        top = results[0]
+        assert base64.b64decode(top["image_base64"]) == (library / top["image"]).read_bytes()
+    assert hits >= 0.9 * len(classes)
+
+
+def test_json_body_top_k_and_include_image(server: Server) -> None:
+    response = httpx.post(f"{server.url}/text2image_search",
+                          json={"text_query": "蓝色的正方形", "top_k": 5, "include_image": False}, timeout=60)
+    assert response.status_code == 200
+    results = response.json()["results"]
+    assert len(results) == 5 and all("image_base64" not in r for r in results)
+    assert all(-1.0 <= r["score"] <= 1.0 for r in results)
+    default = httpx.post(f"{server.url}/text2image_search", json={"text_query": "红色"}, timeout=60)
+    assert len(default.json()["results"]) == 5
+
+
+@pytest.mark.parametrize("fields", [{"text_query": "x", "top_k": 0}, {"text_query": "x", "top_k": 101},
+                                    {"text_query": "x", "top_k": "many"}, {"text_query": "   "}, {"top_k": 3}])
+def test_bad_search_input_is_a_4xx(server: Server, fields: dict[str, Any]) -> None:
+    response = search(server, **fields)
+    assert 400 <= response.status_code < 500, response.text
+
+
+def test_health_and_bentoml_endpoints(server: Server, indexed: Any) -> None:
+    health = httpx.get(f"{server.url}/health", timeout=30).json()
+    assert health["status"] == "healthy" and health["clip_model_loaded"] is True
+    assert health["vqa_model_loaded"] is False
+    assert health["image_library_size"] == len(indexed[2])
+    assert health["device"] == "cpu" and health["gpu_memory_allocated_gb"] is None
+    for path in ("/readyz", "/livez"):
+        assert httpx.get(f"{server.url}{path}", timeout=30).status_code == 200
+    metrics = httpx.get(f"{server.url}/metrics", timeout=30).text
+    assert "bentoml_service_adaptive_batch_size" in metrics or "bentoml_service_request" in metrics
+
+
+def test_sync_http_client(server: Server) -> None:
+    with bentoml.SyncHTTPClient(server.url) as client:
+        body = client.text2image_search(text_query="绿色的三角形", top_k=2, include_image=False)
+    assert body["status"] == "success" and len(body["results"]) == 2
+
+
+def test_indexer_names_the_way_out_while_the_service_holds_the_store(server: Server, indexed: Any) -> None:
+    _, env, _ = indexed
+    done = subprocess.run([sys.executable, "-m", "indexer", "--no-progress"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0
+    assert "QDRANT_URL" in done.stderr and "stop" in done.stderr.lower()
+
+
+def test_sixteen_concurrent_clients_for_thirty_seconds_lose_nothing(server: Server) -> None:
+    """BentoML 1.4.40's depends() client used to drop 2-13 % of calls here (upstream #5540)."""
+    deadline = time.monotonic() + float(os.environ.get("CONCURRENCY_TEST_SECONDS", "30"))
+    queries = [caption(s, c) for s, c in [("circle", "red"), ("square", "blue"), ("triangle", "green")]]
+
+    def worker(n: int) -> tuple[int, list[str]]:
+        ok, errors = 0, []
+        with httpx.Client(timeout=60) as http:
+            while time.monotonic() < deadline:
+                try:
+                    r = http.post(f"{server.url}/text2image_search",
+                                  json={"text_query": queries[n % 3], "top_k": 3, "include_image": False})
+                    if r.status_code == 200 and len(r.json()["results"]) == 3:
+                        ok += 1
+                    else:
+                        errors.append(f"{r.status_code} {r.text[:200]}")
+                except httpx.HTTPError as exc:
+                    errors.append(repr(exc))
+        return ok, errors
+
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(worker, range(16)))
+    total = sum(ok for ok, _ in results)
+    errors = [e for _, errs in results for e in errs]
+    print(f"concurrency 16: {total} ok, {len(errors)} failed")
+    assert not errors, errors[:5]
+    assert total > 200  # well past the 100-request session recycling point

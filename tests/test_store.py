@@ -1,0 +1,472 @@
+"""The VectorStore contract, run against every backend:
+
+- edge:       EdgeStore (qdrant-edge-py) in a tmp folder
+- memory:     ServerStore over QdrantClient(":memory:")
+- server-url: ServerStore against a real server, only when QDRANT_URL is set (a unique collection,
+              dropped afterwards)
+
+plus the embedded store's process-level behaviour (folder lock, durability after SIGKILL).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from store.base import (
+    PAYLOAD_FIELDS,
+    CollectionInfo,
+    CollectionMissingError,
+    ModelMismatchError,
+    Point,
+    StoreError,
+    StoreLockedError,
+    VectorStore,
+    point_id,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+DIM = 8
+MODEL = "test/clip-a"
+
+# The real-server backend joins the suite only where a server is given (it is not skipped elsewhere:
+# it is simply not collected).
+BACKENDS = ["edge", "memory"] + (["server-url"] if os.environ.get("QDRANT_URL") else [])
+
+
+class Backend:
+    """Opens stores on one backing storage; `open()` again gives a fresh handle on the same data."""
+
+    def __init__(self, kind: str, tmp_path: Path) -> None:
+        self.kind = kind
+        self.folder = tmp_path / "qdrant"
+        self.collection = "images"
+        self.opened: list[VectorStore] = []
+        self.client = None
+        if kind == "memory":
+            from qdrant_client import QdrantClient
+
+            self.client = QdrantClient(":memory:")
+        elif kind == "server-url":
+            self.collection = f"test_store_{uuid.uuid4().hex[:12]}"
+
+    def open(self) -> VectorStore:
+        store: VectorStore
+        if self.kind == "edge":
+            from store.edge import EdgeStore
+
+            store = EdgeStore(self.folder, self.collection)
+        elif self.kind == "memory":
+            from store.server import ServerStore
+
+            store = ServerStore(self.client, self.collection)  # type: ignore[arg-type]
+        else:
+            from store.server import ServerStore
+
+            store = ServerStore.from_url(os.environ["QDRANT_URL"], os.environ.get("QDRANT_API_KEY"),
+                                         self.collection)
+        self.opened.append(store)
+        return store
+
+    def cleanup(self) -> None:
+        if self.kind == "server-url":
+            from store.server import ServerStore
+
+            dropper = self.opened[0] if self.opened else self.open()
+            assert isinstance(dropper, ServerStore)
+            with contextlib.suppress(Exception):
+                dropper.client.delete_collection(self.collection)
+        for store in self.opened:
+            if self.kind != "memory":
+                store.close()
+        if self.client is not None:
+            self.client.close()
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    b = Backend(request.param, tmp_path)
+    yield b
+    b.cleanup()
+
+
+@pytest.fixture
+def store(backend: Backend) -> VectorStore:
+    return backend.open()
+
+
+def unit_vectors(n: int, dim: int = DIM, seed: int = 0) -> np.ndarray:
+    v = np.random.default_rng(seed).standard_normal((n, dim)).astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def payload_for(rel: str, i: int = 0) -> dict[str, object]:
+    return {
+        "path": rel,
+        "content_hash": f"sha256:{i:064x}",
+        "size": 1_234_567_890_123 + i,
+        "mtime": 1_700_000_000.123456 + i,
+        "width": 4032,
+        "height": 3024,
+        "indexed_at": "2025-01-02T03:04:05+00:00",
+        "model_id": MODEL,
+    }
+
+
+def make_points(n: int, seed: int = 0, dim: int = DIM) -> list[Point]:
+    vecs = unit_vectors(n, dim, seed)
+    rels = [f"album/{seed}/photo {i}.jpg" for i in range(n)]
+    return [Point(id=point_id(rel), vector=vec, payload=payload_for(rel, i))
+            for i, (rel, vec) in enumerate(zip(rels, vecs, strict=True))]
+
+
+# --- the contract, on every backend ----------------------------------------------------------------
+
+
+def test_missing_collection(store: VectorStore) -> None:
+    assert store.info() is None
+    assert store.search(unit_vectors(1)[0], 5) == []
+    assert store.count() == 0
+    assert list(store.payloads()) == []
+    assert store.vectors([point_id("a.jpg")]) == {}
+    store.finish()
+    with pytest.raises(CollectionMissingError):
+        store.upsert(make_points(1))
+
+
+def test_ensure_creates_and_info(store: VectorStore) -> None:
+    store.ensure_collection(MODEL, DIM)
+    assert store.info() == CollectionInfo(model_id=MODEL, dim=DIM)
+    assert store.count() == 0
+    assert store.search(unit_vectors(1)[0], 3) == []
+    store.ensure_collection(MODEL, DIM)  # idempotent
+    assert store.info() == CollectionInfo(model_id=MODEL, dim=DIM)
+
+
+def test_model_mismatch(store: VectorStore) -> None:
+    store.ensure_collection(MODEL, DIM)
+    store.upsert(make_points(2))
+    with pytest.raises(ModelMismatchError, match="test/clip-b"):
+        store.ensure_collection("test/clip-b", DIM)
+    with pytest.raises(ModelMismatchError, match="16"):
+        store.ensure_collection(MODEL, 16)
+    assert store.info() == CollectionInfo(model_id=MODEL, dim=DIM)
+    assert store.count() == 2
+
+
+def test_recreate_drops_points(store: VectorStore) -> None:
+    store.ensure_collection(MODEL, DIM)
+    store.upsert(make_points(3))
+    store.ensure_collection("test/clip-b", 16, recreate=True)
+    assert store.info() == CollectionInfo(model_id="test/clip-b", dim=16)
+    assert store.count() == 0
+    assert list(store.payloads()) == []
+    store.upsert(make_points(2, dim=16))
+    assert store.count() == 2
+    store.ensure_collection("test/clip-b", 16, recreate=True)  # same model: still starts empty
+    assert store.count() == 0
+
+
+def test_search_ranking(store: VectorStore) -> None:
+    store.ensure_collection(MODEL, DIM)
+    points = make_points(30)
+    store.upsert(points)
+    query = unit_vectors(1, seed=99)[0]
+    hits = store.search(query, 5)
+    dots = {p.id: float(p.vector @ query) for p in points}
+    best = sorted(dots, key=lambda k: dots[k], reverse=True)[:5]
+    assert [h.id for h in hits] == best
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+    for h in hits:
+        assert h.score == pytest.approx(dots[h.id], abs=1e-4)
+        assert h.payload["path"] == next(p.payload["path"] for p in points if p.id == h.id)
+    assert len(store.search(query, 100)) == 30
+    assert store.search(query, 0) == []
+    # An exact match scores ~1.
+    top = store.search(points[7].vector, 1)
+    assert top[0].id == points[7].id and top[0].score == pytest.approx(1.0, abs=1e-4)
+
+
+def test_upsert_same_id_replaces(store: VectorStore) -> None:
+    store.ensure_collection(MODEL, DIM)
+    points = make_points(3)
+    store.upsert(points)
+    new_vec = unit_vectors(1, seed=5)[0]
+    store.upsert([Point(id=points[0].id, vector=new_vec, payload={**points[0].payload, "width": 1})])
+    assert store.count() == 3
+    payloads = dict(store.payloads())
+    assert payloads[points[0].id]["width"] == 1
+    np.testing.assert_allclose(store.vectors([points[0].id])[points[0].id], new_vec, atol=1e-5)
+    assert store.search(new_vec, 1)[0].id == points[0].id
+
+
+def test_delete(store: VectorStore) -> None:
+    store.ensure_collection(MODEL, DIM)
+    points = make_points(5)
+    store.upsert(points)
+    store.delete([points[1].id, points[3].id, point_id("never/indexed.jpg")])
+    store.delete([])
+    assert store.count() == 3
+    left = {p.id for p in points} - {points[1].id, points[3].id}
+    assert {i for i, _ in store.payloads()} == left
+    assert {h.id for h in store.search(points[1].vector, 10)} == left
+    assert set(store.vectors([p.id for p in points])) == left
+
+
+def test_payloads_roundtrip_all_fields(store: VectorStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A tiny scroll page, so that paging is exercised too.
+    from store import edge, server
+
+    monkeypatch.setattr(edge, "SCROLL_PAGE", 3)
+    monkeypatch.setattr(server, "SCROLL_PAGE", 3)
+    store.ensure_collection(MODEL, DIM)
+    points = make_points(8)
+    points[0].payload["path"] = "相册/夏天 ü.jpg"
+    points[1].payload["width"] = np.int64(640)  # numpy scalars are stored as plain numbers
+    points[1].payload["mtime"] = np.float64(1.5)
+    store.upsert(points)
+    got = dict(store.payloads())
+    assert len(got) == 8
+    for p in points:
+        assert set(got[p.id]) == set(PAYLOAD_FIELDS)
+        for key in PAYLOAD_FIELDS:
+            want = p.payload[key]
+            if isinstance(want, np.generic):
+                want = want.item()
+            assert got[p.id][key] == want, key
+            assert type(got[p.id][key]) is type(want), key
+    assert got[points[1].id]["width"] == 640
+
+
+def test_payload_rejects_nested_values(store: VectorStore) -> None:
+    store.ensure_collection(MODEL, DIM)
+    with pytest.raises(StoreError, match="tags"):
+        store.upsert([Point(id=point_id("x.jpg"), vector=unit_vectors(1)[0], payload={"tags": ["a"]})])
+
+
+def test_vectors_roundtrip(store: VectorStore) -> None:
+    store.ensure_collection(MODEL, DIM)
+    points = make_points(6)
+    store.upsert(points)
+    missing = point_id("not/here.jpg")
+    got = store.vectors([points[0].id, points[4].id, missing])
+    assert set(got) == {points[0].id, points[4].id}
+    for p in (points[0], points[4]):
+        assert got[p.id].dtype == np.float32 and got[p.id].shape == (DIM,)
+        np.testing.assert_allclose(got[p.id], p.vector, atol=1e-5)
+    assert store.vectors([]) == {}
+
+
+def test_count(store: VectorStore) -> None:
+    store.ensure_collection(MODEL, DIM)
+    assert store.count() == 0
+    store.upsert(make_points(4))
+    store.upsert(make_points(3, seed=1))
+    assert store.count() == 7
+
+
+@pytest.mark.parametrize("backend", ["edge", BACKENDS[2]], indirect=True)
+def test_reopen_after_close_keeps_data(backend: Backend) -> None:
+    first = backend.open()
+    first.ensure_collection(MODEL, DIM)
+    points = make_points(10)
+    first.upsert(points)
+    first.delete([points[9].id])
+    first.finish()
+    first.close()
+    first.close()  # idempotent
+
+    second = backend.open()
+    assert second.info() == CollectionInfo(model_id=MODEL, dim=DIM)
+    assert second.count() == 9
+    assert second.search(points[2].vector, 1)[0].id == points[2].id
+    second.ensure_collection(MODEL, DIM)
+    second.upsert(make_points(2, seed=3))  # no finish(): close() alone must keep it
+    second.close()
+
+    third = backend.open()
+    assert third.count() == 11
+    with pytest.raises(ModelMismatchError):
+        third.ensure_collection("test/other", DIM)
+
+
+def test_open_store_picks_backend(tmp_path: Path) -> None:
+    from config import Settings
+    from store import open_store
+    from store.edge import EdgeStore
+    from store.server import ServerStore
+
+    edge = open_store(Settings(qdrant_url=None, qdrant_path=tmp_path / "q", qdrant_collection="c"))
+    assert isinstance(edge, EdgeStore)
+    assert edge.shard_path == tmp_path / "q" / "c"
+    assert not (tmp_path / "q").exists()  # opening creates nothing
+    server = open_store(Settings(qdrant_url="http://127.0.0.1:1", qdrant_collection="c", qdrant_shards=2))
+    assert isinstance(server, ServerStore)
+    assert server.shards == 2
+    server.close()
+
+
+def test_server_unreachable_names_qdrant_url() -> None:
+    from store.server import ServerStore
+
+    store = ServerStore.from_url("http://127.0.0.1:1", None, "images")
+    try:
+        with pytest.raises(StoreError, match="QDRANT_URL"):
+            store.count()
+        with pytest.raises(StoreError, match="QDRANT_URL"):
+            store.ensure_collection(MODEL, DIM)
+    finally:
+        store.close()
+
+
+# --- the embedded store across processes -------------------------------------------------------------
+
+
+def run_child(code: str, *args: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code), *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def edge_store(folder: Path) -> VectorStore:
+    from store.edge import EdgeStore
+
+    return EdgeStore(folder, "images")
+
+
+def test_edge_locked_by_another_process(tmp_path: Path) -> None:
+    folder = tmp_path / "qdrant"
+    holder = edge_store(folder)
+    holder.ensure_collection(MODEL, DIM)  # opens the shard: this process holds the folder now
+    holder.upsert(make_points(3))
+
+    child = run_child("""
+        import json, sys
+        from pathlib import Path
+        from store.base import StoreLockedError
+        from store.edge import EdgeStore
+        out = {}
+        s = EdgeStore(Path(sys.argv[1]), "images")
+        out["info"] = s.info() is not None          # reading the model record needs no lock
+        for name, call in [("count", s.count),
+                           ("ensure", lambda: s.ensure_collection("test/clip-a", 8)),
+                           ("recreate", lambda: s.ensure_collection("test/clip-b", 4, recreate=True))]:
+            try:
+                call()
+                out[name] = "no error"
+            except StoreLockedError as exc:
+                out[name] = "locked: " + str(exc)
+        print(json.dumps(out))
+    """, str(folder))
+    assert child.returncode == 0, child.stderr
+    out = json.loads(child.stdout)
+    assert out["info"] is True
+    for name in ("count", "ensure", "recreate"):
+        msg = out[name]
+        assert msg.startswith("locked: "), (name, msg)
+        assert str(folder) in msg
+        assert "stop the service (bentoml serve) that holds it, or use a Qdrant server via QDRANT_URL" in msg
+
+    # The refused recreate destroyed nothing.
+    assert holder.info() == CollectionInfo(model_id=MODEL, dim=DIM)
+    assert holder.count() == 3
+    holder.close()
+    # Released on close: another process can open it now.
+    child = run_child("""
+        import sys
+        from pathlib import Path
+        from store.edge import EdgeStore
+        print(EdgeStore(Path(sys.argv[1]), "images").count())
+    """, str(folder))
+    assert child.returncode == 0, child.stderr
+    assert child.stdout.strip() == "3"
+
+
+def test_edge_sigkill_after_upsert_keeps_points(tmp_path: Path) -> None:
+    folder = tmp_path / "qdrant"
+    child = run_child("""
+        import os, signal, sys
+        from pathlib import Path
+        sys.path.insert(0, "tests")
+        from test_store import make_points
+        from store.edge import EdgeStore
+        s = EdgeStore(Path(sys.argv[1]), "images")
+        s.ensure_collection("test/clip-a", 8)
+        points = make_points(40)
+        s.upsert(points)
+        s.delete([points[0].id])
+        print("written", flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)   # no finish(), no close(), no atexit
+    """, str(folder))
+    assert child.returncode == -9, child.stderr
+    assert child.stdout.strip() == "written"
+
+    points = make_points(40)
+    reopened = edge_store(folder)
+    assert reopened.info() == CollectionInfo(model_id=MODEL, dim=DIM)
+    assert reopened.count() == 39
+    got = reopened.vectors([p.id for p in points])
+    assert set(got) == {p.id for p in points[1:]}
+    np.testing.assert_allclose(got[points[5].id], points[5].vector, atol=1e-5)
+    assert dict(reopened.payloads())[points[5].id] == points[5].payload
+    assert reopened.search(points[5].vector, 1)[0].id == points[5].id
+    reopened.close()
+
+
+def test_edge_unfinished_creation_is_replaced(tmp_path: Path) -> None:
+    """A shard folder without its model record (a crash inside ensure_collection) counts as missing."""
+    folder = tmp_path / "qdrant"
+    s = edge_store(folder)
+    s.ensure_collection(MODEL, DIM)
+    s.upsert(make_points(2))
+    s.close()
+    (folder / "images.meta.json").unlink()
+
+    s = edge_store(folder)
+    assert s.info() is None
+    assert s.count() == 0
+    s.ensure_collection("test/clip-b", 4)
+    assert s.info() == CollectionInfo(model_id="test/clip-b", dim=4)
+    assert s.count() == 0
+    s.close()
+    assert sorted(p.name for p in folder.iterdir()) == ["images", "images.meta.json"]
+
+
+def test_edge_meta_file_is_plain_json(tmp_path: Path) -> None:
+    folder = tmp_path / "qdrant"
+    s = edge_store(folder)
+    s.ensure_collection(MODEL, DIM)
+    meta = json.loads((folder / "images.meta.json").read_text())
+    assert meta["model_id"] == MODEL and meta["dim"] == DIM
+    s.close()
+
+
+def test_edge_rejects_path_like_collection(tmp_path: Path) -> None:
+    from store.edge import EdgeStore
+
+    for bad in ("", "..", "a/b", ".hidden"):
+        with pytest.raises(StoreError):
+            EdgeStore(tmp_path, bad)
+
+
+def test_edge_same_process_second_handle_is_locked(tmp_path: Path) -> None:
+    folder = tmp_path / "qdrant"
+    first = edge_store(folder)
+    first.ensure_collection(MODEL, DIM)
+    second = edge_store(folder)
+    with pytest.raises(StoreLockedError):
+        second.count()
+    first.close()
+    assert second.count() == 0
+    second.close()
+
