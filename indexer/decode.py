@@ -92,7 +92,7 @@ def decode_entry(
         return result
     try:
         result.image, result.width, result.height = open_image(data, draft_size)
-    except Image.DecompressionBombError as exc:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         result.error = f"image too large: {exc}"
     except (OSError, SyntaxError, ValueError, Image.UnidentifiedImageError) as exc:
         result.error = f"not a readable image: {describe(exc)}"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import logging
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, cast
@@ -189,10 +189,10 @@ class VisionLanguageModel:
             kwargs["device_map"] = "auto"
         elif quantization != "none":
             kwargs["device_map"] = {"": "cpu"}
-        self.model = Qwen2_5_VLForConditionalGeneration.from_pretrained(str(model_dir), **kwargs)
+        model: Any = Qwen2_5_VLForConditionalGeneration.from_pretrained(str(model_dir), **kwargs)
         if "device_map" not in kwargs:
-            self.model.to(self.device)
-        self.model.eval()
+            model = model.to(self.device)
+        self.model = model.eval()
 
         self.processor = AutoProcessor.from_pretrained(str(model_dir))
         self.tokenizer = self.processor.tokenizer
@@ -240,7 +240,7 @@ class VisionLanguageModel:
         {"type": "text"|"image"|"video", ...} parts holding PIL images / frame lists / local video paths)."""
         return [g.text for g in self.generate(conversations, max_new_tokens, temperature, top_p)]
 
-    def stream(self, item: VQAItem) -> Iterator[str]:
+    def stream(self, item: VQAItem) -> Generator[str, None, None]:
         """Yield the greedy answer to `item` piece by piece; the pieces join to `answer_batch([item])[0]`."""
         return self.stream_chat(item_messages(item), item.max_new_tokens)
 
@@ -250,7 +250,7 @@ class VisionLanguageModel:
         max_new_tokens: int | None = None,
         temperature: float = 0.0,
         top_p: float | None = None,
-    ) -> Iterator[str]:
+    ) -> Generator[str, None, None]:
         """Like chat_batch for one conversation, yielding text pieces as they are generated."""
         from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 

@@ -80,10 +80,8 @@ def draw_shape(shape: str, color: str, size: int = 64, seed: int = 0) -> Image.I
     else:
         sides, start = (4, math.pi / 4) if shape == "square" else (3, -math.pi / 2)
         start += math.radians(rng.uniform(-12, 12))
-        points = [
-            (cx + outer * math.cos(start + 2 * math.pi * k / sides), cy + outer * math.sin(start + 2 * math.pi * k / sides))
-            for k in range(sides)
-        ]
+        angles = [start + 2 * math.pi * k / sides for k in range(sides)]
+        points = [(cx + outer * math.cos(a), cy + outer * math.sin(a)) for a in angles]
         draw.polygon(points, fill=fill)
     if rng.random() < 0.3:
         image = image.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 0.8)))

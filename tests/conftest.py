@@ -1,0 +1,62 @@
+"""Shared fixtures. pytest puts the repository root and tests/ on sys.path (pyproject.toml).
+
+Models:
+    tiny_clip_dir    the committed trained tiny Chinese-CLIP (tests/fixtures/tiny_clip, 32-d)
+    random_clip_dir  an untrained tiny Chinese-CLIP built once per session (48-d)
+Settings:
+    settings_env     set environment variables and get fresh Settings (get_settings cache cleared)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from config import Settings, get_settings
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+# ---------------------------------------------------------------- models
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_dir() -> Path:
+    """The trained tiny Chinese-CLIP (rebuild with tests/fixtures/make_tiny_clip.py)."""
+    folder = FIXTURES / "tiny_clip"
+    if not (folder / "config.json").is_file():
+        pytest.fail(f"{folder} is missing: run .venv/bin/python tests/fixtures/make_tiny_clip.py")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def random_clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An untrained tiny Chinese-CLIP with its own processor; projection_dim 48 (the trained one has 32)."""
+    from fixtures.make_tiny_clip import build_random_clip
+
+    return build_random_clip(tmp_path_factory.mktemp("models") / "random_clip")
+
+
+# ---------------------------------------------------------------- settings
+
+
+@pytest.fixture
+def settings_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Settings]]:
+    """`settings_env(CLIP_MODEL="/x", DEVICE="cpu")` sets (a None value deletes) environment variables
+    for this test, clears config.get_settings' cache and returns the fresh Settings. The cache is
+    cleared again after the test, once monkeypatch has restored the environment."""
+
+    def apply(**env: str | Path | None) -> Settings:
+        for name, value in env.items():
+            if value is None:
+                monkeypatch.delenv(name, raising=False)
+            else:
+                monkeypatch.setenv(name, str(value))
+        get_settings.cache_clear()
+        return get_settings()
+
+    get_settings.cache_clear()
+    yield apply
+    monkeypatch.undo()
+    get_settings.cache_clear()
