@@ -8,10 +8,10 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
 from indexer.scan import FileEntry
+from runners.images import to_rgb
 
 # Refuse decompression bombs (PIL warns above this many pixels and raises above twice as many).
 MAX_PIXELS = 16_000 * 16_000
@@ -63,20 +63,6 @@ def open_image(data: bytes, draft_size: int | None = None) -> tuple[Image.Image,
     if orientation in (5, 6, 7, 8):  # rotated by 90 degrees: report the upright size
         width, height = height, width
     return image, width, height
-
-
-def to_rgb(image: Image.Image) -> Image.Image:
-    """Flatten alpha on white; widen 16-bit and palette images; CMYK via PIL's conversion."""
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        levels = np.clip(np.asarray(image, dtype=np.int64), 0, 65535) >> 8
-        image = Image.fromarray(levels.astype(np.uint8), mode="L")
-    if image.mode == "P":
-        image = image.convert("RGBA")
-    if image.mode in ("RGBA", "LA"):
-        background = Image.new("RGB", image.size, (255, 255, 255))
-        background.paste(image, mask=image.getchannel("A"))
-        return background
-    return image.convert("RGB")
 
 
 def decode_entry(

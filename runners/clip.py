@@ -13,6 +13,7 @@ from PIL import Image
 
 from config import Settings, get_settings
 from runners.hub import resolve_model
+from runners.images import to_rgb
 
 if TYPE_CHECKING:
     import torch
@@ -64,7 +65,7 @@ class ClipEncoder:
 
         if not images:
             return np.zeros((0, self.dim), dtype=np.float32)
-        rgb = [img if img.mode == "RGB" else img.convert("RGB") for img in images]
+        rgb = [img if img.mode == "RGB" else to_rgb(img) for img in images]
         inputs = self.processor(images=rgb, return_tensors="pt").to(self.device)
         with torch.inference_mode():
             out = features(self.model.get_image_features(pixel_values=inputs["pixel_values"].to(self.model.dtype)))

@@ -60,6 +60,7 @@ class Generation:
 
 
 def pick_device(device: str) -> str:
+    """As runners.clip.pick_device (not imported: that module builds its BentoML service on import)."""
     import torch
 
     if device == "auto":
@@ -172,7 +173,7 @@ class VisionLanguageModel:
             quantization = settings.vqa_quantization if self.device == "cuda" else "none"
         if quantization not in QUANTIZATIONS:
             raise ValueError(f"quantization must be one of {QUANTIZATIONS}, got {quantization!r}")
-        self.quantization: str = quantization
+        self.quantization: Quantization = quantization
         self.min_pixels = settings.vqa_min_pixels
         self.max_pixels = settings.vqa_max_pixels
         if self.min_pixels is not None and self.max_pixels is not None and self.min_pixels > self.max_pixels:
@@ -398,14 +399,8 @@ class VisionLanguageModel:
 
     def _prepare_image(self, part: dict[str, Any]) -> dict[str, Any]:
         image = part.pop("image_url", None) if "image" not in part else part["image"]
-        if isinstance(image, dict):  # OpenAI-style {"url": ...}
-            image = image.get("url")
-        if isinstance(image, (str, Path)):
-            text = str(image)
-            if "://" in text and not text.startswith("file://"):
-                raise ValueError("images must be PIL images or local files; remote URLs are not fetched here")
-            image = Image.open(text[len("file://"):] if text.startswith("file://") else text)
         if not isinstance(image, Image.Image):
+            # URLs, data URLs and paths are the caller's to fetch and decode (qwen-vl-utils would fetch any URL).
             raise TypeError(f"an image part needs a PIL image, got {type(image).__name__}")
         low, high = self.pixel_bounds("image")
         part.update(type="image", image=image, min_pixels=low, max_pixels=high)
@@ -418,8 +413,7 @@ class VisionLanguageModel:
         if isinstance(video, (str, Path)):
             frames, sample_fps = read_video(video, fps, max_frames)
         elif isinstance(video, (list, tuple)) and video:
-            frames = [frame.convert("RGB") if isinstance(frame, Image.Image) else frame for frame in video]
-            frames = subsample(frames, max_frames)
+            frames = [as_rgb(frame) for frame in subsample(video, max_frames)]
             sample_fps = float(part.get("sample_fps", fps))
         else:
             raise TypeError("a video part needs a non-empty list of frames or a local video file path")
@@ -454,6 +448,15 @@ class VisionLanguageModel:
                 return tokens[:index], index + 1, "stop"
         kept = tokens[:limit]
         return kept, len(kept), "length"
+
+
+def as_rgb(frame: Any) -> Image.Image:
+    """A video frame as an RGB PIL image (PIL images and HxWxC uint8 arrays are accepted)."""
+    if isinstance(frame, Image.Image):
+        return frame if frame.mode == "RGB" else frame.convert("RGB")
+    if hasattr(frame, "__array_interface__"):
+        return Image.fromarray(frame).convert("RGB")
+    raise TypeError(f"video frames must be PIL images or uint8 arrays, got {type(frame).__name__}")
 
 
 def size_value(size: Any, key: str) -> int | None:

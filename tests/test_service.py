@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import concurrent.futures
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -16,53 +15,10 @@ from typing import Any
 import bentoml
 import httpx
 import pytest
+from serving import Server, service_env
 from shapes import caption, make_library
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class Server:
-    def __init__(self, env: dict[str, str], log: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = log
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bentoml", "serve", ".", "--host", "127.0.0.1", "--port", str(self.port)],
-            cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
-
-    def wait_ready(self, timeout: float = 180) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited: {self.log.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        raise TimeoutError(self.log.read_text()[-3000:])
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, 15)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, 9)
-
-
-def service_env(tmp: Path, model: Path, library: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("QDRANT_", "CLIP_", "IMAGE_", "BENTOML_"))}
-    env.update(CLIP_MODEL=str(model), IMAGE_LIBRARY=str(library), QDRANT_PATH=str(tmp / "qdrant"),
-               BENTOML_HOME=str(tmp / "bentoml"), DEVICE="cpu")
-    return env
 
 
 @pytest.fixture(scope="module")

@@ -245,9 +245,10 @@ def test_sampling_with_temperature_runs(vlm: VisionLanguageModel) -> None:
     assert all(completion <= 6 for _, completion in vlm.token_counts)
 
 
-def test_rejects_remote_images(vlm: VisionLanguageModel) -> None:
-    chat = [{"role": "user", "content": [{"type": "image", "image": "https://example.com/a.png"},
-                                         {"type": "text", "text": "What color is the shape?"}]}]
-    with pytest.raises(ValueError):
-        vlm.chat_batch([chat])
-    assert vlm.generate([]) == []
+def test_images_must_be_decoded_by_the_caller(vlm: VisionLanguageModel) -> None:
+    for image in ("https://example.com/a.png", "/etc/hostname", {"url": "data:image/png;base64,AAAA"}):
+        chat = [{"role": "user", "content": [{"type": "image_url", "image_url": image},
+                                             {"type": "text", "text": "What color is the shape?"}]}]
+        with pytest.raises(TypeError):
+            vlm.chat_batch([chat])
+    assert vlm.generate([]) == [] and vlm.answer_batch([]) == []
