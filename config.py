@@ -45,6 +45,7 @@ class Settings(BaseSettings):
     clip_max_latency_ms: int = Field(default=20_000, ge=1)
 
     # VQA runner
+    vqa_enabled: bool = True  # false: the VQA runner loads no model and VQA endpoints answer 503
     vqa_quantization: Literal["4bit", "8bit", "none"] = "4bit"
     vqa_min_pixels: int | None = Field(default=None, ge=1)
     vqa_max_pixels: int | None = Field(default=None, ge=1)
@@ -54,6 +55,7 @@ class Settings(BaseSettings):
     vqa_video_max_frames: int = Field(default=16, ge=2)
     vqa_max_batch_size: int = Field(default=8, ge=1)
     vqa_max_latency_ms: int = Field(default=60_000, ge=1)
+    vqa_max_images: int = Field(default=8, ge=1)
 
     # Search API
     search_max_top_k: int = Field(default=100, ge=1)

@@ -9,20 +9,25 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from http import HTTPStatus
+from pathlib import Path
 from typing import Annotated, Any
 
 import bentoml
-from bentoml.exceptions import BentoMLException, InvalidArgument
+from bentoml.exceptions import BentoMLException, InvalidArgument, NotFound
 from pydantic import Field
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from api import openai
 from config import get_settings
 from runners.clip import ClipRunner, model_id_of
+from runners.images import BadImage, load_image
+from runners.vlm_service import ChatRequest, VQARunner
 from store import open_store
 from store.base import Hit
 
@@ -34,12 +39,51 @@ class Conflict(BentoMLException):
     error_code = HTTPStatus.CONFLICT
 
 
+# An optional upload. BentoML 1.4.40 turns an upload into a Path only for a plain `Path` annotation
+# (`Path | None` skips the conversion and `Optional[Path]` fails), so the field is `Path` with a None default.
+NO_FILE: Any = None
+
+
+def error_response(status: int, code: str, message: str) -> JSONResponse:
+    return JSONResponse({"status": "error", "error": {"code": code, "message": message}}, status_code=status)
+
+
 async def health(request: Request) -> JSONResponse:
     server = bentoml.get_current_service()
     return JSONResponse(await server.health_report())
 
 
-routes = Starlette(routes=[Route("/health", health, methods=["GET"])])
+async def chat_completions(request: Request) -> Response:
+    server = bentoml.get_current_service()
+    try:
+        body = await request.json()
+    except (ValueError, UnicodeDecodeError):
+        return error_response(400, "invalid_json", "the body is not valid JSON")
+    try:
+        fields = openai.parse_chat(body, SETTINGS.vqa_max_images, SETTINGS.vqa_max_new_tokens_cap)
+    except openai.BadRequest as exc:
+        return error_response(400, "invalid_request", str(exc))
+    stream = fields.pop("stream")
+    chat = ChatRequest(**fields)
+    if stream:
+        return StreamingResponse(server.chat_events(chat), media_type="text/event-stream")
+    results = await server.vqa.to_async.generate([chat])
+    return JSONResponse(openai.completion(server.vqa_model_id, result_dict(results[0])))
+
+
+async def list_models(request: Request) -> JSONResponse:
+    return JSONResponse(openai.models(bentoml.get_current_service().vqa_model_id))
+
+
+def result_dict(result: Any) -> dict[str, Any]:
+    return result if isinstance(result, dict) else result.model_dump()
+
+
+routes = Starlette(routes=[
+    Route("/health", health, methods=["GET"]),
+    Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+    Route("/v1/models", list_models, methods=["GET"]),
+])
 
 
 @bentoml.asgi_app(routes, path="/")
@@ -50,11 +94,13 @@ routes = Starlette(routes=[Route("/health", health, methods=["GET"])])
 )
 class MultimodalServer:
     clip = bentoml.depends(ClipRunner)
+    vqa = bentoml.depends(VQARunner)
 
     def __init__(self) -> None:
         self.settings = SETTINGS
         self.library = SETTINGS.image_library.resolve()
         self.model_id = model_id_of(SETTINGS.clip_model)
+        self.vqa_model_id = SETTINGS.vqa_model
         self.store_thread = ThreadPoolExecutor(1, thread_name_prefix="store")
         self.store = open_store(SETTINGS)
         info = self.store.info()
@@ -90,6 +136,83 @@ class MultimodalServer:
         results = [self.result(hit, include_image) for hit in hits]
         return {"status": "success", "query": text_query, "results": results}
 
+    @bentoml.api(route="/vqa")
+    async def vqa_answer(
+        self,
+        question: Annotated[str, Field(description="the question about the image or video")],
+        image: Annotated[Path, Field(description="an image file (jpg, png, webp, gif, bmp...)")] = NO_FILE,
+        video: Annotated[Path, Field(description="a short mp4 or webm clip, instead of an image")] = NO_FILE,
+        image_id: Annotated[str | None, Field(description="a library-relative path, instead of an upload")] = None,
+        max_new_tokens: Annotated[int | None, Field(ge=1, le=SETTINGS.vqa_max_new_tokens_cap)] = None,
+    ) -> dict[str, Any]:
+        """Answer a question about an uploaded image, a library image (`image_id`) or a short video."""
+        request = self.vqa_request(question, image, video, image_id, max_new_tokens)
+        results = await self.vqa.to_async.generate([request])
+        return {"status": "success", "question": question, "answer": result_dict(results[0])["text"]}
+
+    @bentoml.api(route="/vqa/stream")
+    async def vqa_stream(
+        self,
+        question: str,
+        image: Path = NO_FILE,
+        video: Path = NO_FILE,
+        image_id: str | None = None,
+        max_new_tokens: Annotated[int | None, Field(ge=1, le=SETTINGS.vqa_max_new_tokens_cap)] = None,
+    ) -> str:
+        """As /vqa, but the answer comes as plain text chunks while it is generated."""
+        request = self.vqa_request(question, image, video, image_id, max_new_tokens)
+        return StreamingResponse(self.vqa.to_async.stream(request), media_type="text/plain; charset=utf-8")  # type: ignore[return-value]
+
+    def vqa_request(self, question: str, image: Path | None, video: Path | None, image_id: str | None,
+                    max_new_tokens: int | None) -> ChatRequest:
+        question = question.strip()
+        if not question:
+            raise InvalidArgument("question is empty")
+        if len(question) > self.settings.max_query_chars:
+            raise InvalidArgument(f"question is longer than {self.settings.max_query_chars} characters")
+        given = [name for name, value in (("image", image), ("video", video), ("image_id", image_id)) if value]
+        if len(given) != 1:
+            raise InvalidArgument("send exactly one of image, video or image_id")
+        if video is not None:
+            media = self.video_part(video)
+        else:
+            data = self.library_file(image_id) if image_id else Path(str(image)).read_bytes()
+            try:
+                load_image(data)
+            except BadImage as exc:
+                raise InvalidArgument(f"image: {exc}") from exc
+            media = {"type": "image", "image": data}
+        content = [media, {"type": "text", "text": question}]
+        return ChatRequest(messages=[{"role": "user", "content": content}], max_new_tokens=max_new_tokens)
+
+    def video_part(self, video: Path) -> dict[str, Any]:
+        data = Path(str(video)).read_bytes()
+        suffix = video_suffix(data)
+        if suffix is None:
+            raise InvalidArgument("video: not an mp4 or webm file")
+        return {"type": "video", "video": data, "suffix": suffix}
+
+    def library_file(self, rel_path: str) -> bytes:
+        candidate = Path(rel_path)
+        if candidate.is_absolute() or ".." in candidate.parts:
+            raise InvalidArgument("image_id must be a path inside the image library")
+        try:
+            real = (self.library / candidate).resolve(strict=True)
+        except OSError as exc:
+            raise NotFound(f"image_id {rel_path!r} is not in the image library") from exc
+        if not real.is_relative_to(self.library) or not real.is_file():
+            raise NotFound(f"image_id {rel_path!r} is not in the image library")
+        return real.read_bytes()
+
+    async def chat_events(self, chat: ChatRequest) -> Any:
+        chat_id = f"chatcmpl-{uuid.uuid4().hex}"
+        yield openai.chunk(chat_id, self.vqa_model_id, {"role": "assistant", "content": ""})
+        async for piece in self.vqa.to_async.stream(chat):
+            if piece:
+                yield openai.chunk(chat_id, self.vqa_model_id, {"content": piece})
+        yield openai.chunk(chat_id, self.vqa_model_id, {}, finish="stop")
+        yield "data: [DONE]\n\n"
+
     def result(self, hit: Hit, include_image: bool) -> dict[str, Any]:
         path = str(hit.payload.get("path", ""))
         item: dict[str, Any] = {"image": path, "score": round(float(hit.score), 6)}
@@ -109,22 +232,22 @@ class MultimodalServer:
             return None
 
     async def health_report(self) -> dict[str, Any]:
-        clip: dict[str, Any] = {}
-        try:
-            clip = await asyncio.wait_for(self.clip.to_async.info(), timeout=5)
-        except Exception as exc:  # noqa: BLE001 - a runner still loading or gone is "not loaded"
-            log.debug("clip runner not answering: %s", exc)
+        clip, vqa = await asyncio.gather(runner_info(self.clip), runner_info(self.vqa))
         info = await self.in_store(self.store.info)
+        memory = [m for m in (clip, vqa) if m.get("gpu_memory_allocated_gb") is not None]
         return {
-            "status": "healthy" if clip else "degraded",
+            "status": "healthy" if clip and vqa else "degraded",
             "clip_model_loaded": bool(clip),
-            "vqa_model_loaded": False,
+            "vqa_model_loaded": bool(vqa),
             "image_library_size": await self.in_store(self.store.count),
-            "device": clip.get("device"),
-            "gpu_memory_allocated_gb": clip.get("gpu_memory_allocated_gb"),
-            "gpu_memory_reserved_gb": clip.get("gpu_memory_reserved_gb"),
+            "device": vqa.get("device") or clip.get("device"),
+            "gpu_memory_allocated_gb": sum(m["gpu_memory_allocated_gb"] for m in memory) if memory else None,
+            "gpu_memory_reserved_gb": sum(m["gpu_memory_reserved_gb"] for m in memory) if memory else None,
             "clip_model": self.model_id,
             "index_model": info.model_id if info else None,
+            "vqa_model": self.vqa_model_id,
+            "vqa_quantization": vqa.get("quantization"),
+            "vqa_batches": {"generate_calls": vqa.get("generate_calls"), "answers": vqa.get("generated_items")},
         }
 
     @bentoml.on_shutdown
@@ -132,4 +255,22 @@ class MultimodalServer:
         self.store.close()
 
 
-__all__ = ["ClipRunner", "MultimodalServer"]
+async def runner_info(runner: Any) -> dict[str, Any]:
+    """A runner's info(), or {} while it is loading or gone."""
+    try:
+        return dict(await asyncio.wait_for(runner.to_async.info(), timeout=5))
+    except Exception as exc:  # noqa: BLE001 - any failure means "not loaded"
+        log.debug("runner not answering: %s", exc)
+        return {}
+
+
+def video_suffix(data: bytes) -> str | None:
+    """.mp4 or .webm by the file's magic bytes."""
+    if data[4:8] == b"ftyp":
+        return ".mp4"
+    if data[:4] == b"\x1a\x45\xdf\xa3":
+        return ".webm"
+    return None
+
+
+__all__ = ["ClipRunner", "MultimodalServer", "VQARunner"]

@@ -98,16 +98,17 @@ def normalise(vectors: torch.Tensor) -> np.ndarray:
 
 
 SETTINGS = get_settings()
+# BentoML 1.4.40's depends() client replaces its HTTP session every 100 requests / 300 s while requests
+# are still using it (upstream #5540/#5544/#5698): callers then lose 2-13 % of calls. A caller reads these
+# limits from the runner's config; the local socket session is never recycled.
+NO_RECYCLE = {"max_requests": 2**31 - 1, "max_age": 1e9}
 
 
 @bentoml.service(
     name="clip_runner",
     workers=1,
     traffic={"timeout": SETTINGS.service_timeout_s},
-    # BentoML 1.4.40's depends() client replaces its HTTP session every 100 requests / 300 s while
-    # requests are still using it (upstream #5540/#5544/#5698): callers then lose 2-13 % of calls.
-    # The caller reads these limits for this service; never recycle the local socket session.
-    runner_connection={"max_requests": 2**31 - 1, "max_age": 1e9},
+    runner_connection=NO_RECYCLE,
 )
 class ClipRunner:
     """Adaptive-batching runner around ClipEncoder. Loads the model when the worker starts."""

@@ -151,7 +151,7 @@ class VisionLanguageModel:
 
     `quantization` None means VQA_QUANTIZATION on CUDA and "none" on CPU; pass "4bit"/"8bit" to force
     bitsandbytes on CPU too (bitsandbytes 0.50 loads and runs NF4 on CPU).
-    Calls are serialised by a lock: one generate at a time per instance.
+    Thread-safe: generate calls are serialised by a lock (one at a time per instance).
     """
 
     def __init__(
@@ -180,7 +180,9 @@ class VisionLanguageModel:
             raise ValueError(f"VQA_MIN_PIXELS={self.min_pixels} > VQA_MAX_PIXELS={self.max_pixels}")
 
         if self.device == "cuda":
-            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            # LLM.int8 multiplies in fp16 (bitsandbytes casts bf16 inputs, warning on every call).
+            bf16 = quantization != "8bit" and torch.cuda.is_bf16_supported()
+            dtype = torch.bfloat16 if bf16 else torch.float16
         else:
             dtype = torch.float32
         kwargs: dict[str, Any] = {"dtype": dtype, "low_cpu_mem_usage": True}
@@ -210,6 +212,7 @@ class VisionLanguageModel:
         # (prompt_tokens, completion_tokens) per item of the last call; use generate() for race-free counts.
         self.token_counts: list[tuple[int, int]] = []
         self._lock = threading.Lock()
+        self._processor_lock = threading.Lock()
 
     @classmethod
     def from_settings(
@@ -364,7 +367,8 @@ class VisionLanguageModel:
             kwargs["videos_kwargs"] = videos_kwargs
         if images:
             kwargs["images_kwargs"] = images_kwargs
-        inputs = self.processor(text=texts, images=images or None, padding=True, return_tensors="pt", **kwargs)
+        with self._processor_lock:  # a fast tokenizer may raise "Already borrowed" when shared across threads
+            inputs = self.processor(text=texts, images=images or None, padding=True, return_tensors="pt", **kwargs)
         inputs.pop("video_metadata", None)
         return inputs.to(self.model.device)
 

@@ -60,3 +60,28 @@ def settings_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Sett
     yield apply
     monkeypatch.undo()
     get_settings.cache_clear()
+
+
+# ---------------------------------------------------------------- tiny Qwen2.5-VL (VQA runner)
+# Appended for runners/vlm.py and tests/test_vlm.py:
+#     tiny_qwen_dir  the committed trained tiny Qwen2.5-VL (tests/fixtures/tiny_qwen, 2.8 MB)
+#     tiny_vlm       runners.vlm.VisionLanguageModel on it (CPU, no quantisation), loaded once per session
+
+from runners.vlm import VisionLanguageModel  # noqa: E402 - appended block; runners.vlm imports torch lazily
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen_dir() -> Path:
+    """The trained tiny Qwen2.5-VL (rebuild with tests/fixtures/make_tiny_qwen.py). It answers colour
+    questions about tests/shapes.py images: "What color is the shape?" -> "red", "图形是什么颜色？" -> "红色"."""
+    folder = FIXTURES / "tiny_qwen"
+    if not (folder / "config.json").is_file():
+        pytest.fail(f"{folder} is missing: run .venv/bin/python tests/fixtures/make_tiny_qwen.py")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_vlm(tiny_qwen_dir: Path) -> VisionLanguageModel:
+    """VisionLanguageModel(tiny_qwen_dir) on CPU with default VQA_* settings, shared by the whole session."""
+    settings = Settings(_env_file=None, vqa_model=str(tiny_qwen_dir), device="cpu")  # type: ignore[call-arg]
+    return VisionLanguageModel(tiny_qwen_dir, settings)

@@ -51,10 +51,14 @@ class Server:
                 os.killpg(self.proc.pid, 9)
 
 
-def service_env(tmp: Path, model: Path, library: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("QDRANT_", "CLIP_", "IMAGE_", "BENTOML_"))}
-    env.update(CLIP_MODEL=str(model), IMAGE_LIBRARY=str(library), QDRANT_PATH=str(tmp / "qdrant"),
-               BENTOML_HOME=str(tmp / "bentoml"), DEVICE="cpu")
+TINY_QWEN = ROOT / "tests" / "fixtures" / "tiny_qwen"
+
+
+def service_env(tmp: Path, model: Path, library: Path, vqa_model: Path = TINY_QWEN) -> dict[str, str]:
+    prefixes = ("QDRANT_", "CLIP_", "IMAGE_", "BENTOML_", "VQA_", "API_KEY")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(prefixes)}
+    env.update(CLIP_MODEL=str(model), VQA_MODEL=str(vqa_model), IMAGE_LIBRARY=str(library),
+               QDRANT_PATH=str(tmp / "qdrant"), BENTOML_HOME=str(tmp / "bentoml"), DEVICE="cpu")
     return env
 
 

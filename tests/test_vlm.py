@@ -7,18 +7,17 @@ shape (tests/shapes.py), so the answers asserted here are real: "What color is t
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from fixtures.make_tiny_qwen import COLOR_ZH, COLORS, SHAPES, draw_clip, draw_image
 from PIL import Image
 
 from config import Settings, get_settings
 from runners.vlm import Generation, VisionLanguageModel, VQAItem, item_messages, read_video
-from tests.fixtures.make_tiny_qwen import COLOR_ZH, COLORS, SHAPES, draw_clip, draw_image
 
-TINY_QWEN = Path(__file__).resolve().parent / "fixtures" / "tiny_qwen"
 FRESH = 3 * 10**9  # image seeds far from the ones used in training
 
 
@@ -34,10 +33,10 @@ def fresh_cases(n: int, seed: int) -> list[tuple[str, str, Image.Image]]:
 
 
 @pytest.fixture(scope="module")
-def vlm() -> Iterator[VisionLanguageModel]:
+def vlm(tiny_qwen_dir: Path) -> Iterator[VisionLanguageModel]:
     """The model as the service loads it: VQA_MODEL=<folder>, from_settings(), default settings on CPU."""
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("VQA_MODEL", str(TINY_QWEN))
+        mp.setenv("VQA_MODEL", str(tiny_qwen_dir))
         mp.setenv("DEVICE", "cpu")
         for name in ("VQA_QUANTIZATION", "VQA_MIN_PIXELS", "VQA_MAX_PIXELS", "VQA_MAX_NEW_TOKENS",
                      "VQA_MAX_NEW_TOKENS_CAP", "VQA_VIDEO_FPS", "VQA_VIDEO_MAX_FRAMES"):
@@ -49,13 +48,13 @@ def vlm() -> Iterator[VisionLanguageModel]:
             get_settings.cache_clear()
 
 
-def settings(**overrides: object) -> Settings:
-    return Settings(_env_file=None, vqa_model=str(TINY_QWEN), device="cpu", **overrides)  # type: ignore[call-arg,arg-type]
+def settings(folder: Path, **overrides: object) -> Settings:
+    return Settings(_env_file=None, vqa_model=str(folder), device="cpu", **overrides)  # type: ignore[call-arg,arg-type]
 
 
-def test_loads_from_settings_without_quantization_on_cpu(vlm: VisionLanguageModel) -> None:
+def test_loads_from_settings_without_quantization_on_cpu(vlm: VisionLanguageModel, tiny_qwen_dir: Path) -> None:
     assert vlm.device == "cpu"
-    assert vlm.model_id == str(TINY_QWEN)
+    assert vlm.model_id == str(tiny_qwen_dir)
     assert vlm.settings.vqa_quantization == "4bit"  # the default, which applies to CUDA only
     assert vlm.quantization == "none"
     assert not getattr(vlm.model, "is_loaded_in_4bit", False)
@@ -79,6 +78,7 @@ def test_batch_equals_each_item_alone(vlm: VisionLanguageModel) -> None:
         VQAItem(images=[cases[2][2]], question="这个图形是什么颜色？"),
         VQAItem(images=[draw_image("square", "blue", (150, 90), FRESH + 7)], question="What shape is in the image?"),
         VQAItem(video=draw_clip("circle", "green", 3, 64, FRESH + 8), question="What color is the shape in the video?"),
+        VQAItem(images=[cases[3][2], cases[4][2]], question="What color is the shape?", max_new_tokens=3),
     ]
     grids = vlm.build_inputs([item_messages(i) for i in items])["image_grid_thw"]
     assert len({tuple(int(x) for x in grid) for grid in grids}) > 1  # different numbers of visual tokens in one batch
@@ -122,6 +122,22 @@ def test_stream_joins_to_the_answer(vlm: VisionLanguageModel) -> None:
                                                          max_new_tokens=2)])[0]
 
 
+def test_concurrent_calls_match_sequential_ones(vlm: VisionLanguageModel) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    cases = fresh_cases(6, seed=10)
+    items = [VQAItem(images=[img], question=q) for (_, _, img), q in
+             zip(cases, ["What color is the shape?", "图形是什么颜色？", "Describe the image."] * 2, strict=True)]
+    calls: list[Callable[[], object]] = [
+        lambda: vlm.answer_batch(items[:3]), lambda: vlm.answer_batch(items[3:]),
+        lambda: "".join(vlm.stream(items[2])),
+    ]
+    sequential = [call() for call in calls]
+    with ThreadPoolExecutor(3) as pool:
+        futures = [pool.submit(call) for call in calls]
+        assert [f.result(timeout=60) for f in futures] == sequential
+
+
 def test_stream_stops_when_abandoned(vlm: VisionLanguageModel) -> None:
     img = fresh_cases(1, seed=5)[0][2]
     stream = vlm.stream(VQAItem(images=[img], question="Describe the image."))
@@ -130,10 +146,10 @@ def test_stream_stops_when_abandoned(vlm: VisionLanguageModel) -> None:
     assert vlm.answer(img, "What color is the shape?") in COLORS
 
 
-def test_four_bit_on_cpu_loads_and_generates() -> None:
+def test_four_bit_on_cpu_loads_and_generates(tiny_qwen_dir: Path) -> None:
     import bitsandbytes as bnb
 
-    model = VisionLanguageModel(TINY_QWEN, settings(), quantization="4bit")
+    model = VisionLanguageModel(tiny_qwen_dir, settings(tiny_qwen_dir), quantization="4bit")
     assert model.quantization == "4bit"
     assert any(isinstance(m, bnb.nn.Linear4bit) for m in model.model.modules())
     cases = fresh_cases(12, seed=6)
@@ -197,17 +213,17 @@ def image_tokens(model: VisionLanguageModel, image: Image.Image) -> int:
     return int((inputs["input_ids"] == model.processor.image_token_id).sum())
 
 
-def test_min_max_pixels_bound_visual_tokens(vlm: VisionLanguageModel) -> None:
+def test_min_max_pixels_bound_visual_tokens(vlm: VisionLanguageModel, tiny_qwen_dir: Path) -> None:
     big, small = draw_image("circle", "orange", 224, FRESH + 400), draw_image("circle", "orange", 28, FRESH + 401)
     # The saved processor config: 56x56 .. 112x112 pixels, i.e. 4 .. 16 tokens of 28x28 pixels.
     assert image_tokens(vlm, big) == 16
     assert image_tokens(vlm, small) == 4
-    bounded = VisionLanguageModel(TINY_QWEN, settings(vqa_min_pixels=28 * 28, vqa_max_pixels=56 * 56))
+    bounded = VisionLanguageModel(tiny_qwen_dir, settings(tiny_qwen_dir, vqa_min_pixels=784, vqa_max_pixels=3136))
     assert bounded.pixel_bounds("image") == (28 * 28, 56 * 56)
     assert image_tokens(bounded, big) == 4
     assert image_tokens(bounded, small) == 1
     assert bounded.answer(big, "What color is the shape?") == "orange"
-    wide = VisionLanguageModel(TINY_QWEN, settings(vqa_min_pixels=112 * 112, vqa_max_pixels=112 * 112))
+    wide = VisionLanguageModel(tiny_qwen_dir, settings(tiny_qwen_dir, vqa_min_pixels=12544, vqa_max_pixels=12544))
     assert image_tokens(wide, small) == 16
 
 
@@ -245,10 +261,12 @@ def test_sampling_with_temperature_runs(vlm: VisionLanguageModel) -> None:
     assert all(completion <= 6 for _, completion in vlm.token_counts)
 
 
-def test_images_must_be_decoded_by_the_caller(vlm: VisionLanguageModel) -> None:
+def test_images_must_be_decoded_by_the_caller(tiny_vlm: VisionLanguageModel) -> None:
     for image in ("https://example.com/a.png", "/etc/hostname", {"url": "data:image/png;base64,AAAA"}):
         chat = [{"role": "user", "content": [{"type": "image_url", "image_url": image},
                                              {"type": "text", "text": "What color is the shape?"}]}]
         with pytest.raises(TypeError):
-            vlm.chat_batch([chat])
-    assert vlm.generate([]) == [] and vlm.answer_batch([]) == []
+            tiny_vlm.chat_batch([chat])
+    assert tiny_vlm.generate([]) == [] and tiny_vlm.answer_batch([]) == []
+    img = fresh_cases(1, seed=9)[0]
+    assert tiny_vlm.answer(img[2], "What color is the shape?") == img[1]

@@ -1,0 +1,136 @@
+"""OpenAI-compatible vision chat: turn a /v1/chat/completions body into a ChatRequest, and results
+into OpenAI's response and stream-chunk shapes."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import time
+import uuid
+from typing import Any
+
+from runners.images import BadImage, load_image
+
+ROLES = ("system", "user", "assistant")
+
+
+class BadRequest(ValueError):
+    """The body is not a valid chat request; the message says why."""
+
+
+def parse_chat(body: Any, max_images: int, max_tokens_cap: int) -> dict[str, Any]:
+    """Validate an OpenAI chat body. Returns the ChatRequest fields and `stream`."""
+    if not isinstance(body, dict):
+        raise BadRequest("the body must be a JSON object")
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise BadRequest("messages must be a non-empty list")
+    converted = [convert_message(m, i) for i, m in enumerate(messages)]
+    images = sum(1 for m in converted for p in parts(m) if p.get("type") == "image")
+    if images > max_images:
+        raise BadRequest(f"too many images: {images} (at most {max_images} per request)")
+    if converted[-1]["role"] == "assistant":
+        raise BadRequest("the last message must not be the assistant's")
+    return {"messages": converted, "max_new_tokens": max_tokens(body, max_tokens_cap),
+            "temperature": number(body, "temperature", 0.0, 0.0, 2.0), "top_p": optional_top_p(body),
+            "stream": bool(body.get("stream", False))}
+
+
+def parts(message: dict[str, Any]) -> list[dict[str, Any]]:
+    content = message["content"]
+    return content if isinstance(content, list) else []
+
+
+def convert_message(message: Any, index: int) -> dict[str, Any]:
+    if not isinstance(message, dict):
+        raise BadRequest(f"messages[{index}] must be an object")
+    role = message.get("role")
+    if role not in ROLES:
+        raise BadRequest(f"messages[{index}].role must be one of {', '.join(ROLES)}")
+    content = message.get("content")
+    if isinstance(content, str):
+        return {"role": role, "content": content}
+    if not isinstance(content, list) or not content:
+        raise BadRequest(f"messages[{index}].content must be a string or a non-empty list of parts")
+    return {"role": role, "content": [convert_part(p, index, role) for p in content]}
+
+
+def convert_part(part: Any, index: int, role: str) -> dict[str, Any]:
+    kind = part.get("type") if isinstance(part, dict) else None
+    if kind == "text" and isinstance(part.get("text"), str):
+        return {"type": "text", "text": part["text"]}
+    if kind == "image_url":
+        if role != "user":
+            raise BadRequest(f"messages[{index}]: only user messages may hold images")
+        url = part.get("image_url")
+        url = url.get("url") if isinstance(url, dict) else url
+        return {"type": "image", "image": data_url_image(url, index)}
+    raise BadRequest(f"messages[{index}].content: parts must be {{type: text, text}} or {{type: image_url}}")
+
+
+def data_url_image(url: Any, index: int) -> bytes:
+    if not isinstance(url, str) or not url.startswith("data:"):
+        raise BadRequest(f"messages[{index}]: image_url must be a data: URL with base64 image bytes "
+                         "(the server fetches nothing from the network)")
+    header, _, payload = url.partition(",")
+    if ";base64" not in header:
+        raise BadRequest(f"messages[{index}]: image data URLs must be base64-encoded")
+    try:
+        data = base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise BadRequest(f"messages[{index}]: image data URL is not valid base64") from exc
+    try:
+        load_image(data)
+    except BadImage as exc:
+        raise BadRequest(f"messages[{index}]: {exc}") from exc
+    return data
+
+
+def max_tokens(body: dict[str, Any], cap: int) -> int | None:
+    value = body.get("max_completion_tokens", body.get("max_tokens"))
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= cap:
+        raise BadRequest(f"max_tokens must be an integer from 1 to {cap}")
+    return value
+
+
+def number(body: dict[str, Any], key: str, default: float, low: float, high: float) -> float:
+    value = body.get(key)
+    if value is None:
+        return default
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not low <= value <= high:
+        raise BadRequest(f"{key} must be a number from {low} to {high}")
+    return float(value)
+
+
+def optional_top_p(body: dict[str, Any]) -> float | None:
+    if body.get("top_p") is None:
+        return None
+    value = number(body, "top_p", 1.0, 0.0, 1.0)
+    if value == 0:
+        raise BadRequest("top_p must be above 0")
+    return value
+
+
+def completion(model: str, result: dict[str, Any]) -> dict[str, Any]:
+    prompt, done = int(result["prompt_tokens"]), int(result["completion_tokens"])
+    return {
+        "id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
+        "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": result["text"]},
+                     "finish_reason": result["finish_reason"]}],
+        "usage": {"prompt_tokens": prompt, "completion_tokens": done, "total_tokens": prompt + done},
+    }
+
+
+def chunk(chat_id: str, model: str, delta: dict[str, Any], finish: str | None = None) -> str:
+    """One server-sent event of a streamed completion."""
+    body = {"id": chat_id, "object": "chat.completion.chunk", "created": int(time.time()), "model": model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+    return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
+
+
+def models(model: str) -> dict[str, Any]:
+    return {"object": "list", "data": [{"id": model, "object": "model", "created": 0, "owned_by": "local"}]}
