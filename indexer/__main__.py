@@ -6,10 +6,14 @@ import argparse
 import json
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+from PIL import Image
+
 from config import Settings, get_settings
-from indexer.pipeline import Indexer, Options, Summary
+from indexer.pipeline import ImageEncoder, Indexer, Options, Summary
 from store import open_store
 from store.base import ModelMismatchError, StoreError, VectorStore
 
@@ -44,6 +48,21 @@ def mismatch_message(stored: str, wanted: str) -> str:
             f"the library with the new model.")
 
 
+class LazyEncoder:
+    """Stands in for the encoder of an existing collection; loads the real one on first use."""
+
+    def __init__(self, model_id: str, dim: int, load: Callable[[], ImageEncoder]) -> None:
+        self.model_id = model_id
+        self.dim = dim
+        self.load = load
+        self.encoder: ImageEncoder | None = None
+
+    def encode_images(self, images: list[Image.Image]) -> np.ndarray:
+        if self.encoder is None:
+            self.encoder = self.load()
+        return self.encoder.encode_images(images)
+
+
 def print_summary(summary: Summary, as_json: bool) -> None:
     if as_json:
         print(json.dumps(summary.as_dict(), ensure_ascii=False))
@@ -68,9 +87,17 @@ def run(argv: list[str] | None = None) -> int:
 
     try:
         store = open_store(settings)
-        folder = resolve_model(settings.clip_model, settings.model_source, settings.model_cache_dir, "CLIP_MODEL")
-        check_model(store, model_id_of(settings.clip_model, folder), args.recreate)
-        encoder = ClipEncoder(str(folder), settings.device, model_id=model_id_of(settings.clip_model, folder))
+        model_id = model_id_of(settings.clip_model)
+        check_model(store, model_id, args.recreate)
+        info = store.info()
+
+        def load() -> ClipEncoder:
+            folder = resolve_model(settings.clip_model, settings.model_source, settings.model_cache_dir,
+                                   "CLIP_MODEL")
+            return ClipEncoder(str(folder), settings.device, model_id=model_id)
+
+        # The model (seconds to import and load) is loaded only once a file needs embedding.
+        encoder = LazyEncoder(model_id, info.dim, load) if info and not args.recreate else load()
         store.ensure_collection(encoder.model_id, encoder.dim, recreate=args.recreate)
         options = Options(batch_size=args.batch_size, workers=args.workers, progress=not args.no_progress)
         summary = Indexer(store, encoder, options).run(args.library)

@@ -273,6 +273,19 @@ def test_cli_summary_exit_codes_and_model_mismatch(random_clip_dir: Path, tiny_c
     assert missing.returncode == 2 and "IMAGE_LIBRARY" in missing.stderr
 
 
+def test_a_run_with_nothing_to_embed_does_not_load_the_model(random_clip_dir: Path, tmp_path: Path) -> None:
+    model = tmp_path / "model"
+    shutil.copytree(random_clip_dir, model)
+    library = tmp_path / "lib"
+    shapes = make_library(library, n_per_class=1)
+    env = cli_env(model, library, tmp_path / "qdrant")
+    assert cli(env).returncode == 0
+    (model / "model.safetensors").unlink()  # any attempt to load the model would now fail
+    again = cli(env, "--json")
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["unchanged"] == len(shapes)
+
+
 def test_killed_runs_converge_to_the_clean_run(random_clip_dir: Path, tmp_path: Path) -> None:
     library = tmp_path / "lib"
     make_library(library, n_per_class=6)
