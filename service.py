@@ -111,6 +111,11 @@ class MultimodalServer:
             log.error("collection was built with %r but CLIP_MODEL is %r: searches answer 409",
                       info.model_id, self.model_id)
 
+    async def __is_ready__(self) -> bool:
+        """/readyz: 503 until both runners have loaded their models (BentoML's own runner probe
+        answers 500 while a runner's socket is not up yet)."""
+        return all(await asyncio.gather(runner_ready(self.clip), runner_ready(self.vqa)))
+
     async def in_store(self, func: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self.store_thread, func, *args)
 
@@ -253,6 +258,13 @@ class MultimodalServer:
     @bentoml.on_shutdown
     def close_store(self) -> None:
         self.store.close()
+
+
+async def runner_ready(runner: Any) -> bool:
+    try:
+        return bool(await runner.to_async.is_ready(2))
+    except Exception:  # noqa: BLE001 - not up yet
+        return False
 
 
 async def runner_info(runner: Any) -> dict[str, Any]:

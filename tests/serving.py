@@ -25,6 +25,7 @@ class Server:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
+        self.readyz_seen: list[int] = []  # /readyz statuses seen while starting
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "bentoml", "serve", ".", "--host", "127.0.0.1", "--port", str(self.port)],
             cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
@@ -35,11 +36,13 @@ class Server:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited: {self.log.read_text()[-3000:]}")
             try:
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                status = httpx.get(f"{self.url}/readyz", timeout=2).status_code
+                self.readyz_seen.append(status)
+                if status == 200:
                     return
             except httpx.HTTPError:
                 pass
-            time.sleep(0.5)
+            time.sleep(0.2)
         raise TimeoutError(self.log.read_text()[-3000:])
 
     def stop(self) -> None:

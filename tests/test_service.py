@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import concurrent.futures
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -88,13 +89,50 @@ def test_bad_search_input_is_a_4xx(server: Server, fields: dict[str, Any]) -> No
 def test_health_and_bentoml_endpoints(server: Server, indexed: Any) -> None:
     health = httpx.get(f"{server.url}/health", timeout=30).json()
     assert health["status"] == "healthy" and health["clip_model_loaded"] is True
-    assert health["vqa_model_loaded"] is False
+    assert health["vqa_model_loaded"] is True and health["vqa_quantization"] == "none"
     assert health["image_library_size"] == len(indexed[2])
     assert health["device"] == "cpu" and health["gpu_memory_allocated_gb"] is None
     for path in ("/readyz", "/livez"):
         assert httpx.get(f"{server.url}{path}", timeout=30).status_code == 200
     metrics = httpx.get(f"{server.url}/metrics", timeout=30).text
     assert "bentoml_service_adaptive_batch_size" in metrics or "bentoml_service_request" in metrics
+
+
+def runner_pid(server: Server, name: str) -> int:
+    for proc in Path("/proc").iterdir():
+        try:
+            args = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        flag = b"--service-name"
+        if proc.name.isdigit() and flag in args and args[args.index(flag) + 1] == name.encode():
+            return int(proc.name)
+    raise LookupError(name)
+
+
+def wait_status(url: str, status: int, seconds: float = 20) -> list[int]:
+    seen = []
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        seen.append(httpx.get(url, timeout=10).status_code)
+        if seen[-1] == status:
+            break
+        time.sleep(0.2)
+    return seen
+
+
+def test_readyz_is_503_while_a_runner_is_not_answering(server: Server) -> None:
+    assert set(server.readyz_seen) <= {503, 200}, server.readyz_seen  # while starting: never a 500
+    pid = runner_pid(server, "clip_runner")
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        seen = wait_status(f"{server.url}/readyz", 503)
+        assert seen[-1] == 503 and set(seen) <= {200, 503}, seen
+        health = httpx.get(f"{server.url}/health", timeout=30).json()
+        assert health["status"] == "degraded" and health["clip_model_loaded"] is False
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert wait_status(f"{server.url}/readyz", 200)[-1] == 200
 
 
 def test_sync_http_client(server: Server) -> None:
