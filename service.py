@@ -11,12 +11,10 @@ import base64
 import logging
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from http import HTTPStatus
 from pathlib import Path
 from typing import Annotated, Any
 
 import bentoml
-from bentoml.exceptions import BentoMLException, InvalidArgument, NotFound
 from pydantic import Field
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -24,6 +22,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from api import openai
+from api.errors import ApiError, bad_request, error_response, not_found, returns_errors
 from config import get_settings
 from runners.clip import ClipRunner, model_id_of
 from runners.images import BadImage, load_image
@@ -35,17 +34,12 @@ log = logging.getLogger("service")
 SETTINGS = get_settings()
 
 
-class Conflict(BentoMLException):
-    error_code = HTTPStatus.CONFLICT
+VQA_DISABLED = "visual question answering is disabled on this server (VQA_ENABLED=false)"
 
 
 # An optional upload. BentoML 1.4.40 turns an upload into a Path only for a plain `Path` annotation
 # (`Path | None` skips the conversion and `Optional[Path]` fails), so the field is `Path` with a None default.
 NO_FILE: Any = None
-
-
-def error_response(status: int, code: str, message: str) -> JSONResponse:
-    return JSONResponse({"status": "error", "error": {"code": code, "message": message}}, status_code=status)
 
 
 async def health(request: Request) -> JSONResponse:
@@ -63,6 +57,8 @@ async def chat_completions(request: Request) -> Response:
         fields = openai.parse_chat(body, SETTINGS.vqa_max_images, SETTINGS.vqa_max_new_tokens_cap)
     except openai.BadRequest as exc:
         return error_response(400, "invalid_request", str(exc))
+    if not SETTINGS.vqa_enabled:
+        return error_response(503, "vqa_disabled", VQA_DISABLED)
     stream = fields.pop("stream")
     chat = ChatRequest(**fields)
     if stream:
@@ -120,6 +116,7 @@ class MultimodalServer:
         return await asyncio.get_running_loop().run_in_executor(self.store_thread, func, *args)
 
     @bentoml.api(route="/text2image_search")
+    @returns_errors
     async def text2image_search(
         self,
         text_query: Annotated[str, Field(description="what to look for, in Chinese or English")],
@@ -129,19 +126,20 @@ class MultimodalServer:
         """Find the library images that best match a text, best first (cosine similarity)."""
         query = text_query.strip()
         if not query:
-            raise InvalidArgument("text_query is empty")
+            raise bad_request("text_query is empty")
         if len(query) > self.settings.max_query_chars:
-            raise InvalidArgument(f"text_query is longer than {self.settings.max_query_chars} characters")
+            raise bad_request(f"text_query is longer than {self.settings.max_query_chars} characters")
         info = await self.in_store(self.store.info)
         if info is not None and info.model_id != self.model_id:
-            raise Conflict(f"the image index was built with {info.model_id!r} but CLIP_MODEL is "
-                           f"{self.model_id!r}: re-run `python -m indexer --recreate`")
+            raise ApiError(409, "model_mismatch", f"the image index was built with {info.model_id!r} but "
+                           f"CLIP_MODEL is {self.model_id!r}: re-run `python -m indexer --recreate`")
         vectors = await self.clip.to_async.encode_texts([query])
         hits = await self.in_store(self.store.search, vectors[0], top_k)
         results = [self.result(hit, include_image) for hit in hits]
         return {"status": "success", "query": text_query, "results": results}
 
     @bentoml.api(route="/vqa")
+    @returns_errors
     async def vqa_answer(
         self,
         question: Annotated[str, Field(description="the question about the image or video")],
@@ -156,6 +154,7 @@ class MultimodalServer:
         return {"status": "success", "question": question, "answer": result_dict(results[0])["text"]}
 
     @bentoml.api(route="/vqa/stream")
+    @returns_errors
     async def vqa_stream(
         self,
         question: str,
@@ -170,14 +169,16 @@ class MultimodalServer:
 
     def vqa_request(self, question: str, image: Path | None, video: Path | None, image_id: str | None,
                     max_new_tokens: int | None) -> ChatRequest:
+        if not self.settings.vqa_enabled:
+            raise ApiError(503, "vqa_disabled", VQA_DISABLED)
         question = question.strip()
         if not question:
-            raise InvalidArgument("question is empty")
+            raise bad_request("question is empty")
         if len(question) > self.settings.max_query_chars:
-            raise InvalidArgument(f"question is longer than {self.settings.max_query_chars} characters")
+            raise bad_request(f"question is longer than {self.settings.max_query_chars} characters")
         given = [name for name, value in (("image", image), ("video", video), ("image_id", image_id)) if value]
         if len(given) != 1:
-            raise InvalidArgument("send exactly one of image, video or image_id")
+            raise bad_request("send exactly one of image, video or image_id")
         if video is not None:
             media = self.video_part(video)
         else:
@@ -185,7 +186,7 @@ class MultimodalServer:
             try:
                 load_image(data)
             except BadImage as exc:
-                raise InvalidArgument(f"image: {exc}") from exc
+                raise bad_request(f"image: {exc}") from exc
             media = {"type": "image", "image": data}
         content = [media, {"type": "text", "text": question}]
         return ChatRequest(messages=[{"role": "user", "content": content}], max_new_tokens=max_new_tokens)
@@ -194,19 +195,19 @@ class MultimodalServer:
         data = Path(str(video)).read_bytes()
         suffix = video_suffix(data)
         if suffix is None:
-            raise InvalidArgument("video: not an mp4 or webm file")
+            raise bad_request("video: not an mp4 or webm file")
         return {"type": "video", "video": data, "suffix": suffix}
 
     def library_file(self, rel_path: str) -> bytes:
         candidate = Path(rel_path)
         if candidate.is_absolute() or ".." in candidate.parts:
-            raise InvalidArgument("image_id must be a path inside the image library")
+            raise bad_request("image_id must be a path inside the image library")
         try:
             real = (self.library / candidate).resolve(strict=True)
         except OSError as exc:
-            raise NotFound(f"image_id {rel_path!r} is not in the image library") from exc
+            raise not_found(f"image_id {rel_path!r} is not in the image library") from exc
         if not real.is_relative_to(self.library) or not real.is_file():
-            raise NotFound(f"image_id {rel_path!r} is not in the image library")
+            raise not_found(f"image_id {rel_path!r} is not in the image library")
         return real.read_bytes()
 
     async def chat_events(self, chat: ChatRequest) -> Any:

@@ -176,3 +176,22 @@ def test_sixteen_concurrent_clients_for_thirty_seconds_lose_nothing(server: Serv
     print(f"concurrency 16: {total} ok, {len(errors)} failed")
     assert not errors, errors[:5]
     assert total > 200  # well past the 100-request session recycling point
+
+
+def test_search_only_server_without_a_vqa_model(indexed: Any, tmp_path: Path) -> None:
+    _, env, shapes = indexed
+    env = {**env, "VQA_ENABLED": "false", "VQA_MODEL": str(tmp_path / "no-such-model"),
+           "QDRANT_PATH": str(tmp_path / "qdrant"), "BENTOML_HOME": str(tmp_path / "bentoml")}
+    srv = Server(env, tmp_path / "server.log")
+    try:
+        srv.wait_ready()
+        health = httpx.get(f"{srv.url}/health", timeout=30).json()
+        assert health["clip_model_loaded"] is True and health["vqa_model_loaded"] is False
+        vqa = httpx.post(f"{srv.url}/vqa", data={"question": "what?", "image_id": next(iter(shapes))}, timeout=30)
+        assert vqa.status_code == 503 and "VQA_ENABLED" in vqa.text
+        chat = httpx.post(f"{srv.url}/v1/chat/completions",
+                          json={"messages": [{"role": "user", "content": "hi"}]}, timeout=30)
+        assert chat.status_code == 503 and "VQA_ENABLED" in chat.text
+        assert search(srv, text_query="红色的圆形", top_k=1).status_code == 200
+    finally:
+        srv.stop()

@@ -76,7 +76,10 @@ def test_image_id_asks_about_a_library_image(server: Server) -> None:
 
 def test_bad_vqa_input_is_a_4xx(server: Server) -> None:
     image = png(draw_shape("circle", "red", seed=SEED))
-    assert ask(server, image=b"this is not an image").status_code == 400
+    not_image = ask(server, image=b"this is not an image")
+    assert not_image.status_code == 400
+    assert not_image.json() == {"status": "error", "error": {
+        "code": "invalid_argument", "message": "image: not a readable image: unknown image format"}}
     assert ask(server, image=b"").status_code == 400
     assert ask(server, image=image[: len(image) // 2]).status_code == 400
     assert ask(server, question="   ", image=image).status_code == 400
