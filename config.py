@@ -10,7 +10,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_CLIP_MODEL = "OFA-Sys/chinese-clip-vit-base-patch16"
@@ -56,6 +56,16 @@ class Settings(BaseSettings):
     vqa_max_batch_size: int = Field(default=8, ge=1)
     vqa_max_latency_ms: int = Field(default=60_000, ge=1)
     vqa_max_images: int = Field(default=8, ge=1)
+
+    # Security and load limits of the HTTP API
+    api_key: SecretStr | None = None  # when set, every endpoint but /livez and /readyz needs it
+    public_metrics: bool = False  # /metrics without the API key
+    public_docs: bool = False  # /docs.json and the Swagger UI without the API key
+    max_upload_mb: float = Field(default=20.0, gt=0)
+    max_concurrency: int = Field(default=64, ge=1)  # requests in flight in the API; more get 429
+    vqa_max_queue: int = Field(default=32, ge=1)  # VQA requests in flight; more get 503
+    request_timeout_s: float = Field(default=110.0, gt=0)  # 504 past this (before the first byte)
+    retry_after_s: int = Field(default=2, ge=1)
 
     # Search API
     search_max_top_k: int = Field(default=100, ge=1)

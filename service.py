@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import logging
 import uuid
+from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Annotated, Any
@@ -23,6 +25,7 @@ from starlette.routing import Route
 
 from api import openai
 from api.errors import ApiError, bad_request, error_response, not_found, returns_errors
+from api.limits import Limits
 from config import get_settings
 from runners.clip import ClipRunner, model_id_of
 from runners.images import BadImage, load_image
@@ -61,9 +64,13 @@ async def chat_completions(request: Request) -> Response:
         return error_response(503, "vqa_disabled", VQA_DISABLED)
     stream = fields.pop("stream")
     chat = ChatRequest(**fields)
-    if stream:
-        return StreamingResponse(server.chat_events(chat), media_type="text/event-stream")
-    results = await server.vqa.to_async.generate([chat])
+    try:
+        if stream:
+            return StreamingResponse(server.in_slot(server.chat_events(chat)), media_type="text/event-stream")
+        with server.vqa_slot():
+            results = await server.vqa.to_async.generate([chat])
+    except ApiError as exc:
+        return error_response(exc.status, exc.code, exc.message, exc.headers)
     return JSONResponse(openai.completion(server.vqa_model_id, result_dict(results[0])))
 
 
@@ -97,6 +104,7 @@ class MultimodalServer:
         self.library = SETTINGS.image_library.resolve()
         self.model_id = model_id_of(SETTINGS.clip_model)
         self.vqa_model_id = SETTINGS.vqa_model
+        self.vqa_in_flight = 0
         self.store_thread = ThreadPoolExecutor(1, thread_name_prefix="store")
         self.store = open_store(SETTINGS)
         info = self.store.info()
@@ -150,7 +158,8 @@ class MultimodalServer:
     ) -> dict[str, Any]:
         """Answer a question about an uploaded image, a library image (`image_id`) or a short video."""
         request = self.vqa_request(question, image, video, image_id, max_new_tokens)
-        results = await self.vqa.to_async.generate([request])
+        with self.vqa_slot():
+            results = await self.vqa.to_async.generate([request])
         return {"status": "success", "question": question, "answer": result_dict(results[0])["text"]}
 
     @bentoml.api(route="/vqa/stream")
@@ -165,7 +174,34 @@ class MultimodalServer:
     ) -> str:
         """As /vqa, but the answer comes as plain text chunks while it is generated."""
         request = self.vqa_request(question, image, video, image_id, max_new_tokens)
-        return StreamingResponse(self.vqa.to_async.stream(request), media_type="text/plain; charset=utf-8")  # type: ignore[return-value]
+        pieces = self.in_slot(self.vqa.to_async.stream(request))
+        return StreamingResponse(pieces, media_type="text/plain; charset=utf-8")  # type: ignore[return-value]
+
+    @contextlib.contextmanager
+    def vqa_slot(self) -> Iterator[None]:
+        """Bound the VQA requests in flight: past VQA_MAX_QUEUE, answer 503 with Retry-After at once."""
+        if self.vqa_in_flight >= self.settings.vqa_max_queue:
+            raise ApiError(503, "vqa_busy", "visual question answering is at capacity: retry shortly",
+                           {"Retry-After": str(self.settings.retry_after_s)})
+        self.vqa_in_flight += 1
+        try:
+            yield
+        finally:
+            self.vqa_in_flight -= 1
+
+    def in_slot(self, pieces: AsyncIterator[str]) -> AsyncIterator[str]:
+        """Take a VQA slot now (503 if none) and hold it until the stream ends or the client leaves."""
+        slot = self.vqa_slot()
+        slot.__enter__()
+
+        async def held() -> AsyncIterator[str]:
+            try:
+                async for piece in pieces:
+                    yield piece
+            finally:
+                slot.__exit__(None, None, None)
+
+        return held()
 
     def vqa_request(self, question: str, image: Path | None, video: Path | None, image_id: str | None,
                     max_new_tokens: int | None) -> ChatRequest:
@@ -259,6 +295,13 @@ class MultimodalServer:
     @bentoml.on_shutdown
     def close_store(self) -> None:
         self.store.close()
+
+
+MultimodalServer.add_asgi_middleware(  # type: ignore[attr-defined]
+    Limits, api_key=SETTINGS.api_key.get_secret_value() if SETTINGS.api_key else None,
+    public_metrics=SETTINGS.public_metrics, public_docs=SETTINGS.public_docs,
+    max_upload_bytes=int(SETTINGS.max_upload_mb * 1024 * 1024), max_concurrency=SETTINGS.max_concurrency,
+    timeout_s=SETTINGS.request_timeout_s, retry_after_s=SETTINGS.retry_after_s)
 
 
 async def runner_ready(runner: Any) -> bool:

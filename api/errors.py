@@ -14,11 +14,12 @@ F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 class ApiError(Exception):
     """Raised by request handling; becomes an error response with this status, code and message."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
+        self.headers = headers or {}
 
 
 def bad_request(message: str, code: str = "invalid_argument") -> ApiError:
@@ -29,8 +30,9 @@ def not_found(message: str) -> ApiError:
     return ApiError(404, "not_found", message)
 
 
-def error_response(status: int, code: str, message: str) -> JSONResponse:
-    return JSONResponse({"status": "error", "error": {"code": code, "message": message}}, status_code=status)
+def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    body = {"status": "error", "error": {"code": code, "message": message}}
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 def returns_errors(func: F) -> F:
@@ -42,6 +44,6 @@ def returns_errors(func: F) -> F:
         try:
             return await func(*args, **kwargs)
         except ApiError as exc:
-            return error_response(exc.status, exc.code, exc.message)
+            return error_response(exc.status, exc.code, exc.message, exc.headers)
 
     return wrapper  # type: ignore[return-value]
