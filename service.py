@@ -11,12 +11,14 @@ import base64
 import contextlib
 import logging
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Annotated, Any
 
+import aiohttp
 import bentoml
+from bentoml.exceptions import BentoMLException
 from pydantic import Field
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -68,7 +70,7 @@ async def chat_completions(request: Request) -> Response:
         if stream:
             return StreamingResponse(server.in_slot(server.chat_events(chat)), media_type="text/event-stream")
         with server.vqa_slot():
-            results = await server.vqa.to_async.generate([chat])
+            results = await from_runner(server.vqa.to_async.generate([chat]))
     except ApiError as exc:
         return error_response(exc.status, exc.code, exc.message, exc.headers)
     return JSONResponse(openai.completion(server.vqa_model_id, result_dict(results[0])))
@@ -141,7 +143,7 @@ class MultimodalServer:
         if info is not None and info.model_id != self.model_id:
             raise ApiError(409, "model_mismatch", f"the image index was built with {info.model_id!r} but "
                            f"CLIP_MODEL is {self.model_id!r}: re-run `python -m indexer --recreate`")
-        vectors = await self.clip.to_async.encode_texts([query])
+        vectors = await from_runner(self.clip.to_async.encode_texts([query]))
         hits = await self.in_store(self.store.search, vectors[0], top_k)
         results = [self.result(hit, include_image) for hit in hits]
         return {"status": "success", "query": text_query, "results": results}
@@ -159,7 +161,7 @@ class MultimodalServer:
         """Answer a question about an uploaded image, a library image (`image_id`) or a short video."""
         request = self.vqa_request(question, image, video, image_id, max_new_tokens)
         with self.vqa_slot():
-            results = await self.vqa.to_async.generate([request])
+            results = await from_runner(self.vqa.to_async.generate([request]))
         return {"status": "success", "question": question, "answer": result_dict(results[0])["text"]}
 
     @bentoml.api(route="/vqa/stream")
@@ -302,6 +304,25 @@ MultimodalServer.add_asgi_middleware(  # type: ignore[attr-defined]
     public_metrics=SETTINGS.public_metrics, public_docs=SETTINGS.public_docs,
     max_upload_bytes=int(SETTINGS.max_upload_mb * 1024 * 1024), max_concurrency=SETTINGS.max_concurrency,
     timeout_s=SETTINGS.request_timeout_s, retry_after_s=SETTINGS.retry_after_s)
+
+
+async def from_runner(call: Awaitable[Any]) -> Any:
+    """Await a runner call; a runner that died or restarts mid-request becomes a 503 to retry."""
+    try:
+        return await call
+    except BentoMLException as exc:
+        status = int(exc.error_code)
+        if 400 <= status < 500:
+            raise ApiError(status, "invalid_argument", str(exc)) from exc
+        raise runner_unavailable(exc) from exc
+    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+        raise runner_unavailable(exc) from exc
+
+
+def runner_unavailable(exc: BaseException) -> ApiError:
+    log.warning("runner call failed: %r", exc)
+    return ApiError(503, "runner_unavailable", "a model runner is restarting or unavailable: retry shortly",
+                    {"Retry-After": str(SETTINGS.retry_after_s)})
 
 
 async def runner_ready(runner: Any) -> bool:

@@ -105,9 +105,17 @@ def runner_pid(server: Server, name: str) -> int:
         except OSError:
             continue
         flag = b"--service-name"
-        if proc.name.isdigit() and flag in args and args[args.index(flag) + 1] == name.encode():
+        if proc.name.isdigit() and flag in args and args[args.index(flag) + 1] == name.encode() \
+                and parent_pid(proc) == server.proc.pid:
             return int(proc.name)
     raise LookupError(name)
+
+
+def parent_pid(proc: Path) -> int:
+    try:
+        return int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return -1
 
 
 def wait_status(url: str, status: int, seconds: float = 20) -> list[int]:
