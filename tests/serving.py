@@ -25,6 +25,7 @@ class Server:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
+        self.env = env
         self.readyz_seen: list[int] = []  # /readyz statuses seen while starting
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "bentoml", "serve", ".", "--host", "127.0.0.1", "--port", str(self.port)],
@@ -61,7 +62,9 @@ def service_env(tmp: Path, model: Path, library: Path, vqa_model: Path = TINY_QW
     prefixes = ("QDRANT_", "CLIP_", "IMAGE_", "BENTOML_", "VQA_", "API_KEY")
     env = {k: v for k, v in os.environ.items() if not k.startswith(prefixes)}
     env.update(CLIP_MODEL=str(model), VQA_MODEL=str(vqa_model), IMAGE_LIBRARY=str(library),
-               QDRANT_PATH=str(tmp / "qdrant"), BENTOML_HOME=str(tmp / "bentoml"), DEVICE="cpu")
+               QDRANT_PATH=str(tmp / "qdrant"), BENTOML_HOME=str(tmp / "bentoml"), DEVICE="cpu",
+               TMPDIR=str(tmp / "tmp"))
+    (tmp / "tmp").mkdir(exist_ok=True)
     return env
 
 

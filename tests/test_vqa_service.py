@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import concurrent.futures
 import io
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -134,6 +135,19 @@ def test_concurrent_questions_are_batched_and_equal_serial_answers(server: Serve
     assert answers == serial
     assert after["answers"] - before["answers"] == 8
     assert after["generate_calls"] - before["generate_calls"] < 8  # several questions shared a generate()
+
+
+def test_uploads_leave_no_files_behind(server: Server) -> None:
+    for i in range(3):
+        assert ask(server, image=png(draw_shape("circle", "red", seed=SEED + i))).status_code == 200
+    assert ask(server, image=b"junk").status_code == 400
+    tmp = Path(server.env["TMPDIR"])
+    request_dirs = list(tmp.glob("bentoml-request-*"))
+    assert request_dirs, "uploads did not go through BentoML's request folders"
+    deadline = time.monotonic() + 10  # removed once each response has been sent
+    while [p for d in request_dirs for p in d.rglob("*")] and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert [p for d in request_dirs for p in d.rglob("*")] == []
 
 
 def test_health_reports_the_vqa_model(server: Server) -> None:
