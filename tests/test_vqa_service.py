@@ -89,6 +89,63 @@ def test_bad_vqa_input_is_a_4xx(server: Server) -> None:
     assert ask(server, image=image, max_new_tokens=0).status_code == 400
 
 
+def bomb_png(width: int = 100_000, height: int = 100_000) -> bytes:
+    """A PNG whose header claims width x height pixels (with a valid CRC) and almost no data."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) \
+        + chunk(b"IEND", b"")
+
+
+def encoded(image: Image.Image, fmt: str, **options: Any) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format=fmt, **options)
+    return buf.getvalue()
+
+
+def image_kinds() -> dict[str, bytes]:
+    base = draw_shape("circle", "blue", size=64, seed=SEED + 11)
+    frames = [base, draw_shape("square", "red", size=64, seed=SEED + 12)]
+    rotated = Image.new("RGB", (80, 40), (30, 70, 215))
+    exif = rotated.getexif()
+    exif[0x0112] = 6
+    return {
+        "cmyk.jpg": encoded(base.convert("CMYK"), "JPEG"),
+        "palette.png": encoded(base.convert("P"), "PNG"),
+        "alpha.png": encoded(base.convert("RGBA"), "PNG"),
+        "grey-alpha.png": encoded(base.convert("LA"), "PNG"),
+        "16bit.png": encoded(base.convert("L").convert("I;16"), "PNG"),
+        "bilevel.png": encoded(base.convert("1"), "PNG"),
+        "animated.gif": encoded(frames[0], "GIF", save_all=True, append_images=frames[1:]),
+        "image.webp": encoded(base, "WEBP"),
+        "image.bmp": encoded(base, "BMP"),
+        "exif-rotated.jpg": encoded(rotated, "JPEG", exif=exif),
+    }
+
+
+@pytest.mark.parametrize("name", list(image_kinds()))
+def test_every_image_kind_is_answered(server: Server, name: str) -> None:
+    response = httpx.post(f"{server.url}/vqa", data={"question": COLOR_Q}, timeout=120,
+                          files={"image": (name, image_kinds()[name], "application/octet-stream")})
+    assert response.status_code == 200, response.text
+    assert response.json()["answer"]
+
+
+def test_decompression_bomb_is_refused(server: Server) -> None:
+    response = ask(server, image=bomb_png())
+    assert response.status_code == 400
+    assert "too large" in response.json()["error"]["message"]
+
+
+def test_too_long_question_is_400(server: Server) -> None:
+    assert ask(server, "x" * 513, image=png(draw_shape("circle", "red", seed=SEED))).status_code == 400
+
+
 def test_max_new_tokens_bounds_the_answer(server: Server) -> None:
     image = png(draw_shape("circle", "red", seed=SEED + 3))
     full = ask(server, "Describe the image.", image=image).json()["answer"]
