@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import io
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -172,3 +173,10 @@ def test_vqa_queue_bound_gives_503_with_retry_after(guarded: Server) -> None:
     busy = next(r for r in responses if r.status_code == 503)
     shape(busy, 503, "vqa_busy")
     assert busy.headers["Retry-After"] == "2"
+
+
+def test_the_api_key_never_reaches_the_log(guarded: Server) -> None:
+    httpx.get(f"{guarded.url}/health", headers={"Authorization": f"Bearer {KEY}"}, timeout=30)
+    httpx.get(f"{guarded.url}/health", headers={"Authorization": f"Bearer {KEY}-wrong"}, timeout=30)
+    time.sleep(0.5)
+    assert KEY not in guarded.log.read_text()
