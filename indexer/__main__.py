@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -15,7 +16,7 @@ from PIL import Image
 from config import Settings, get_settings
 from indexer.pipeline import ImageEncoder, Indexer, Options, Summary
 from store import open_store
-from store.base import ModelMismatchError, StoreError, VectorStore
+from store.base import CollectionInfo, ModelMismatchError, StoreError, StoreLockedError
 
 log = logging.getLogger("indexer")
 
@@ -35,9 +36,8 @@ def parse_args(argv: list[str] | None, settings: Settings) -> argparse.Namespace
     return parser.parse_args(argv)
 
 
-def check_model(store: VectorStore, model_id: str, recreate: bool) -> None:
+def check_model(info: CollectionInfo | None, model_id: str, recreate: bool) -> None:
     """Refuse early (before loading the model) when the collection was made by another model."""
-    info = store.info()
     if info is not None and info.model_id != model_id and not recreate:
         raise ModelMismatchError(mismatch_message(info.model_id, model_id))
 
@@ -63,6 +63,18 @@ class LazyEncoder:
         return self.encoder.encode_images(images)
 
 
+def library_problem(library: Path) -> str | None:
+    """Why `library` cannot be indexed, or None."""
+    if not library.is_dir():
+        return "is not a folder"
+    try:
+        with os.scandir(library):
+            pass
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or exc})"
+    return None
+
+
 def print_summary(summary: Summary, as_json: bool) -> None:
     if as_json:
         print(json.dumps(summary.as_dict(), ensure_ascii=False))
@@ -78,18 +90,19 @@ def print_summary(summary: Summary, as_json: bool) -> None:
 def run(argv: list[str] | None = None) -> int:
     settings = get_settings()
     args = parse_args(argv, settings)
-    if not args.library.is_dir():
-        print(f"error: image library {args.library} is not a folder (set IMAGE_LIBRARY or --library)",
-              file=sys.stderr)
+    problem = library_problem(args.library)
+    if problem:
+        print(f"error: image library {args.library} {problem} (set IMAGE_LIBRARY or --library)", file=sys.stderr)
         return 2
-    from runners.clip import ClipEncoder, model_id_of
     from runners.hub import ModelNotFoundError, resolve_model
 
     try:
         store = open_store(settings)
+        info = store.info()  # an unreachable server fails here, before the CLIP code is even imported
+        from runners.clip import ClipEncoder, model_id_of
+
         model_id = model_id_of(settings.clip_model)
-        check_model(store, model_id, args.recreate)
-        info = store.info()
+        check_model(info, model_id, args.recreate)
 
         def load() -> ClipEncoder:
             folder = resolve_model(settings.clip_model, settings.model_source, settings.model_cache_dir,
@@ -102,7 +115,7 @@ def run(argv: list[str] | None = None) -> int:
         options = Options(batch_size=args.batch_size, workers=args.workers, progress=not args.no_progress)
         summary = Indexer(store, encoder, options).run(args.library)
         store.close()
-    except (ModelMismatchError, ModelNotFoundError) as exc:
+    except (ModelMismatchError, ModelNotFoundError, StoreLockedError) as exc:  # exit 2, as the README says
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except StoreError as exc:

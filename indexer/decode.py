@@ -20,6 +20,7 @@ class Decoded:
     width: int = 0
     height: int = 0
     error: str | None = None
+    gone: bool = False  # deleted (or moved away) since the scan
 
 
 def content_hash(data: bytes) -> str:
@@ -29,6 +30,8 @@ def content_hash(data: bytes) -> str:
 def read_file(entry: FileEntry) -> tuple[bytes | None, str | None]:
     try:
         data = entry.path.read_bytes()
+    except FileNotFoundError:
+        return None, None
     except OSError as exc:
         return None, f"cannot read: {exc.strerror or exc}"
     if not data:
@@ -40,10 +43,11 @@ def decode_entry(
     entry: FileEntry, draft_size: int | None = None, needs_image: Callable[[FileEntry, str], bool] | None = None
 ) -> Decoded:
     """Read, hash and decode one file; skip decoding when `needs_image(entry, hash)` says the
-    vector can be reused. Never raises: errors go into `.error`."""
+    vector can be reused. Never raises: errors go into `.error`, a file deleted since the scan
+    sets `.gone`."""
     data, error = read_file(entry)
     if data is None:
-        return Decoded(entry, "", error=error)
+        return Decoded(entry, "", error=error, gone=error is None)
     result = Decoded(entry, content_hash(data))
     if needs_image is not None and not needs_image(entry, result.content_hash):
         return result

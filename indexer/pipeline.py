@@ -67,10 +67,13 @@ class Indexer:
         self.timer: dict[str, float] = {}
 
     def run(self, root: Path) -> Summary:
-        entries = self.timed("scan", scan_library, Path(root))
+        unreadable: list[tuple[str, str]] = []
+        entries = self.timed("scan", scan_library, Path(root), unreadable)
         self.summary.scanned = len(entries)
+        for folder, reason in unreadable:  # reported; the points under it are kept
+            self.fail(folder + "/", reason)
         payloads = self.timed("plan", lambda: dict(self.store.payloads()))
-        plan = make_plan(entries, payloads, self.encoder.model_id)
+        plan = make_plan(entries, payloads, self.encoder.model_id, [folder for folder, _ in unreadable])
         self.plan = plan
         self.summary.unchanged = len(plan.unchanged)
         for decoded in self.decoded(plan.check):
@@ -78,7 +81,7 @@ class Indexer:
         self.flush_reuse()  # may hand files back to embedding, so it goes first
         self.flush_embed()
         self.delete_ids += plan.stale_ids
-        self.summary.removed = len(plan.stale_ids)
+        self.summary.removed += len(plan.stale_ids)
         if self.delete_ids:
             self.timed("write", self.store.delete, sorted(set(self.delete_ids)))
         self.timed("finish", self.store.finish)
@@ -116,11 +119,19 @@ class Indexer:
     def needs_image(self, entry: FileEntry, digest: str) -> bool:
         return self.plan.reuse_source(entry, digest) is None
 
+    def fail(self, path: str, reason: str) -> None:
+        self.summary.failed += 1
+        self.summary.failures.append((path, reason))
+
     def take(self, item: Decoded) -> None:
         pid = point_id(item.entry.rel_path)
+        if item.gone:  # deleted since the scan: as if the scan had not seen it
+            if pid in self.plan.existing:
+                self.delete_ids.append(pid)
+                self.summary.removed += 1
+            return
         if item.error is not None:
-            self.summary.failed += 1
-            self.summary.failures.append((item.entry.rel_path, item.error))
+            self.fail(item.entry.rel_path, item.error)
             if pid in self.plan.existing:
                 self.delete_ids.append(pid)  # its old vector no longer matches the file
             return
@@ -158,21 +169,22 @@ class Indexer:
         if not batch:
             return
         vectors = self.timed("write", self.store.vectors, sorted({src for _, src in batch}))
-        points = []
+        points, written = [], []
         for item, source in batch:
             if source not in vectors:  # gone meanwhile: embed it after all
                 self.retry_embed(item)
                 continue
             src = self.plan.existing[source]
             points.append(self.point(item, vectors[source], int(src.get("width", 0)), int(src.get("height", 0))))
-            own = point_id(item.entry.rel_path)
-            self.count_write(item, same_content=source == own)
-            self.summary.reused += 1
+            written.append((item, source))
         self.timed("write", self.store.upsert, points)
+        for item, source in written:  # counted once written, as in flush_embed
+            self.count_write(item, same_content=source == point_id(item.entry.rel_path))
+            self.summary.reused += 1
 
     def retry_embed(self, item: Decoded) -> None:
         fresh = decode_entry(item.entry, self.options.draft_size)
-        if fresh.error is None:
+        if fresh.image is not None:
             self.to_embed.append(fresh)
         else:
             self.take(fresh)

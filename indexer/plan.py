@@ -31,7 +31,13 @@ def same_stat(entry: FileEntry, payload: dict[str, Any]) -> bool:
     return payload.get("size") == entry.size and abs(float(payload.get("mtime", -1)) - entry.mtime) < MTIME_TOLERANCE
 
 
-def make_plan(entries: list[FileEntry], payloads: dict[str, dict[str, Any]], model_id: str) -> Plan:
+def in_folder(rel_path: str, folder: str) -> bool:
+    return folder == "." or rel_path.startswith(folder + "/")
+
+
+def make_plan(entries: list[FileEntry], payloads: dict[str, dict[str, Any]], model_id: str,
+              unreadable: list[str] | None = None) -> Plan:
+    """`unreadable`: library-relative folders that could not be listed; their points are kept as they are."""
     plan = Plan(existing=payloads)
     plan.by_hash = {p["content_hash"]: pid for pid, p in sorted(payloads.items()) if p.get("content_hash")}
     on_disk = set()
@@ -43,5 +49,8 @@ def make_plan(entries: list[FileEntry], payloads: dict[str, dict[str, Any]], mod
             plan.unchanged.append(entry)
         else:
             plan.check.append(entry)
-    plan.stale_ids = sorted(set(payloads) - on_disk)
+    gone = set(payloads) - on_disk
+    if unreadable:  # a point under a folder that could not be listed may still have its file
+        gone = {pid for pid in gone if not any(in_folder(str(payloads[pid].get("path", "")), f) for f in unreadable)}
+    plan.stale_ids = sorted(gone)
     return plan

@@ -21,15 +21,24 @@ def is_image_name(name: str) -> bool:
     return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
-def scan_library(root: Path) -> list[FileEntry]:
+def scan_library(root: Path, unreadable: list[tuple[str, str]] | None = None) -> list[FileEntry]:
     """Every image file under `root` (recursive, extensions case-insensitive), sorted by path.
 
     Hidden files and folders are skipped; so is anything that resolves outside the library
-    (a symlink pointing elsewhere).
+    (a symlink pointing elsewhere). A folder that cannot be listed (permission denied, or `root`
+    missing or not a folder) is added to `unreadable` as (library-relative folder, reason); "." is
+    the library itself.
     """
     root = root.resolve()
     entries = []
-    for folder, dirs, files in os.walk(root, followlinks=False):
+
+    def on_error(exc: OSError) -> None:
+        folder = Path(exc.filename) if exc.filename else root
+        rel = folder.relative_to(root).as_posix() if folder.is_relative_to(root) else "."
+        if unreadable is not None:
+            unreadable.append((rel, f"cannot read folder: {exc.strerror or exc}"))
+
+    for folder, dirs, files in os.walk(root, onerror=on_error, followlinks=False):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in files:
             if name.startswith(".") or not is_image_name(name):

@@ -60,6 +60,14 @@ RETRIEVE_CHUNK = 1024
 # (~0.2 s per 3,000 unflushed 512-d points) the store flushes once this many points were written
 # since the last flush; finish() and close() flush too.
 FLUSH_EVERY_POINTS = 8192
+# Disk space: the engine writes through mmap'd sparse files, so on a full disk it cannot report an
+# error: the process dies of SIGBUS (checked on a full tmpfs; opening a shard can already fill in a
+# 32 MiB vector chunk). So the indexer's operations (ensure_collection, upsert, delete, finish) raise
+# StoreError while less than this, plus an estimate of what the write needs, is free. Searching
+# is never refused.
+MIN_FREE_BYTES = 64 * 2**20
+BYTES_PER_VALUE = 4  # float32
+POINT_OVERHEAD = 1024  # payload, id tracker, WAL record framing (generous)
 
 
 class EdgeStore:
@@ -104,17 +112,24 @@ class EdgeStore:
             current = self.info()
             if current is not None and not recreate:
                 require_same_model(current, model_id, dim, self._where())
+                if self._shard is None:
+                    self._check_space(0)  # loading may fill in a sparse 32 MiB vector file
                 self._open()  # take the folder's lock now: fail before any embedding work
                 return
-            self._drop()
-            self._create(model_id, dim)
+            try:
+                self._drop()
+                self._create(model_id, dim)
+            except OSError as exc:  # the meta file or the folder (the engine's own errors are StoreError)
+                raise StoreError(f"cannot create {self._where()}: {exc}") from exc
 
     def upsert(self, points: Sequence[Point]) -> None:
         if not points:
             return
         shard = self._require_open()
-        batch = [qe.Point(p.id, as_vector(p.vector), clean_payload(p.payload)) for p in points]
-        with self._engine("upsert"):
+        vectors = [as_vector(p.vector) for p in points]
+        self._check_space(2 * len(points) * _point_bytes(len(vectors[0])))  # WAL and segment
+        with self._engine("upsert"):  # qe.Point raises ValueError for an id that is not a UUID
+            batch = [qe.Point(p.id, v, clean_payload(p.payload)) for p, v in zip(points, vectors, strict=True)]
             shard.update(qe.UpdateOperation.upsert_points(batch))
         self._written(len(batch))
 
@@ -122,6 +137,7 @@ class EdgeStore:
         if not ids:
             return
         shard = self._require_open()
+        self._check_space(len(ids) * POINT_OVERHEAD)
         with self._engine("delete"):
             shard.update(qe.UpdateOperation.delete_points(list(ids)))
         self._written(len(ids))
@@ -186,6 +202,8 @@ class EdgeStore:
             with self._engine("flush"):
                 shard.flush()
             self._unflushed = 0
+            info = self.info()
+            self._check_space(self.count() * _point_bytes(info.dim if info else 0))  # the optimizer copies them
             with self._engine("optimize"):
                 shard.optimize()
 
@@ -211,10 +229,12 @@ class EdgeStore:
             yield
         except StoreError:
             raise
-        except Exception as exc:  # the engine raises plain Exception
+        except BaseException as exc:  # the engine raises plain Exception; a Rust panic, PanicException
+            if not isinstance(exc, Exception) and type(exc).__name__ != "PanicException":
+                raise  # KeyboardInterrupt, SystemExit
             raise self._translate(exc, what) from exc
 
-    def _translate(self, exc: Exception, what: str) -> StoreError:
+    def _translate(self, exc: BaseException, what: str) -> StoreError:
         text = str(exc)
         if "WouldBlock" in text or "Resource temporarily unavailable" in text:
             return StoreLockedError(
@@ -222,7 +242,24 @@ class EdgeStore:
                 f"{self.collection!r} collection open (an embedded Qdrant store allows one process "
                 "at a time); stop the service (bentoml serve) that holds it, or use a Qdrant "
                 "server via QDRANT_URL.")
+        if any(s in text for s in ("No space left", "os error 28", "File too large", "os error 27")):
+            return StoreError(
+                f"Qdrant Edge {what} failed on {self.shard_path}: the disk is full (or a file size limit "
+                f"was reached): {text}. Free some space (or move QDRANT_PATH) and run the indexer again: "
+                "it goes on where it stopped.")
         return StoreError(f"Qdrant Edge {what} failed on {self.shard_path}: {text}")
+
+    def _check_space(self, need: int) -> None:
+        """Raise StoreError when a write of about `need` bytes could fill the disk (see MIN_FREE_BYTES)."""
+        try:
+            free = shutil.disk_usage(self.folder).free
+        except OSError:
+            return  # the write itself will tell
+        if free < MIN_FREE_BYTES + need:
+            raise StoreError(
+                f"not enough free disk space for the vector store in {self.folder} (QDRANT_PATH): "
+                f"{free / 2**20:.0f} MiB free, {(MIN_FREE_BYTES + need) / 2**20:.0f} MiB wanted. Free some "
+                "space (or move QDRANT_PATH) and run the indexer again: it goes on where it stopped.")
 
     def _read_meta(self) -> dict[str, Any] | None:
         try:
@@ -330,6 +367,7 @@ class EdgeStore:
         except OSError as exc:
             raise StoreError(f"cannot create the vector store folder {self.folder} "
                              f"(QDRANT_PATH): {exc}") from exc
+        self._check_space(0)
         with self._engine("create"):
             shard = qe.EdgeShard.create(str(self.shard_path), self._config(dim))
         try:
@@ -338,6 +376,11 @@ class EdgeStore:
             shard.close()
             raise
         self._shard = shard
+
+
+def _point_bytes(dim: int) -> int:
+    """Disk bytes of one copy of a point: vector, payload and bookkeeping."""
+    return dim * BYTES_PER_VALUE + POINT_OVERHEAD
 
 
 def _default_vector(vector: Any) -> np.ndarray | None:

@@ -110,10 +110,10 @@ class ServerStore:
 
     def upsert(self, points: Sequence[Point]) -> None:
         for start in range(0, len(points), UPSERT_CHUNK):
-            chunk = [models.PointStruct(id=p.id, vector=as_vector(p.vector),
-                                        payload=clean_payload(p.payload))
-                     for p in points[start:start + UPSERT_CHUNK]]
-            with self._server("upsert points"):
+            with self._server("upsert points"):  # PointStruct raises a ValidationError for a bad id
+                chunk = [models.PointStruct(id=p.id, vector=as_vector(p.vector),
+                                            payload=clean_payload(p.payload))
+                         for p in points[start:start + UPSERT_CHUNK]]
                 self.client.upsert(self.collection, points=chunk, wait=True)
 
     def delete(self, ids: Sequence[str]) -> None:

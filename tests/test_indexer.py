@@ -5,9 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
-import random
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -285,23 +283,99 @@ def test_a_run_with_nothing_to_embed_does_not_load_the_model(random_clip_dir: Pa
     assert again.returncode == 0, again.stderr
     assert json.loads(again.stdout)["unchanged"] == len(shapes)
 
+def deny_listing(monkeypatch: pytest.MonkeyPatch, folder: Path) -> None:
+    """Make `folder` unlistable: chmod 000, and for root (whom permissions do not stop) os.scandir refusing it.
+    The caller restores the mode."""
+    folder.chmod(0)
+    if os.geteuid() != 0:
+        return
+    real = os.scandir
 
-def test_killed_runs_converge_to_the_clean_run(random_clip_dir: Path, tmp_path: Path) -> None:
+    def scandir(path: Any = ".") -> Any:
+        if os.path.realpath(path) == os.path.realpath(folder):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+
+
+def test_a_file_deleted_after_the_scan_is_gone_not_failed(tmp_path: Path) -> None:
+    draw_shape("circle", "red").save(tmp_path / "a.png")
+    entry = scan_library(tmp_path)[0]
+    (tmp_path / "a.png").unlink()
+    decoded = decode_entry(entry)
+    assert decoded.gone and decoded.error is None
+
+
+def test_unreadable_folder_is_reported_and_its_points_kept(store: Any, encoder: ClipEncoder, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     library = tmp_path / "lib"
-    make_library(library, n_per_class=6)
-    clean_env = cli_env(random_clip_dir, library, tmp_path / "clean")
-    started = time.monotonic()
-    assert cli(clean_env, "--batch-size", "4").returncode == 0
-    duration = time.monotonic() - started
-    expected = edge_contents(tmp_path / "clean")
+    shapes = sorted(make_library(library, n_per_class=1))
+    index(store, encoder, library)
+    hidden = sorted(rel for rel in shapes if "/" in rel)
+    folder = hidden[0].split("/")[0]
+    outside = next(rel for rel in shapes if not rel.startswith(folder + "/"))
+    (library / outside).unlink()
+    try:
+        with monkeypatch.context() as patch:
+            deny_listing(patch, library / folder)
+            summary, _ = index(store, encoder, library)
+    finally:
+        (library / folder).chmod(0o755)
+    assert summary.failures == [(f"{folder}/", "cannot read folder: Permission denied")]
+    assert (summary.failed, summary.removed) == (1, 1)  # the file deleted elsewhere still goes
+    stored = {p["path"] for p in contents(store).values()}
+    assert stored == set(shapes) - {outside}  # nothing under the unreadable folder was removed
+    again, counting = index(store, encoder, library)
+    assert (again.failed, again.unchanged, counting.embedded) == (0, len(shapes) - 1, 0)
 
-    env = cli_env(random_clip_dir, library, tmp_path / "killed")
-    rng = random.Random(1)
-    for _ in range(3):
-        proc = subprocess.Popen([sys.executable, "-m", "indexer", "--no-progress", "--batch-size", "4"],
-                                cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(0.4, 1.0) * duration)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-    assert cli(env).returncode == 0
-    assert edge_contents(tmp_path / "killed") == expected
+
+def test_a_missing_library_or_a_file_as_library_removes_nothing(store: Any, encoder: ClipEncoder,
+                                                                tmp_path: Path) -> None:
+    library = tmp_path / "lib"
+    shapes = make_library(library, n_per_class=1)
+    index(store, encoder, library)
+    for root, reason in [(tmp_path / "nowhere", "No such file or directory"),
+                         (library / next(iter(shapes)), "Not a directory")]:
+        summary, _ = index(store, encoder, root)
+        assert summary.failures == [("./", f"cannot read folder: {reason}")]
+        assert (summary.scanned, summary.removed) == (0, 0)
+        assert store.count() == len(shapes)
+
+
+def test_cli_refuses_a_library_that_is_a_file_or_unreadable(settings_env: Any, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    from indexer.__main__ import run
+
+    settings_env(QDRANT_URL=None, QDRANT_PATH=tmp_path / "qdrant")
+    a_file = tmp_path / "photo.jpg"
+    a_file.write_bytes(b"x")
+    assert run(["--library", str(a_file)]) == 2
+    assert "is not a folder" in capsys.readouterr().err
+    library = tmp_path / "lib"
+    library.mkdir()
+    try:
+        deny_listing(monkeypatch, library)
+        assert run(["--library", str(library)]) == 2
+    finally:
+        library.chmod(0o755)
+    assert "cannot be read (Permission denied)" in capsys.readouterr().err
+    assert not (tmp_path / "qdrant").exists()
+
+
+def test_cli_exits_2_when_the_store_is_locked(random_clip_dir: Path, settings_env: Any, tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    from indexer.__main__ import run
+
+    library = tmp_path / "lib"
+    make_library(library, n_per_class=1)
+    settings_env(QDRANT_URL=None, QDRANT_PATH=tmp_path / "qdrant", CLIP_MODEL=random_clip_dir, DEVICE="cpu")
+    assert run(["--library", str(library), "--no-progress"]) == 0
+    holder = EdgeStore(tmp_path / "qdrant", "images")
+    assert holder.count() > 0  # this handle holds the folder now
+    try:
+        assert run(["--library", str(library), "--no-progress"]) == 2
+    finally:
+        holder.close()
+    assert "is in use" in capsys.readouterr().err

@@ -200,6 +200,14 @@ def test_search_only_server_without_a_vqa_model(indexed: Any, tmp_path: Path) ->
         chat = httpx.post(f"{srv.url}/v1/chat/completions",
                           json={"messages": [{"role": "user", "content": "hi"}]}, timeout=30)
         assert chat.status_code == 503 and "VQA_ENABLED" in chat.text
-        assert search(srv, text_query="红色的圆形", top_k=1).status_code == 200
+        # started before anything was indexed: empty results, then the indexer may run meanwhile
+        empty = search(srv, text_query="红色的圆形", top_k=1)
+        assert empty.status_code == 200 and empty.json()["results"] == []
+        done = subprocess.run([sys.executable, "-m", "indexer", "--no-progress"], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        found = search(srv, text_query="红色的圆形", top_k=1).json()["results"]
+        assert shapes[found[0]["image"]] == ("circle", "red")
+        assert httpx.get(f"{srv.url}/health", timeout=30).json()["image_library_size"] == len(shapes)
     finally:
         srv.stop()

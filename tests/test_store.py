@@ -470,3 +470,75 @@ def test_edge_same_process_second_handle_is_locked(tmp_path: Path) -> None:
     assert second.count() == 0
     second.close()
 
+
+
+# --- engine failures become StoreError ----------------------------------------------------------------
+
+
+def test_invalid_point_id_is_a_store_error(store: VectorStore) -> None:
+    store.ensure_collection(MODEL, DIM)
+    with pytest.raises(StoreError):
+        store.upsert([Point(id="not-a-uuid", vector=unit_vectors(1)[0], payload=payload_for("x.jpg"))])
+    assert store.count() == 0
+
+
+class PanicException(BaseException):
+    """Named like pyo3's: what a Rust panic inside the engine raises (a BaseException)."""
+
+
+class RaisingShard:
+    def __init__(self, shard: object, exc: BaseException) -> None:
+        self.shard, self.exc = shard, exc
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.shard, name)
+
+    def update(self, operation: object) -> None:
+        raise self.exc
+
+
+def test_edge_engine_panic_is_a_store_error(tmp_path: Path) -> None:
+    from store.edge import EdgeStore
+
+    s = EdgeStore(tmp_path / "qdrant", "images")
+    s.ensure_collection(MODEL, DIM)
+    real = s._shard
+    s._shard = RaisingShard(real, PanicException("called `Option::unwrap()` on a `None` value"))  # type: ignore[assignment]
+    with pytest.raises(StoreError, match="Qdrant Edge upsert failed.*unwrap"):
+        s.upsert(make_points(2))
+    s._shard = RaisingShard(real, KeyboardInterrupt())  # type: ignore[assignment]
+    with pytest.raises(KeyboardInterrupt):
+        s.delete([point_id("a.jpg")])
+    s._shard = real
+    assert s.count() == 0
+    s.close()
+
+
+def test_edge_refuses_writes_when_the_disk_is_nearly_full(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+
+    from store import edge
+
+    free = {"bytes": edge.MIN_FREE_BYTES + 1000}
+    real = shutil.disk_usage
+    monkeypatch.setattr(edge.shutil, "disk_usage", lambda path: real(path)._replace(free=free["bytes"]))
+    s = edge_store(tmp_path / "qdrant")
+    s.ensure_collection(MODEL, DIM)  # needs only the reserve
+    for write in (lambda: s.upsert(make_points(1)), lambda: s.delete([point_id("a.jpg")])):
+        with pytest.raises(StoreError, match=r"not enough free disk space .*\(QDRANT_PATH\): 64 MiB free"):
+            write()
+    assert s.count() == 0
+    free["bytes"] = edge.MIN_FREE_BYTES + 10**6
+    s.upsert(make_points(3))
+    free["bytes"] = edge.MIN_FREE_BYTES + 1000
+    with pytest.raises(StoreError, match="not enough free disk space"):
+        s.finish()  # the optimizer may copy the 3 points
+    s.close()
+    free["bytes"] = edge.MIN_FREE_BYTES - 1
+    with pytest.raises(StoreError, match="not enough free disk space"):
+        edge_store(tmp_path / "other").ensure_collection(MODEL, DIM)
+    reopened = edge_store(tmp_path / "qdrant")
+    with pytest.raises(StoreError, match="not enough free disk space"):
+        reopened.ensure_collection(MODEL, DIM)  # the indexer opening it
+    assert reopened.count() == 3  # reading is never refused
+    reopened.close()
