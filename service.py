@@ -19,7 +19,7 @@ from typing import Annotated, Any
 import aiohttp
 import bentoml
 from bentoml.exceptions import BentoMLException
-from pydantic import Field
+from pydantic import BeforeValidator, Field
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -33,13 +33,24 @@ from runners.clip import ClipRunner, model_id_of
 from runners.images import BadImage, load_image
 from runners.vlm_service import ChatRequest, VQARunner
 from store import open_store
-from store.base import Hit
+from store.base import Hit, StoreError
 
 log = logging.getLogger("service")
 SETTINGS = get_settings()
 
 
 VQA_DISABLED = "visual question answering is disabled on this server (VQA_ENABLED=false)"
+
+
+def as_text(value: Any) -> Any:
+    """BentoML JSON-decodes form values, so a query like `2024` or `true` arrives as a number or a
+    bool: take it back as the text the user typed."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value) if isinstance(value, (int, float)) else value
+
+
+Text = Annotated[str, BeforeValidator(as_text)]
 
 
 # An optional upload. BentoML 1.4.40 turns an upload into a Path only for a plain `Path` annotation
@@ -110,6 +121,8 @@ class MultimodalServer:
         self.store_thread = ThreadPoolExecutor(1, thread_name_prefix="store")
         self.store = open_store(SETTINGS)
         info = self.store.info()
+        with contextlib.suppress(StoreError):
+            self.store.count()  # the embedded store: take its folder now, so an indexer is told at once
         if info is None:
             log.warning("collection %r is empty: run `python -m indexer` to index %s",
                         SETTINGS.qdrant_collection, self.library)
@@ -123,13 +136,19 @@ class MultimodalServer:
         return all(await asyncio.gather(runner_ready(self.clip), runner_ready(self.vqa)))
 
     async def in_store(self, func: Any, *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self.store_thread, func, *args)
+        """Run a store call on the store's own thread; a store that cannot answer is a 503."""
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self.store_thread, func, *args)
+        except StoreError as exc:
+            log.warning("store error: %s", exc)
+            retry = {"Retry-After": str(self.settings.retry_after_s)}
+            raise ApiError(503, "store_unavailable", str(exc), retry) from exc
 
     @bentoml.api(route="/text2image_search")
     @returns_errors
     async def text2image_search(
         self,
-        text_query: Annotated[str, Field(description="what to look for, in Chinese or English")],
+        text_query: Annotated[Text, Field(description="what to look for, in Chinese or English")],
         top_k: Annotated[int, Field(ge=1, le=SETTINGS.search_max_top_k)] = 5,
         include_image: Annotated[bool, Field(description="return each file base64-encoded")] = True,
     ) -> dict[str, Any]:
@@ -152,10 +171,10 @@ class MultimodalServer:
     @returns_errors
     async def vqa_answer(
         self,
-        question: Annotated[str, Field(description="the question about the image or video")],
+        question: Annotated[Text, Field(description="the question about the image or video")],
         image: Annotated[Path, Field(description="an image file (jpg, png, webp, gif, bmp...)")] = NO_FILE,
         video: Annotated[Path, Field(description="a short mp4 or webm clip, instead of an image")] = NO_FILE,
-        image_id: Annotated[str | None, Field(description="a library-relative path, instead of an upload")] = None,
+        image_id: Annotated[Text | None, Field(description="a library-relative path, instead of an upload")] = None,
         max_new_tokens: Annotated[int | None, Field(ge=1, le=SETTINGS.vqa_max_new_tokens_cap)] = None,
     ) -> dict[str, Any]:
         """Answer a question about an uploaded image, a library image (`image_id`) or a short video."""
@@ -168,10 +187,10 @@ class MultimodalServer:
     @returns_errors
     async def vqa_stream(
         self,
-        question: str,
+        question: Text,
         image: Path = NO_FILE,
         video: Path = NO_FILE,
-        image_id: str | None = None,
+        image_id: Text | None = None,
         max_new_tokens: Annotated[int | None, Field(ge=1, le=SETTINGS.vqa_max_new_tokens_cap)] = None,
     ) -> str:
         """As /vqa, but the answer comes as plain text chunks while it is generated."""
@@ -349,5 +368,9 @@ def video_suffix(data: bytes) -> str | None:
         return ".webm"
     return None
 
+
+from api.middleware import ApiContractMiddleware  # noqa: E402 - one error shape, a valid /docs.json
+
+MultimodalServer.add_asgi_middleware(ApiContractMiddleware, service=MultimodalServer)  # type: ignore[attr-defined]
 
 __all__ = ["ClipRunner", "MultimodalServer", "VQARunner"]

@@ -34,7 +34,7 @@ def parse_chat(body: Any, max_images: int, max_tokens_cap: int) -> dict[str, Any
         raise BadRequest("the last message must not be the assistant's")
     return {"messages": converted, "max_new_tokens": max_tokens(body, max_tokens_cap),
             "temperature": number(body, "temperature", 0.0, 0.0, 2.0), "top_p": optional_top_p(body),
-            "stream": bool(body.get("stream", False))}
+            "stream": flag(body, "stream")}
 
 
 def parts(message: dict[str, Any]) -> list[dict[str, Any]]:
@@ -85,6 +85,15 @@ def data_url_image(url: Any, index: int) -> bytes:
     except BadImage as exc:
         raise BadRequest(f"messages[{index}]: {exc}") from exc
     return data
+
+
+def flag(body: dict[str, Any], key: str) -> bool:
+    value = body.get(key, False)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise BadRequest(f"{key} must be true or false")
+    return value
 
 
 def max_tokens(body: dict[str, Any], cap: int) -> int | None:

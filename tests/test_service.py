@@ -211,3 +211,10 @@ def test_search_only_server_without_a_vqa_model(indexed: Any, tmp_path: Path) ->
         assert httpx.get(f"{srv.url}/health", timeout=30).json()["image_library_size"] == len(shapes)
     finally:
         srv.stop()
+
+
+def test_queries_that_look_like_numbers_are_text(server: Server) -> None:
+    for text in ("2024", "3.5", "true"):
+        response = search(server, text_query=text, top_k=1)
+        assert response.status_code == 200, (text, response.text)
+        assert response.json()["query"] == text
