@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -53,6 +59,8 @@ class Server:
                 self.proc.wait(30)
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, 9)
+        if "TMPDIR" in self.env:
+            shutil.rmtree(self.env["TMPDIR"], ignore_errors=True)
 
 
 TINY_QWEN = ROOT / "tests" / "fixtures" / "tiny_qwen"
@@ -63,8 +71,28 @@ def service_env(tmp: Path, model: Path, library: Path, vqa_model: Path = TINY_QW
     env = {k: v for k, v in os.environ.items() if not k.startswith(prefixes)}
     env.update(CLIP_MODEL=str(model), VQA_MODEL=str(vqa_model), IMAGE_LIBRARY=str(library),
                QDRANT_PATH=str(tmp / "qdrant"), BENTOML_HOME=str(tmp / "bentoml"), DEVICE="cpu",
-               TMPDIR=str(tmp / "tmp"))
-    (tmp / "tmp").mkdir(exist_ok=True)
+               # short: BentoML puts its runners' Unix sockets here (a socket path has at most 107 bytes)
+               TMPDIR=tempfile.mkdtemp(prefix="mms-"))
     return env
 
 
+@contextlib.contextmanager
+def running(env: dict[str, str], log: Path) -> Iterator[Server]:
+    """A started, ready service; stopped on leaving."""
+    server = Server(env, log)
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        server.stop()
+
+
+def run_indexer(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "indexer", "--no-progress", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def png(image: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()

@@ -20,8 +20,7 @@ import bentoml
 import httpx
 import pytest
 from openapi_spec_validator import validate
-from PIL import Image
-from serving import Server, service_env
+from serving import Server, png, run_indexer, running, service_env
 from shapes import draw_shape, make_library
 
 from api.middleware import ApiContractMiddleware, FormInspector, describe
@@ -32,26 +31,15 @@ BIN = Path(sys.executable).parent
 SEED = 7_100
 
 
-def png(image: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    return buf.getvalue()
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, tiny_clip_dir: Path) -> Iterator[Server]:
     tmp = tmp_path_factory.mktemp("contract")
     make_library(tmp / "photos", n_per_class=1, seed=SEED)
     env = service_env(tmp, tiny_clip_dir, tmp / "photos")
-    done = subprocess.run([sys.executable, "-m", "indexer", "--no-progress"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
+    done = run_indexer(env)
     assert done.returncode == 0, done.stderr
-    srv = Server(env, tmp / "server.log")
-    try:
-        srv.wait_ready()
+    with running(env, tmp / "server.log") as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import httpx
 import openai
 import pytest
 from PIL import Image
-from serving import Server, service_env
+from serving import Server, running, service_env
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -124,12 +124,8 @@ def guarded(tmp_path_factory: pytest.TempPathFactory, tiny_clip_dir: Path) -> It
     (tmp / "lib").mkdir()
     env = {**service_env(tmp, tiny_clip_dir, tmp / "lib"), "API_KEY": KEY, "MAX_UPLOAD_MB": "0.05",
            "VQA_MAX_QUEUE": "1"}
-    srv = Server(env, tmp / "server.log")
-    try:
-        srv.wait_ready()
+    with running(env, tmp / "server.log") as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 def test_service_requires_the_key(guarded: Server) -> None:

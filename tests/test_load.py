@@ -16,7 +16,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from serving import ROOT, Server, service_env
+from serving import ROOT, Server, running, service_env
 from shapes import draw_shape
 from test_service import runner_pid
 
@@ -35,12 +35,8 @@ def test_mixed_load_at_concurrency_32_has_no_5xx() -> None:
 @pytest.fixture
 def server(tmp_path: Path, tiny_clip_dir: Path) -> Iterator[Server]:
     (tmp_path / "lib").mkdir()
-    srv = Server(service_env(tmp_path, tiny_clip_dir, tmp_path / "lib"), tmp_path / "server.log")
-    try:
-        srv.wait_ready()
+    with running(service_env(tmp_path, tiny_clip_dir, tmp_path / "lib"), tmp_path / "server.log") as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 def ask(server: Server) -> httpx.Response:

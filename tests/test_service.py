@@ -6,8 +6,6 @@ import base64
 import concurrent.futures
 import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +14,7 @@ from typing import Any
 import bentoml
 import httpx
 import pytest
-from serving import Server, service_env
+from serving import Server, run_indexer, running, service_env
 from shapes import caption, make_library
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,8 +26,7 @@ def indexed(tmp_path_factory: pytest.TempPathFactory, tiny_clip_dir: Path) -> tu
     library = tmp / "photos"
     shapes = make_library(library, n_per_class=2, seed=11)
     env = service_env(tmp, tiny_clip_dir, library)
-    done = subprocess.run([sys.executable, "-m", "indexer", "--no-progress"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
+    done = run_indexer(env)
     assert done.returncode == 0, done.stderr
     return tmp, env, shapes
 
@@ -37,12 +34,8 @@ def indexed(tmp_path_factory: pytest.TempPathFactory, tiny_clip_dir: Path) -> tu
 @pytest.fixture(scope="module")
 def server(indexed: tuple[Path, dict[str, Any], dict]) -> Iterator[Server]:
     tmp, env, _ = indexed
-    srv = Server(env, tmp / "server.log")
-    try:
-        srv.wait_ready()
+    with running(env, tmp / "server.log") as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 def search(server: Server, **fields: Any) -> httpx.Response:
@@ -151,8 +144,7 @@ def test_sync_http_client(server: Server) -> None:
 
 def test_indexer_names_the_way_out_while_the_service_holds_the_store(server: Server, indexed: Any) -> None:
     _, env, _ = indexed
-    done = subprocess.run([sys.executable, "-m", "indexer", "--no-progress"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
+    done = run_indexer(env)
     assert done.returncode != 0
     assert "QDRANT_URL" in done.stderr and "stop" in done.stderr.lower()
 
@@ -203,8 +195,7 @@ def test_search_only_server_without_a_vqa_model(indexed: Any, tmp_path: Path) ->
         # started before anything was indexed: empty results, then the indexer may run meanwhile
         empty = search(srv, text_query="红色的圆形", top_k=1)
         assert empty.status_code == 200 and empty.json()["results"] == []
-        done = subprocess.run([sys.executable, "-m", "indexer", "--no-progress"], cwd=ROOT, env=env,
-                              capture_output=True, text=True, timeout=300)
+        done = run_indexer(env)
         assert done.returncode == 0, done.stderr
         found = search(srv, text_query="红色的圆形", top_k=1).json()["results"]
         assert shapes[found[0]["image"]] == ("circle", "red")

@@ -16,18 +16,12 @@ import openai
 import pytest
 from fixtures.make_tiny_qwen import draw_clip
 from PIL import Image
-from serving import Server, service_env
+from serving import Server, png, running, service_env
 from shapes import COLOR_ZH, draw_shape
 from test_vlm import write_clip
 
 SEED = 7_000  # fresh images, never seen in training
 COLOR_Q = "What color is the shape?"
-
-
-def png(image: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    return buf.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -38,12 +32,8 @@ def server(tmp_path_factory: pytest.TempPathFactory, tiny_clip_dir: Path) -> Ite
     draw_shape("square", "green", size=96, seed=SEED).save(library / "album" / "green.jpg", quality=95)
     (tmp / "secret.png").write_bytes(png(draw_shape("circle", "red", seed=SEED)))
     (library / "escape.png").symlink_to(tmp / "secret.png")
-    srv = Server(service_env(tmp, tiny_clip_dir, library), tmp / "server.log")
-    try:
-        srv.wait_ready()
+    with running(service_env(tmp, tiny_clip_dir, library), tmp / "server.log") as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 def ask(server: Server, question: str = COLOR_Q, image: bytes | None = None, **fields: Any) -> httpx.Response:
