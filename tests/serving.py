@@ -31,11 +31,13 @@ class Server:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
-        self.env = env
+        # Each server its own short TMPDIR: BentoML puts the runners' Unix sockets there (at most 107
+        # bytes a path) and each request's uploads; it is removed when the server stops.
+        self.env = {**env, "TMPDIR": tempfile.mkdtemp(prefix="mms-")}
         self.readyz_seen: list[int] = []  # /readyz statuses seen while starting
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "bentoml", "serve", ".", "--host", "127.0.0.1", "--port", str(self.port)],
-            cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+            cwd=ROOT, env=self.env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
 
     def wait_ready(self, timeout: float = 300) -> None:
         deadline = time.monotonic() + timeout
@@ -70,9 +72,7 @@ def service_env(tmp: Path, model: Path, library: Path, vqa_model: Path = TINY_QW
     prefixes = ("QDRANT_", "CLIP_", "IMAGE_", "BENTOML_", "VQA_", "API_KEY")
     env = {k: v for k, v in os.environ.items() if not k.startswith(prefixes)}
     env.update(CLIP_MODEL=str(model), VQA_MODEL=str(vqa_model), IMAGE_LIBRARY=str(library),
-               QDRANT_PATH=str(tmp / "qdrant"), BENTOML_HOME=str(tmp / "bentoml"), DEVICE="cpu",
-               # short: BentoML puts its runners' Unix sockets here (a socket path has at most 107 bytes)
-               TMPDIR=tempfile.mkdtemp(prefix="mms-"))
+               QDRANT_PATH=str(tmp / "qdrant"), BENTOML_HOME=str(tmp / "bentoml"), DEVICE="cpu")
     return env
 
 
