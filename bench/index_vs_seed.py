@@ -61,7 +61,7 @@ def build_medium_clip(folder: Path) -> Path:
     processor.image_processor.size = {"shortest_edge": 224}
     processor.image_processor.crop_size = {"height": 224, "width": 224}
     config = tiny_config(len(processor.tokenizer), projection_dim=128)
-    vision = config.vision_config
+    vision: Any = config.vision_config
     vision.image_size, vision.patch_size, vision.hidden_size = 224, 16, 256
     vision.num_hidden_layers, vision.num_attention_heads, vision.intermediate_size = 4, 4, 1024
     model = ChineseCLIPModel(config).eval()
