@@ -12,6 +12,7 @@ import numpy as np
 from PIL import Image
 
 from config import Settings, get_settings
+from runners.device import gpu_memory, pick_device
 from runners.hub import resolve_model
 from runners.images import to_rgb
 
@@ -19,16 +20,6 @@ if TYPE_CHECKING:
     import torch
 
 log = logging.getLogger(__name__)
-
-
-def pick_device(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("DEVICE=cuda but no CUDA device is available; use DEVICE=auto or cpu")
-    return device
 
 
 def features(output: Any) -> torch.Tensor:
@@ -140,14 +131,3 @@ class ClipRunner:
         assert self.encoder is not None
         return {"model_id": self.encoder.model_id, "dim": self.encoder.dim, "device": self.encoder.device,
                 **gpu_memory(self.encoder.device)}
-
-
-def gpu_memory(device: str) -> dict[str, float | None]:
-    """GPU memory this process holds, in GiB (None on CPU)."""
-    if device != "cuda":
-        return {"gpu_memory_allocated_gb": None, "gpu_memory_reserved_gb": None}
-    import torch
-
-    gib = 1024**3
-    return {"gpu_memory_allocated_gb": round(torch.cuda.memory_allocated() / gib, 3),
-            "gpu_memory_reserved_gb": round(torch.cuda.memory_reserved() / gib, 3)}

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 from PIL import Image
 
 from config import Settings, get_settings
+from runners.device import pick_device
 from runners.hub import resolve_model
 
 if TYPE_CHECKING:
@@ -57,17 +58,6 @@ class Generation:
     prompt_tokens: int
     completion_tokens: int
     finish_reason: Literal["stop", "length"]
-
-
-def pick_device(device: str) -> str:
-    """As runners.clip.pick_device (not imported: that module builds its BentoML service on import)."""
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("DEVICE=cuda but no CUDA device is available; use DEVICE=auto or cpu")
-    return device
 
 
 def item_messages(item: VQAItem) -> Conversation:

@@ -19,7 +19,8 @@ from bentoml.exceptions import ServiceUnavailable
 from pydantic import BaseModel, Field
 
 from config import get_settings
-from runners.clip import NO_RECYCLE, gpu_memory
+from runners.clip import NO_RECYCLE
+from runners.device import gpu_memory
 from runners.images import load_image
 
 if TYPE_CHECKING:
