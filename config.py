@@ -35,6 +35,8 @@ class Settings(BaseSettings):
     qdrant_collection: str = "images"
     qdrant_shards: int = Field(default=1, ge=1)
     qdrant_replication_factor: int = Field(default=1, ge=1)
+    qdrant_quantization: Literal["int8", "none"] = "int8"  # int8 copies searched, float vectors rescore
+    qdrant_hnsw_ef: int = Field(default=256, ge=1)  # search beam width: higher = better recall, slower
 
     # Indexer
     index_batch_size: int = Field(default=32, ge=1, le=4096)

@@ -14,6 +14,7 @@ from store.base import (
     CollectionInfo,
     CollectionMissingError,
     Hit,
+    IndexTuning,
     ModelMismatchError,
     Point,
     StoreError,
@@ -31,6 +32,7 @@ __all__ = [
     "CollectionInfo",
     "CollectionMissingError",
     "Hit",
+    "IndexTuning",
     "ModelMismatchError",
     "Point",
     "StoreError",
@@ -52,7 +54,12 @@ def open_store(settings: Settings) -> VectorStore:
             settings.qdrant_collection,
             shards=settings.qdrant_shards,
             replication_factor=settings.qdrant_replication_factor,
+            tuning=tuning_of(settings),
         )
     from store.edge import EdgeStore
 
-    return EdgeStore(settings.qdrant_path, settings.qdrant_collection)
+    return EdgeStore(settings.qdrant_path, settings.qdrant_collection, tuning_of(settings))
+
+
+def tuning_of(settings: Settings) -> IndexTuning:
+    return IndexTuning(quantization=settings.qdrant_quantization == "int8", hnsw_ef=settings.qdrant_hnsw_ef)

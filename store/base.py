@@ -20,6 +20,24 @@ def point_id(rel_path: str) -> str:
     return str(uuid.uuid5(POINT_NAMESPACE, rel_path))
 
 
+@dataclass(frozen=True)
+class IndexTuning:
+    """How the collection is indexed and searched (both backends; chosen in BENCHMARKS.md, "Search at scale").
+
+    HNSW m=16 / ef_construct=100 is Qdrant's default graph. Vectors are also kept as int8 (scalar
+    quantization, in RAM): the graph is built and searched on them (~3x faster build, ~2x faster
+    queries) and the best `oversampling * limit` candidates are rescored with the float vectors, so
+    the final order and scores are exact cosines. `hnsw_ef` is the search-time beam width; segments
+    under `full_scan_kb` of vectors (~5,000 512-d points) are searched exactly."""
+
+    m: int = 16
+    ef_construct: int = 100
+    full_scan_kb: int = 10_000
+    quantization: bool = True
+    hnsw_ef: int = 256
+    oversampling: float = 2.0
+
+
 class StoreError(RuntimeError):
     """A store operation failed (server unreachable, disk error...). The message says what to do."""
 

@@ -37,6 +37,7 @@ from store.base import (
     CollectionInfo,
     CollectionMissingError,
     Hit,
+    IndexTuning,
     Point,
     StoreError,
     StoreLockedError,
@@ -73,13 +74,14 @@ POINT_OVERHEAD = 1024  # payload, id tracker, WAL record framing (generous)
 class EdgeStore:
     """VectorStore over a Qdrant Edge shard stored in `folder / collection`."""
 
-    def __init__(self, folder: Path, collection: str) -> None:
+    def __init__(self, folder: Path, collection: str, tuning: IndexTuning | None = None) -> None:
         if (not collection or collection in (".", "..") or collection.startswith(".")
                 or "/" in collection or "\\" in collection or "\0" in collection):
             raise StoreError(f"invalid collection name {collection!r} (QDRANT_COLLECTION): "
                              "use a plain name such as 'images'")
         self.folder = Path(folder)
         self.collection = collection
+        self.tuning = tuning or IndexTuning()
         self._shard: qe.EdgeShard | None = None
         self._unflushed = 0
         self._lock = threading.RLock()
@@ -179,7 +181,7 @@ class EdgeStore:
         if shard is None:
             return []
         request = qe.QueryRequest(limit=limit, query=qe.Query.Nearest(as_vector(vector)),
-                                  with_payload=True, with_vector=False)
+                                  with_payload=True, with_vector=False, params=self._search_params())
         with self._engine("search"):
             found = shard.query(request)
         return [Hit(id=str(p.id), score=float(p.score), payload=dict(p.payload or {})) for p in found]
@@ -293,7 +295,20 @@ class EdgeStore:
         _fsync_dir(self.folder)
 
     def _config(self, dim: int) -> qe.EdgeConfig:
-        return qe.EdgeConfig(vectors=qe.EdgeVectorParams(size=dim, distance=qe.Distance.Cosine))
+        """The engine stores this config; loading an older shard with it applies the new HNSW and
+        quantization settings from the next optimize() (the indexer's finish) on."""
+        t = self.tuning
+        quantization = (qe.ScalarQuantizationConfig(type=qe.ScalarType.Int8, quantile=0.99, always_ram=True)
+                        if t.quantization else None)
+        return qe.EdgeConfig(
+            vectors=qe.EdgeVectorParams(size=dim, distance=qe.Distance.Cosine),
+            hnsw_config=qe.HnswIndexConfig(m=t.m, ef_construct=t.ef_construct, full_scan_threshold=t.full_scan_kb),
+            quantization_config=quantization)
+
+    def _search_params(self) -> qe.SearchParams:
+        t = self.tuning
+        rescore = qe.QuantizationSearchParams(rescore=True, oversampling=t.oversampling) if t.quantization else None
+        return qe.SearchParams(hnsw_ef=t.hnsw_ef, quantization=rescore)
 
     def _load(self, dim: int | None) -> qe.EdgeShard:
         # With a config, the engine checks it against the segments: a dimension that differs from

@@ -20,6 +20,7 @@ from store.base import (
     CollectionInfo,
     CollectionMissingError,
     Hit,
+    IndexTuning,
     Point,
     StoreError,
     as_vector,
@@ -36,18 +37,21 @@ class ServerStore:
     """VectorStore over one collection of a Qdrant server (or of a local qdrant-client)."""
 
     def __init__(self, client: QdrantClient, collection: str, shards: int = 1,
-                 replication_factor: int = 1) -> None:
+                 replication_factor: int = 1, tuning: IndexTuning | None = None) -> None:
         self.client = client
         self.collection = collection
         self.shards = shards
         self.replication_factor = replication_factor
+        self.tuning = tuning or IndexTuning()
         options = getattr(client, "init_options", {}) or {}
+        # qdrant-client's local mode (tests) searches exactly and warns about search_params.
+        self.local = bool(options.get("path") or options.get("location") == ":memory:")
         self.location = str(options.get("url") or options.get("location") or options.get("host")
                             or options.get("path") or "the Qdrant server")
 
     @classmethod
     def from_url(cls, url: str, api_key: str | None, collection: str, shards: int = 1,
-                 replication_factor: int = 1, timeout: int = 30) -> ServerStore:
+                 replication_factor: int = 1, timeout: int = 30, tuning: IndexTuning | None = None) -> ServerStore:
         try:
             # No compatibility check: it makes a request in the constructor; errors show up, with
             # a clear message, on the first operation instead.
@@ -55,7 +59,7 @@ class ServerStore:
                                   check_compatibility=False)
         except Exception as exc:
             raise StoreError(f"invalid Qdrant server address {url!r} (QDRANT_URL): {exc}") from exc
-        return cls(client, collection, shards=shards, replication_factor=replication_factor)
+        return cls(client, collection, shards=shards, replication_factor=replication_factor, tuning=tuning)
 
     def _where(self) -> str:
         return f"collection {self.collection!r} on {self.location}"
@@ -90,6 +94,9 @@ class ServerStore:
                 self.client.create_collection(
                     self.collection,
                     vectors_config=models.VectorParams(size=dim, distance=models.Distance.COSINE),
+                    hnsw_config=models.HnswConfigDiff(m=self.tuning.m, ef_construct=self.tuning.ef_construct,
+                                                      full_scan_threshold=self.tuning.full_scan_kb),
+                    quantization_config=self._quantization(),
                     shard_number=self.shards,
                     replication_factor=self.replication_factor,
                     metadata={"model_id": model_id, "dim": dim},
@@ -162,10 +169,22 @@ class ServerStore:
         try:
             with self._server("search"):
                 found = self.client.query_points(self.collection, query=as_vector(vector), limit=limit,
-                                                 with_payload=True, with_vectors=False).points
+                                                 with_payload=True, with_vectors=False,
+                                                 search_params=None if self.local else self._search_params()).points
         except CollectionMissingError:
             return []
         return [Hit(id=str(p.id), score=float(p.score), payload=dict(p.payload or {})) for p in found]
+
+    def _quantization(self) -> models.ScalarQuantization | None:
+        if not self.tuning.quantization:
+            return None
+        return models.ScalarQuantization(scalar=models.ScalarQuantizationConfig(
+            type=models.ScalarType.INT8, quantile=0.99, always_ram=True))
+
+    def _search_params(self) -> models.SearchParams:
+        t = self.tuning
+        rescore = models.QuantizationSearchParams(rescore=True, oversampling=t.oversampling) if t.quantization else None
+        return models.SearchParams(hnsw_ef=t.hnsw_ef, quantization=rescore)
 
     def count(self) -> int:
         try:
