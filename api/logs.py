@@ -51,9 +51,10 @@ class TextFormatter(logging.Formatter):
 
 def setup(log_format: str) -> None:
     """Send `mms.requests` lines to stderr in the chosen format (once per process)."""
-    if log.handlers:
+    if any(getattr(h, "mms_requests", False) for h in log.handlers):
         return
     handler = logging.StreamHandler(sys.stderr)
+    handler.mms_requests = True  # type: ignore[attr-defined]
     handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
     log.addHandler(handler)
     log.setLevel(logging.INFO)
