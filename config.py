@@ -74,6 +74,9 @@ class Settings(BaseSettings):
     max_query_chars: int = Field(default=512, ge=1)
     service_timeout_s: int = Field(default=120, ge=1)
 
+    # Operations
+    log_format: Literal["json", "text"] = "json"  # the one-line-per-request log (api/logs.py)
+
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:

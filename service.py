@@ -28,6 +28,8 @@ from starlette.routing import Route
 from api import openai
 from api.errors import ApiError, bad_request, error_response, not_found, returns_errors
 from api.limits import Limits
+from api.logs import RequestLog
+from api.metrics import RequestMetrics, count_tokens, index_size_text
 from config import get_settings
 from runners.clip import ClipRunner, model_id_of
 from runners.images import BadImage, load_image
@@ -82,6 +84,7 @@ async def chat_completions(request: Request) -> Response:
             return StreamingResponse(server.in_slot(server.chat_events(chat)), media_type="text/event-stream")
         with server.vqa_slot():
             results = await from_runner(server.vqa.to_async.generate([chat]))
+        count_tokens(request.url.path, results)
     except ApiError as exc:
         return error_response(exc.status, exc.code, exc.message, exc.headers)
     return JSONResponse(openai.completion(server.vqa_model_id, result_dict(results[0])))
@@ -181,6 +184,7 @@ class MultimodalServer:
         request = self.vqa_request(question, image, video, image_id, max_new_tokens)
         with self.vqa_slot():
             results = await from_runner(self.vqa.to_async.generate([request]))
+        count_tokens("/vqa", results)
         return {"status": "success", "question": question, "answer": result_dict(results[0])["text"]}
 
     @bentoml.api(route="/vqa/stream")
@@ -313,11 +317,23 @@ class MultimodalServer:
             "vqa_batches": {"generate_calls": vqa.get("generate_calls"), "answers": vqa.get("generated_items")},
         }
 
+    async def __metrics__(self, content: str) -> str:
+        """BentoML's /metrics hook: append the index size, counted now."""
+        try:
+            count = await self.in_store(self.store.count)
+        except ApiError:
+            count = None
+        return content + index_size_text(self.settings.qdrant_collection, count)
+
     @bentoml.on_shutdown
     def close_store(self) -> None:
         self.store.close()
 
 
+# Outermost first: request id and log line, request counters, then the limits (their refusals are logged
+# and counted too).
+MultimodalServer.add_asgi_middleware(RequestLog, log_format=SETTINGS.log_format)  # type: ignore[attr-defined]
+MultimodalServer.add_asgi_middleware(RequestMetrics)  # type: ignore[attr-defined]
 MultimodalServer.add_asgi_middleware(  # type: ignore[attr-defined]
     Limits, api_key=SETTINGS.api_key.get_secret_value() if SETTINGS.api_key else None,
     public_metrics=SETTINGS.public_metrics, public_docs=SETTINGS.public_docs,

@@ -11,6 +11,7 @@ import bentoml
 import numpy as np
 from PIL import Image
 
+from api.metrics import observe_batch
 from config import Settings, get_settings
 from runners.device import gpu_memory, pick_device
 from runners.hub import resolve_model
@@ -117,6 +118,7 @@ class ClipRunner:
     )
     def encode_texts(self, texts: list[str]) -> np.ndarray:
         assert self.encoder is not None
+        observe_batch("clip", "encode_texts", len(texts))
         return self.encoder.encode_texts(texts)
 
     @bentoml.api(
@@ -124,6 +126,7 @@ class ClipRunner:
     )
     def encode_images(self, images: list[Image.Image]) -> np.ndarray:
         assert self.encoder is not None
+        observe_batch("clip", "encode_images", len(images))
         return self.encoder.encode_images(images)
 
     @bentoml.api

@@ -18,6 +18,7 @@ import bentoml
 from bentoml.exceptions import ServiceUnavailable
 from pydantic import BaseModel, Field
 
+from api.metrics import observe_batch
 from config import get_settings
 from runners.clip import NO_RECYCLE
 from runners.device import gpu_memory
@@ -105,6 +106,7 @@ class VQARunner:
                  max_latency_ms=SETTINGS.vqa_max_latency_ms)
     def generate(self, requests: list[ChatRequest]) -> list[ChatResult]:
         """Answer a batch; requests with the same sampling settings run as one padded batch."""
+        observe_batch("vqa", "generate", len(requests))
         results: dict[int, ChatResult] = {}
         groups: dict[tuple[float, float | None], list[int]] = {}
         for index, request in enumerate(requests):

@@ -1,0 +1,102 @@
+"""Request ids and one log line per request.
+
+`RequestLog` is the outermost of the service's own ASGI middlewares (registered in service.py). Every
+HTTP request gets an id: the caller's `X-Request-ID` when it is sane (1-128 characters of letters,
+digits and `-_.:`), else a new random one. The id is sent back in the `X-Request-ID` response header
+and is logged, with method, path, status and duration, as one line on stderr per request on the
+`mms.requests` logger: a JSON object (LOG_FORMAT=json, the default) or `key=value` text
+(LOG_FORMAT=text). Probes (/livez, /readyz, /healthz) and /metrics get the header but no line.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable, MutableMapping
+from datetime import UTC, datetime
+from typing import Any
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+App = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+HEADER = b"x-request-id"
+SANE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+QUIET = frozenset({"/livez", "/readyz", "/healthz", "/metrics"})
+FIELDS = ("request_id", "method", "path", "status", "duration_ms", "client")
+
+log = logging.getLogger("mms.requests")
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        line = {"time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+                "level": record.levelname, "logger": record.name, "message": record.getMessage()}
+        line.update({key: getattr(record, key) for key in FIELDS if hasattr(record, key)})
+        return json.dumps(line, ensure_ascii=False)
+
+
+class TextFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        when = datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds")
+        pairs = " ".join(f"{key}={getattr(record, key)}" for key in FIELDS if hasattr(record, key))
+        return f"{when} {record.levelname} {record.name} {record.getMessage()} {pairs}"
+
+
+def setup(log_format: str) -> None:
+    """Send `mms.requests` lines to stderr in the chosen format (once per process)."""
+    if any(getattr(h, "mms_requests", False) for h in log.handlers):
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.mms_requests = True  # type: ignore[attr-defined]
+    handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
+
+
+def incoming_id(scope: Scope) -> str | None:
+    for key, value in scope.get("headers", []):
+        if key.lower() == HEADER:
+            text = value.decode("latin-1").strip()
+            return text if SANE_ID.fullmatch(text) else None
+    return None
+
+
+class RequestLog:
+    def __init__(self, app: App, *, log_format: str = "json") -> None:
+        self.app = app
+        setup(log_format)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        rid = incoming_id(scope) or uuid.uuid4().hex
+        status = {"code": 500}  # an app that raises before answering
+        started = time.perf_counter()
+
+        async def with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = int(message["status"])
+                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != HEADER]
+                message["headers"] = [*headers, (HEADER, rid.encode("latin-1"))]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, with_id)
+        finally:
+            if scope.get("path") not in QUIET:
+                self.write(scope, rid, status["code"], time.perf_counter() - started)
+
+    @staticmethod
+    def write(scope: Scope, rid: str, status: int, seconds: float) -> None:
+        client = scope.get("client")
+        log.info("request", extra={
+            "request_id": rid, "method": scope.get("method"), "path": scope.get("path"), "status": status,
+            "duration_ms": round(seconds * 1000, 2), "client": client[0] if client else None})
