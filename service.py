@@ -28,6 +28,7 @@ from starlette.routing import Route
 from api import openai
 from api.errors import ApiError, bad_request, error_response, not_found, returns_errors
 from api.limits import Limits
+from api.ui import ui_routes
 from config import get_settings
 from runners.clip import ClipRunner, model_id_of
 from runners.images import BadImage, load_image
@@ -99,6 +100,7 @@ routes = Starlette(routes=[
     Route("/health", health, methods=["GET"]),
     Route("/v1/chat/completions", chat_completions, methods=["POST"]),
     Route("/v1/models", list_models, methods=["GET"]),
+    *ui_routes(),  # the web page at /ui/
 ])
 
 
