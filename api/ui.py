@@ -6,6 +6,7 @@ itself is public (api/limits.py); every API call it makes carries the API key wh
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from starlette.requests import Request
@@ -13,6 +14,7 @@ from starlette.responses import RedirectResponse
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
+log = logging.getLogger("service")
 UI_DIR = Path(__file__).resolve().parents[1] / "ui"
 UI_PATH = "/ui"
 
@@ -22,7 +24,10 @@ async def to_ui(request: Request) -> RedirectResponse:
 
 
 def ui_routes() -> list[BaseRoute]:
-    """/ui -> /ui/ and the files of ui/ under /ui/ (index.html for the folder)."""
+    """/ui -> /ui/ and the files of ui/ under /ui/ (index.html for the folder); none without ui/."""
+    if not (UI_DIR / "index.html").is_file():
+        log.warning("%s is missing: no web page at %s/", UI_DIR, UI_PATH)
+        return []
     return [
         Route(UI_PATH, to_ui, methods=["GET", "HEAD"]),
         Mount(UI_PATH, app=StaticFiles(directory=UI_DIR, html=True), name="ui"),

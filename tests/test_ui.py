@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, FilePayload, Page, expect, sync_playwright
 from serving import ROOT, Server, png, run_indexer, running, service_env
 from shapes import caption, draw_shape, make_library
 
@@ -100,6 +100,11 @@ def scores(page: Page) -> list[float]:
     return [float(text) for text in page.locator("#grid .card .score").all_inner_texts()]
 
 
+def upload(page: Page, name: str, mime_type: str, data: bytes) -> None:
+    """Pick a file with the page's file input (as the drop zone's "choose one" does)."""
+    page.set_input_files("#file", files=[FilePayload(name=name, mimeType=mime_type, buffer=data)])
+
+
 def ask(page: Page, question: str) -> None:
     page.fill("#question", question)
     page.press("#question", "Enter")
@@ -154,7 +159,7 @@ def test_open_a_result_and_the_answer_streams_in(page: Page, server: Server, ind
 def test_ask_about_an_uploaded_photo(page: Page, server: Server) -> None:
     open_ui(page, server)
     photo = png(draw_shape("square", "yellow", size=80, seed=5))
-    page.set_input_files("#file", files=[{"name": "mine.png", "mimeType": "image/png", "buffer": photo}])
+    upload(page, "mine.png", "image/png", photo)
     expect(page.locator("#viewer-title")).to_have_text("mine.png")
     ask(page, COLOR_Q)
     expect(page.locator("#answer")).to_have_attribute("data-state", "done")
@@ -163,8 +168,7 @@ def test_ask_about_an_uploaded_photo(page: Page, server: Server) -> None:
 
 def test_a_bad_upload_shows_a_readable_error(page: Page, server: Server) -> None:
     open_ui(page, server)
-    notes = {"name": "notes.txt", "mimeType": "text/plain", "buffer": b"these are not pixels"}
-    page.set_input_files("#file", files=[notes])
+    upload(page, "notes.txt", "text/plain", b"these are not pixels")
     expect(page.locator("#viewer-noimage")).to_be_visible()
     ask(page, COLOR_Q)
     error = page.locator("#viewer-error")
