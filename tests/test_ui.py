@@ -105,6 +105,18 @@ def upload(page: Page, name: str, mime_type: str, data: bytes) -> None:
     page.set_input_files("#file", files=[FilePayload(name=name, mimeType=mime_type, buffer=data)])
 
 
+def drop(page: Page, name: str, mime_type: str, data: bytes) -> None:
+    """Drop a file on the page's drop zone, as a drag from the desktop does."""
+    page.evaluate("""([name, type, bytes]) => {
+        const transfer = new DataTransfer();
+        transfer.items.add(new File([new Uint8Array(bytes)], name, {type}));
+        const zone = document.getElementById("drop");
+        for (const kind of ["dragenter", "dragover", "drop"]) {
+            zone.dispatchEvent(new DragEvent(kind, {dataTransfer: transfer, bubbles: true, cancelable: true}));
+        }
+    }""", [name, mime_type, list(data)])
+
+
 def ask(page: Page, question: str) -> None:
     page.fill("#question", question)
     page.press("#question", "Enter")
@@ -178,6 +190,28 @@ def test_a_bad_upload_shows_a_readable_error(page: Page, server: Server) -> None
     assert "{" not in text and "status" not in text, text  # the message, not the JSON
     expect(page.locator("#answer")).to_be_hidden()
     page.screenshot(path=SHOTS / "error.png")
+
+
+def test_find_similar_from_a_result_and_from_a_dropped_photo(page: Page, server: Server, indexed: Any) -> None:
+    shapes: Shapes = indexed[2]
+    open_ui(page, server)
+    first = search(page, caption("square", "orange"))[0]
+    assert shapes[first] == ("square", "orange")
+    page.locator("#grid .card").first.click()
+    page.click("#similar")
+    expect(page.locator("#viewer")).to_be_hidden()
+    expect(page.locator("#summary")).to_contain_text(f"photos like {first}")
+    names = shown_results(page)
+    assert first not in names  # the photo itself is left out
+    assert shapes[names[0]] == ("square", "orange"), names[:5]
+    page.screenshot(path=SHOTS / "similar.png", full_page=True)
+
+    drop(page, "dropped.png", "image/png", png(draw_shape("circle", "blue", size=96, seed=8)))
+    expect(page.locator("#viewer-title")).to_have_text("dropped.png")
+    page.click("#similar")
+    expect(page.locator("#summary")).to_contain_text("photos like dropped.png")
+    names = shown_results(page)
+    assert [shapes[name] for name in names[:2]] == [("circle", "blue")] * 2, names[:5]
 
 
 def test_with_an_api_key_the_page_asks_for_it_then_works(
