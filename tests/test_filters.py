@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from qdrant_client import QdrantClient
 from shapes import make_library
-from test_indexer import CountingEncoder, index
+from test_indexer import index
 from test_store import BACKENDS, Backend, unit_vectors
 
 from runners.clip import ClipEncoder
