@@ -141,12 +141,17 @@ def test_search_shows_the_right_thumbnails_first(page: Page, server: Server, ind
     expect(page.locator("#status")).to_contain_text(f"{len(shapes)} images indexed")
     expect(page.locator("#status")).to_contain_text("device: cpu")
     names = search(page, caption("circle", "red"))  # 红色的圆形
+    expect(page.locator("#summary")).to_have_text(f"20 photos for “{caption('circle', 'red')}”, best match first")
     page.screenshot(path=SHOTS / "search.png", full_page=True)
     assert len(names) == 20 and len(set(names)) == 20
     assert [shapes[name] for name in names[:2]] == [("circle", "red")] * 2, names[:5]
     assert scores(page) == sorted(scores(page), reverse=True)
     sources = page.eval_on_selector_all("#grid .card img", "imgs => imgs.map(img => img.src)")
     assert all(src.startswith("blob:") for src in sources)  # thumbnails from /images/..., fetched
+    page.click("#more")  # the next page (offset): the rest of the library, nothing twice
+    expect(page.locator("#summary")).to_contain_text(f"{len(shapes)} photos for")
+    expect(page.locator("#more")).to_be_hidden()
+    assert sorted(shown_results(page)) == sorted(shapes)
     names = search(page, caption("square", "blue"))
     assert shapes[names[0]] == ("square", "blue"), names[:5]
 
@@ -202,7 +207,7 @@ def test_find_similar_from_a_result_and_from_a_dropped_photo(page: Page, server:
     page.locator("#grid .card").first.click()
     page.click("#similar")
     expect(page.locator("#viewer")).to_be_hidden()
-    expect(page.locator("#summary")).to_contain_text(f"photos like {first}")
+    expect(page.locator("#summary")).to_contain_text(f"20 photos similar to {first}")
     names = shown_results(page)
     assert first not in names  # the photo itself is left out
     assert shapes[names[0]] == ("square", "orange"), names[:5]
@@ -211,7 +216,7 @@ def test_find_similar_from_a_result_and_from_a_dropped_photo(page: Page, server:
     drop(page, "dropped.png", "image/png", png(draw_shape("circle", "red", size=96, seed=8)))
     expect(page.locator("#viewer-title")).to_have_text("dropped.png")
     page.click("#similar")
-    expect(page.locator("#summary")).to_contain_text("photos like dropped.png")
+    expect(page.locator("#summary")).to_contain_text("similar to dropped.png")
     names = shown_results(page)
     assert shapes[names[0]] == ("circle", "red"), names[:5]
 

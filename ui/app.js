@@ -222,8 +222,8 @@ async function runSearch(search, append = false) {
 }
 
 function summaryText(search, count) {
-  if (count === 0) return `No photos found for ${search.label}.`;
-  return `${count} ${count === 1 ? "photo" : "photos"} for ${search.label}, best match first`;
+  if (count === 0) return `No photos found ${search.label}.`;
+  return `${count} ${count === 1 ? "photo" : "photos"} ${search.label}, best match first`;
 }
 
 function clearGrid() {
@@ -378,11 +378,11 @@ function findSimilar() {
   $("viewer").close();
   if (subject.kind === "upload") {
     const name = subject.file.name || "your photo";
-    runSearch({ endpoint: "/image2image_search", fields: {}, upload: subject.file, label: `photos like ${name}` });
+    runSearch({ endpoint: "/image2image_search", fields: {}, upload: subject.file, label: `similar to ${name}` });
   } else {
     const image = subject.result.image;
     runSearch({ endpoint: "/image2image_search", fields: { image_id: image }, upload: null,
-      label: `photos like ${image}` });
+      label: `similar to ${image}` });
   }
 }
 
@@ -422,7 +422,7 @@ function start() {
     event.preventDefault();
     const query = $("query").value.trim();
     if (!query) return;
-    runSearch({ endpoint: "/text2image_search", fields: { text_query: query }, upload: null, label: `“${query}”` });
+    runSearch({ endpoint: "/text2image_search", fields: { text_query: query }, upload: null, label: `for “${query}”` });
   });
   $("more").addEventListener("click", () => state.search && runSearch(state.search, true));
   $("ask-form").addEventListener("submit", (event) => {
