@@ -156,6 +156,18 @@ def test_search_shows_the_right_thumbnails_first(page: Page, server: Server, ind
     assert shapes[names[0]] == ("square", "blue"), names[:5]
 
 
+def test_filters_narrow_the_search(page: Page, server: Server, indexed: Any) -> None:
+    shapes: Shapes = indexed[2]
+    in_red = {name for name in shapes if name.startswith("red/")}
+    assert 0 < len(in_red) < 20
+    open_ui(page, server)
+    page.click(".filters summary")
+    page.fill("#f-folder", "red")
+    names = search(page, caption("triangle", "blue"))
+    assert set(names) == in_red and len(names) == len(in_red)
+    expect(page.locator("#more")).to_be_hidden()
+
+
 def test_open_a_result_and_the_answer_streams_in(page: Page, server: Server, indexed: Any) -> None:
     shapes: Shapes = indexed[2]
     open_ui(page, server)
