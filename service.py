@@ -25,22 +25,24 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from api import openai
+from api import images, openai, search
 from api.errors import ApiError, bad_request, error_response, not_found, returns_errors
 from api.limits import Limits
 from api.logs import RequestLog
 from api.metrics import RequestMetrics, count_tokens, index_size_text
+from api.ui import ui_routes
 from config import get_settings
 from runners.clip import ClipRunner, model_id_of
 from runners.images import BadImage, load_image
 from runners.vlm_service import ChatRequest, VQARunner
 from store import open_store
-from store.base import Hit, StoreError
+from store.base import StoreError, point_id
 
 log = logging.getLogger("service")
 SETTINGS = get_settings()
 
 
+UPLOAD_DRAFT_SIZE = 448  # an upload to search with is decoded as the indexer decodes library files
 VQA_DISABLED = "visual question answering is disabled on this server (VQA_ENABLED=false)"
 
 
@@ -102,6 +104,8 @@ routes = Starlette(routes=[
     Route("/health", health, methods=["GET"]),
     Route("/v1/chat/completions", chat_completions, methods=["POST"]),
     Route("/v1/models", list_models, methods=["GET"]),
+    Route("/images/{path:path}", images.serve_image, methods=["GET"]),  # thumbnails and originals (api/images.py)
+    *ui_routes(),  # the web page at /ui/
 ])
 
 
@@ -153,7 +157,15 @@ class MultimodalServer:
         self,
         text_query: Annotated[Text, Field(description="what to look for, in Chinese or English")],
         top_k: Annotated[int, Field(ge=1, le=SETTINGS.search_max_top_k)] = 5,
-        include_image: Annotated[bool, Field(description="return each file base64-encoded")] = True,
+        include_image: search.IncludeImage = True,
+        folder: search.Folder = None,
+        modified_after: search.ModifiedAfter = None,
+        modified_before: search.ModifiedBefore = None,
+        min_width: search.MinWidth = None,
+        min_height: search.MinHeight = None,
+        min_bytes: search.MinBytes = None,
+        offset: search.Offset = 0,
+        dedup: search.Dedup = False,
     ) -> dict[str, Any]:
         """Find the library images that best match a text, best first (cosine similarity)."""
         query = text_query.strip()
@@ -161,14 +173,71 @@ class MultimodalServer:
             raise bad_request("text_query is empty")
         if len(query) > self.settings.max_query_chars:
             raise bad_request(f"text_query is longer than {self.settings.max_query_chars} characters")
+        page = search.search_page(top_k, offset, dedup, self.settings.search_max_window, folder=folder,
+                                  modified_after=modified_after, modified_before=modified_before,
+                                  min_width=min_width, min_height=min_height, min_bytes=min_bytes)
+        await self.check_index()
+        vectors = await from_runner(self.clip.to_async.encode_texts([query]))
+        results = await self.ranked(vectors[0], top_k, page, include_image)
+        return {"status": "success", "query": text_query, "results": results}
+
+    @bentoml.api(route="/image2image_search")
+    @returns_errors
+    async def image2image_search(
+        self,
+        image: Annotated[Path, Field(description="an image file to find similar ones to")] = NO_FILE,
+        image_id: Annotated[Text | None, Field(description="a library-relative path, instead of an upload")] = None,
+        top_k: Annotated[int, Field(ge=1, le=SETTINGS.search_max_top_k)] = 5,
+        include_image: search.IncludeImage = True,
+        folder: search.Folder = None,
+        modified_after: search.ModifiedAfter = None,
+        modified_before: search.ModifiedBefore = None,
+        min_width: search.MinWidth = None,
+        min_height: search.MinHeight = None,
+        min_bytes: search.MinBytes = None,
+        offset: search.Offset = 0,
+        dedup: search.Dedup = False,
+    ) -> dict[str, Any]:
+        """Find the library images most like an uploaded image or a library image (`image_id`, whose
+        stored vector is used and which is left out of the results), best first."""
+        if (image is None) == (not image_id):
+            raise bad_request("send exactly one of image or image_id")
+        rel = search.library_path(image_id) if image_id else None
+        page = search.search_page(top_k, offset, dedup, self.settings.search_max_window, folder=folder,
+                                  modified_after=modified_after, modified_before=modified_before,
+                                  min_width=min_width, min_height=min_height, min_bytes=min_bytes,
+                                  exclude=(point_id(rel),) if rel else ())
+        await self.check_index()
+        if rel is not None:
+            vector, query = await self.stored_vector(rel), rel
+        else:
+            vector, query = await self.upload_vector(Path(str(image))), upload_name(Path(str(image)))
+        results = await self.ranked(vector, top_k, page, include_image)
+        return {"status": "success", "query": query, "results": results}
+
+    async def check_index(self) -> None:
         info = await self.in_store(self.store.info)
         if info is not None and info.model_id != self.model_id:
             raise ApiError(409, "model_mismatch", f"the image index was built with {info.model_id!r} but "
                            f"CLIP_MODEL is {self.model_id!r}: re-run `python -m indexer --recreate`")
-        vectors = await from_runner(self.clip.to_async.encode_texts([query]))
-        hits = await self.in_store(self.store.search, vectors[0], top_k)
-        results = [self.result(hit, include_image) for hit in hits]
-        return {"status": "success", "query": text_query, "results": results}
+
+    async def stored_vector(self, rel: str) -> Any:
+        found = await self.in_store(self.store.vectors, [point_id(rel)])
+        if point_id(rel) not in found:
+            raise not_found(f"image_id {rel!r} is not in the image index (run `python -m indexer` after adding files)")
+        return found[point_id(rel)]
+
+    async def upload_vector(self, upload: Path) -> Any:
+        try:
+            image, _, _ = load_image(upload.read_bytes(), draft_size=UPLOAD_DRAFT_SIZE)
+        except BadImage as exc:
+            raise bad_request(f"image: {exc}") from exc
+        vectors = await from_runner(self.clip.to_async.encode_images([image]))
+        return vectors[0]
+
+    async def ranked(self, vector: Any, top_k: int, page: search.SearchPage, include_image: bool | str) -> list[Any]:
+        hits = await self.in_store(self.store.search, vector, top_k, page.where, page.offset, page.dedup)
+        return [search.result_item(hit, include_image, self.read_base64) for hit in hits]
 
     @bentoml.api(route="/vqa")
     @returns_errors
@@ -280,13 +349,6 @@ class MultimodalServer:
         yield openai.chunk(chat_id, self.vqa_model_id, {}, finish="stop")
         yield "data: [DONE]\n\n"
 
-    def result(self, hit: Hit, include_image: bool) -> dict[str, Any]:
-        path = str(hit.payload.get("path", ""))
-        item: dict[str, Any] = {"image": path, "score": round(float(hit.score), 6)}
-        if include_image:
-            item["image_base64"] = self.read_base64(path)
-        return item
-
     def read_base64(self, rel_path: str) -> str | None:
         """The file's own bytes, base64-encoded; None if it vanished or would leave the library."""
         try:
@@ -374,6 +436,13 @@ async def runner_info(runner: Any) -> dict[str, Any]:
     except Exception as exc:  # noqa: BLE001 - any failure means "not loaded"
         log.debug("runner not answering: %s", exc)
         return {}
+
+
+def upload_name(upload: Path) -> str:
+    """The uploaded file's own name: BentoML 1.4.40 saves an upload as NamedTemporaryFile(suffix=<its
+    name>), i.e. "tmp" + 8 random characters + the name."""
+    name = upload.name
+    return (name[11:] if name.startswith("tmp") else name) or "upload"
 
 
 def video_suffix(data: bytes) -> str | None:

@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from api.errors import error_response
+from api.ui import is_ui_path
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -28,7 +29,8 @@ class Limits:
     """Refuse early and clearly:
 
     - 401 without `Authorization: Bearer <API_KEY>` when a key is set (constant-time compare);
-      probes are always open, /metrics and the docs only when configured;
+      probes and the web page's static files (/ui/) are always open, /metrics and the docs only when
+      configured (the page's own API calls carry the key);
     - 413 for a body over `max_upload_bytes` (by Content-Length, or counted while it streams in);
     - 429 with Retry-After when `max_concurrency` requests are already in flight;
     - 504 when no response has started within `timeout_s`.
@@ -75,6 +77,8 @@ class Limits:
         return None
 
     def open_path(self, path: str) -> bool:
+        if is_ui_path(path):
+            return True
         if path == "/metrics":
             return self.public_metrics
         return self.public_docs and (path in DOCS or path.startswith(("/assets/", "/static_content/")))

@@ -59,6 +59,9 @@ SCHEMAS: dict[str, Any] = {
             "score": {"type": "number", "description": "cosine similarity"},
             "image_base64": {"type": "string", "nullable": True,
                              "description": "the file's bytes, base64 (null if it was deleted since indexing)"},
+            "thumbnail_url": {"type": "string", "description": 'with include_image="thumbnail": '
+                              "/images/<path>?size=256"},
+            "image_url": {"type": "string", "description": 'with include_image="thumbnail": /images/<path>?size=0'},
         },
     },
     "SearchResponse": {
@@ -88,12 +91,16 @@ COMMON_ERRORS = {
 ROUTE_ERRORS: dict[str, dict[int, str]] = {
     "/text2image_search": {409: "The image index was built with another CLIP model",
                            503: "The vector store is not answering (see Retry-After)"},
+    "/image2image_search": {404: "image_id is not in the image index",
+                            409: "The image index was built with another CLIP model",
+                            503: "The vector store or the CLIP runner is not answering (see Retry-After)"},
     "/vqa": {404: "image_id is not in the image library",
              503: "VQA is disabled, at capacity or its runner is restarting (see Retry-After)"},
     "/vqa/stream": {404: "image_id is not in the image library",
                     503: "VQA is disabled, at capacity or its runner is restarting (see Retry-After)"},
 }
-SUCCESS = {"/text2image_search": "SearchResponse", "/vqa": "VQAResponse"}
+SUCCESS = {"/text2image_search": "SearchResponse", "/image2image_search": "SearchResponse", "/vqa": "VQAResponse"}
+IMAGE_TYPES = ("image/jpeg", "image/webp", "image/png", "image/gif", "image/bmp")
 
 
 def error_responses(statuses: dict[int, str]) -> dict[str, Any]:
@@ -122,6 +129,8 @@ def fix_schema(schema: Any) -> None:
         else:
             schema["anyOf"] = rest
         schema["nullable"] = True
+    if "const" in schema:  # JSON Schema's const (a Literal) -> a one-value enum
+        schema["enum"] = [schema.pop("const")]
     if "default" in schema and schema["default"] is None:
         schema["nullable"] = True
     for bound in ("Minimum", "Maximum"):  # JSON Schema 2020 numbers -> OpenAPI 3.0 booleans
@@ -191,6 +200,7 @@ def extra_paths() -> dict[str, Any]:
     event = {"type": "object", "description": "one server-sent event: `data` is a chat.completion.chunk "
              "as JSON, the last one `[DONE]`", "properties": {"data": {"type": "string"}}}
     return {
+        "/images/{path}": {"get": images_operation()},
         "/health": {"get": {
             "operationId": "health", "tags": tags, "description": "Models loaded, index size, GPU memory.",
             "responses": {"200": json_response("Service health", obj), **error_responses({500: COMMON_ERRORS[500]})},
@@ -210,6 +220,33 @@ def extra_paths() -> dict[str, Any]:
                                    500: COMMON_ERRORS[500]}),
             },
         }},
+    }
+
+
+def images_operation() -> dict[str, Any]:
+    binary = {"schema": {"type": "string", "format": "binary"}}
+    cache = {name: {"schema": {"type": "string"}} for name in ("ETag", "Last-Modified", "Cache-Control")}
+    return {
+        "operationId": "get_image", "tags": [SERVICE_TAG],
+        "description": "A cached JPEG/WebP thumbnail of a library image (its longer side at most `size` px), "
+                       "or the file itself with `size=0`. ETag/Last-Modified; 304 for a matching "
+                       "If-None-Match / If-Modified-Since.",
+        "parameters": [
+            {"name": "path", "in": "path", "required": True, "schema": {"type": "string"},
+             "description": "the library-relative path (a search result's `image`), URL-quoted"},
+            {"name": "size", "in": "query", "required": False,
+             "schema": {"type": "integer", "minimum": 0, "maximum": 2048, "default": 256}},
+            {"name": "format", "in": "query", "required": False,
+             "schema": {"type": "string", "enum": ["jpeg", "webp"], "default": "jpeg"}},
+        ],
+        "responses": {
+            "200": {"description": "The thumbnail, or the original file", "headers": cache,
+                    "content": {media: binary for media in IMAGE_TYPES}},
+            "304": {"description": "Not modified since the ETag / date the client has", "headers": cache},
+            **error_responses({400: "A bad size or format", 401: COMMON_ERRORS[401],
+                               404: "Not an image file inside the library", 429: COMMON_ERRORS[429],
+                               500: COMMON_ERRORS[500]}),
+        },
     }
 
 

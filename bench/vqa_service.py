@@ -43,7 +43,8 @@ SMALL_QWEN = Path(tempfile.gettempdir()) / "mms-bench-qwen-small"
 def ask(url: str, i: int, max_new_tokens: int) -> str:
     r = httpx.post(f"{url}/vqa", data={"question": "What color is the shape?", "max_new_tokens": max_new_tokens},
                    files={"image": ("x.png", image_bytes(i), "image/png")}, timeout=300)
-    r.raise_for_status()
+    if r.status_code != 200:
+        raise RuntimeError(f"/vqa answered {r.status_code}: {r.text[:500]}")
     return str(r.json()["answer"])
 
 

@@ -81,7 +81,7 @@ def print_summary(summary: Summary, as_json: bool) -> None:
         return
     print(f"scanned {summary.scanned} | added {summary.added} | updated {summary.updated} | "
           f"removed {summary.removed} | unchanged {summary.unchanged} | failed {summary.failed} "
-          f"(vectors reused: {summary.reused})")
+          f"(vectors reused: {summary.reused}; payloads completed: {summary.payload_updated})")
     for path, reason in summary.failures:
         print(f"  failed: {path}: {reason}")
     print("seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in summary.seconds.items()))

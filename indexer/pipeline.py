@@ -15,9 +15,9 @@ import numpy as np
 from PIL import Image
 
 from indexer.decode import Decoded, decode_entry
-from indexer.plan import make_plan
+from indexer.plan import Plan, make_plan
 from indexer.scan import FileEntry, scan_library
-from store.base import Point, VectorStore, point_id
+from store.base import Point, VectorStore, folders_of, point_id
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +38,7 @@ class Summary:
     unchanged: int = 0
     failed: int = 0
     reused: int = 0  # vectors taken over from a renamed/copied file or a touched file
+    payload_updated: int = 0  # unchanged files whose payload gained new fields (no re-embedding)
     failures: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
     seconds: dict[str, float] = field(default_factory=dict)  # time spent per stage
 
@@ -76,6 +77,7 @@ class Indexer:
         plan = make_plan(entries, payloads, self.encoder.model_id, [folder for folder, _ in unreadable])
         self.plan = plan
         self.summary.unchanged = len(plan.unchanged)
+        self.timed("write", self.add_missing_fields, plan)
         for decoded in self.decoded(plan.check):
             self.take(decoded)
         self.flush_reuse()  # may hand files back to embedding, so it goes first
@@ -87,6 +89,17 @@ class Indexer:
         self.timed("finish", self.store.finish)
         self.summary.seconds = {k: round(v, 3) for k, v in self.timer.items()}
         return self.summary
+
+    def add_missing_fields(self, plan: Plan) -> None:
+        """Points indexed before a payload field existed get it now, vectors untouched."""
+        updates: dict[str, dict[str, Any]] = {}
+        for entry in plan.unchanged:
+            pid = point_id(entry.rel_path)
+            folders = folders_of(entry.rel_path)
+            if plan.existing[pid].get("folders") != folders:
+                updates[pid] = {"folders": folders}
+        self.store.set_payloads(updates)
+        self.summary.payload_updated = len(updates)
 
     def timed(self, stage: str, func: Any, *args: Any) -> Any:
         start = time.perf_counter()
@@ -200,6 +213,7 @@ class Indexer:
             "height": height,
             "indexed_at": time.time(),
             "model_id": self.encoder.model_id,
+            "folders": folders_of(entry.rel_path),
         }
         return Point(point_id(entry.rel_path), np.asarray(vector, dtype=np.float32), payload)
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -13,7 +14,14 @@ import numpy as np
 # writes the same ids, so an interrupted run converges on the clean run's collection.
 POINT_NAMESPACE = uuid.UUID("6f9c3d2e-8a41-5b7c-9e0d-2a1b3c4d5e6f")
 
-PAYLOAD_FIELDS = ("path", "content_hash", "size", "mtime", "width", "height", "indexed_at", "model_id")
+PAYLOAD_FIELDS = ("path", "content_hash", "size", "mtime", "width", "height", "indexed_at", "model_id", "folders")
+# Payload fields that hold a list of strings (every other field is a flat value).
+LIST_FIELDS = frozenset({"folders"})
+# Payload indexes the searches filter on: created with the collection and, idempotently, on every
+# ensure_collection() of an existing one. "keyword" / "integer" / "float" are Qdrant's schema types.
+INDEXED_FIELDS = {"folders": "keyword", "content_hash": "keyword", "mtime": "float", "size": "integer",
+                  "width": "integer", "height": "integer"}
+DEDUP_FETCH_FACTOR = 4  # with dedup, ask the engine for this many times the hits needed, then more
 
 
 def point_id(rel_path: str) -> str:
@@ -36,6 +44,12 @@ class IndexTuning:
     quantization: bool = True
     hnsw_ef: int = 256
     oversampling: float = 2.0
+
+
+def folders_of(rel_path: str) -> list[str]:
+    """Every ancestor folder of a library-relative path: "a/b/c.jpg" -> ["a", "a/b"]; top level -> []."""
+    parts = rel_path.split("/")[:-1]
+    return ["/".join(parts[:i]) for i in range(1, len(parts) + 1)]
 
 
 class StoreError(RuntimeError):
@@ -74,6 +88,25 @@ class Hit:
     payload: dict[str, Any]
 
 
+@dataclass(frozen=True)
+class SearchFilter:
+    """Conditions on the payload; None means "any". Bounds are inclusive."""
+
+    folder: str | None = None  # library-relative folder: the files in it and in its subfolders
+    modified_after: float | None = None  # mtime, unix seconds
+    modified_before: float | None = None
+    min_width: int | None = None
+    min_height: int | None = None
+    min_bytes: int | None = None
+    exclude_ids: tuple[str, ...] = ()  # points left out (image-to-image: the query image itself)
+
+    def ranges(self) -> dict[str, tuple[float | None, float | None]]:
+        """field -> (lowest, highest) for the bounded numeric fields."""
+        bounds = {"mtime": (self.modified_after, self.modified_before), "width": (self.min_width, None),
+                  "height": (self.min_height, None), "size": (self.min_bytes, None)}
+        return {key: (low, high) for key, (low, high) in bounds.items() if low is not None or high is not None}
+
+
 class VectorStore(Protocol):
     def info(self) -> CollectionInfo | None:
         """The model that made this collection's vectors, or None when the collection does not exist."""
@@ -92,8 +125,14 @@ class VectorStore(Protocol):
     def vectors(self, ids: Sequence[str]) -> dict[str, np.ndarray]:
         """Stored vectors of the given ids (missing ids are left out)."""
 
-    def search(self, vector: np.ndarray, limit: int) -> list[Hit]:
-        """Nearest points by cosine similarity, best first. Empty list if the collection is missing."""
+    def search(self, vector: np.ndarray, limit: int, where: SearchFilter | None = None, offset: int = 0,
+               dedup: bool = False) -> list[Hit]:
+        """Nearest points by cosine similarity, best first, that match `where`, skipping the first
+        `offset`. `dedup`: only the best point of each content_hash counts (paging counts the
+        collapsed list). Empty list if the collection is missing."""
+
+    def set_payloads(self, payloads: dict[str, dict[str, Any]]) -> None:
+        """Add or replace these payload fields of existing points (id -> fields), keeping their vectors."""
 
     def count(self) -> int:
         """Number of points; 0 when the collection is missing."""
@@ -109,9 +148,13 @@ class VectorStore(Protocol):
 
 def clean_payload(payload: dict[str, Any]) -> dict[str, Any]:
     """The payload as plain JSON values: numpy scalars become Python numbers, paths become strings.
-    Raise StoreError for values that are not str/int/float/bool/None (the store keeps flat payloads)."""
+    Raise StoreError for values that are not str/int/float/bool/None (the store keeps flat payloads),
+    except the LIST_FIELDS, which hold a list of strings."""
     out: dict[str, Any] = {}
     for key, value in payload.items():
+        if key in LIST_FIELDS and isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+            out[key] = list(value)
+            continue
         if isinstance(value, np.generic):
             value = value.item()
         elif hasattr(value, "__fspath__"):
@@ -140,3 +183,42 @@ def require_same_model(stored: CollectionInfo, model_id: str, dim: int, where: s
         f"{where} holds {stored.dim}-dimensional vectors made by {made_by}, but the current model is "
         f"{model_id!r} ({dim} dimensions). Re-create the collection (indexer --recreate) to re-embed "
         "the library with the current model, or point QDRANT_COLLECTION at another collection.")
+
+
+def search_pages(query: Callable[[int, int], list[Hit]], limit: int, offset: int, dedup: bool) -> list[Hit]:
+    """Run a backend's `query(limit, offset)` for one page. With dedup, fetch from the top, more and
+    more, until the collapsed list covers the page or the matches run out, so that page n+1 starts
+    right after page n."""
+    if limit <= 0:
+        return []
+    if not dedup:
+        return query(limit, offset)
+    wanted = offset + limit
+    fetch = wanted * DEDUP_FETCH_FACTOR
+    while True:
+        hits = query(fetch, 0)
+        unique = best_per_content(hits)
+        if len(unique) >= wanted or len(hits) < fetch:
+            return unique[offset:wanted]
+        fetch *= DEDUP_FETCH_FACTOR
+
+
+def best_per_content(hits: list[Hit]) -> list[Hit]:
+    """The first (best) hit of each content_hash, in order; hits without a hash are all kept."""
+    seen: set[str] = set()
+    out = []
+    for hit in hits:
+        key = str(hit.payload.get("content_hash") or f"id:{hit.id}")
+        if key not in seen:
+            seen.add(key)
+            out.append(hit)
+    return out
+
+
+def same_payload_groups(payloads: dict[str, dict[str, Any]]) -> list[tuple[list[str], dict[str, Any]]]:
+    """(ids, fields) groups of points that get the same fields, so each group is one update."""
+    groups: dict[str, tuple[list[str], dict[str, Any]]] = {}
+    for pid, fields in payloads.items():
+        clean = clean_payload(fields)
+        groups.setdefault(json.dumps(clean, sort_keys=True), ([], clean))[0].append(pid)
+    return list(groups.values())

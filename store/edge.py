@@ -34,16 +34,20 @@ import numpy as np
 import qdrant_edge as qe
 
 from store.base import (
+    INDEXED_FIELDS,
     CollectionInfo,
     CollectionMissingError,
     Hit,
     IndexTuning,
     Point,
+    SearchFilter,
     StoreError,
     StoreLockedError,
     as_vector,
     clean_payload,
     require_same_model,
+    same_payload_groups,
+    search_pages,
 )
 
 log = logging.getLogger(__name__)
@@ -117,12 +121,26 @@ class EdgeStore:
                 if self._shard is None:
                     self._check_space(0)  # loading may fill in a sparse 32 MiB vector file
                 self._open()  # take the folder's lock now: fail before any embedding work
+                self._ensure_indexes()
                 return
             try:
                 self._drop()
                 self._create(model_id, dim)
             except OSError as exc:  # the meta file or the folder (the engine's own errors are StoreError)
                 raise StoreError(f"cannot create {self._where()}: {exc}") from exc
+            self._ensure_indexes()
+
+    def _ensure_indexes(self) -> None:
+        """Create the payload indexes the searches filter on, those that are missing."""
+        shard = self._require_open()
+        with self._engine("read the payload indexes"):
+            present = set(shard.info().payload_schema)
+        kinds = {"keyword": qe.PayloadSchemaType.Keyword, "integer": qe.PayloadSchemaType.Integer,
+                 "float": qe.PayloadSchemaType.Float}
+        for name, kind in INDEXED_FIELDS.items():
+            if name not in present:
+                with self._engine("create a payload index"):
+                    shard.update(qe.UpdateOperation.create_field_index(name, kinds[kind]))
 
     def upsert(self, points: Sequence[Point]) -> None:
         if not points:
@@ -174,17 +192,34 @@ class EdgeStore:
                     out[str(record.id)] = vector
         return out
 
-    def search(self, vector: np.ndarray, limit: int) -> list[Hit]:
+    def search(self, vector: np.ndarray, limit: int, where: SearchFilter | None = None, offset: int = 0,
+               dedup: bool = False) -> list[Hit]:
         if limit <= 0:
             return []
         shard = self._open_if_exists()
         if shard is None:
             return []
-        request = qe.QueryRequest(limit=limit, query=qe.Query.Nearest(as_vector(vector)),
-                                  with_payload=True, with_vector=False, params=self._search_params())
-        with self._engine("search"):
-            found = shard.query(request)
-        return [Hit(id=str(p.id), score=float(p.score), payload=dict(p.payload or {})) for p in found]
+        nearest = qe.Query.Nearest(as_vector(vector))
+        condition = edge_filter(where)
+
+        def query(n: int, skip: int) -> list[Hit]:
+            request = qe.QueryRequest(limit=n, offset=skip or None, query=nearest, filter=condition,
+                                      with_payload=True, with_vector=False, params=self._search_params())
+            with self._engine("search"):
+                found = shard.query(request)
+            return [Hit(id=str(p.id), score=float(p.score), payload=dict(p.payload or {})) for p in found]
+
+        return search_pages(query, limit, offset, dedup)
+
+    def set_payloads(self, payloads: dict[str, dict[str, Any]]) -> None:
+        if not payloads:
+            return
+        shard = self._require_open()
+        self._check_space(len(payloads) * POINT_OVERHEAD)
+        with self._engine("set payload"):
+            for ids, fields in same_payload_groups(payloads):
+                shard.update(qe.UpdateOperation.set_payload(list(ids), fields))
+        self._written(len(payloads))
 
     def count(self) -> int:
         shard = self._open_if_exists()
@@ -391,6 +426,21 @@ class EdgeStore:
             shard.close()
             raise
         self._shard = shard
+
+
+def edge_filter(where: SearchFilter | None) -> qe.Filter | None:
+    """The engine's filter for a SearchFilter (None: no conditions)."""
+    if where is None:
+        return None
+    must: list[Any] = []
+    if where.folder:
+        must.append(qe.FieldCondition("folders", match=qe.MatchValue(where.folder)))
+    for key, (low, high) in where.ranges().items():
+        must.append(qe.FieldCondition(key, range=qe.RangeFloat(gte=low, lte=high)))
+    must_not: list[Any] = [qe.HasIdCondition(set(where.exclude_ids))] if where.exclude_ids else []
+    if not must and not must_not:
+        return None
+    return qe.Filter(must=must or None, must_not=must_not or None)
 
 
 def _point_bytes(dim: int) -> int:

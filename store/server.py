@@ -8,6 +8,7 @@ or by a server that ignores metadata) reports model_id "" and therefore never ma
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -17,15 +18,19 @@ from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
 from store.base import (
+    INDEXED_FIELDS,
     CollectionInfo,
     CollectionMissingError,
     Hit,
     IndexTuning,
     Point,
+    SearchFilter,
     StoreError,
     as_vector,
     clean_payload,
     require_same_model,
+    same_payload_groups,
+    search_pages,
 )
 
 UPSERT_CHUNK = 256
@@ -85,6 +90,7 @@ class ServerStore:
         current = self.info()
         if current is not None and not recreate:
             require_same_model(current, model_id, dim, self._where())
+            self._ensure_indexes()
             return
         if current is not None:
             with self._server("drop the collection"):
@@ -107,6 +113,7 @@ class ServerStore:
             if current is None:
                 raise
             require_same_model(current, model_id, dim, self._where())
+            self._ensure_indexes()
             return
         created = self.info()
         if created is None or created.model_id != model_id:
@@ -114,6 +121,21 @@ class ServerStore:
                 f"{self.location} did not keep the collection metadata that records the model; "
                 "Qdrant server 1.16 or newer is needed (upgrade the server, or unset QDRANT_URL "
                 "to use the embedded store in QDRANT_PATH).")
+        self._ensure_indexes()
+
+    def _ensure_indexes(self) -> None:
+        """Create the payload indexes the searches filter on, those that are missing (the server
+        accepts a repeated creation too, so concurrent indexers are fine)."""
+        with self._server("read the payload indexes"):
+            present = set(self.client.get_collection(self.collection).payload_schema or {})
+        kinds = {"keyword": models.PayloadSchemaType.KEYWORD, "integer": models.PayloadSchemaType.INTEGER,
+                 "float": models.PayloadSchemaType.FLOAT}
+        for name, kind in INDEXED_FIELDS.items():
+            if name in present:
+                continue
+            with self._server("create a payload index"), warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # qdrant-client's local mode: "indexes have no effect"
+                self.client.create_payload_index(self.collection, name, field_schema=kinds[kind], wait=True)
 
     def upsert(self, points: Sequence[Point]) -> None:
         for start in range(0, len(points), UPSERT_CHUNK):
@@ -163,17 +185,27 @@ class ServerStore:
                     out[str(record.id)] = np.asarray(vector, dtype=np.float32)
         return out
 
-    def search(self, vector: np.ndarray, limit: int) -> list[Hit]:
-        if limit <= 0:
-            return []
-        try:
+    def search(self, vector: np.ndarray, limit: int, where: SearchFilter | None = None, offset: int = 0,
+               dedup: bool = False) -> list[Hit]:
+        query_vector = as_vector(vector)
+        condition = server_filter(where)
+
+        def query(n: int, skip: int) -> list[Hit]:
             with self._server("search"):
-                found = self.client.query_points(self.collection, query=as_vector(vector), limit=limit,
-                                                 with_payload=True, with_vectors=False,
+                found = self.client.query_points(self.collection, query=query_vector, limit=n, offset=skip or None,
+                                                 query_filter=condition, with_payload=True, with_vectors=False,
                                                  search_params=None if self.local else self._search_params()).points
+            return [Hit(id=str(p.id), score=float(p.score), payload=dict(p.payload or {})) for p in found]
+
+        try:
+            return search_pages(query, limit, offset, dedup)
         except CollectionMissingError:
             return []
-        return [Hit(id=str(p.id), score=float(p.score), payload=dict(p.payload or {})) for p in found]
+
+    def set_payloads(self, payloads: dict[str, dict[str, Any]]) -> None:
+        for ids, fields in same_payload_groups(payloads):
+            with self._server("set payload"):
+                self.client.set_payload(self.collection, payload=fields, points=list(ids), wait=True)
 
     def _quantization(self) -> models.ScalarQuantization | None:
         if not self.tuning.quantization:
@@ -239,6 +271,21 @@ class ServerStore:
             f"cannot reach the Qdrant server at {self.location} (QDRANT_URL) to {what}: {exc}. "
             "Start the server or fix QDRANT_URL, or unset QDRANT_URL to use the embedded store "
             "in QDRANT_PATH.")
+
+
+def server_filter(where: SearchFilter | None) -> models.Filter | None:
+    """qdrant-client's filter for a SearchFilter (None: no conditions)."""
+    if where is None:
+        return None
+    must: list[Any] = []
+    if where.folder:
+        must.append(models.FieldCondition(key="folders", match=models.MatchValue(value=where.folder)))
+    for key, (low, high) in where.ranges().items():
+        must.append(models.FieldCondition(key=key, range=models.Range(gte=low, lte=high)))
+    must_not: list[Any] = [models.HasIdCondition(has_id=list(where.exclude_ids))] if where.exclude_ids else []
+    if not must and not must_not:
+        return None
+    return models.Filter(must=must or None, must_not=must_not or None)
 
 
 def _response_text(exc: UnexpectedResponse) -> str:

@@ -183,8 +183,9 @@ def test_docs_json_is_a_valid_openapi_document(spec: dict[str, Any]) -> None:
     assert '"type": "file"' not in text and '"type": "null"' not in text
     assert spec["openapi"].startswith("3.0") and spec["info"]["version"] not in ("None", "")
     paths = spec["paths"]
-    assert {"/text2image_search", "/vqa", "/vqa/stream", "/health", "/v1/models", "/v1/chat/completions"} <= set(paths)
-    for path in ("/text2image_search", "/vqa", "/vqa/stream", "/v1/chat/completions"):
+    assert {"/text2image_search", "/image2image_search", "/images/{path}", "/vqa", "/vqa/stream", "/health",
+            "/v1/models", "/v1/chat/completions"} <= set(paths)
+    for path in ("/text2image_search", "/image2image_search", "/vqa", "/vqa/stream", "/v1/chat/completions"):
         responses = paths[path]["post"]["responses"]
         errors = [status for status in responses if status[0] in "45"]
         assert {"400", "500"} <= set(errors), path

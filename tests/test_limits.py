@@ -176,3 +176,11 @@ def test_the_api_key_never_reaches_the_log(guarded: Server) -> None:
     httpx.get(f"{guarded.url}/health", headers={"Authorization": f"Bearer {KEY}-wrong"}, timeout=30)
     time.sleep(0.5)
     assert KEY not in guarded.log.read_text()
+
+
+def test_the_web_page_needs_no_key_but_lookalike_paths_do() -> None:
+    limits = app(api_key=KEY)
+    for path in ("/ui", "/ui/", "/ui/app.js"):  # let through: the small app here has no such route
+        assert asyncio.run(call(limits, "GET", path)).status_code == 404
+    for path in ("/uix", "/ui.js", "/images/ui/a.png"):
+        shape(asyncio.run(call(limits, "GET", path)), 401, "unauthorized")

@@ -32,6 +32,7 @@ from store.base import (
     StoreError,
     StoreLockedError,
     VectorStore,
+    folders_of,
     point_id,
 )
 
@@ -120,6 +121,7 @@ def payload_for(rel: str, i: int = 0) -> dict[str, object]:
         "height": 3024,
         "indexed_at": "2025-01-02T03:04:05+00:00",
         "model_id": MODEL,
+        "folders": folders_of(rel),
     }
 
 

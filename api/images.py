@@ -1,0 +1,194 @@
+"""GET /images/{library-relative path}?size=N[&format=jpeg|webp]: cached thumbnails and original files.
+
+A thumbnail's longer side is at most N pixels (default 256, 1..2048); size=0 serves the file itself
+with its own content type. Thumbnails are made once per file version (path, size, format, file
+mtime and byte size) into THUMBNAIL_CACHE, written atomically (a temporary file renamed into place),
+and answered with ETag / Last-Modified / Cache-Control; a matching If-None-Match or If-Modified-Since
+gets 304. Only image files the indexer would index, inside IMAGE_LIBRARY, are served: `..`,
+absolute paths, hidden files and symlinks leading out of the library answer 404.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import logging
+import os
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from email.utils import formatdate, parsedate_to_datetime
+from functools import lru_cache
+from pathlib import Path, PurePosixPath
+
+from PIL import Image
+from starlette.requests import Request
+from starlette.responses import Response
+
+from api.errors import ApiError, bad_request, error_response, not_found
+from config import get_settings
+from indexer.scan import is_image_name
+from runners.images import BadImage, load_image
+
+log = logging.getLogger("service")
+
+DEFAULT_SIZE = 256
+MAX_SIZE = 2048
+FORMATS = {"jpeg": ("JPEG", "image/jpeg", ".jpg"), "jpg": ("JPEG", "image/jpeg", ".jpg"),
+           "webp": ("WEBP", "image/webp", ".webp")}
+ORIGINAL_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png", ".webp": "image/webp",
+                  ".gif": "image/gif", ".bmp": "image/bmp"}
+CACHE_CONTROL = "private, max-age=3600"
+QUALITY = 85
+
+
+@dataclass(frozen=True)
+class LibraryFile:
+    rel: str
+    real: Path
+    mtime_ns: int
+    size: int
+
+    def tag(self, *parts: object) -> str:
+        """A strong ETag for this version of the file (and the given rendering)."""
+        key = "\0".join(str(p) for p in (self.rel, self.mtime_ns, self.size, *parts))
+        return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
+
+    def headers(self, etag: str) -> dict[str, str]:
+        return {"ETag": f'"{etag[:32]}"', "Last-Modified": formatdate(self.mtime_ns / 1e9, usegmt=True),
+                "Cache-Control": CACHE_CONTROL}
+
+
+class ImageFiles:
+    """Serves the library's images and their thumbnails (one instance per API process)."""
+
+    def __init__(self, library: Path, cache: Path, workers: int = 2) -> None:
+        self.library = library.resolve()
+        self.cache = cache
+        self.pool = ThreadPoolExecutor(workers, thread_name_prefix="thumbnail")
+
+    async def respond(self, request: Request) -> Response:
+        try:
+            size, fmt = parse_size(request.query_params.get("size")), parse_format(request.query_params.get("format"))
+            found = self.find(request.path_params.get("path", ""))
+            etag = found.tag("original") if size == 0 else found.tag(size, fmt)
+            headers = found.headers(etag)
+            if not_modified(request, headers["ETag"], found.mtime_ns):
+                return Response(status_code=304, headers=headers)
+            loop = asyncio.get_running_loop()
+            if size == 0:
+                body = await loop.run_in_executor(self.pool, found.real.read_bytes)
+                media_type = ORIGINAL_TYPES[found.real.suffix.lower()]
+            else:
+                body = await loop.run_in_executor(self.pool, self.thumbnail, found, size, fmt, etag)
+                media_type = FORMATS[fmt][1]
+        except ApiError as exc:
+            return error_response(exc.status, exc.code, exc.message, exc.headers)
+        except OSError as exc:  # removed or made unreadable since the lookup
+            log.info("cannot serve image %s: %s", request.url.path, exc)
+            return error_response(404, "not_found", "no such image in the library")
+        return Response(body, media_type=media_type, headers=headers)
+
+    def find(self, rel_path: str) -> LibraryFile:
+        """The library file at a library-relative path, or 404 for anything else."""
+        missing = not_found(f"{rel_path!r} is not an image in the library")
+        path = PurePosixPath(rel_path)
+        if (not rel_path or "\0" in rel_path or "\\" in rel_path or path.is_absolute()
+                or any(part in ("..", ".") or part.startswith(".") for part in rel_path.split("/"))
+                or not is_image_name(path.name)):
+            raise missing
+        try:
+            real = (self.library / path).resolve(strict=True)
+            stat = real.stat()
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise missing from exc
+        if not real.is_relative_to(self.library) or not real.is_file():
+            raise missing
+        return LibraryFile(str(path), real, stat.st_mtime_ns, stat.st_size)
+
+    def thumbnail(self, found: LibraryFile, size: int, fmt: str, key: str) -> bytes:
+        """The cached thumbnail, made (and cached) if missing. Runs on the thumbnail threads."""
+        cached = self.cache / key[:2] / f"{key}{FORMATS[fmt][2]}"
+        try:
+            return cached.read_bytes()
+        except OSError:
+            pass
+        body = render(found.real.read_bytes(), size, FORMATS[fmt][0])
+        try:
+            write_atomically(cached, body)
+        except OSError as exc:  # a full or read-only cache still serves the thumbnail
+            log.warning("cannot cache thumbnail in %s (THUMBNAIL_CACHE): %s", self.cache, exc)
+        return body
+
+
+def render(data: bytes, size: int, pil_format: str) -> bytes:
+    """Decode (JPEG in draft mode, at the smallest scale still >= size), turn upright, shrink."""
+    try:
+        image, _, _ = load_image(data, draft_size=size)
+    except BadImage as exc:
+        raise not_found(f"the file is not a readable image: {exc}") from exc
+    image.thumbnail((size, size), Image.Resampling.LANCZOS)
+    out = io.BytesIO()
+    image.save(out, format=pil_format, quality=QUALITY)
+    return out.getvalue()
+
+
+def write_atomically(target: Path, body: bytes) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, temp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(body)
+        os.replace(temp, target)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+
+
+def parse_size(value: str | None) -> int:
+    if value is None or value == "":
+        return DEFAULT_SIZE
+    try:
+        size = int(value)
+    except ValueError:
+        raise bad_request(f"size: {value!r} is not a whole number of pixels") from None
+    if not 0 <= size <= MAX_SIZE:
+        raise bad_request(f"size: must be 0 (the original file) or 1 to {MAX_SIZE} pixels, got {size}")
+    return size
+
+
+def parse_format(value: str | None) -> str:
+    fmt = (value or "jpeg").lower()
+    if fmt not in FORMATS:
+        raise bad_request(f"format: {value!r} is not jpeg or webp")
+    return fmt
+
+
+def not_modified(request: Request, etag: str, mtime_ns: int) -> bool:
+    """If-None-Match wins over If-Modified-Since (RFC 9110)."""
+    match = request.headers.get("if-none-match")
+    if match is not None:
+        tags = {tag.strip().removeprefix("W/") for tag in match.split(",")}
+        return "*" in tags or etag in tags
+    since = request.headers.get("if-modified-since")
+    if since is None:
+        return False
+    try:
+        moment = parsedate_to_datetime(since)
+    except (TypeError, ValueError, IndexError):
+        return False
+    if moment.tzinfo is None:
+        return False
+    return mtime_ns // 1_000_000_000 <= int(moment.timestamp())
+
+
+@lru_cache(maxsize=1)
+def image_files() -> ImageFiles:
+    settings = get_settings()
+    return ImageFiles(settings.image_library, settings.thumbnail_cache)
+
+
+async def serve_image(request: Request) -> Response:
+    """The Starlette endpoint mounted at /images/{path:path} in service.py."""
+    return await image_files().respond(request)

@@ -1,0 +1,133 @@
+"""Search request fields shared by /text2image_search and /image2image_search: filters, paging,
+dedup and how results carry their image (base64, thumbnail URLs or nothing)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+from typing import Annotated, Any, Literal
+from urllib.parse import quote
+
+from pydantic import BeforeValidator, Field
+
+from api.errors import bad_request
+from store.base import Hit, SearchFilter
+
+
+def as_text(value: Any) -> Any:
+    """BentoML JSON-decodes form values (`2024` arrives as a number): take it back as text."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value) if isinstance(value, (int, float)) else value
+
+
+OptionalText = Annotated[str | None, BeforeValidator(as_text)]
+
+IncludeImage = Annotated[bool | Literal["thumbnail"], Field(
+    description='true: each file base64-encoded; false: no image; "thumbnail": thumbnail_url and image_url')]
+Folder = Annotated[OptionalText, Field(description="library-relative folder: only files in it or its subfolders")]
+ModifiedAfter = Annotated[OptionalText, Field(
+    description="only files modified at or after: ISO 8601 date or datetime (UTC unless it has an offset) "
+                "or unix seconds")]
+ModifiedBefore = Annotated[OptionalText, Field(
+    description="only files modified at or before (a date includes that whole day); as modified_after")]
+MinWidth = Annotated[int | None, Field(ge=0, description="only images at least this wide (pixels)")]
+MinHeight = Annotated[int | None, Field(ge=0, description="only images at least this high (pixels)")]
+MinBytes = Annotated[int | None, Field(ge=0, description="only files of at least this many bytes")]
+Offset = Annotated[int, Field(ge=0, description="skip this many results (paging)")]
+Dedup = Annotated[bool, Field(description="collapse files with identical content, keeping the best")]
+
+THUMBNAIL_SIZE = 256
+
+
+@dataclass(frozen=True)
+class SearchPage:
+    where: SearchFilter
+    offset: int
+    dedup: bool
+
+
+def search_page(top_k: int, offset: int, dedup: bool, max_window: int, *, folder: str | None,
+                modified_after: str | None, modified_before: str | None, min_width: int | None,
+                min_height: int | None, min_bytes: int | None, exclude: tuple[str, ...] = ()) -> SearchPage:
+    """Validate the filter and paging fields (ApiError 400 with a message naming the field)."""
+    if offset + top_k > max_window:
+        raise bad_request(f"offset + top_k is {offset + top_k}, more than {max_window} (SEARCH_MAX_WINDOW): "
+                          "narrow the search with filters instead of paging this deep")
+    after = parse_time("modified_after", modified_after)
+    before = parse_time("modified_before", modified_before, end_of_day=True)
+    if after is not None and before is not None and after > before:
+        raise bad_request("modified_after is later than modified_before")
+    where = SearchFilter(folder=library_folder(folder), modified_after=after, modified_before=before,
+                         min_width=min_width or None, min_height=min_height or None, min_bytes=min_bytes or None,
+                         exclude_ids=exclude)
+    return SearchPage(where, offset, dedup)
+
+
+def parse_time(name: str, value: str | None, end_of_day: bool = False) -> float | None:
+    """Unix seconds from unix seconds, an ISO 8601 date (its start, or with `end_of_day` its last
+    microsecond) or an ISO 8601 datetime (UTC when it has no offset)."""
+    if value is None or not value.strip():
+        return None
+    text = value.strip()
+    try:
+        seconds = float(text)
+    except ValueError:
+        pass
+    else:
+        if not math.isfinite(seconds):
+            raise bad_request(f"{name}: {value!r} is not a finite number of seconds")
+        return seconds
+    try:
+        if len(text) == 10:
+            day = dt.date.fromisoformat(text)
+            moment = dt.datetime(day.year, day.month, day.day, tzinfo=dt.UTC)
+            if end_of_day:
+                moment += dt.timedelta(days=1, microseconds=-1)
+        else:
+            moment = dt.datetime.fromisoformat(text.replace("Z", "+00:00") if text.endswith("Z") else text)
+    except ValueError:
+        raise bad_request(f"{name}: {value!r} is not an ISO 8601 date (2024-05-31), datetime "
+                          "(2024-05-31T18:30:00+08:00) or unix seconds") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=dt.UTC)
+    return moment.timestamp()
+
+
+def library_folder(folder: str | None) -> str | None:
+    """A folder as the indexer records it ("a/b"); None for the whole library."""
+    if folder is None:
+        return None
+    text = folder.strip().strip("/")
+    if "\\" in text or "\0" in text:
+        raise bad_request(f"folder: {folder!r} is not a library folder (use / between folder names)")
+    parts = [part for part in PurePosixPath(text).parts if part != "."]
+    if ".." in parts:
+        raise bad_request(f"folder: {folder!r} leaves the image library")
+    return "/".join(parts) or None
+
+
+def library_path(image_id: str) -> str:
+    """An image_id as the indexer records paths ("a/b.jpg"); 400 for one that leaves the library."""
+    path = PurePosixPath(image_id.strip())
+    if path.is_absolute() or ".." in path.parts or "\0" in image_id or not path.parts:
+        raise bad_request("image_id must be a path inside the image library")
+    return str(path)
+
+
+def image_urls(rel_path: str) -> dict[str, str]:
+    quoted = quote(rel_path, safe="/")
+    return {"thumbnail_url": f"/images/{quoted}?size={THUMBNAIL_SIZE}", "image_url": f"/images/{quoted}?size=0"}
+
+
+def result_item(hit: Hit, include_image: bool | str, read_base64: Any) -> dict[str, Any]:
+    """One search result: path, score and, as asked, the image's bytes or its URLs."""
+    path = str(hit.payload.get("path", ""))
+    item: dict[str, Any] = {"image": path, "score": round(float(hit.score), 6)}
+    if include_image == "thumbnail":
+        item.update(image_urls(path))
+    elif include_image:
+        item["image_base64"] = read_base64(path)
+    return item

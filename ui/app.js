@@ -1,0 +1,454 @@
+// The web page of the multimodal server: search, look, ask. Plain JS, no build step, no CDN.
+// API: /health, /text2image_search, /image2image_search, /vqa/stream, /images/... (README, "Web page").
+"use strict";
+
+const KEY_STORE = "mms-api-key";
+const HEALTH_EVERY_MS = 30000;
+const $ = (id) => document.getElementById(id);
+
+class ApiError extends Error {
+  constructor(status, code, message) {
+    super(message);
+    this.status = status;
+    this.code = code;
+  }
+}
+
+const state = {
+  thumbnails: true, // false once the server refuses include_image="thumbnail" (older server: base64)
+  search: null, // the last search: {endpoint, fields, upload, label}
+  shown: new Set(), // image paths in the grid
+  objectUrls: [], // blob: URLs of the grid's thumbnails, revoked on a new search
+  subject: null, // what the viewer shows: {kind: "library", result} or {kind: "upload", file}
+  viewerUrl: null, // blob: URL of the viewer's image
+  opener: null, // the element focused before the viewer opened
+  keyPrompt: null, // the pending API key prompt, shared by concurrent requests
+};
+
+// ------------------------------------------------------------------ API calls
+
+function authHeaders() {
+  const key = sessionStorage.getItem(KEY_STORE);
+  return key ? { Authorization: `Bearer ${key}` } : {};
+}
+
+async function errorOf(response) {
+  let code = `http_${response.status}`;
+  let message = response.statusText || `the server answered ${response.status}`;
+  try {
+    const body = await response.json();
+    if (body && body.error) {
+      code = body.error.code || code;
+      message = body.error.message || message;
+    }
+  } catch (_) {
+    // not JSON: keep the status text
+  }
+  return new ApiError(response.status, code, message);
+}
+
+// fetch() with the API key; a 401 asks for the key (again) and retries.
+async function request(path, init = {}) {
+  for (;;) {
+    let response;
+    try {
+      response = await fetch(path, { ...init, headers: { ...(init.headers || {}), ...authHeaders() } });
+    } catch (_) {
+      throw new ApiError(0, "network_error", "the server cannot be reached: is it running?");
+    }
+    if (response.status !== 401) {
+      if (!response.ok) throw await errorOf(response);
+      return response;
+    }
+    const rejected = Boolean(sessionStorage.getItem(KEY_STORE));
+    await askForKey(rejected ? "That key was not accepted: try again." : "");
+  }
+}
+
+function postJson(path, body) {
+  return request(path, {
+    method: "POST",
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify(body),
+  });
+}
+
+function postForm(path, fields, file) {
+  const form = new FormData();
+  for (const [name, value] of Object.entries(fields)) form.append(name, String(value));
+  form.append("image", file, file.name || "upload");
+  return request(path, { method: "POST", body: form });
+}
+
+function askForKey(problem) {
+  if (state.keyPrompt) return state.keyPrompt;
+  const dialog = $("key-dialog");
+  state.keyPrompt = new Promise((resolve, reject) => {
+    const help = $("key-help");
+    help.textContent = problem || "This server asks for an API key. It is kept in this browser tab only.";
+    help.classList.toggle("error", Boolean(problem));
+    const input = $("api-key");
+    input.value = "";
+    const done = () => {
+      $("key-form").removeEventListener("submit", submitted);
+      dialog.removeEventListener("cancel", cancelled);
+      state.keyPrompt = null;
+    };
+    const submitted = (event) => {
+      event.preventDefault();
+      const key = input.value.trim();
+      if (!key) return;
+      sessionStorage.setItem(KEY_STORE, key);
+      dialog.close();
+      done();
+      resolve();
+    };
+    const cancelled = () => {
+      done();
+      reject(new ApiError(401, "unauthorized", "this server needs an API key: search again to enter it"));
+    };
+    $("key-form").addEventListener("submit", submitted);
+    dialog.addEventListener("cancel", cancelled);
+    dialog.showModal();
+    input.focus();
+  });
+  return state.keyPrompt;
+}
+
+// ------------------------------------------------------------------ messages
+
+function showError(element, error, context) {
+  const message = error instanceof ApiError ? error.message : String(error && error.message || error);
+  element.textContent = context ? `${context}: ${message}` : message;
+  element.title = error instanceof ApiError ? `error code: ${error.code}` : "";
+  element.hidden = false;
+}
+
+function hideError(element) {
+  element.hidden = true;
+  element.textContent = "";
+}
+
+// ------------------------------------------------------------------ status bar
+
+async function loadHealth() {
+  const status = $("status");
+  try {
+    const health = await (await request("/health")).json();
+    const size = health.image_library_size;
+    const parts = [
+      `${size == null ? "?" : size.toLocaleString()} images indexed`,
+      `search model ${health.clip_model_loaded ? "loaded" : "not loaded"}`,
+      `question model ${health.vqa_model_loaded ? "loaded" : "not loaded"}`,
+    ];
+    if (health.device) parts.push(`device: ${health.device}`);
+    if (health.index_model && health.clip_model && health.index_model !== health.clip_model) {
+      parts.push("the index was built with another model: re-run the indexer");
+    }
+    status.textContent = parts.join(" · ");
+    status.dataset.health = health.status || "unknown";
+    status.title = [health.clip_model, health.vqa_model].filter(Boolean).join(" · ");
+  } catch (error) {
+    status.textContent = `Server status unavailable: ${error.message}`;
+    status.dataset.health = "down";
+  }
+}
+
+// ------------------------------------------------------------------ search
+
+function filterFields() {
+  const fields = {};
+  const text = (id, name) => {
+    const value = $(id).value.trim();
+    if (value) fields[name] = value;
+  };
+  const number = (id, name) => {
+    const value = parseInt($(id).value, 10);
+    if (value > 0) fields[name] = value;
+  };
+  text("f-folder", "folder");
+  text("f-after", "modified_after");
+  text("f-before", "modified_before");
+  number("f-width", "min_width");
+  number("f-height", "min_height");
+  if ($("f-dedup").checked) fields.dedup = true;
+  return fields;
+}
+
+async function postSearch(search, fields) {
+  const send = (include) => {
+    const all = { ...search.fields, ...fields, include_image: include };
+    return search.upload ? postForm(search.endpoint, all, search.upload) : postJson(search.endpoint, all);
+  };
+  if (state.thumbnails) {
+    try {
+      return await (await send("thumbnail")).json();
+    } catch (error) {
+      const refused = (error.status === 400 || error.status === 422) && /include_image/.test(error.message);
+      if (!refused) throw error;
+      state.thumbnails = false; // a server without thumbnails: fall back to base64 images
+    }
+  }
+  return (await send(true)).json();
+}
+
+async function runSearch(search, append = false) {
+  const topK = parseInt($("top-k").value, 10) || 20;
+  const fields = { top_k: topK, ...filterFields() };
+  if (append && state.shown.size) fields.offset = state.shown.size;
+  state.search = search;
+  hideError($("search-error"));
+  const grid = $("grid");
+  grid.setAttribute("aria-busy", "true");
+  if (!append) $("summary").textContent = "Searching…";
+  $("more").hidden = true;
+  try {
+    const body = await postSearch(search, fields);
+    const results = Array.isArray(body.results) ? body.results : [];
+    if (!append) clearGrid();
+    const added = results.filter((r) => !state.shown.has(r.image));
+    added.forEach((result) => grid.append(card(result)));
+    $("summary").textContent = summaryText(search, state.shown.size);
+    $("more").hidden = results.length < topK || added.length === 0;
+  } catch (error) {
+    if (!append) {
+      clearGrid();
+      $("summary").textContent = "";
+    }
+    showError($("search-error"), error, "Search failed");
+  } finally {
+    grid.setAttribute("aria-busy", "false");
+  }
+}
+
+function summaryText(search, count) {
+  if (count === 0) return `No photos found ${search.label}.`;
+  return `${count} ${count === 1 ? "photo" : "photos"} ${search.label}, best match first`;
+}
+
+function clearGrid() {
+  state.objectUrls.forEach((url) => URL.revokeObjectURL(url));
+  state.objectUrls = [];
+  state.shown.clear();
+  $("grid").replaceChildren();
+}
+
+function card(result) {
+  state.shown.add(result.image);
+  const item = document.createElement("li");
+  const button = document.createElement("button");
+  button.type = "button";
+  button.className = "card";
+  button.dataset.image = result.image;
+  const score = typeof result.score === "number" ? result.score.toFixed(3) : "?";
+  button.setAttribute("aria-label", `${result.image}, score ${score}: open`);
+  const img = document.createElement("img");
+  img.alt = result.image;
+  img.loading = "lazy";
+  img.decoding = "async";
+  const name = document.createElement("span");
+  name.className = "name";
+  name.textContent = result.image.split("/").pop();
+  name.title = result.image;
+  const scoreText = document.createElement("span");
+  scoreText.className = "score";
+  scoreText.textContent = score;
+  button.append(img, name, scoreText);
+  button.addEventListener("click", () => openViewer({ kind: "library", result }, button));
+  item.append(button);
+  showImage(img, result.thumbnail_url || dataUrl(result), state.objectUrls);
+  return item;
+}
+
+function dataUrl(result) {
+  if (!result.image_base64) return null;
+  const ext = result.image.split(".").pop().toLowerCase();
+  const types = { jpg: "jpeg", jpeg: "jpeg", png: "png", webp: "webp", gif: "gif", bmp: "bmp" };
+  return `data:image/${types[ext] || "png"};base64,${result.image_base64}`;
+}
+
+// An <img> cannot send the API key: API images come through fetch() as blob: URLs.
+async function showImage(img, source, urls) {
+  if (!source) {
+    img.classList.add("missing");
+    return;
+  }
+  if (source.startsWith("data:")) {
+    img.src = source;
+    return;
+  }
+  try {
+    const blob = await (await request(source)).blob();
+    const url = URL.createObjectURL(blob);
+    urls.push(url);
+    img.src = url;
+  } catch (error) {
+    img.classList.add("missing");
+    img.title = `not available: ${error.message}`;
+  }
+}
+
+// ------------------------------------------------------------------ viewer: look, ask, find similar
+
+function openViewer(subject, opener) {
+  state.subject = subject;
+  state.opener = opener || document.activeElement;
+  const img = $("viewer-img");
+  releaseViewerImage();
+  img.removeAttribute("src");
+  img.hidden = false;
+  $("viewer-noimage").hidden = true;
+  $("answer").hidden = true;
+  $("answer").textContent = "";
+  delete $("answer").dataset.state;
+  hideError($("viewer-error"));
+  if (subject.kind === "library") {
+    const { result } = subject;
+    $("viewer-title").textContent = result.image;
+    $("viewer-meta").textContent = `In your library · score ${result.score.toFixed(3)}`;
+    img.alt = result.image;
+    const urls = [];
+    showImage(img, result.image_url || result.thumbnail_url || dataUrl(result), urls)
+      .then(() => { state.viewerUrl = urls[0] || null; });
+  } else {
+    const { file } = subject;
+    $("viewer-title").textContent = file.name || "Your photo";
+    $("viewer-meta").textContent = `Your upload · ${formatBytes(file.size)} · not added to the library`;
+    img.alt = `your upload ${file.name}`;
+    state.viewerUrl = URL.createObjectURL(file);
+    img.src = state.viewerUrl;
+  }
+  $("viewer").showModal();
+  $("question").focus();
+}
+
+function releaseViewerImage() {
+  if (state.viewerUrl) URL.revokeObjectURL(state.viewerUrl);
+  state.viewerUrl = null;
+}
+
+function formatBytes(bytes) {
+  if (bytes < 1024) return `${bytes} bytes`;
+  if (bytes < 1024 * 1024) return `${(bytes / 1024).toFixed(1)} KB`;
+  return `${(bytes / 1024 / 1024).toFixed(1)} MB`;
+}
+
+async function ask(question) {
+  const subject = state.subject;
+  const answer = $("answer");
+  const button = $("ask-form").querySelector("button");
+  hideError($("viewer-error"));
+  answer.textContent = "";
+  answer.hidden = false;
+  answer.dataset.state = "streaming";
+  answer.setAttribute("aria-busy", "true");
+  button.disabled = true;
+  try {
+    const response = subject.kind === "upload"
+      ? await postForm("/vqa/stream", { question }, subject.file)
+      : await postJson("/vqa/stream", { question, image_id: subject.result.image });
+    await readInto(response, answer);
+    if (!answer.textContent.trim()) answer.textContent = "(no answer)";
+    answer.dataset.state = "done";
+  } catch (error) {
+    answer.hidden = true;
+    answer.dataset.state = "error";
+    showError($("viewer-error"), error, "Could not answer");
+  } finally {
+    answer.setAttribute("aria-busy", "false");
+    button.disabled = false;
+  }
+}
+
+// Append the response body to `element` as it arrives.
+async function readInto(response, element) {
+  const reader = response.body.getReader();
+  const decoder = new TextDecoder();
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    element.textContent += decoder.decode(value, { stream: true });
+  }
+  element.textContent += decoder.decode();
+}
+
+function findSimilar() {
+  const subject = state.subject;
+  state.opener = $("results"); // focus goes to the new results when the viewer closes
+  $("viewer").close();
+  if (subject.kind === "upload") {
+    const name = subject.file.name || "your photo";
+    runSearch({ endpoint: "/image2image_search", fields: {}, upload: subject.file, label: `similar to ${name}` });
+  } else {
+    const image = subject.result.image;
+    runSearch({ endpoint: "/image2image_search", fields: { image_id: image }, upload: null,
+      label: `similar to ${image}` });
+  }
+}
+
+// ------------------------------------------------------------------ uploads: pick or drop
+
+function openUpload(file) {
+  if (file) openViewer({ kind: "upload", file }, $("file"));
+}
+
+function setUpDrop() {
+  const zone = $("drop");
+  for (const name of ["dragenter", "dragover"]) {
+    zone.addEventListener(name, (event) => {
+      event.preventDefault();
+      zone.classList.add("over");
+    });
+  }
+  zone.addEventListener("dragleave", () => zone.classList.remove("over"));
+  zone.addEventListener("drop", (event) => {
+    event.preventDefault();
+    zone.classList.remove("over");
+    openUpload(event.dataTransfer.files[0]);
+  });
+  // a photo dropped next to the zone must not replace the page
+  window.addEventListener("dragover", (event) => event.preventDefault());
+  window.addEventListener("drop", (event) => event.preventDefault());
+  $("file").addEventListener("change", (event) => {
+    openUpload(event.target.files[0]);
+    event.target.value = ""; // the same file again is a new pick
+  });
+}
+
+// ------------------------------------------------------------------ wiring
+
+function start() {
+  $("search-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const query = $("query").value.trim();
+    if (!query) return;
+    runSearch({ endpoint: "/text2image_search", fields: { text_query: query }, upload: null, label: `for “${query}”` });
+  });
+  $("more").addEventListener("click", () => state.search && runSearch(state.search, true));
+  $("ask-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const question = $("question").value.trim();
+    if (question) ask(question);
+  });
+  $("similar").addEventListener("click", findSimilar);
+  $("viewer-close").addEventListener("click", () => $("viewer").close());
+  $("viewer-img").addEventListener("error", () => {
+    if (!$("viewer-img").getAttribute("src")) return;
+    $("viewer-img").hidden = true; // not an image the browser can show (the server may still take it)
+    $("viewer-noimage").hidden = false;
+  });
+  $("viewer").addEventListener("click", (event) => {
+    if (event.target === $("viewer")) $("viewer").close(); // a click on the backdrop
+  });
+  $("viewer").addEventListener("close", () => {
+    releaseViewerImage();
+    if (state.opener && document.contains(state.opener)) state.opener.focus();
+  });
+  setUpDrop();
+  loadHealth();
+  setInterval(() => {
+    if (!state.keyPrompt && !document.hidden) loadHealth();
+  }, HEALTH_EVERY_MS);
+}
+
+start();
