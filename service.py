@@ -46,15 +46,7 @@ UPLOAD_DRAFT_SIZE = 448  # an upload to search with is decoded as the indexer de
 VQA_DISABLED = "visual question answering is disabled on this server (VQA_ENABLED=false)"
 
 
-def as_text(value: Any) -> Any:
-    """BentoML JSON-decodes form values, so a query like `2024` or `true` arrives as a number or a
-    bool: take it back as the text the user typed."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value) if isinstance(value, (int, float)) else value
-
-
-Text = Annotated[str, BeforeValidator(as_text)]
+Text = Annotated[str, BeforeValidator(search.as_text)]  # a typed `2024` stays text (see as_text)
 
 
 # An optional upload. BentoML 1.4.40 turns an upload into a Path only for a plain `Path` annotation

@@ -17,7 +17,8 @@ from store.base import Hit, SearchFilter
 
 
 def as_text(value: Any) -> Any:
-    """BentoML JSON-decodes form values (`2024` arrives as a number): take it back as text."""
+    """BentoML JSON-decodes form values, so a query like `2024` or `true` arrives as a number or a
+    bool: take it back as the text the user typed."""
     if isinstance(value, bool):
         return "true" if value else "false"
     return str(value) if isinstance(value, (int, float)) else value
