@@ -91,15 +91,16 @@ def timed(func: Any, queries: np.ndarray) -> tuple[list[float], list[Any]]:
     return times, results
 
 
-EF_SWEEP = (64, 128, 256, 512)
+EF_SWEEP = (64, 128, 256, 512, 1024, 1536)
 
 
-def build_store(n: int, data: np.ndarray, folder: Path, model_id: str) -> tuple[Any, list[str], float, float]:
+def build_store(n: int, data: np.ndarray, folder: Path, model_id: str,
+                tuning: Any = None) -> tuple[Any, list[str], float, float]:
     from store.base import Point, point_id
     from store.edge import EdgeStore
 
     names = [f"photos/{i // 1000:04d}/img_{i:07d}.jpg" for i in range(n)]
-    store = EdgeStore(folder, "images")
+    store = EdgeStore(folder, "images", tuning)
     store.ensure_collection(model_id, DIM, recreate=True)
     started = time.perf_counter()
     for start in range(0, n, UPSERT_BATCH):
@@ -121,13 +122,19 @@ def recall_of(store_hits: list[Any], exact_top: list[Any], row_of: dict[str, int
 
 
 def bench_size(n: int, queries: np.ndarray, seed_queries: int, folder: Path, rng: np.random.Generator,
-               kind: str, centers: np.ndarray, model_id: str) -> dict[str, Any]:
+               kind: str, centers: np.ndarray, model_id: str, tuning: Any, reuse: bool = False) -> dict[str, Any]:
     from dataclasses import replace
 
     from store.base import point_id
 
     data = make_data(kind, n, rng, centers)
-    store, names, upsert_s, finish_s = build_store(n, data, folder, model_id)
+    if reuse and (folder / "images.meta.json").exists():  # the same data: the rng sequence is the same
+        from store.edge import EdgeStore
+
+        store, upsert_s, finish_s = EdgeStore(folder, "images", tuning), float("nan"), float("nan")
+        names = [f"photos/{i // 1000:04d}/img_{i:07d}.jpg" for i in range(n)]
+    else:
+        store, names, upsert_s, finish_s = build_store(n, data, folder, model_id, tuning)
     row_of = {point_id(name): i for i, name in enumerate(names)}
     default = store.tuning
     exact_ms, exact_top = timed(lambda q: exact_search(data, q, K), queries)
@@ -165,9 +172,15 @@ def main() -> None:
     parser.add_argument("--keep", type=Path, help="build the stores under this folder and keep them "
                                                    "(store-<n>/, for bench/startup.py --store)")
     parser.add_argument("--model-id", default="bench-512", help="model id recorded in the kept collections")
+    parser.add_argument("--reuse", action="store_true",
+                        help="with --keep: query the collections an earlier run kept (same --sizes, --data)")
+    parser.add_argument("--m", type=int, default=16, help="HNSW graph degree (the store's default: 16)")
+    parser.add_argument("--ef-construct", type=int, default=100, help="HNSW build beam (default: 100)")
     parser.add_argument("--no-record", action="store_true", help="print only; leave BENCHMARKS.md alone")
     args = parser.parse_args()
+    from store.base import IndexTuning
 
+    tuning = IndexTuning(m=args.m, ef_construct=args.ef_construct)
     rng = np.random.default_rng(0)
     centers = make_mix(rng) if args.data == "cliplike" else unit_vectors(1000, rng)
     queries = make_queries(args.data, args.queries, rng, centers)
@@ -176,21 +189,28 @@ def main() -> None:
         base = args.keep or Path(tmp)
         for n in (int(s) for s in args.sizes.split(",")):
             results.append(bench_size(n, queries, args.seed_queries, base / f"store-{n}", rng, args.data, centers,
-                                      args.model_id))
+                                      args.model_id, tuning, args.reuse))
     if not args.no_record:
         report(args, results)
 
 
+def build_text(r: dict[str, Any]) -> str:
+    if r["upsert_s"] != r["upsert_s"]:  # NaN: --reuse
+        return "built by an earlier run (--reuse)"
+    return f"{r['upsert_s']:.1f} s + {r['finish_s']:.1f} s"
+
+
 def report(args: argparse.Namespace, results: list[dict[str, Any]]) -> None:
     groups = [f"{r['n']:,}" for r in results]
-    plot = grouped_plot(PLOTS / f"search_scale_{args.data}.png",
+    graph = "" if (args.m, args.ef_construct) == (16, 100) else f"_m{args.m}_efc{args.ef_construct}"
+    plot = grouped_plot(PLOTS / f"search_scale_{args.data}{graph}.png",
                         f"Query latency p50, top 10, 512-d {args.data} (2 CPU cores)", groups,
                         {"seed dict loop": [r["seed_p50"] for r in results],
                          "numpy exact": [r["exact_p50"] for r in results],
                          "embedded store (HNSW)": [r["store_p50"] for r in results]}, "ms per query (log)")
     rows = [(f"{r['n']:,}", f"{r['seed_p50']:.1f} ms | {r['exact_p50']:.2f} ms | {r['store_p50']:.2f} ms "
              f"(p99 {r['store_p99']:.2f}) | **{r['ratio_seed']:.0f}×** | {r['ratio_exact']:.1f}× | "
-             f"**{r['recall']:.3f}** | {r['upsert_s']:.1f} s + {r['finish_s']:.1f} s") for r in results]
+             f"**{r['recall']:.3f}** | {build_text(r)}") for r in results]
     head = ("vectors", "seed dict loop p50 | numpy exact p50 | store p50 | store vs seed | store vs numpy | "
                        "recall@10 (store vs exact) | build: upsert + finish (HNSW)")
     text = table(rows, head).replace("|---|---|", "|---|---|---|---|---|---|---|---|", 1)
@@ -205,12 +225,14 @@ def report(args: argparse.Namespace, results: list[dict[str, Any]]) -> None:
                          "queries near a centre",
             "cliplike": "512-d unit vectors from a 64-d latent plus noise and a shared offset; queries from the "
                         "same latent with a smaller offset (a modality gap)"}[args.data]
-    record(f"search_scale_{args.data}", f"""### Search latency at scale vs the seed dict loop ({args.data} vectors)
+    graph = "" if (args.m, args.ef_construct) == (16, 100) else f"_m{args.m}_efc{args.ef_construct}"
+    title = f"Search latency at scale vs the seed dict loop ({args.data} vectors{graph.replace('_', ' ')})"
+    record(f"search_scale_{args.data}{graph}", f"""### {title}
 
 {command.replace(" `", "`")} ({what}; indexer-style payloads, top 10,
 in-process, one client; {args.queries} queries, seed loop timed on {args.seed_queries} of them;
-seed top-10 equal to numpy's: {agree}). Store settings: the defaults (HNSW m 16, ef_construct 100,
-int8 scalar quantization with rescoring, oversampling 2, search hnsw_ef {results[0]['ef']}).
+seed top-10 equal to numpy's: {agree}). Store settings: HNSW m {args.m}, ef_construct {args.ef_construct},
+int8 scalar quantization with rescoring, oversampling 2, search hnsw_ef {results[0]['ef']}.
 
 {text}
 
