@@ -152,7 +152,8 @@ def bench_size(n: int, queries: np.ndarray, seed_queries: int, folder: Path, rng
     seed_ms, seed_top = timed(lambda q: seed_search(seed_dict, q, K), queries[:seed_queries])
     seed_agrees = all([name for name, _ in s] == [names[i] for i in e]
                       for s, e in zip(seed_top, exact_top, strict=False))
-    res = {"n": n, "upsert_s": upsert_s, "finish_s": finish_s, "recall": recall_of(store_hits, exact_top, row_of),
+    res: dict[str, Any] = {
+           "n": n, "upsert_s": upsert_s, "finish_s": finish_s, "recall": recall_of(store_hits, exact_top, row_of),
            "seed_agrees": seed_agrees, "store_p50": median(store_ms), "store_p99": percentile(store_ms, 0.99),
            "exact_p50": median(exact_ms), "seed_p50": median(seed_ms), "sweep": sweep, "ef": default.hnsw_ef}
     res["ratio_seed"] = res["seed_p50"] / res["store_p50"]
