@@ -36,14 +36,15 @@ class Settings(BaseSettings):
     qdrant_shards: int = Field(default=1, ge=1)
     qdrant_replication_factor: int = Field(default=1, ge=1)
     qdrant_quantization: Literal["int8", "none"] = "int8"  # int8 copies searched, float vectors rescore
-    qdrant_hnsw_ef: int = Field(default=256, ge=1)  # search beam width: higher = better recall, slower
+    qdrant_hnsw_ef: int = Field(default=512, ge=1)  # search beam width: higher = better recall, slower
 
     # Indexer
     index_batch_size: int = Field(default=32, ge=1, le=4096)
     index_workers: int = Field(default=4, ge=1, le=64)
 
     # CLIP runner (adaptive batching)
-    clip_max_batch_size: int = Field(default=64, ge=1)
+    clip_adaptive_batching: bool = True  # false: one encode call per request (for comparison)
+    clip_max_batch_size: int = Field(default=64, ge=2)  # BentoML needs 2 or more
     clip_max_latency_ms: int = Field(default=20_000, ge=1)
 
     # VQA runner
@@ -55,7 +56,7 @@ class Settings(BaseSettings):
     vqa_max_new_tokens_cap: int = Field(default=2048, ge=1)
     vqa_video_fps: float = Field(default=1.0, gt=0)
     vqa_video_max_frames: int = Field(default=16, ge=2)
-    vqa_max_batch_size: int = Field(default=8, ge=1)
+    vqa_max_batch_size: int = Field(default=8, ge=2)  # BentoML needs 2 or more
     vqa_max_latency_ms: int = Field(default=60_000, ge=1)
     vqa_max_images: int = Field(default=8, ge=1)
 

@@ -2,8 +2,9 @@
 
     .venv/bin/python bench/search_batching.py [--clients 32] [--seconds 30] [--points 5000] [--no-record]
 
-The real `bentoml serve` twice, side by side in one run: batching on (the default CLIP_MAX_BATCH_SIZE,
-64) and off (CLIP_MAX_BATCH_SIZE=1: every query is its own encode_texts call). The CLIP model is a
+The real `bentoml serve` twice, side by side in one run: adaptive batching on (the default, up to
+CLIP_MAX_BATCH_SIZE=64 queries a call) and off (CLIP_ADAPTIVE_BATCHING=false: every query is its own
+encode_texts call). The CLIP model is a
 random 512-d Chinese-CLIP with a 6 x 384 text tower (bench/_models.py; the real one is 12 x 768), so
 encoding a query costs a few milliseconds on the CPU, as it does on a GPU with the real model under
 load. Each client posts `/text2image_search` (top 10, no images) with a different query each time, on
@@ -65,9 +66,9 @@ def hammer(url: str, clients: int, seconds: float) -> dict[str, Any]:
             "p50": median(times), "p99": percentile(times, 0.99)}
 
 
-def run(name: str, batch: int, qdrant: Path, clip: Path, tmp: Path, clients: int, seconds: float) -> dict[str, Any]:
+def run(name: str, batching: bool, qdrant: Path, clip: Path, tmp: Path, clients: int, seconds: float) -> dict[str, Any]:
     env = service_env(tmp / name, clip, tmp / "library")
-    env.update(QDRANT_PATH=str(qdrant), CLIP_MAX_BATCH_SIZE=str(batch), MAX_CONCURRENCY="256")
+    env.update(QDRANT_PATH=str(qdrant), CLIP_ADAPTIVE_BATCHING=str(batching).lower(), MAX_CONCURRENCY="256")
     server = Server(env, tmp / f"{name}.log")
     try:
         server.wait_ready(timeout=600)
@@ -95,8 +96,8 @@ def main() -> None:
         tmp = Path(tmp_name)
         (tmp / "library").mkdir()
         qdrant = store_for(args.points, None, tmp, model_id_of(str(clip)))
-        off = run("batching off (CLIP_MAX_BATCH_SIZE=1)", 1, qdrant, clip, tmp, args.clients, args.seconds)
-        on = run("batching on (CLIP_MAX_BATCH_SIZE=64)", 64, qdrant, clip, tmp, args.clients, args.seconds)
+        off = run("batching off (CLIP_ADAPTIVE_BATCHING=false)", False, qdrant, clip, tmp, args.clients, args.seconds)
+        on = run("batching on (the default)", True, qdrant, clip, tmp, args.clients, args.seconds)
     ratio = on["rate"] / off["rate"]
     print(f"  ratio on : off = {ratio:.2f}x", flush=True)
     if not args.no_record:

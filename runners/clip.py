@@ -96,6 +96,13 @@ SETTINGS = get_settings()
 NO_RECYCLE = {"max_requests": 2**31 - 1, "max_age": 1e9}
 
 
+# Adaptive batching of concurrent calls (CLIP_ADAPTIVE_BATCHING=false turns it off, for comparison:
+# bench/search_batching.py). The service always sends one-item lists, so both ways take the same calls.
+BATCHING: dict[str, Any] = (
+    {"batchable": True, "max_batch_size": SETTINGS.clip_max_batch_size, "max_latency_ms": SETTINGS.clip_max_latency_ms}
+    if SETTINGS.clip_adaptive_batching else {})
+
+
 @bentoml.service(
     name="clip_runner",
     workers=1,
@@ -113,17 +120,13 @@ class ClipRunner:
     def __is_ready__(self) -> bool:
         return self.encoder is not None
 
-    @bentoml.api(
-        batchable=True, max_batch_size=SETTINGS.clip_max_batch_size, max_latency_ms=SETTINGS.clip_max_latency_ms
-    )
+    @bentoml.api(**BATCHING)
     def encode_texts(self, texts: list[str]) -> np.ndarray:
         assert self.encoder is not None
         observe_batch("clip", "encode_texts", len(texts))
         return self.encoder.encode_texts(texts)
 
-    @bentoml.api(
-        batchable=True, max_batch_size=SETTINGS.clip_max_batch_size, max_latency_ms=SETTINGS.clip_max_latency_ms
-    )
+    @bentoml.api(**BATCHING)
     def encode_images(self, images: list[Image.Image]) -> np.ndarray:
         assert self.encoder is not None
         observe_batch("clip", "encode_images", len(images))

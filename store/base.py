@@ -42,7 +42,7 @@ class IndexTuning:
     ef_construct: int = 100
     full_scan_kb: int = 10_000
     quantization: bool = True
-    hnsw_ef: int = 256
+    hnsw_ef: int = 512
     oversampling: float = 2.0
 
 
