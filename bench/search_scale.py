@@ -175,8 +175,8 @@ def main() -> None:
     parser.add_argument("--model-id", default="bench-512", help="model id recorded in the kept collections")
     parser.add_argument("--reuse", action="store_true",
                         help="with --keep: query the collections an earlier run kept (same --sizes, --data)")
-    parser.add_argument("--m", type=int, default=16, help="HNSW graph degree (the store's default: 16)")
-    parser.add_argument("--ef-construct", type=int, default=100, help="HNSW build beam (default: 100)")
+    parser.add_argument("--m", type=int, default=32, help="HNSW graph degree (the store's default: 32)")
+    parser.add_argument("--ef-construct", type=int, default=200, help="HNSW build beam (default: 200)")
     parser.add_argument("--no-record", action="store_true", help="print only; leave BENCHMARKS.md alone")
     args = parser.parse_args()
     from store.base import IndexTuning
@@ -203,7 +203,7 @@ def build_text(r: dict[str, Any]) -> str:
 
 def report(args: argparse.Namespace, results: list[dict[str, Any]]) -> None:
     groups = [f"{r['n']:,}" for r in results]
-    graph = "" if (args.m, args.ef_construct) == (16, 100) else f"_m{args.m}_efc{args.ef_construct}"
+    graph = f"_m{args.m}_efc{args.ef_construct}"
     plot = grouped_plot(PLOTS / f"search_scale_{args.data}{graph}.png",
                         f"Query latency p50, top 10, 512-d {args.data} (2 CPU cores)", groups,
                         {"seed dict loop": [r["seed_p50"] for r in results],
@@ -226,7 +226,7 @@ def report(args: argparse.Namespace, results: list[dict[str, Any]]) -> None:
                          "queries near a centre",
             "cliplike": "512-d unit vectors from a 64-d latent plus noise and a shared offset; queries from the "
                         "same latent with a smaller offset (a modality gap)"}[args.data]
-    graph = "" if (args.m, args.ef_construct) == (16, 100) else f"_m{args.m}_efc{args.ef_construct}"
+    graph = f"_m{args.m}_efc{args.ef_construct}"
     title = f"Search latency at scale vs the seed dict loop ({args.data} vectors{graph.replace('_', ' ')})"
     record(f"search_scale_{args.data}{graph}", f"""### {title}
 

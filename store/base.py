@@ -38,8 +38,8 @@ class IndexTuning:
     the final order and scores are exact cosines. `hnsw_ef` is the search-time beam width; segments
     under `full_scan_kb` of vectors (~5,000 512-d points) are searched exactly."""
 
-    m: int = 16
-    ef_construct: int = 100
+    m: int = 32
+    ef_construct: int = 200
     full_scan_kb: int = 10_000
     quantization: bool = True
     hnsw_ef: int = 512
