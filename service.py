@@ -173,6 +173,8 @@ class MultimodalServer:
         results = await self.ranked(vectors[0], top_k, page, include_image)
         return {"status": "success", "query": text_query, "results": results}
 
+    # The filter fields repeat those of /text2image_search on purpose: BentoML builds each endpoint's
+    # form/JSON schema from its own signature (one pydantic model argument would change the request shape).
     @bentoml.api(route="/image2image_search")
     @returns_errors
     async def image2image_search(
