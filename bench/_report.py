@@ -14,7 +14,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = ROOT / "BENCHMARKS.md"
 PLOTS = ROOT / "bench" / "plots"
-SECTION = "## Performance vs the seed (issue 5, partial)"
+SECTION = "## Performance vs the seed (issue 5)"
 INTRO = (
     "Measured on the 2-core CPU machine while other jobs (CI) ran on it, so absolute figures are noisy; "
     "each ratio compares two code paths measured side by side in one run. The seed baselines "
