@@ -33,7 +33,7 @@ from api.metrics import RequestMetrics, count_tokens, index_size_text
 from api.ui import ui_routes
 from config import get_settings
 from runners.clip import ClipRunner, model_id_of
-from runners.images import BadImage, load_image
+from runners.images import DRAFT_SIZE, BadImage, load_image
 from runners.vlm_service import ChatRequest, VQARunner
 from store import open_store
 from store.base import StoreError, point_id
@@ -42,7 +42,6 @@ log = logging.getLogger("service")
 SETTINGS = get_settings()
 
 
-UPLOAD_DRAFT_SIZE = 448  # an upload to search with is decoded as the indexer decodes library files
 VQA_DISABLED = "visual question answering is disabled on this server (VQA_ENABLED=false)"
 
 
@@ -223,7 +222,7 @@ class MultimodalServer:
 
     async def upload_vector(self, upload: Path) -> Any:
         try:
-            image, _, _ = load_image(upload.read_bytes(), draft_size=UPLOAD_DRAFT_SIZE)
+            image, _, _ = load_image(upload.read_bytes(), draft_size=DRAFT_SIZE)
         except BadImage as exc:
             raise bad_request(f"image: {exc}") from exc
         vectors = await from_runner(self.clip.to_async.encode_images([image]))

@@ -17,6 +17,7 @@ from PIL import Image
 from indexer.decode import Decoded, decode_entry
 from indexer.plan import Plan, make_plan
 from indexer.scan import FileEntry, scan_library
+from runners.images import DRAFT_SIZE
 from store.base import Point, VectorStore, folders_of, point_id
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,7 @@ class Summary:
 class Options:
     batch_size: int = 32
     workers: int = 4
-    draft_size: int | None = 448  # JPEGs decode at a reduced scale no smaller than this
+    draft_size: int | None = DRAFT_SIZE  # JPEGs decode at a reduced scale no smaller than this
     progress: bool = True
 
 

@@ -10,6 +10,9 @@ from PIL import Image, ImageFile, ImageOps
 
 # Refuse decompression bombs (PIL warns above this many pixels and raises above twice as many).
 MAX_PIXELS = 16_000 * 16_000
+# Images for CLIP (the indexer's library files and search uploads) decode JPEGs at a reduced scale no
+# smaller than this: a 224 px model gains nothing from full-size decoding.
+DRAFT_SIZE = 448
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
