@@ -29,11 +29,14 @@ from api import images, openai, search
 from api.errors import ApiError, bad_request, error_response, not_found, returns_errors
 from api.limits import Limits
 from api.logs import RequestLog
-from api.metrics import RequestMetrics, count_tokens, index_size_text
+from api.metrics import RequestMetrics, index_size_text
 from api.ui import ui_routes
 from config import get_settings
-from runners.clip import ClipRunner, model_id_of
-from runners.images import DRAFT_SIZE, BadImage, load_image
+from core.bentoml_compat import NO_FILE, upload_name
+from core.images import DRAFT_SIZE, BadImage, load_image
+from core.telemetry import count_tokens
+from runners.clip import model_id_of
+from runners.clip_service import ClipRunner
 from runners.vlm_service import ChatRequest, VQARunner
 from store import open_store
 from store.base import StoreError, point_id
@@ -46,11 +49,6 @@ VQA_DISABLED = "visual question answering is disabled on this server (VQA_ENABLE
 
 
 Text = Annotated[str, BeforeValidator(search.as_text)]  # a typed `2024` stays text (see as_text)
-
-
-# An optional upload. BentoML 1.4.40 turns an upload into a Path only for a plain `Path` annotation
-# (`Path | None` skips the conversion and `Optional[Path]` fails), so the field is `Path` with a None default.
-NO_FILE: Any = None
 
 
 async def health(request: Request) -> JSONResponse:
@@ -429,13 +427,6 @@ async def runner_info(runner: Any) -> dict[str, Any]:
     except Exception as exc:  # noqa: BLE001 - any failure means "not loaded"
         log.debug("runner not answering: %s", exc)
         return {}
-
-
-def upload_name(upload: Path) -> str:
-    """The uploaded file's own name: BentoML 1.4.40 saves an upload as NamedTemporaryFile(suffix=<its
-    name>), i.e. "tmp" + 8 random characters + the name."""
-    name = upload.name
-    return (name[11:] if name.startswith("tmp") else name) or "upload"
 
 
 def video_suffix(data: bytes) -> str | None:

@@ -28,8 +28,8 @@ from starlette.responses import Response
 
 from api.errors import ApiError, bad_request, error_response, not_found
 from config import get_settings
+from core.images import BadImage, load_image
 from indexer.scan import is_image_name
-from runners.images import BadImage, load_image
 
 log = logging.getLogger("service")
 

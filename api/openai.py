@@ -10,7 +10,7 @@ import time
 import uuid
 from typing import Any
 
-from runners.images import BadImage, load_image
+from core.images import BadImage, load_image
 
 ROLES = ("system", "user", "assistant")
 
