@@ -110,7 +110,7 @@ WORKAROUNDS: tuple[Workaround, ...] = (
         "api/search.py as_text (the `Text` annotation in service.py) turns it back into the text sent"),
     Workaround(
         "/docs.json",
-        "none filed; _bentoml_sdk/service/openapi.py and io_models.py",
+        "none filed; _bentoml_sdk/service/openapi.py, _bentoml_sdk/io_models.py, bentoml/_internal/service/openapi",
         'uploads typed `type: file` (not OpenAPI 3), JSON Schema 2020 nulls, info.version "None" from '
         'source, BentoML\'s own error schemas, a "Service APIs" tag, the mounted Starlette routes missing',
         "api/openapi.py fix_spec, served by api/middleware.py"),
