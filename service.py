@@ -29,8 +29,8 @@ from api import images, openai, search
 from api.errors import ApiError, bad_request, error_response, not_found, returns_errors
 from api.limits import Limits
 from api.logs import RequestLog
-from api.receipt_deadline import install as install_receipt_deadline
 from api.metrics import RequestMetrics, count_tokens, index_size_text
+from api.receipt_deadline import install as install_receipt_deadline
 from api.ui import ui_routes
 from config import get_settings
 from runners.clip import ClipRunner, model_id_of
