@@ -30,6 +30,7 @@ from api.errors import ApiError, bad_request, error_response, not_found, returns
 from api.limits import Limits
 from api.logs import RequestLog
 from api.metrics import RequestMetrics, index_size_text
+from api.receipt_deadline import install as install_receipt_deadline
 from api.ui import ui_routes
 from config import get_settings
 from core.bentoml_compat import NO_FILE, upload_name
@@ -382,6 +383,9 @@ class MultimodalServer:
     def close_store(self) -> None:
         self.store.close()
 
+
+# uvicorn has no deadline for receiving a request (uvicorn #157): add one to the server BentoML starts.
+install_receipt_deadline(SETTINGS.request_header_timeout_s, SETTINGS.request_body_timeout_s)
 
 # Outermost first: request id and log line, request counters, then the limits (their refusals are logged
 # and counted too).
