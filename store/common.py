@@ -5,9 +5,10 @@ subclass EngineStore. It holds the search filter building, the scroll loop (payl
 retrieve loop (vectors), the search paging and dedup glue (search), the missing-collection answers
 (empty results, count 0) and the payload-index set-up. Each backend supplies only its engine's
 primitives, the abstract methods below: scroll one page, retrieve some ids, run one query, count,
-list / create payload indexes, and make a match / range / has-id condition and a filter of them.
-A primitive raises CollectionMissingError when the collection does not exist and StoreError for
-any other failure.
+list / create payload indexes, make a match / range / has-id condition and a filter of them, and
+turn an engine error into a StoreError (used by _guard, around every engine call). A primitive
+raises CollectionMissingError when the collection does not exist and StoreError for any other
+failure.
 
 Adding a search filter field is one edit in store/: declare it in SearchFilter (store/base.py)
 with on_payload(payload key, MATCH / AT_LEAST / AT_MOST, index type), e.g.
@@ -23,11 +24,20 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 
-from store.base import INDEXED_FIELDS, CollectionMissingError, Hit, SearchFilter, as_vector, search_pages
+from store.base import (
+    INDEXED_FIELDS,
+    CollectionMissingError,
+    Hit,
+    SearchFilter,
+    StoreError,
+    as_vector,
+    search_pages,
+)
 
 SCROLL_PAGE = 512  # points per scroll request
 RETRIEVE_CHUNK = 1024  # ids per retrieve request
@@ -104,7 +114,34 @@ class EngineStore(ABC):
             if name not in present:
                 self._create_index(name, kind)
 
+    @contextmanager
+    def _guard(self, what: str) -> Iterator[None]:
+        """Run engine calls: their failures become the StoreError that _error() makes; our own
+        errors (CollectionMissingError included) pass through."""
+        try:
+            yield
+        except StoreError:
+            raise
+        except BaseException as exc:
+            error = self._error(exc, what)
+            if error is None:
+                raise
+            raise error from exc
+
+    def _missing(self) -> CollectionMissingError:
+        return CollectionMissingError(
+            f"{self._where()} does not exist yet: run the indexer (python -m indexer) first")
+
     # --- the engine's primitives -----------------------------------------------------------------
+
+    @abstractmethod
+    def _where(self) -> str:
+        """The collection and where it is, for messages."""
+
+    @abstractmethod
+    def _error(self, exc: BaseException, what: str) -> StoreError | None:
+        """The StoreError for an engine failure while doing `what`, or None to let `exc` through
+        (KeyboardInterrupt, SystemExit)."""
 
     @abstractmethod
     def _scroll(self, offset: Any, limit: int) -> tuple[Sequence[Any], Any]:

@@ -25,8 +25,7 @@ import shutil
 import tempfile
 import threading
 import uuid
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +33,6 @@ import qdrant_edge as qe
 
 from store.base import (
     CollectionInfo,
-    CollectionMissingError,
     IndexTuning,
     Point,
     StoreError,
@@ -130,7 +128,7 @@ class EdgeStore(EngineStore):
         shard = self._require_open()
         vectors = [as_vector(p.vector) for p in points]
         self._check_space(2 * len(points) * _point_bytes(len(vectors[0])))  # WAL and segment
-        with self._engine("upsert"):  # qe.Point raises ValueError for an id that is not a UUID
+        with self._guard("upsert"):  # qe.Point raises ValueError for an id that is not a UUID
             batch = [qe.Point(p.id, v, clean_payload(p.payload)) for p, v in zip(points, vectors, strict=True)]
             shard.update(qe.UpdateOperation.upsert_points(batch))
         self._written(len(batch))
@@ -140,7 +138,7 @@ class EdgeStore(EngineStore):
             return
         shard = self._require_open()
         self._check_space(len(ids) * POINT_OVERHEAD)
-        with self._engine("delete"):
+        with self._guard("delete"):
             shard.update(qe.UpdateOperation.delete_points(list(ids)))
         self._written(len(ids))
 
@@ -149,7 +147,7 @@ class EdgeStore(EngineStore):
             return
         shard = self._require_open()
         self._check_space(len(payloads) * POINT_OVERHEAD)
-        with self._engine("set payload"):
+        with self._guard("set payload"):
             for ids, fields in same_payload_groups(payloads):
                 shard.update(qe.UpdateOperation.set_payload(list(ids), fields))
         self._written(len(payloads))
@@ -162,12 +160,12 @@ class EdgeStore(EngineStore):
             shard = self._open_if_exists()
             if shard is None:
                 return
-            with self._engine("flush"):
+            with self._guard("flush"):
                 shard.flush()
             self._unflushed = 0
             info = self.info()
             self._check_space(self.count() * _point_bytes(info.dim if info else 0))  # the optimizer copies them
-            with self._engine("optimize"):
+            with self._guard("optimize"):
                 shard.optimize()
 
     def close(self) -> None:
@@ -176,10 +174,10 @@ class EdgeStore(EngineStore):
             if shard is None:
                 return
             try:
-                with self._engine("flush"):
+                with self._guard("flush"):
                     shard.flush()
             finally:
-                with self._engine("close"):
+                with self._guard("close"):
                     shard.close()
             self._unflushed = 0
 
@@ -187,13 +185,13 @@ class EdgeStore(EngineStore):
 
     def _scroll(self, offset: Any, limit: int) -> tuple[Sequence[Any], Any]:
         shard = self._require_open()
-        with self._engine("scroll"):
+        with self._guard("scroll"):
             return shard.scroll(qe.ScrollRequest(offset=offset, limit=limit, with_payload=True, with_vector=False))
 
     def _retrieve(self, ids: list[str]) -> Sequence[Any]:
         shard = self._require_open()
         wanted: list[int | uuid.UUID | str] = list(ids)
-        with self._engine("retrieve"):
+        with self._guard("retrieve"):
             return shard.retrieve(wanted, with_payload=False, with_vector=True)
 
     def _query(self, vector: list[float], condition: Any, limit: int, offset: int) -> Sequence[Any]:
@@ -201,23 +199,23 @@ class EdgeStore(EngineStore):
         request = qe.QueryRequest(limit=limit, offset=offset or None, query=qe.Query.Nearest(vector),
                                   filter=condition, with_payload=True, with_vector=False,
                                   params=self._search_params())
-        with self._engine("search"):
+        with self._guard("search"):
             return shard.query(request)
 
     def _count(self) -> int:
         shard = self._require_open()
-        with self._engine("count"):
+        with self._guard("count"):
             return int(shard.count(qe.CountRequest(exact=True)))
 
     def _index_names(self) -> set[str]:
         shard = self._require_open()
-        with self._engine("read the payload indexes"):
+        with self._guard("read the payload indexes"):
             return set(shard.info().payload_schema)
 
     def _create_index(self, key: str, kind: str) -> None:
         shard = self._require_open()
         schema = getattr(qe.PayloadSchemaType, kind.capitalize())  # "keyword" -> PayloadSchemaType.Keyword
-        with self._engine("create a payload index"):
+        with self._guard("create a payload index"):
             shard.update(qe.UpdateOperation.create_field_index(key, schema))
 
     def _match(self, key: str, value: Any) -> Any:
@@ -234,19 +232,10 @@ class EdgeStore(EngineStore):
 
     # --- internals -------------------------------------------------------------------------------
 
-    @contextmanager
-    def _engine(self, what: str) -> Iterator[None]:
-        """Turn the engine's bare Exceptions into StoreError (our own errors pass through)."""
-        try:
-            yield
-        except StoreError:
-            raise
-        except BaseException as exc:  # the engine raises plain Exception; a Rust panic, PanicException
-            if not isinstance(exc, Exception) and type(exc).__name__ != "PanicException":
-                raise  # KeyboardInterrupt, SystemExit
-            raise self._translate(exc, what) from exc
-
-    def _translate(self, exc: BaseException, what: str) -> StoreError:
+    def _error(self, exc: BaseException, what: str) -> StoreError | None:
+        """The engine raises plain Exception, and PanicException (a BaseException) for a Rust panic."""
+        if not isinstance(exc, Exception) and type(exc).__name__ != "PanicException":
+            return None  # KeyboardInterrupt, SystemExit
         text = str(exc)
         if "WouldBlock" in text or "Resource temporarily unavailable" in text:
             return StoreLockedError(
@@ -323,7 +312,7 @@ class EdgeStore(EngineStore):
     def _load(self, dim: int | None) -> qe.EdgeShard:
         # With a config, the engine checks it against the segments: a dimension that differs from
         # the one recorded in the meta file fails here instead of at the first search.
-        with self._engine("open"):
+        with self._guard("open"):
             return qe.EdgeShard.load(str(self.shard_path), self._config(dim) if dim else None)
 
     def _open(self) -> qe.EdgeShard:
@@ -331,8 +320,7 @@ class EdgeStore(EngineStore):
             if self._shard is None:
                 info = self.info()
                 if info is None:
-                    raise CollectionMissingError(
-                        f"{self._where()} does not exist yet: run the indexer (python -m indexer) first")
+                    raise self._missing()
                 self._shard = self._load(info.dim)
             return self._shard
 
@@ -353,7 +341,7 @@ class EdgeStore(EngineStore):
         if self._unflushed >= FLUSH_EVERY_POINTS:
             with self._lock:
                 if self._shard is not None:
-                    with self._engine("flush"):
+                    with self._guard("flush"):
                         self._shard.flush()
                 self._unflushed = 0
 
@@ -380,7 +368,7 @@ class EdgeStore(EngineStore):
         else:
             trash = None
         if shard is not None:
-            with self._engine("close"):
+            with self._guard("close"):
                 shard.close()
         if trash is not None:
             shutil.rmtree(trash, ignore_errors=True)
@@ -393,7 +381,7 @@ class EdgeStore(EngineStore):
             raise StoreError(f"cannot create the vector store folder {self.folder} "
                              f"(QDRANT_PATH): {exc}") from exc
         self._check_space(0)
-        with self._engine("create"):
+        with self._guard("create"):
             shard = qe.EdgeShard.create(str(self.shard_path), self._config(dim))
         try:
             self._write_meta(model_id, dim)

@@ -9,8 +9,7 @@ or by a server that ignores metadata) reports model_id "" and therefore never ma
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from typing import Any
 
 from qdrant_client import QdrantClient, models
@@ -67,7 +66,7 @@ class ServerStore(EngineStore):
 
     def info(self) -> CollectionInfo | None:
         try:
-            with self._server("read the collection"):
+            with self._guard("read the collection"):
                 described = self.client.get_collection(self.collection)
         except CollectionMissingError:
             return None
@@ -87,10 +86,10 @@ class ServerStore(EngineStore):
             self._ensure_indexes()
             return
         if current is not None:
-            with self._server("drop the collection"):
+            with self._guard("drop the collection"):
                 self.client.delete_collection(self.collection)
         try:
-            with self._server("create the collection"):
+            with self._guard("create the collection"):
                 self.client.create_collection(
                     self.collection,
                     vectors_config=models.VectorParams(size=dim, distance=models.Distance.COSINE),
@@ -119,7 +118,7 @@ class ServerStore(EngineStore):
 
     def upsert(self, points: Sequence[Point]) -> None:
         for start in range(0, len(points), UPSERT_CHUNK):
-            with self._server("upsert points"):  # PointStruct raises a ValidationError for a bad id
+            with self._guard("upsert points"):  # PointStruct raises a ValidationError for a bad id
                 chunk = [models.PointStruct(id=p.id, vector=as_vector(p.vector),
                                             payload=clean_payload(p.payload))
                          for p in points[start:start + UPSERT_CHUNK]]
@@ -128,13 +127,13 @@ class ServerStore(EngineStore):
     def delete(self, ids: Sequence[str]) -> None:
         if not ids:
             return
-        with self._server("delete points"):
+        with self._guard("delete points"):
             self.client.delete(self.collection, points_selector=models.PointIdsList(points=list(ids)),
                                wait=True)
 
     def set_payloads(self, payloads: dict[str, dict[str, Any]]) -> None:
         for ids, fields in same_payload_groups(payloads):
-            with self._server("set payload"):
+            with self._guard("set payload"):
                 self.client.set_payload(self.collection, payload=fields, points=list(ids), wait=True)
 
     def _quantization(self) -> models.ScalarQuantization | None:
@@ -158,30 +157,30 @@ class ServerStore(EngineStore):
     # --- the engine's primitives (see store/common.py) ---------------------------------------------
 
     def _scroll(self, offset: Any, limit: int) -> tuple[Sequence[Any], Any]:
-        with self._server("scroll points"):
+        with self._guard("scroll points"):
             return self.client.scroll(self.collection, limit=limit, offset=offset,
                                       with_payload=True, with_vectors=False)
 
     def _retrieve(self, ids: list[str]) -> Sequence[Any]:
-        with self._server("retrieve points"):
+        with self._guard("retrieve points"):
             return self.client.retrieve(self.collection, ids=ids, with_payload=False, with_vectors=True)
 
     def _query(self, vector: list[float], condition: Any, limit: int, offset: int) -> Sequence[Any]:
-        with self._server("search"):
+        with self._guard("search"):
             return self.client.query_points(self.collection, query=vector, limit=limit, offset=offset or None,
                                             query_filter=condition, with_payload=True, with_vectors=False,
                                             search_params=None if self.local else self._search_params()).points
 
     def _count(self) -> int:
-        with self._server("count points"):
+        with self._guard("count points"):
             return int(self.client.count(self.collection, exact=True).count)
 
     def _index_names(self) -> set[str]:
-        with self._server("read the payload indexes"):
+        with self._guard("read the payload indexes"):
             return set(self.client.get_collection(self.collection).payload_schema or {})
 
     def _create_index(self, key: str, kind: str) -> None:
-        with self._server("create a payload index"), warnings.catch_warnings():
+        with self._guard("create a payload index"), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # qdrant-client's local mode: "indexes have no effect"
             self.client.create_payload_index(self.collection, key, field_schema=models.PayloadSchemaType(kind),
                                              wait=True)
@@ -200,37 +199,31 @@ class ServerStore(EngineStore):
 
     # --- internals -------------------------------------------------------------------------------
 
-    @contextmanager
-    def _server(self, what: str) -> Iterator[None]:
-        """Turn qdrant-client errors into StoreError; a missing collection into CollectionMissingError."""
-        try:
-            yield
-        except StoreError:
-            raise
-        except UnexpectedResponse as exc:
-            detail = _response_text(exc)
-            if exc.status_code == 404 and "collection" in detail.lower():
-                raise self._missing() from exc
-            if exc.status_code in (401, 403):
-                raise StoreError(f"{self.location} refused to {what} (HTTP {exc.status_code}): "
-                                 "check QDRANT_API_KEY") from exc
-            raise StoreError(f"{self.location} failed to {what} for {self._where()} "
-                             f"(HTTP {exc.status_code}): {detail}") from exc
-        except ValueError as exc:
+    def _error(self, exc: BaseException, what: str) -> StoreError | None:
+        """qdrant-client's errors as StoreError; a missing collection as CollectionMissingError."""
+        if not isinstance(exc, Exception):
+            return None  # KeyboardInterrupt, SystemExit
+        if isinstance(exc, UnexpectedResponse):
+            return self._refused(exc, what)
+        if isinstance(exc, ValueError):
             # qdrant-client's local mode (":memory:" or a path) raises ValueError("Collection x not found")
             if "not found" in str(exc).lower():
-                raise self._missing() from exc
-            raise StoreError(f"cannot {what} for {self._where()}: {exc}") from exc
-        except (ResponseHandlingException, OSError, ConnectionError, TimeoutError) as exc:
-            raise self._unreachable(what, exc) from exc
-        except Exception as exc:  # httpx / grpc transport errors and the like
-            if type(exc).__module__.split(".")[0] in ("httpx", "httpcore", "grpc"):
-                raise self._unreachable(what, exc) from exc
-            raise StoreError(f"cannot {what} for {self._where()}: {exc}") from exc
+                return self._missing()
+            return StoreError(f"cannot {what} for {self._where()}: {exc}")
+        transport = type(exc).__module__.split(".")[0] in ("httpx", "httpcore", "grpc")
+        if transport or isinstance(exc, (ResponseHandlingException, OSError, ConnectionError, TimeoutError)):
+            return self._unreachable(what, exc)
+        return StoreError(f"cannot {what} for {self._where()}: {exc}")
 
-    def _missing(self) -> CollectionMissingError:
-        return CollectionMissingError(
-            f"{self._where()} does not exist yet: run the indexer (python -m indexer) first")
+    def _refused(self, exc: UnexpectedResponse, what: str) -> StoreError:
+        """The server answered with an error status."""
+        detail = _response_text(exc)
+        if exc.status_code == 404 and "collection" in detail.lower():
+            return self._missing()
+        if exc.status_code in (401, 403):
+            return StoreError(f"{self.location} refused to {what} (HTTP {exc.status_code}): check QDRANT_API_KEY")
+        return StoreError(f"{self.location} failed to {what} for {self._where()} "
+                          f"(HTTP {exc.status_code}): {detail}")
 
     def _unreachable(self, what: str, exc: Exception) -> StoreError:
         return StoreError(
