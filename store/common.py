@@ -16,7 +16,8 @@ with on_payload(payload key, MATCH / AT_LEAST / AT_MOST, index type), e.g.
     max_width: int | None = on_payload("width", AT_MOST, "integer")
 
 EngineStore.filter_of() turns it into the engine's condition on both backends, and INDEXED_FIELDS
-(derived from the declarations) makes ensure_collection() create the key's payload index on both.
+(derived from the declarations) makes ensure_collection() create the key's payload index on both
+(any Qdrant index type name works: each backend maps the name onto its engine's enum).
 A new kind of test (other than MATCH / AT_LEAST / AT_MOST) would need one more primitive here.
 """
 
