@@ -1,7 +1,10 @@
 """Vector store: a Qdrant server when QDRANT_URL is set, else an embedded Qdrant Edge shard in QDRANT_PATH.
 
+memory_store() is the test / in-memory store: qdrant-client's local mode, for fast unit tests of the
+layers above the store (no folder, no server, nothing kept).
+
 The backends are imported on demand: qdrant-client takes ~2 s to import, the embedded store
-does not need it.
+does not need it. What both backends share is in store/common.py.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from store.base import (
 
 if TYPE_CHECKING:
     from config import Settings
+    from store.server import ServerStore
 
 __all__ = [
     "PAYLOAD_FIELDS",
@@ -38,6 +42,7 @@ __all__ = [
     "StoreError",
     "StoreLockedError",
     "VectorStore",
+    "memory_store",
     "open_store",
     "point_id",
 ]
@@ -63,3 +68,15 @@ def open_store(settings: Settings) -> VectorStore:
 
 def tuning_of(settings: Settings) -> IndexTuning:
     return IndexTuning(quantization=settings.qdrant_quantization == "int8", hnsw_ef=settings.qdrant_hnsw_ef)
+
+
+def memory_store(collection: str = "images", tuning: IndexTuning | None = None) -> ServerStore:
+    """The test / in-memory store: a ServerStore over QdrantClient(location=":memory:"), qdrant-client's
+    local mode. It behaves as the other stores do (filters, paging, dedup, model check) but searches
+    exactly, accepts payload indexes without using them, and keeps nothing after close(). For unit
+    tests of the upper layers; the service and the indexer use open_store()."""
+    from qdrant_client import QdrantClient
+
+    from store.server import ServerStore
+
+    return ServerStore(QdrantClient(location=":memory:"), collection, tuning=tuning)

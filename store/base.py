@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -17,10 +18,6 @@ POINT_NAMESPACE = uuid.UUID("6f9c3d2e-8a41-5b7c-9e0d-2a1b3c4d5e6f")
 PAYLOAD_FIELDS = ("path", "content_hash", "size", "mtime", "width", "height", "indexed_at", "model_id", "folders")
 # Payload fields that hold a list of strings (every other field is a flat value).
 LIST_FIELDS = frozenset({"folders"})
-# Payload indexes the searches filter on: created with the collection and, idempotently, on every
-# ensure_collection() of an existing one. "keyword" / "integer" / "float" are Qdrant's schema types.
-INDEXED_FIELDS = {"folders": "keyword", "content_hash": "keyword", "mtime": "float", "size": "integer",
-                  "width": "integer", "height": "integer"}
 DEDUP_FETCH_FACTOR = 4  # with dedup, ask the engine for this many times the hits needed, then more
 
 
@@ -88,23 +85,67 @@ class Hit:
     payload: dict[str, Any]
 
 
+# How a SearchFilter field tests the payload key it names (see on_payload).
+MATCH = "match"  # the key's value, or one of its list of values, equals the field
+AT_LEAST = "at_least"  # the key's number is >= the field
+AT_MOST = "at_most"  # the key's number is <= the field
+
+
+def on_payload(key: str, test: str, index: str) -> Any:
+    """Declare a SearchFilter field: the payload `key` it tests, how (MATCH, AT_LEAST or AT_MOST), and
+    the Qdrant payload index type ("keyword", "integer", "float", "bool", "datetime"...) that `key`
+    gets so the test is fast. The store builds its filters and payload indexes from these alone."""
+    return field(default=None, metadata={"key": key, "test": test, "index": index})
+
+
 @dataclass(frozen=True)
 class SearchFilter:
-    """Conditions on the payload; None means "any". Bounds are inclusive."""
+    """Conditions on the payload; None means "any". Bounds are inclusive.
 
-    folder: str | None = None  # library-relative folder: the files in it and in its subfolders
-    modified_after: float | None = None  # mtime, unix seconds
-    modified_before: float | None = None
-    min_width: int | None = None
-    min_height: int | None = None
-    min_bytes: int | None = None
+    Each field declares, with on_payload(), the payload key it tests, how, and that key's index:
+    this class is the one place to add a search filter field in store/ (see store/common.py)."""
+
+    # A library-relative folder: the files in it and in its subfolders ("" is any folder).
+    folder: str | None = on_payload("folders", MATCH, "keyword")
+    modified_after: float | None = on_payload("mtime", AT_LEAST, "float")  # mtime, unix seconds
+    modified_before: float | None = on_payload("mtime", AT_MOST, "float")
+    min_width: int | None = on_payload("width", AT_LEAST, "integer")
+    min_height: int | None = on_payload("height", AT_LEAST, "integer")
+    min_bytes: int | None = on_payload("size", AT_LEAST, "integer")
     exclude_ids: tuple[str, ...] = ()  # points left out (image-to-image: the query image itself)
 
+    def matches(self) -> dict[str, Any]:
+        """payload key -> the value it must hold (or contain), for the MATCH fields that are set."""
+        return {key: value for key, test, value in self._conditions() if test == MATCH and value != ""}
+
     def ranges(self) -> dict[str, tuple[float | None, float | None]]:
-        """field -> (lowest, highest) for the bounded numeric fields."""
-        bounds = {"mtime": (self.modified_after, self.modified_before), "width": (self.min_width, None),
-                  "height": (self.min_height, None), "size": (self.min_bytes, None)}
-        return {key: (low, high) for key, (low, high) in bounds.items() if low is not None or high is not None}
+        """payload key -> (lowest, highest) for the bounded numeric fields."""
+        bounds: dict[str, tuple[float | None, float | None]] = {}
+        for key, test, value in self._conditions():
+            low, high = bounds.get(key, (None, None))
+            if test == AT_LEAST:
+                bounds[key] = (value, high)
+            elif test == AT_MOST:
+                bounds[key] = (low, value)
+        return bounds
+
+    def _conditions(self) -> Iterator[tuple[str, str, Any]]:
+        """(payload key, test, value) of each declared field that is set."""
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if "key" in f.metadata and value is not None:
+                yield f.metadata["key"], f.metadata["test"], value
+
+
+def filter_indexes() -> dict[str, str]:
+    """payload key -> index type, of the keys the SearchFilter fields test."""
+    return {f.metadata["key"]: f.metadata["index"] for f in dataclasses.fields(SearchFilter) if "key" in f.metadata}
+
+
+# Payload indexes: created with the collection and, idempotently, on every ensure_collection() of an
+# existing one: those the search filters need, plus content_hash, the key dedup groups by (no filter
+# tests it today; it has been indexed since the filters came, so existing collections keep it).
+INDEXED_FIELDS = {**filter_indexes(), "content_hash": "keyword"}
 
 
 class VectorStore(Protocol):

@@ -25,36 +25,28 @@ import shutil
 import tempfile
 import threading
 import uuid
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import qdrant_edge as qe
 
 from store.base import (
-    INDEXED_FIELDS,
     CollectionInfo,
-    CollectionMissingError,
-    Hit,
     IndexTuning,
     Point,
-    SearchFilter,
     StoreError,
     StoreLockedError,
     as_vector,
     clean_payload,
     require_same_model,
     same_payload_groups,
-    search_pages,
 )
+from store.common import EngineStore
 
 log = logging.getLogger(__name__)
 
 META_VERSION = 1
-SCROLL_PAGE = 512
-RETRIEVE_CHUNK = 1024
 # Durability: the engine appends every update to its write-ahead log before update() returns. The
 # WAL is an mmap'd file and update() makes no sync call (checked with strace), so the update sits in
 # the OS page cache: a process killed right after upsert()/delete() returned (SIGKILL included)
@@ -75,7 +67,7 @@ BYTES_PER_VALUE = 4  # float32
 POINT_OVERHEAD = 1024  # payload, id tracker, WAL record framing (generous)
 
 
-class EdgeStore:
+class EdgeStore(EngineStore):
     """VectorStore over a Qdrant Edge shard stored in `folder / collection`."""
 
     def __init__(self, folder: Path, collection: str, tuning: IndexTuning | None = None) -> None:
@@ -130,25 +122,13 @@ class EdgeStore:
                 raise StoreError(f"cannot create {self._where()}: {exc}") from exc
             self._ensure_indexes()
 
-    def _ensure_indexes(self) -> None:
-        """Create the payload indexes the searches filter on, those that are missing."""
-        shard = self._require_open()
-        with self._engine("read the payload indexes"):
-            present = set(shard.info().payload_schema)
-        kinds = {"keyword": qe.PayloadSchemaType.Keyword, "integer": qe.PayloadSchemaType.Integer,
-                 "float": qe.PayloadSchemaType.Float}
-        for name, kind in INDEXED_FIELDS.items():
-            if name not in present:
-                with self._engine("create a payload index"):
-                    shard.update(qe.UpdateOperation.create_field_index(name, kinds[kind]))
-
     def upsert(self, points: Sequence[Point]) -> None:
         if not points:
             return
         shard = self._require_open()
         vectors = [as_vector(p.vector) for p in points]
         self._check_space(2 * len(points) * _point_bytes(len(vectors[0])))  # WAL and segment
-        with self._engine("upsert"):  # qe.Point raises ValueError for an id that is not a UUID
+        with self._guard("upsert"):  # qe.Point raises ValueError for an id that is not a UUID
             batch = [qe.Point(p.id, v, clean_payload(p.payload)) for p, v in zip(points, vectors, strict=True)]
             shard.update(qe.UpdateOperation.upsert_points(batch))
         self._written(len(batch))
@@ -158,75 +138,19 @@ class EdgeStore:
             return
         shard = self._require_open()
         self._check_space(len(ids) * POINT_OVERHEAD)
-        with self._engine("delete"):
+        with self._guard("delete"):
             shard.update(qe.UpdateOperation.delete_points(list(ids)))
         self._written(len(ids))
-
-    def payloads(self) -> Iterator[tuple[str, dict[str, Any]]]:
-        shard = self._open_if_exists()
-        if shard is None:
-            return
-        offset: Any = None
-        while True:
-            with self._engine("scroll"):
-                records, offset = shard.scroll(qe.ScrollRequest(
-                    offset=offset, limit=SCROLL_PAGE, with_payload=True, with_vector=False))
-            for record in records:
-                yield str(record.id), dict(record.payload or {})
-            if offset is None or not records:
-                return
-
-    def vectors(self, ids: Sequence[str]) -> dict[str, np.ndarray]:
-        shard = self._open_if_exists()
-        out: dict[str, np.ndarray] = {}
-        if shard is None or not ids:
-            return out
-        wanted: list[int | uuid.UUID | str] = list(ids)
-        for start in range(0, len(wanted), RETRIEVE_CHUNK):
-            with self._engine("retrieve"):
-                records = shard.retrieve(wanted[start:start + RETRIEVE_CHUNK],
-                                         with_payload=False, with_vector=True)
-            for record in records:
-                vector = _default_vector(record.vector)
-                if vector is not None:
-                    out[str(record.id)] = vector
-        return out
-
-    def search(self, vector: np.ndarray, limit: int, where: SearchFilter | None = None, offset: int = 0,
-               dedup: bool = False) -> list[Hit]:
-        if limit <= 0:
-            return []
-        shard = self._open_if_exists()
-        if shard is None:
-            return []
-        nearest = qe.Query.Nearest(as_vector(vector))
-        condition = edge_filter(where)
-
-        def query(n: int, skip: int) -> list[Hit]:
-            request = qe.QueryRequest(limit=n, offset=skip or None, query=nearest, filter=condition,
-                                      with_payload=True, with_vector=False, params=self._search_params())
-            with self._engine("search"):
-                found = shard.query(request)
-            return [Hit(id=str(p.id), score=float(p.score), payload=dict(p.payload or {})) for p in found]
-
-        return search_pages(query, limit, offset, dedup)
 
     def set_payloads(self, payloads: dict[str, dict[str, Any]]) -> None:
         if not payloads:
             return
         shard = self._require_open()
         self._check_space(len(payloads) * POINT_OVERHEAD)
-        with self._engine("set payload"):
+        with self._guard("set payload"):
             for ids, fields in same_payload_groups(payloads):
                 shard.update(qe.UpdateOperation.set_payload(list(ids), fields))
         self._written(len(payloads))
-
-    def count(self) -> int:
-        shard = self._open_if_exists()
-        if shard is None:
-            return 0
-        with self._engine("count"):
-            return int(shard.count(qe.CountRequest(exact=True)))
 
     def finish(self) -> None:
         """Flush, then run the optimizers: they build the HNSW index once a segment passes the
@@ -236,12 +160,12 @@ class EdgeStore:
             shard = self._open_if_exists()
             if shard is None:
                 return
-            with self._engine("flush"):
+            with self._guard("flush"):
                 shard.flush()
             self._unflushed = 0
             info = self.info()
             self._check_space(self.count() * _point_bytes(info.dim if info else 0))  # the optimizer copies them
-            with self._engine("optimize"):
+            with self._guard("optimize"):
                 shard.optimize()
 
     def close(self) -> None:
@@ -250,28 +174,68 @@ class EdgeStore:
             if shard is None:
                 return
             try:
-                with self._engine("flush"):
+                with self._guard("flush"):
                     shard.flush()
             finally:
-                with self._engine("close"):
+                with self._guard("close"):
                     shard.close()
             self._unflushed = 0
 
+    # --- the engine's primitives (see store/common.py) ---------------------------------------------
+
+    def _scroll(self, offset: Any, limit: int) -> tuple[Sequence[Any], Any]:
+        shard = self._require_open()
+        with self._guard("scroll"):
+            return shard.scroll(qe.ScrollRequest(offset=offset, limit=limit, with_payload=True, with_vector=False))
+
+    def _retrieve(self, ids: list[str]) -> Sequence[Any]:
+        shard = self._require_open()
+        wanted: list[int | uuid.UUID | str] = list(ids)
+        with self._guard("retrieve"):
+            return shard.retrieve(wanted, with_payload=False, with_vector=True)
+
+    def _query(self, vector: list[float], condition: Any, limit: int, offset: int) -> Sequence[Any]:
+        shard = self._require_open()
+        request = qe.QueryRequest(limit=limit, offset=offset or None, query=qe.Query.Nearest(vector),
+                                  filter=condition, with_payload=True, with_vector=False,
+                                  params=self._search_params())
+        with self._guard("search"):
+            return shard.query(request)
+
+    def _count(self) -> int:
+        shard = self._require_open()
+        with self._guard("count"):
+            return int(shard.count(qe.CountRequest(exact=True)))
+
+    def _index_names(self) -> set[str]:
+        shard = self._require_open()
+        with self._guard("read the payload indexes"):
+            return set(shard.info().payload_schema)
+
+    def _create_index(self, key: str, kind: str) -> None:
+        shard = self._require_open()
+        schema = getattr(qe.PayloadSchemaType, kind.capitalize())  # "keyword" -> PayloadSchemaType.Keyword
+        with self._guard("create a payload index"):
+            shard.update(qe.UpdateOperation.create_field_index(key, schema))
+
+    def _match(self, key: str, value: Any) -> Any:
+        return qe.FieldCondition(key, match=qe.MatchValue(value))
+
+    def _range(self, key: str, low: float | None, high: float | None) -> Any:
+        return qe.FieldCondition(key, range=qe.RangeFloat(gte=low, lte=high))
+
+    def _has_id(self, ids: list[str]) -> Any:
+        return qe.HasIdCondition(set(ids))
+
+    def _filter(self, must: list[Any] | None, must_not: list[Any] | None) -> Any:
+        return qe.Filter(must=must, must_not=must_not)
+
     # --- internals -------------------------------------------------------------------------------
 
-    @contextmanager
-    def _engine(self, what: str) -> Iterator[None]:
-        """Turn the engine's bare Exceptions into StoreError (our own errors pass through)."""
-        try:
-            yield
-        except StoreError:
-            raise
-        except BaseException as exc:  # the engine raises plain Exception; a Rust panic, PanicException
-            if not isinstance(exc, Exception) and type(exc).__name__ != "PanicException":
-                raise  # KeyboardInterrupt, SystemExit
-            raise self._translate(exc, what) from exc
-
-    def _translate(self, exc: BaseException, what: str) -> StoreError:
+    def _error(self, exc: BaseException, what: str) -> StoreError | None:
+        """The engine raises plain Exception, and PanicException (a BaseException) for a Rust panic."""
+        if not isinstance(exc, Exception) and type(exc).__name__ != "PanicException":
+            return None  # KeyboardInterrupt, SystemExit
         text = str(exc)
         if "WouldBlock" in text or "Resource temporarily unavailable" in text:
             return StoreLockedError(
@@ -348,7 +312,7 @@ class EdgeStore:
     def _load(self, dim: int | None) -> qe.EdgeShard:
         # With a config, the engine checks it against the segments: a dimension that differs from
         # the one recorded in the meta file fails here instead of at the first search.
-        with self._engine("open"):
+        with self._guard("open"):
             return qe.EdgeShard.load(str(self.shard_path), self._config(dim) if dim else None)
 
     def _open(self) -> qe.EdgeShard:
@@ -356,8 +320,7 @@ class EdgeStore:
             if self._shard is None:
                 info = self.info()
                 if info is None:
-                    raise CollectionMissingError(
-                        f"{self._where()} does not exist yet: run the indexer (python -m indexer) first")
+                    raise self._missing()
                 self._shard = self._load(info.dim)
             return self._shard
 
@@ -378,7 +341,7 @@ class EdgeStore:
         if self._unflushed >= FLUSH_EVERY_POINTS:
             with self._lock:
                 if self._shard is not None:
-                    with self._engine("flush"):
+                    with self._guard("flush"):
                         self._shard.flush()
                 self._unflushed = 0
 
@@ -405,7 +368,7 @@ class EdgeStore:
         else:
             trash = None
         if shard is not None:
-            with self._engine("close"):
+            with self._guard("close"):
                 shard.close()
         if trash is not None:
             shutil.rmtree(trash, ignore_errors=True)
@@ -418,7 +381,7 @@ class EdgeStore:
             raise StoreError(f"cannot create the vector store folder {self.folder} "
                              f"(QDRANT_PATH): {exc}") from exc
         self._check_space(0)
-        with self._engine("create"):
+        with self._guard("create"):
             shard = qe.EdgeShard.create(str(self.shard_path), self._config(dim))
         try:
             self._write_meta(model_id, dim)
@@ -428,32 +391,9 @@ class EdgeStore:
         self._shard = shard
 
 
-def edge_filter(where: SearchFilter | None) -> qe.Filter | None:
-    """The engine's filter for a SearchFilter (None: no conditions)."""
-    if where is None:
-        return None
-    must: list[Any] = []
-    if where.folder:
-        must.append(qe.FieldCondition("folders", match=qe.MatchValue(where.folder)))
-    for key, (low, high) in where.ranges().items():
-        must.append(qe.FieldCondition(key, range=qe.RangeFloat(gte=low, lte=high)))
-    must_not: list[Any] = [qe.HasIdCondition(set(where.exclude_ids))] if where.exclude_ids else []
-    if not must and not must_not:
-        return None
-    return qe.Filter(must=must or None, must_not=must_not or None)
-
-
 def _point_bytes(dim: int) -> int:
     """Disk bytes of one copy of a point: vector, payload and bookkeeping."""
     return dim * BYTES_PER_VALUE + POINT_OVERHEAD
-
-
-def _default_vector(vector: Any) -> np.ndarray | None:
-    if isinstance(vector, dict):
-        vector = vector.get("")
-    if vector is None:
-        return None
-    return np.asarray(vector, dtype=np.float32)
 
 
 def _fsync_dir(folder: Path) -> None:

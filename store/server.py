@@ -9,36 +9,29 @@ or by a server that ignores metadata) reports model_id "" and therefore never ma
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
 from store.base import (
-    INDEXED_FIELDS,
     CollectionInfo,
     CollectionMissingError,
-    Hit,
     IndexTuning,
     Point,
-    SearchFilter,
     StoreError,
     as_vector,
     clean_payload,
     require_same_model,
     same_payload_groups,
-    search_pages,
 )
+from store.common import EngineStore
 
 UPSERT_CHUNK = 256
-SCROLL_PAGE = 512
-RETRIEVE_CHUNK = 1024
 
 
-class ServerStore:
+class ServerStore(EngineStore):
     """VectorStore over one collection of a Qdrant server (or of a local qdrant-client)."""
 
     def __init__(self, client: QdrantClient, collection: str, shards: int = 1,
@@ -73,7 +66,7 @@ class ServerStore:
 
     def info(self) -> CollectionInfo | None:
         try:
-            with self._server("read the collection"):
+            with self._guard("read the collection"):
                 described = self.client.get_collection(self.collection)
         except CollectionMissingError:
             return None
@@ -93,10 +86,10 @@ class ServerStore:
             self._ensure_indexes()
             return
         if current is not None:
-            with self._server("drop the collection"):
+            with self._guard("drop the collection"):
                 self.client.delete_collection(self.collection)
         try:
-            with self._server("create the collection"):
+            with self._guard("create the collection"):
                 self.client.create_collection(
                     self.collection,
                     vectors_config=models.VectorParams(size=dim, distance=models.Distance.COSINE),
@@ -123,23 +116,9 @@ class ServerStore:
                 "to use the embedded store in QDRANT_PATH).")
         self._ensure_indexes()
 
-    def _ensure_indexes(self) -> None:
-        """Create the payload indexes the searches filter on, those that are missing (the server
-        accepts a repeated creation too, so concurrent indexers are fine)."""
-        with self._server("read the payload indexes"):
-            present = set(self.client.get_collection(self.collection).payload_schema or {})
-        kinds = {"keyword": models.PayloadSchemaType.KEYWORD, "integer": models.PayloadSchemaType.INTEGER,
-                 "float": models.PayloadSchemaType.FLOAT}
-        for name, kind in INDEXED_FIELDS.items():
-            if name in present:
-                continue
-            with self._server("create a payload index"), warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # qdrant-client's local mode: "indexes have no effect"
-                self.client.create_payload_index(self.collection, name, field_schema=kinds[kind], wait=True)
-
     def upsert(self, points: Sequence[Point]) -> None:
         for start in range(0, len(points), UPSERT_CHUNK):
-            with self._server("upsert points"):  # PointStruct raises a ValidationError for a bad id
+            with self._guard("upsert points"):  # PointStruct raises a ValidationError for a bad id
                 chunk = [models.PointStruct(id=p.id, vector=as_vector(p.vector),
                                             payload=clean_payload(p.payload))
                          for p in points[start:start + UPSERT_CHUNK]]
@@ -148,63 +127,13 @@ class ServerStore:
     def delete(self, ids: Sequence[str]) -> None:
         if not ids:
             return
-        with self._server("delete points"):
+        with self._guard("delete points"):
             self.client.delete(self.collection, points_selector=models.PointIdsList(points=list(ids)),
                                wait=True)
 
-    def payloads(self) -> Iterator[tuple[str, dict[str, Any]]]:
-        offset: Any = None
-        while True:
-            try:
-                with self._server("scroll points"):
-                    records, offset = self.client.scroll(
-                        self.collection, limit=SCROLL_PAGE, offset=offset,
-                        with_payload=True, with_vectors=False)
-            except CollectionMissingError:
-                return
-            for record in records:
-                yield str(record.id), dict(record.payload or {})
-            if offset is None or not records:
-                return
-
-    def vectors(self, ids: Sequence[str]) -> dict[str, np.ndarray]:
-        out: dict[str, np.ndarray] = {}
-        wanted = list(ids)
-        for start in range(0, len(wanted), RETRIEVE_CHUNK):
-            try:
-                with self._server("retrieve points"):
-                    records = self.client.retrieve(self.collection, ids=wanted[start:start + RETRIEVE_CHUNK],
-                                                   with_payload=False, with_vectors=True)
-            except CollectionMissingError:
-                return out
-            for record in records:
-                vector: Any = record.vector
-                if isinstance(vector, dict):
-                    vector = vector.get("")
-                if vector is not None:
-                    out[str(record.id)] = np.asarray(vector, dtype=np.float32)
-        return out
-
-    def search(self, vector: np.ndarray, limit: int, where: SearchFilter | None = None, offset: int = 0,
-               dedup: bool = False) -> list[Hit]:
-        query_vector = as_vector(vector)
-        condition = server_filter(where)
-
-        def query(n: int, skip: int) -> list[Hit]:
-            with self._server("search"):
-                found = self.client.query_points(self.collection, query=query_vector, limit=n, offset=skip or None,
-                                                 query_filter=condition, with_payload=True, with_vectors=False,
-                                                 search_params=None if self.local else self._search_params()).points
-            return [Hit(id=str(p.id), score=float(p.score), payload=dict(p.payload or {})) for p in found]
-
-        try:
-            return search_pages(query, limit, offset, dedup)
-        except CollectionMissingError:
-            return []
-
     def set_payloads(self, payloads: dict[str, dict[str, Any]]) -> None:
         for ids, fields in same_payload_groups(payloads):
-            with self._server("set payload"):
+            with self._guard("set payload"):
                 self.client.set_payload(self.collection, payload=fields, points=list(ids), wait=True)
 
     def _quantization(self) -> models.ScalarQuantization | None:
@@ -218,13 +147,6 @@ class ServerStore:
         rescore = models.QuantizationSearchParams(rescore=True, oversampling=t.oversampling) if t.quantization else None
         return models.SearchParams(hnsw_ef=t.hnsw_ef, quantization=rescore)
 
-    def count(self) -> int:
-        try:
-            with self._server("count points"):
-                return int(self.client.count(self.collection, exact=True).count)
-        except CollectionMissingError:
-            return 0
-
     def finish(self) -> None:
         """Nothing to do: writes used wait=True (applied and in the server's WAL), and the server's
         optimizers build the HNSW index in the background."""
@@ -232,60 +154,82 @@ class ServerStore:
     def close(self) -> None:
         self.client.close()
 
+    # --- the engine's primitives (see store/common.py) ---------------------------------------------
+
+    def _scroll(self, offset: Any, limit: int) -> tuple[Sequence[Any], Any]:
+        with self._guard("scroll points"):
+            return self.client.scroll(self.collection, limit=limit, offset=offset,
+                                      with_payload=True, with_vectors=False)
+
+    def _retrieve(self, ids: list[str]) -> Sequence[Any]:
+        with self._guard("retrieve points"):
+            return self.client.retrieve(self.collection, ids=ids, with_payload=False, with_vectors=True)
+
+    def _query(self, vector: list[float], condition: Any, limit: int, offset: int) -> Sequence[Any]:
+        with self._guard("search"):
+            return self.client.query_points(self.collection, query=vector, limit=limit, offset=offset or None,
+                                            query_filter=condition, with_payload=True, with_vectors=False,
+                                            search_params=None if self.local else self._search_params()).points
+
+    def _count(self) -> int:
+        with self._guard("count points"):
+            return int(self.client.count(self.collection, exact=True).count)
+
+    def _index_names(self) -> set[str]:
+        with self._guard("read the payload indexes"):
+            return set(self.client.get_collection(self.collection).payload_schema or {})
+
+    def _create_index(self, key: str, kind: str) -> None:
+        with self._guard("create a payload index"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # qdrant-client's local mode: "indexes have no effect"
+            self.client.create_payload_index(self.collection, key, field_schema=models.PayloadSchemaType(kind),
+                                             wait=True)
+
+    def _match(self, key: str, value: Any) -> Any:
+        return models.FieldCondition(key=key, match=models.MatchValue(value=value))
+
+    def _range(self, key: str, low: float | None, high: float | None) -> Any:
+        return models.FieldCondition(key=key, range=models.Range(gte=low, lte=high))
+
+    def _has_id(self, ids: list[str]) -> Any:
+        return models.HasIdCondition(has_id=list(ids))
+
+    def _filter(self, must: list[Any] | None, must_not: list[Any] | None) -> Any:
+        return models.Filter(must=must, must_not=must_not)
+
     # --- internals -------------------------------------------------------------------------------
 
-    @contextmanager
-    def _server(self, what: str) -> Iterator[None]:
-        """Turn qdrant-client errors into StoreError; a missing collection into CollectionMissingError."""
-        try:
-            yield
-        except StoreError:
-            raise
-        except UnexpectedResponse as exc:
-            detail = _response_text(exc)
-            if exc.status_code == 404 and "collection" in detail.lower():
-                raise self._missing() from exc
-            if exc.status_code in (401, 403):
-                raise StoreError(f"{self.location} refused to {what} (HTTP {exc.status_code}): "
-                                 "check QDRANT_API_KEY") from exc
-            raise StoreError(f"{self.location} failed to {what} for {self._where()} "
-                             f"(HTTP {exc.status_code}): {detail}") from exc
-        except ValueError as exc:
+    def _error(self, exc: BaseException, what: str) -> StoreError | None:
+        """qdrant-client's errors as StoreError; a missing collection as CollectionMissingError."""
+        if not isinstance(exc, Exception):
+            return None  # KeyboardInterrupt, SystemExit
+        if isinstance(exc, UnexpectedResponse):
+            return self._refused(exc, what)
+        if isinstance(exc, ValueError):
             # qdrant-client's local mode (":memory:" or a path) raises ValueError("Collection x not found")
             if "not found" in str(exc).lower():
-                raise self._missing() from exc
-            raise StoreError(f"cannot {what} for {self._where()}: {exc}") from exc
-        except (ResponseHandlingException, OSError, ConnectionError, TimeoutError) as exc:
-            raise self._unreachable(what, exc) from exc
-        except Exception as exc:  # httpx / grpc transport errors and the like
-            if type(exc).__module__.split(".")[0] in ("httpx", "httpcore", "grpc"):
-                raise self._unreachable(what, exc) from exc
-            raise StoreError(f"cannot {what} for {self._where()}: {exc}") from exc
+                return self._missing()
+            return StoreError(f"cannot {what} for {self._where()}: {exc}")
+        transport = type(exc).__module__.split(".")[0] in ("httpx", "httpcore", "grpc")
+        if transport or isinstance(exc, (ResponseHandlingException, OSError, ConnectionError, TimeoutError)):
+            return self._unreachable(what, exc)
+        return StoreError(f"cannot {what} for {self._where()}: {exc}")
 
-    def _missing(self) -> CollectionMissingError:
-        return CollectionMissingError(
-            f"{self._where()} does not exist yet: run the indexer (python -m indexer) first")
+    def _refused(self, exc: UnexpectedResponse, what: str) -> StoreError:
+        """The server answered with an error status."""
+        detail = _response_text(exc)
+        if exc.status_code == 404 and "collection" in detail.lower():
+            return self._missing()
+        if exc.status_code in (401, 403):
+            return StoreError(f"{self.location} refused to {what} (HTTP {exc.status_code}): check QDRANT_API_KEY")
+        return StoreError(f"{self.location} failed to {what} for {self._where()} "
+                          f"(HTTP {exc.status_code}): {detail}")
 
     def _unreachable(self, what: str, exc: Exception) -> StoreError:
         return StoreError(
             f"cannot reach the Qdrant server at {self.location} (QDRANT_URL) to {what}: {exc}. "
             "Start the server or fix QDRANT_URL, or unset QDRANT_URL to use the embedded store "
             "in QDRANT_PATH.")
-
-
-def server_filter(where: SearchFilter | None) -> models.Filter | None:
-    """qdrant-client's filter for a SearchFilter (None: no conditions)."""
-    if where is None:
-        return None
-    must: list[Any] = []
-    if where.folder:
-        must.append(models.FieldCondition(key="folders", match=models.MatchValue(value=where.folder)))
-    for key, (low, high) in where.ranges().items():
-        must.append(models.FieldCondition(key=key, range=models.Range(gte=low, lte=high)))
-    must_not: list[Any] = [models.HasIdCondition(has_id=list(where.exclude_ids))] if where.exclude_ids else []
-    if not must and not must_not:
-        return None
-    return models.Filter(must=must or None, must_not=must_not or None)
 
 
 def _response_text(exc: UnexpectedResponse) -> str:

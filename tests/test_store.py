@@ -227,10 +227,9 @@ def test_delete(store: VectorStore) -> None:
 
 def test_payloads_roundtrip_all_fields(store: VectorStore, monkeypatch: pytest.MonkeyPatch) -> None:
     # A tiny scroll page, so that paging is exercised too.
-    from store import edge, server
+    from store import common
 
-    monkeypatch.setattr(edge, "SCROLL_PAGE", 3)
-    monkeypatch.setattr(server, "SCROLL_PAGE", 3)
+    monkeypatch.setattr(common, "SCROLL_PAGE", 3)
     store.ensure_collection(MODEL, DIM)
     points = make_points(8)
     points[0].payload["path"] = "相册/夏天 ü.jpg"
