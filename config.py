@@ -68,6 +68,10 @@ class Settings(BaseSettings):
     max_concurrency: int = Field(default=64, ge=1)  # requests in flight in the API; more get 429
     vqa_max_queue: int = Field(default=32, ge=1)  # VQA requests in flight; more get 503
     request_timeout_s: float = Field(default=110.0, gt=0)  # 504 past this (before the first byte)
+    # Receipt deadlines, from a request's first byte: its headers, then headers and body together
+    # (408 and the connection closed past them; api/receipt_deadline.py).
+    request_header_timeout_s: float = Field(default=10.0, gt=0)
+    request_body_timeout_s: float = Field(default=60.0, gt=0)
     retry_after_s: int = Field(default=2, ge=1)
 
     # Search API

@@ -27,14 +27,17 @@ from api.health import health_report
 from api.limits import Limits
 from api.logs import RequestLog
 from api.metrics import RequestMetrics, index_size_text
+from api.receipt_deadline import install as install_receipt_deadline
 from api.runner_calls import runner_ready
 from api.searching import Searching, query_text
 from api.store_calls import StoreCalls
 from api.ui import ui_routes
 from api.vqa_requests import VqaRequests
 from config import get_settings
+from core.bentoml_compat import NO_FILE, upload_name
 from core.library import Library
-from runners.clip import ClipRunner, model_id_of
+from runners.clip import model_id_of
+from runners.clip_service import ClipRunner
 from runners.vlm_service import VQARunner
 from store import open_store
 from store.base import StoreError, point_id
@@ -44,11 +47,6 @@ SETTINGS = get_settings()
 
 
 Text = Annotated[str, BeforeValidator(search.as_text)]  # a typed `2024` stays text (see as_text)
-
-
-# An optional upload. BentoML 1.4.40 turns an upload into a Path only for a plain `Path` annotation
-# (`Path | None` skips the conversion and `Optional[Path]` fails), so the field is `Path` with a None default.
-NO_FILE: Any = None
 
 
 # Starlette routes: each hands the request to a plain module through the running service.
@@ -213,6 +211,9 @@ class MultimodalServer:
         self.store.close()
 
 
+# uvicorn has no deadline for receiving a request (uvicorn #157): add one to the server BentoML starts.
+install_receipt_deadline(SETTINGS.request_header_timeout_s, SETTINGS.request_body_timeout_s)
+
 # Outermost first: request id and log line, request counters, then the limits (their refusals are logged
 # and counted too).
 MultimodalServer.add_asgi_middleware(RequestLog, log_format=SETTINGS.log_format)  # type: ignore[attr-defined]
@@ -222,13 +223,6 @@ MultimodalServer.add_asgi_middleware(  # type: ignore[attr-defined]
     public_metrics=SETTINGS.public_metrics, public_docs=SETTINGS.public_docs,
     max_upload_bytes=int(SETTINGS.max_upload_mb * 1024 * 1024), max_concurrency=SETTINGS.max_concurrency,
     timeout_s=SETTINGS.request_timeout_s, retry_after_s=SETTINGS.retry_after_s)
-
-
-def upload_name(upload: Path) -> str:
-    """The uploaded file's own name: BentoML 1.4.40 saves an upload as NamedTemporaryFile(suffix=<its
-    name>), i.e. "tmp" + 8 random characters + the name."""
-    name = upload.name
-    return (name[11:] if name.startswith("tmp") else name) or "upload"
 
 
 from api.middleware import ApiContractMiddleware  # noqa: E402 - one error shape, a valid /docs.json

@@ -27,8 +27,8 @@ from starlette.responses import Response
 
 from api.errors import bad_request, handles_errors, not_found
 from config import get_settings
+from core.images import BadImage, load_image
 from core.library import Library, LibraryFile, NotInLibrary
-from runners.images import BadImage, load_image
 
 log = logging.getLogger("service")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import tempfile
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -18,11 +19,13 @@ Send = Callable[[Message], Awaitable[None]]
 App = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 PROBES = frozenset({"/livez", "/readyz", "/healthz"})
+SPOOL_BYTES = 1024 * 1024  # a received body over this waits in a temporary file, not in memory
+CHUNK = 64 * 1024
 DOCS = ("/docs.json", "/", "/assets", "/static_content", "/schema.json")
 
 
-class TooLarge(Exception):
-    pass
+class Disconnected(Exception):
+    """The client left (or its receipt deadline closed it) before its body was in."""
 
 
 class Limits:
@@ -32,6 +35,8 @@ class Limits:
       probes and the web page's static files (/ui/) are always open, /metrics and the docs only when
       configured (the page's own API calls carry the key);
     - 413 for a body over `max_upload_bytes` (by Content-Length, or counted while it streams in);
+    - the whole body is received before the request takes an in-flight slot, so slow uploads (bounded
+      by the receipt deadline, api/receipt_deadline.py) never hold the slots complete requests need;
     - 429 with Retry-After when `max_concurrency` requests are already in flight;
     - 504 when no response has started within `timeout_s`.
     """
@@ -55,15 +60,36 @@ class Limits:
         refusal = self.refusal(scope)
         if refusal is not None:
             return await refusal(scope, receive, send)
-        if self.in_flight >= self.max_concurrency:
-            busy = ApiError(429, "too_many_requests", "the server is busy: retry shortly",
-                            {"Retry-After": self.retry_after})
-            return await busy.response()(scope, receive, send)
-        self.in_flight += 1
-        try:
-            await self.limited(scope, receive, send)
-        finally:
-            self.in_flight -= 1
+        with tempfile.SpooledTemporaryFile(SPOOL_BYTES) as body:
+            try:
+                if not await self.receive_body(receive, body):
+                    return await self.too_large()(scope, receive, send)
+            except Disconnected:
+                return None  # nobody is left to answer
+            if self.in_flight >= self.max_concurrency:
+                busy = ApiError(429, "too_many_requests", "the server is busy: retry shortly",
+                                {"Retry-After": self.retry_after})
+                return await busy.response()(scope, receive, send)
+            self.in_flight += 1
+            try:
+                await self.limited(scope, replay(body, receive), send)
+            finally:
+                self.in_flight -= 1
+
+    async def receive_body(self, receive: Receive, body: Any) -> bool:
+        """Read the whole request body into `body`; False once it is over max_upload_bytes."""
+        received = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise Disconnected
+            chunk = message.get("body", b"")
+            received += len(chunk)
+            if received > self.max_upload_bytes:
+                return False
+            body.write(chunk)
+            if not message.get("more_body", False):
+                return True
 
     def refusal(self, scope: Scope) -> Any:
         if self.api_key is not None and not self.open_path(scope["path"]) and not self.authorized(scope):
@@ -92,39 +118,41 @@ class Limits:
         return ApiError(413, "payload_too_large", f"the request body is over MAX_UPLOAD_MB ({mb:g} MB)").response()
 
     async def limited(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Run the app with a counted body and a deadline for the first response byte."""
-        state = {"received": 0, "too_large": False, "started": False, "replaced": False}
+        """Run the app with a deadline for the first response byte."""
+        started = False
 
-        async def counted_receive() -> Message:
-            message = await receive()
-            state["received"] += len(message.get("body", b""))
-            if state["received"] > self.max_upload_bytes:
-                state["too_large"] = True
-                raise TooLarge
-            return message
-
-        async def guarded_send(message: Message) -> None:
-            if message["type"] == "http.response.start" and state["too_large"]:
-                state["replaced"] = True  # whatever the app made of the cut-off body, answer 413
-                await self.too_large()(scope, receive, send)
-            if state["replaced"]:
-                return
-            state["started"] = True
+        async def watched_send(message: Message) -> None:
+            nonlocal started
+            started = True
             await send(message)
 
-        task = asyncio.ensure_future(self.app(scope, counted_receive, guarded_send))
+        task = asyncio.ensure_future(self.app(scope, receive, watched_send))
         done, _ = await asyncio.wait({task}, timeout=self.timeout_s)
-        while not done and state["started"]:  # streaming: the deadline is for the first byte only
+        while not done and started:  # streaming: the deadline is for the first byte only
             done, _ = await asyncio.wait({task})
         if not done:
             task.cancel()
             late = ApiError(504, "timeout", f"no answer within {self.timeout_s:g} s: retry later")
             return await late.response()(scope, receive, send)
-        try:
-            task.result()
-        except TooLarge:
-            if not state["started"] and not state["replaced"]:
-                await self.too_large()(scope, receive, send)
+        task.result()
+
+
+def replay(body: Any, receive: Receive) -> Receive:
+    """A receive() that hands the app the stored body, then waits on the real one (for a disconnect)."""
+    body.seek(0, 2)
+    size = body.tell()
+    body.seek(0)
+    done = False
+
+    async def replayed() -> Message:
+        nonlocal done
+        if done:
+            return await receive()
+        chunk = body.read(CHUNK)
+        done = body.tell() >= size
+        return {"type": "http.request", "body": chunk, "more_body": not done}
+
+    return replayed
 
 
 def header(scope: Scope, name: bytes) -> str | None:

@@ -1,24 +1,15 @@
-"""The service's own Prometheus metrics, served on BentoML's /metrics beside `bentoml_*`.
+"""The HTTP side of the service's metrics (the definitions live in core/telemetry.py).
 
-BentoML gives every process of `bentoml serve` (the API and both runners) the same
-PROMETHEUS_MULTIPROC_DIR, and the API's /metrics aggregates that whole folder, so a metric recorded in a
-runner process shows up there too. prometheus_client is imported on first use, never at import time, so
-that it starts in multiprocess mode in BentoML's workers (BentoML's own advice; `bentoml.metrics` is a
-deprecated alias of prometheus_client in 1.4.40).
-
-- `mms_search_requests_total{endpoint, status}`: search requests by route and HTTP status;
-- `mms_vqa_requests_total{endpoint, status}`: the same for /vqa, /vqa/stream and /v1/chat/completions;
-- `mms_vqa_generated_tokens_total{endpoint}`: tokens of the answers whose count is known (not streamed);
-- `mms_runner_batch_size{runner, method}`: items per call of the runners' batching APIs (recorded in
-  the runner processes);
-- `mms_index_images{collection}`: images in the collection, counted when /metrics is scraped.
+- `RequestMetrics`: ASGI middleware counting search and VQA requests by route and final HTTP status;
+- `index_size_text`: the `mms_index_images{collection}` gauge, as text appended to a /metrics scrape.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping
-from functools import lru_cache
+from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
+
+from core.telemetry import metrics
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -28,37 +19,6 @@ App = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 SEARCH_ROUTES = frozenset({"/text2image_search", "/image2image_search"})
 VQA_ROUTES = frozenset({"/vqa", "/vqa/stream", "/v1/chat/completions"})
-BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
-
-
-class Metrics:
-    def __init__(self) -> None:
-        from prometheus_client import Counter, Histogram
-
-        self.searches = Counter("mms_search_requests", "Search requests by endpoint and HTTP status",
-                                ["endpoint", "status"])
-        self.vqa = Counter("mms_vqa_requests", "Visual question answering requests by endpoint and HTTP status",
-                           ["endpoint", "status"])
-        self.tokens = Counter("mms_vqa_generated_tokens", "Tokens generated in VQA answers (streamed answers "
-                              "are not counted)", ["endpoint"])
-        self.batch_size = Histogram("mms_runner_batch_size", "Items per call of a runner's batching API",
-                                    ["runner", "method"], buckets=BATCH_BUCKETS)
-
-
-@lru_cache(maxsize=1)
-def metrics() -> Metrics:
-    return Metrics()
-
-
-def observe_batch(runner: str, method: str, size: int) -> None:
-    """Record one batch of a runner's adaptive-batching API (called in the runner process)."""
-    metrics().batch_size.labels(runner=runner, method=method).observe(size)
-
-
-def count_tokens(endpoint: str, results: Iterable[Any]) -> None:
-    """Add the generated tokens of VQA results (ChatResult objects or their dicts)."""
-    total = sum(int(r["completion_tokens"] if isinstance(r, dict) else r.completion_tokens) for r in results)
-    metrics().tokens.labels(endpoint=endpoint).inc(total)
 
 
 def index_size_text(collection: str, count: int | None) -> str:

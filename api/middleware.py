@@ -36,6 +36,7 @@ from starlette.responses import Response
 
 from api.errors import ApiError
 from api.openapi import fix_spec
+from core.bentoml_compat import MAX_FIELD_BYTES, MAX_PARTS  # Starlette's form limits (BentoML: 500)
 
 log = logging.getLogger("service")
 
@@ -54,9 +55,6 @@ CODES = {400: "invalid_argument", 401: "unauthorized", 403: "permission_denied",
          405: "method_not_allowed", 408: "timeout", 409: "conflict", 413: "payload_too_large",
          415: "unsupported_media_type", 422: "invalid_argument", 429: "too_many_requests",
          503: "unavailable", 504: "timeout"}
-# Starlette's form parser limits (BentoML answers 500 when one is passed)
-MAX_FIELD_BYTES = 1024 * 1024
-MAX_PARTS = 1000
 
 
 def is_shaped(body: Any) -> bool:

@@ -11,7 +11,7 @@ import uuid
 from typing import Any
 
 from api.errors import ApiError, bad_request
-from runners.images import BadImage, load_image
+from core.images import BadImage, load_image
 
 ROLES = ("system", "user", "assistant")
 

@@ -15,8 +15,8 @@ from api.runner_calls import from_runner
 from api.search import SearchPage, result_item
 from api.store_calls import StoreCalls
 from config import Settings
+from core.images import DRAFT_SIZE, BadImage, load_image
 from core.library import Library, NotInLibrary
-from runners.images import DRAFT_SIZE, BadImage, load_image
 from store.base import point_id
 
 log = logging.getLogger("service")

@@ -15,12 +15,12 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from api import openai
 from api.errors import ApiError, bad_request, unavailable
-from api.metrics import count_tokens
 from api.runner_calls import from_runner
 from api.searching import not_in_library
 from config import Settings
+from core.images import BadImage, load_image
 from core.library import Library, NotInLibrary
-from runners.images import BadImage, load_image
+from core.telemetry import count_tokens
 from runners.vlm_service import ChatRequest
 
 VQA_DISABLED = "visual question answering is disabled on this server (VQA_ENABLED=false)"

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 from PIL import Image
 
+from core.images import BadImage, load_image
 from indexer.scan import FileEntry
-from runners.images import BadImage, load_image
 
 
 @dataclass

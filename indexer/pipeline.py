@@ -14,10 +14,10 @@ from typing import Any, Protocol
 import numpy as np
 from PIL import Image
 
+from core.images import DRAFT_SIZE
 from indexer.decode import Decoded, decode_entry
 from indexer.plan import Plan, make_plan
 from indexer.scan import FileEntry, scan_library
-from runners.images import DRAFT_SIZE
 from store.base import Point, VectorStore, folders_of, point_id
 
 log = logging.getLogger(__name__)

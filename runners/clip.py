@@ -1,26 +1,22 @@
-"""Chinese-CLIP encoder: a plain class (used by the indexer) and a thin BentoML runner service."""
+"""Chinese-CLIP encoder: a plain class with no BentoML import (the indexer uses it directly;
+runners/clip_service.py wraps it in the BentoML runner service)."""
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import bentoml
 import numpy as np
 from PIL import Image
 
-from api.metrics import observe_batch
 from config import Settings, get_settings
-from runners.device import gpu_memory, pick_device
+from core.images import to_rgb
+from runners.device import pick_device
 from runners.hub import resolve_model
-from runners.images import to_rgb
 
 if TYPE_CHECKING:
     import torch
-
-log = logging.getLogger(__name__)
 
 
 def features(output: Any) -> torch.Tensor:
@@ -87,53 +83,3 @@ def normalise(vectors: torch.Tensor) -> np.ndarray:
     array = vectors.float().cpu().numpy()
     norms = np.linalg.norm(array, axis=1, keepdims=True)
     return (array / np.maximum(norms, 1e-12)).astype(np.float32)
-
-
-SETTINGS = get_settings()
-# BentoML 1.4.40's depends() client replaces its HTTP session every 100 requests / 300 s while requests
-# are still using it (upstream #5540/#5544/#5698): callers then lose 2-13 % of calls. A caller reads these
-# limits from the runner's config; the local socket session is never recycled.
-NO_RECYCLE = {"max_requests": 2**31 - 1, "max_age": 1e9}
-
-
-# Adaptive batching of concurrent calls (CLIP_ADAPTIVE_BATCHING=false turns it off, for comparison:
-# bench/search_batching.py). The service always sends one-item lists, so both ways take the same calls.
-BATCHING: dict[str, Any] = (
-    {"batchable": True, "max_batch_size": SETTINGS.clip_max_batch_size, "max_latency_ms": SETTINGS.clip_max_latency_ms}
-    if SETTINGS.clip_adaptive_batching else {})
-
-
-@bentoml.service(
-    name="clip_runner",
-    workers=1,
-    traffic={"timeout": SETTINGS.service_timeout_s},
-    runner_connection=NO_RECYCLE,
-)
-class ClipRunner:
-    """Adaptive-batching runner around ClipEncoder. Loads the model when the worker starts."""
-
-    def __init__(self) -> None:
-        self.encoder: ClipEncoder | None = None
-        self.encoder = ClipEncoder.from_settings(SETTINGS)
-        log.info("CLIP model %s loaded on %s", SETTINGS.clip_model, self.encoder.device)
-
-    def __is_ready__(self) -> bool:
-        return self.encoder is not None
-
-    @bentoml.api(**BATCHING)
-    def encode_texts(self, texts: list[str]) -> np.ndarray:
-        assert self.encoder is not None
-        observe_batch("clip", "encode_texts", len(texts))
-        return self.encoder.encode_texts(texts)
-
-    @bentoml.api(**BATCHING)
-    def encode_images(self, images: list[Image.Image]) -> np.ndarray:
-        assert self.encoder is not None
-        observe_batch("clip", "encode_images", len(images))
-        return self.encoder.encode_images(images)
-
-    @bentoml.api
-    def info(self) -> dict:
-        assert self.encoder is not None
-        return {"model_id": self.encoder.model_id, "dim": self.encoder.dim, "device": self.encoder.device,
-                **gpu_memory(self.encoder.device)}

@@ -18,11 +18,11 @@ import bentoml
 from bentoml.exceptions import ServiceUnavailable
 from pydantic import BaseModel, Field
 
-from api.metrics import observe_batch
 from config import get_settings
-from runners.clip import NO_RECYCLE
+from core.bentoml_compat import NO_RECYCLE
+from core.images import load_image
+from core.telemetry import observe_batch
 from runners.device import gpu_memory
-from runners.images import load_image
 
 if TYPE_CHECKING:
     from runners.vlm import VisionLanguageModel

@@ -18,12 +18,12 @@ from PIL import Image
 from qdrant_client import QdrantClient
 from shapes import draw_shape, make_library
 
+from core.images import open_image
 from indexer.decode import decode_entry
 from indexer.pipeline import Indexer, Options
 from indexer.plan import make_plan
 from indexer.scan import scan_library
 from runners.clip import ClipEncoder
-from runners.images import open_image
 from store.base import ModelMismatchError, point_id
 from store.edge import EdgeStore
 from store.server import ServerStore

@@ -1,4 +1,4 @@
-"""Image helpers shared by the runners, the indexer and the service."""
+"""Image decoding shared by the runners, the indexer and the service (a neutral module: no model, no HTTP)."""
 
 from __future__ import annotations
 
