@@ -1,4 +1,9 @@
-"""One error shape for every failure: HTTP status + {"status": "error", "error": {"code", "message"}}."""
+"""One error type and one renderer for every refusal: HTTP status +
+{"status": "error", "error": {"code", "message"}}.
+
+Endpoints (BentoML API methods and Starlette routes alike) only raise ApiError; `handles_errors`
+turns it into the response. The middlewares render their own refusals with the same `response()`.
+"""
 
 from __future__ import annotations
 
@@ -21,6 +26,11 @@ class ApiError(Exception):
         self.message = message
         self.headers = headers or {}
 
+    def response(self) -> JSONResponse:
+        """The one place an error becomes a response."""
+        body = {"status": "error", "error": {"code": self.code, "message": self.message}}
+        return JSONResponse(body, status_code=self.status, headers=self.headers)
+
 
 def bad_request(message: str, code: str = "invalid_argument") -> ApiError:
     return ApiError(400, code, message)
@@ -30,20 +40,20 @@ def not_found(message: str) -> ApiError:
     return ApiError(404, "not_found", message)
 
 
-def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    body = {"status": "error", "error": {"code": code, "message": message}}
-    return JSONResponse(body, status_code=status, headers=headers)
+def unavailable(code: str, message: str, retry_after_s: int) -> ApiError:
+    """A 503 worth retrying: the client is told when."""
+    return ApiError(503, code, message, {"Retry-After": str(retry_after_s)})
 
 
-def returns_errors(func: F) -> F:
-    """Turn an ApiError raised by an async API method into its error response (BentoML would wrap a
-    raised 4xx in a list and hide a 5xx's message)."""
+def handles_errors(func: F) -> F:
+    """Turn an ApiError raised by an async endpoint (a BentoML API method or a Starlette route) into its
+    error response (BentoML would wrap a raised 4xx in a list and hide a 5xx's message)."""
 
     @functools.wraps(func)
     async def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return await func(*args, **kwargs)
         except ApiError as exc:
-            return error_response(exc.status, exc.code, exc.message, exc.headers)
+            return exc.response()
 
     return wrapper  # type: ignore[return-value]

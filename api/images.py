@@ -4,8 +4,8 @@ A thumbnail's longer side is at most N pixels (default 256, 1..2048); size=0 ser
 with its own content type. Thumbnails are made once per file version (path, size, format, file
 mtime and byte size) into THUMBNAIL_CACHE, written atomically (a temporary file renamed into place),
 and answered with ETag / Last-Modified / Cache-Control; a matching If-None-Match or If-Modified-Since
-gets 304. Only image files the indexer would index, inside IMAGE_LIBRARY, are served: `..`,
-absolute paths, hidden files and symlinks leading out of the library answer 404.
+gets 304. Only library files (core/library.py, the rule the indexer uses) are served: anything else,
+`..`, absolute paths, hidden files, symlinks leading out or to hidden files, answers 404 as a missing file does.
 """
 
 from __future__ import annotations
@@ -17,19 +17,18 @@ import logging
 import os
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from email.utils import formatdate, parsedate_to_datetime
 from functools import lru_cache
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from PIL import Image
 from starlette.requests import Request
 from starlette.responses import Response
 
-from api.errors import ApiError, bad_request, error_response, not_found
+from api.errors import bad_request, handles_errors, not_found
 from config import get_settings
 from core.images import BadImage, load_image
-from indexer.scan import is_image_name
+from core.library import Library, LibraryFile, NotInLibrary
 
 log = logging.getLogger("service")
 
@@ -43,69 +42,51 @@ CACHE_CONTROL = "private, max-age=3600"
 QUALITY = 85
 
 
-@dataclass(frozen=True)
-class LibraryFile:
-    rel: str
-    real: Path
-    mtime_ns: int
-    size: int
+def etag(found: LibraryFile, *parts: object) -> str:
+    """A strong ETag for this version of the file (and the given rendering)."""
+    key = "\0".join(str(p) for p in (found.rel, found.mtime_ns, found.size, *parts))
+    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
 
-    def tag(self, *parts: object) -> str:
-        """A strong ETag for this version of the file (and the given rendering)."""
-        key = "\0".join(str(p) for p in (self.rel, self.mtime_ns, self.size, *parts))
-        return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
 
-    def headers(self, etag: str) -> dict[str, str]:
-        return {"ETag": f'"{etag[:32]}"', "Last-Modified": formatdate(self.mtime_ns / 1e9, usegmt=True),
-                "Cache-Control": CACHE_CONTROL}
+def cache_headers(found: LibraryFile, tag: str) -> dict[str, str]:
+    return {"ETag": f'"{tag[:32]}"', "Last-Modified": formatdate(found.mtime_ns / 1e9, usegmt=True),
+            "Cache-Control": CACHE_CONTROL}
 
 
 class ImageFiles:
     """Serves the library's images and their thumbnails (one instance per API process)."""
 
     def __init__(self, library: Path, cache: Path, workers: int = 2) -> None:
-        self.library = library.resolve()
+        self.library = Library(library)
         self.cache = cache
         self.pool = ThreadPoolExecutor(workers, thread_name_prefix="thumbnail")
 
     async def respond(self, request: Request) -> Response:
+        size, fmt = parse_size(request.query_params.get("size")), parse_format(request.query_params.get("format"))
+        found = self.find(request.path_params.get("path", ""))
+        tag = etag(found, "original") if size == 0 else etag(found, size, fmt)
+        headers = cache_headers(found, tag)
+        if not_modified(request, headers["ETag"], found.mtime_ns):
+            return Response(status_code=304, headers=headers)
+        loop = asyncio.get_running_loop()
         try:
-            size, fmt = parse_size(request.query_params.get("size")), parse_format(request.query_params.get("format"))
-            found = self.find(request.path_params.get("path", ""))
-            etag = found.tag("original") if size == 0 else found.tag(size, fmt)
-            headers = found.headers(etag)
-            if not_modified(request, headers["ETag"], found.mtime_ns):
-                return Response(status_code=304, headers=headers)
-            loop = asyncio.get_running_loop()
             if size == 0:
                 body = await loop.run_in_executor(self.pool, found.real.read_bytes)
                 media_type = ORIGINAL_TYPES[found.real.suffix.lower()]
             else:
-                body = await loop.run_in_executor(self.pool, self.thumbnail, found, size, fmt, etag)
+                body = await loop.run_in_executor(self.pool, self.thumbnail, found, size, fmt, tag)
                 media_type = FORMATS[fmt][1]
-        except ApiError as exc:
-            return error_response(exc.status, exc.code, exc.message, exc.headers)
         except OSError as exc:  # removed or made unreadable since the lookup
             log.info("cannot serve image %s: %s", request.url.path, exc)
-            return error_response(404, "not_found", "no such image in the library")
+            raise not_found("no such image in the library") from exc
         return Response(body, media_type=media_type, headers=headers)
 
     def find(self, rel_path: str) -> LibraryFile:
-        """The library file at a library-relative path, or 404 for anything else."""
-        missing = not_found(f"{rel_path!r} is not an image in the library")
-        path = PurePosixPath(rel_path)
-        if (not rel_path or "\0" in rel_path or "\\" in rel_path or path.is_absolute()
-                or any(part in ("..", ".") or part.startswith(".") for part in rel_path.split("/"))
-                or not is_image_name(path.name)):
-            raise missing
+        """The library file at a library-relative path; 404 for anything the library rule refuses."""
         try:
-            real = (self.library / path).resolve(strict=True)
-            stat = real.stat()
-        except (OSError, ValueError, RuntimeError) as exc:
-            raise missing from exc
-        if not real.is_relative_to(self.library) or not real.is_file():
-            raise missing
-        return LibraryFile(str(path), real, stat.st_mtime_ns, stat.st_size)
+            return self.library.resolve(rel_path)
+        except NotInLibrary as exc:
+            raise not_found(f"{rel_path!r} is not an image in the library") from exc
 
     def thumbnail(self, found: LibraryFile, size: int, fmt: str, key: str) -> bytes:
         """The cached thumbnail, made (and cached) if missing. Runs on the thumbnail threads."""
@@ -189,6 +170,7 @@ def image_files() -> ImageFiles:
     return ImageFiles(settings.image_library, settings.thumbnail_cache)
 
 
+@handles_errors
 async def serve_image(request: Request) -> Response:
     """The Starlette endpoint mounted at /images/{path:path} in service.py."""
     return await image_files().respond(request)

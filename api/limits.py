@@ -9,7 +9,7 @@ import tempfile
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from api.errors import error_response
+from api.errors import ApiError
 from api.ui import is_ui_path
 
 Scope = MutableMapping[str, Any]
@@ -67,9 +67,9 @@ class Limits:
             except Disconnected:
                 return None  # nobody is left to answer
             if self.in_flight >= self.max_concurrency:
-                response = error_response(429, "too_many_requests", "the server is busy: retry shortly")
-                response.headers["Retry-After"] = self.retry_after
-                return await response(scope, receive, send)
+                busy = ApiError(429, "too_many_requests", "the server is busy: retry shortly",
+                                {"Retry-After": self.retry_after})
+                return await busy.response()(scope, receive, send)
             self.in_flight += 1
             try:
                 await self.limited(scope, replay(body, receive), send)
@@ -93,10 +93,8 @@ class Limits:
 
     def refusal(self, scope: Scope) -> Any:
         if self.api_key is not None and not self.open_path(scope["path"]) and not self.authorized(scope):
-            response = error_response(401, "unauthorized", "a valid API key is required: "
-                                      "send the header `Authorization: Bearer <API_KEY>`")
-            response.headers["WWW-Authenticate"] = "Bearer"
-            return response
+            return ApiError(401, "unauthorized", "a valid API key is required: send the header "
+                            "`Authorization: Bearer <API_KEY>`", {"WWW-Authenticate": "Bearer"}).response()
         length = header(scope, b"content-length")
         if length is not None and (not length.isdigit() or int(length) > self.max_upload_bytes):
             return self.too_large()
@@ -117,7 +115,7 @@ class Limits:
 
     def too_large(self) -> Any:
         mb = self.max_upload_bytes / 1024 / 1024
-        return error_response(413, "payload_too_large", f"the request body is over MAX_UPLOAD_MB ({mb:g} MB)")
+        return ApiError(413, "payload_too_large", f"the request body is over MAX_UPLOAD_MB ({mb:g} MB)").response()
 
     async def limited(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Run the app with a deadline for the first response byte."""
@@ -134,8 +132,8 @@ class Limits:
             done, _ = await asyncio.wait({task})
         if not done:
             task.cancel()
-            response = error_response(504, "timeout", f"no answer within {self.timeout_s:g} s: retry later")
-            return await response(scope, receive, send)
+            late = ApiError(504, "timeout", f"no answer within {self.timeout_s:g} s: retry later")
+            return await late.response()(scope, receive, send)
         task.result()
 
 

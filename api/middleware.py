@@ -10,8 +10,10 @@ own middlewares. For every HTTP request except /readyz, /livez, /healthz and /me
   not UTF-8, or a multipart body Starlette cannot parse (BentoML answers those 500), stops the
   request with a 400;
 - rewrites error responses (status >= 400) that are not already
-  `{"status": "error", "error": {"code", "message"}}`: BentoML's pydantic validation errors, its
-  `[{"error": ...}]` lists and 5xx bodies, Starlette's plain-text 404/405.
+  `{"status": "error", "error": {"code", "message"}}`: only BentoML's and Starlette's own (its
+  pydantic validation errors, its `[{"error": ...}]` lists and 5xx bodies, Starlette's plain-text
+  404/405). The endpoints' refusals are ApiErrors, already shaped by `api.errors.handles_errors`, and
+  pass through; this middleware's own refusals use the same `ApiError.response()`.
 
 Responses under 400 (streams and server-sent events included) pass through untouched, unbuffered;
 error responses are small and are held until complete.
@@ -32,7 +34,7 @@ from python_multipart.multipart import MultipartParser, QuerystringParser, parse
 from starlette.datastructures import MutableHeaders
 from starlette.responses import Response
 
-from api.errors import error_response
+from api.errors import ApiError
 from api.openapi import fix_spec
 from core.bentoml_compat import MAX_FIELD_BYTES, MAX_PARTS  # Starlette's form limits (BentoML: 500)
 
@@ -242,7 +244,7 @@ class ErrorShaper:
         if found is None:
             body = bytes(self.body)
         else:
-            body = bytes(error_response(status, *found).body)
+            body = bytes(ApiError(status, *found).response().body)
             headers["content-type"] = JSON
         headers["content-length"] = str(len(body))
         self.started = True
@@ -280,7 +282,7 @@ class ApiContractMiddleware:
             log.exception("unhandled error on %s %s", scope["method"], scope["path"])
             problem = shaper.inspector.problem if shaper.inspector else None
             status, (code, message) = (400, problem) if problem else (500, ("internal_error", INTERNAL))
-            await error_response(status, code, message)(scope, receive, send)
+            await ApiError(status, code, message).response()(scope, receive, send)
 
     async def handle(self, scope: Scope, receive: Receive, send: ErrorShaper) -> None:
         if scope["path"] == self.docs and scope["method"] in ("GET", "HEAD"):
@@ -292,12 +294,12 @@ class ApiContractMiddleware:
             media_type = kind.decode("latin-1").lower()
             if media_type not in (JSON, *FORMS):
                 message = f"Content-Type {media_type or '(empty)'} is not supported: send {SUPPORTED}"
-                await error_response(415, "unsupported_media_type", message)(scope, receive, send)
+                await ApiError(415, "unsupported_media_type", message).response()(scope, receive, send)
                 return
             if media_type in FORMS:
                 inspector = send.inspector = FormInspector(media_type, params, self.routes[scope["path"]])
                 if inspector.problem:
-                    await error_response(400, *inspector.problem)(scope, receive, send)
+                    await ApiError(400, *inspector.problem).response()(scope, receive, send)
                     return
                 receive = inspector.wrap(receive)
         await self.app(scope, receive, send)

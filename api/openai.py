@@ -10,28 +10,30 @@ import time
 import uuid
 from typing import Any
 
+from api.errors import ApiError, bad_request
 from core.images import BadImage, load_image
 
 ROLES = ("system", "user", "assistant")
 
 
-class BadRequest(ValueError):
+def invalid(message: str) -> ApiError:
     """The body is not a valid chat request; the message says why."""
+    return bad_request(message, code="invalid_request")
 
 
 def parse_chat(body: Any, max_images: int, max_tokens_cap: int) -> dict[str, Any]:
     """Validate an OpenAI chat body. Returns the ChatRequest fields and `stream`."""
     if not isinstance(body, dict):
-        raise BadRequest("the body must be a JSON object")
+        raise invalid("the body must be a JSON object")
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
-        raise BadRequest("messages must be a non-empty list")
+        raise invalid("messages must be a non-empty list")
     converted = [convert_message(m, i) for i, m in enumerate(messages)]
     images = sum(1 for m in converted for p in parts(m) if p.get("type") == "image")
     if images > max_images:
-        raise BadRequest(f"too many images: {images} (at most {max_images} per request)")
+        raise invalid(f"too many images: {images} (at most {max_images} per request)")
     if converted[-1]["role"] == "assistant":
-        raise BadRequest("the last message must not be the assistant's")
+        raise invalid("the last message must not be the assistant's")
     return {"messages": converted, "max_new_tokens": max_tokens(body, max_tokens_cap),
             "temperature": number(body, "temperature", 0.0, 0.0, 2.0), "top_p": optional_top_p(body),
             "stream": flag(body, "stream")}
@@ -44,15 +46,15 @@ def parts(message: dict[str, Any]) -> list[dict[str, Any]]:
 
 def convert_message(message: Any, index: int) -> dict[str, Any]:
     if not isinstance(message, dict):
-        raise BadRequest(f"messages[{index}] must be an object")
+        raise invalid(f"messages[{index}] must be an object")
     role = message.get("role")
     if role not in ROLES:
-        raise BadRequest(f"messages[{index}].role must be one of {', '.join(ROLES)}")
+        raise invalid(f"messages[{index}].role must be one of {', '.join(ROLES)}")
     content = message.get("content")
     if isinstance(content, str):
         return {"role": role, "content": content}
     if not isinstance(content, list) or not content:
-        raise BadRequest(f"messages[{index}].content must be a string or a non-empty list of parts")
+        raise invalid(f"messages[{index}].content must be a string or a non-empty list of parts")
     return {"role": role, "content": [convert_part(p, index, role) for p in content]}
 
 
@@ -62,28 +64,28 @@ def convert_part(part: Any, index: int, role: str) -> dict[str, Any]:
         return {"type": "text", "text": part["text"]}
     if kind == "image_url":
         if role != "user":
-            raise BadRequest(f"messages[{index}]: only user messages may hold images")
+            raise invalid(f"messages[{index}]: only user messages may hold images")
         url = part.get("image_url")
         url = url.get("url") if isinstance(url, dict) else url
         return {"type": "image", "image": data_url_image(url, index)}
-    raise BadRequest(f"messages[{index}].content: parts must be {{type: text, text}} or {{type: image_url}}")
+    raise invalid(f"messages[{index}].content: parts must be {{type: text, text}} or {{type: image_url}}")
 
 
 def data_url_image(url: Any, index: int) -> bytes:
     if not isinstance(url, str) or not url.startswith("data:"):
-        raise BadRequest(f"messages[{index}]: image_url must be a data: URL with base64 image bytes "
+        raise invalid(f"messages[{index}]: image_url must be a data: URL with base64 image bytes "
                          "(the server fetches nothing from the network)")
     header, _, payload = url.partition(",")
     if ";base64" not in header:
-        raise BadRequest(f"messages[{index}]: image data URLs must be base64-encoded")
+        raise invalid(f"messages[{index}]: image data URLs must be base64-encoded")
     try:
         data = base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError) as exc:
-        raise BadRequest(f"messages[{index}]: image data URL is not valid base64") from exc
+        raise invalid(f"messages[{index}]: image data URL is not valid base64") from exc
     try:
         load_image(data)
     except BadImage as exc:
-        raise BadRequest(f"messages[{index}]: {exc}") from exc
+        raise invalid(f"messages[{index}]: {exc}") from exc
     return data
 
 
@@ -92,7 +94,7 @@ def flag(body: dict[str, Any], key: str) -> bool:
     if value is None:
         return False
     if not isinstance(value, bool):
-        raise BadRequest(f"{key} must be true or false")
+        raise invalid(f"{key} must be true or false")
     return value
 
 
@@ -101,7 +103,7 @@ def max_tokens(body: dict[str, Any], cap: int) -> int | None:
     if value is None:
         return None
     if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= cap:
-        raise BadRequest(f"max_tokens must be an integer from 1 to {cap}")
+        raise invalid(f"max_tokens must be an integer from 1 to {cap}")
     return value
 
 
@@ -110,7 +112,7 @@ def number(body: dict[str, Any], key: str, default: float, low: float, high: flo
     if value is None:
         return default
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not low <= value <= high:
-        raise BadRequest(f"{key} must be a number from {low} to {high}")
+        raise invalid(f"{key} must be a number from {low} to {high}")
     return float(value)
 
 
@@ -119,7 +121,7 @@ def optional_top_p(body: dict[str, Any]) -> float | None:
         return None
     value = number(body, "top_p", 1.0, 0.0, 1.0)
     if value == 0:
-        raise BadRequest("top_p must be above 0")
+        raise invalid("top_p must be above 0")
     return value
 
 

@@ -110,14 +110,6 @@ def library_folder(folder: str | None) -> str | None:
     return "/".join(parts) or None
 
 
-def library_path(image_id: str) -> str:
-    """An image_id as the indexer records paths ("a/b.jpg"); 400 for one that leaves the library."""
-    path = PurePosixPath(image_id.strip())
-    if path.is_absolute() or ".." in path.parts or "\0" in image_id or not path.parts:
-        raise bad_request("image_id must be a path inside the image library")
-    return str(path)
-
-
 def image_urls(rel_path: str) -> dict[str, str]:
     quoted = quote(rel_path, safe="/")
     return {"thumbnail_url": f"/images/{quoted}?size={THUMBNAIL_SIZE}", "image_url": f"/images/{quoted}?size=0"}

@@ -1,12 +1,15 @@
-"""Reader: list the image files of a library."""
+"""Reader: list the image files of a library (core/library.py decides which files those are)."""
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"})
+from core.library import Library, NotInLibrary, is_hidden, is_image_name
+
+log = logging.getLogger("indexer")
 
 
 @dataclass(frozen=True)
@@ -17,19 +20,16 @@ class FileEntry:
     mtime: float
 
 
-def is_image_name(name: str) -> bool:
-    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
-
-
 def scan_library(root: Path, unreadable: list[tuple[str, str]] | None = None) -> list[FileEntry]:
-    """Every image file under `root` (recursive, extensions case-insensitive), sorted by path.
+    """Every library file under `root` (recursive, extensions case-insensitive), sorted by path.
 
-    Hidden files and folders are skipped; so is anything that resolves outside the library
-    (a symlink pointing elsewhere). A folder that cannot be listed (permission denied, or `root`
-    missing or not a folder) is added to `unreadable` as (library-relative folder, reason); "." is
-    the library itself.
+    Each file must pass the library rule (core/library.py): hidden files and folders, symlinks that
+    lead out of the library or to a hidden file, and names that are not valid UTF-8 are skipped. A
+    folder that cannot be listed (permission denied, or `root` missing or not a folder) is added to
+    `unreadable` as (library-relative folder, reason); "." is the library itself.
     """
-    root = root.resolve()
+    library = Library(root)
+    root = library.root
     entries = []
 
     def on_error(exc: OSError) -> None:
@@ -39,22 +39,20 @@ def scan_library(root: Path, unreadable: list[tuple[str, str]] | None = None) ->
             unreadable.append((rel, f"cannot read folder: {exc.strerror or exc}"))
 
     for folder, dirs, files in os.walk(root, onerror=on_error, followlinks=False):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        dirs[:] = sorted(d for d in dirs if not is_hidden(d))  # the rule refuses them anyway: don't walk them
         for name in files:
-            if name.startswith(".") or not is_image_name(name):
-                continue
-            entry = make_entry(root, Path(folder) / name)
+            path = Path(folder) / name
+            entry = make_entry(library, path, path.relative_to(root).as_posix())
             if entry is not None:
                 entries.append(entry)
     return sorted(entries, key=lambda e: e.rel_path)
 
 
-def make_entry(root: Path, path: Path) -> FileEntry | None:
+def make_entry(library: Library, path: Path, rel: str) -> FileEntry | None:
     try:
-        real = path.resolve(strict=True)
-        if not real.is_relative_to(root) or not real.is_file():
-            return None
-        stat = real.stat()
-    except OSError:
-        return None  # vanished or unreadable while scanning
-    return FileEntry(path.relative_to(root).as_posix(), path, stat.st_size, stat.st_mtime)
+        found = library.resolve(rel)
+    except NotInLibrary as exc:
+        if is_image_name(path.name) and not is_hidden(path.name):  # not plainly skipped: say why
+            log.warning("skipped %s", ascii(str(exc)))  # ascii(): a name that is not UTF-8 still prints
+        return None
+    return FileEntry(found.rel, path, found.size, found.mtime)

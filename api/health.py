@@ -1,0 +1,34 @@
+"""GET /health: the runners' and the store's state in one report. Runners and store are passed in."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from api.runner_calls import runner_info
+from api.store_calls import StoreCalls
+
+
+def summed(infos: list[dict[str, Any]], key: str) -> float | None:
+    """The runners' GPU memory together; None when no runner reports any (CPU, or none loaded)."""
+    values = [info[key] for info in infos if info.get(key) is not None]
+    return sum(values) if values else None
+
+
+async def health_report(clip: Any, vqa: Any, store: StoreCalls, model_id: str, vqa_model_id: str) -> dict[str, Any]:
+    clip_info, vqa_info = await asyncio.gather(runner_info(clip), runner_info(vqa))
+    info = await store.run(store.store.info)
+    return {
+        "status": "healthy" if clip_info and vqa_info else "degraded",
+        "clip_model_loaded": bool(clip_info),
+        "vqa_model_loaded": bool(vqa_info),
+        "image_library_size": await store.run(store.store.count),
+        "device": vqa_info.get("device") or clip_info.get("device"),
+        "gpu_memory_allocated_gb": summed([clip_info, vqa_info], "gpu_memory_allocated_gb"),
+        "gpu_memory_reserved_gb": summed([clip_info, vqa_info], "gpu_memory_reserved_gb"),
+        "clip_model": model_id,
+        "index_model": info.model_id if info else None,
+        "vqa_model": vqa_model_id,
+        "vqa_quantization": vqa_info.get("quantization"),
+        "vqa_batches": {"generate_calls": vqa_info.get("generate_calls"), "answers": vqa_info.get("generated_items")},
+    }

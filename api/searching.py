@@ -1,0 +1,99 @@
+"""The search flow behind /text2image_search and /image2image_search: check the index was built with
+this CLIP model, turn the query into a vector (CLIP runner, or the vector stored for a library
+image), rank the store's hits and shape each result. The CLIP runner, the store and the library are
+passed in, so a fake encoder and an in-memory store test it without a server."""
+
+from __future__ import annotations
+
+import base64
+import logging
+from pathlib import Path
+from typing import Any
+
+from api.errors import ApiError, bad_request, not_found
+from api.runner_calls import from_runner
+from api.search import SearchPage, result_item
+from api.store_calls import StoreCalls
+from config import Settings
+from core.images import DRAFT_SIZE, BadImage, load_image
+from core.library import Library, NotInLibrary
+from store.base import point_id
+
+log = logging.getLogger("service")
+
+
+def not_in_library(image_id: str) -> ApiError:
+    """The one answer for an image_id the library refuses, whatever the reason (missing, hidden,
+    outside, not an image): a caller cannot tell which files exist."""
+    return not_found(f"image_id {image_id!r} is not in the image library")
+
+
+def query_text(text: str, max_chars: int) -> str:
+    query = text.strip()
+    if not query:
+        raise bad_request("text_query is empty")
+    if len(query) > max_chars:
+        raise bad_request(f"text_query is longer than {max_chars} characters")
+    return query
+
+
+class Searching:
+    def __init__(self, clip: Any, store: StoreCalls, library: Library, model_id: str, settings: Settings) -> None:
+        self.clip = clip
+        self.store = store
+        self.library = library
+        self.model_id = model_id
+        self.settings = settings
+
+    def library_id(self, image_id: str) -> str:
+        """An image_id as the indexer records it ("./a//b.jpg" -> "a/b.jpg"); 404 unless a library file."""
+        try:
+            return self.library.resolve(image_id).rel
+        except NotInLibrary as exc:
+            raise not_in_library(image_id) from exc
+
+    async def by_text(self, query: str, top_k: int, page: SearchPage, include_image: bool | str) -> list[Any]:
+        await self.check_index()
+        vectors = await from_runner(self.clip.to_async.encode_texts([query]), self.settings.retry_after_s)
+        return await self.ranked(vectors[0], top_k, page, include_image)
+
+    async def by_image_id(self, rel: str, top_k: int, page: SearchPage, include_image: bool | str) -> list[Any]:
+        await self.check_index()
+        return await self.ranked(await self.stored_vector(rel), top_k, page, include_image)
+
+    async def by_upload(self, upload: Path, top_k: int, page: SearchPage, include_image: bool | str) -> list[Any]:
+        await self.check_index()
+        return await self.ranked(await self.upload_vector(upload), top_k, page, include_image)
+
+    async def check_index(self) -> None:
+        info = await self.store.run(self.store.store.info)
+        if info is not None and info.model_id != self.model_id:
+            raise ApiError(409, "model_mismatch", f"the image index was built with {info.model_id!r} but "
+                           f"CLIP_MODEL is {self.model_id!r}: re-run `python -m indexer --recreate`")
+
+    async def stored_vector(self, rel: str) -> Any:
+        found = await self.store.run(self.store.store.vectors, [point_id(rel)])
+        if point_id(rel) not in found:
+            raise not_found(f"image_id {rel!r} is not in the image index (run `python -m indexer` after adding files)")
+        return found[point_id(rel)]
+
+    async def upload_vector(self, upload: Path) -> Any:
+        try:
+            image, _, _ = load_image(upload.read_bytes(), draft_size=DRAFT_SIZE)
+        except BadImage as exc:
+            raise bad_request(f"image: {exc}") from exc
+        vectors = await from_runner(self.clip.to_async.encode_images([image]), self.settings.retry_after_s)
+        return vectors[0]
+
+    async def ranked(self, vector: Any, top_k: int, page: SearchPage, include_image: bool | str) -> list[Any]:
+        hits = await self.store.run(self.store.store.search, vector, top_k, page.where, page.offset, page.dedup)
+        return [result_item(hit, include_image, self.read_base64) for hit in hits]
+
+    def read_base64(self, rel: str) -> str | None:
+        """The file's own bytes, base64-encoded; None if it vanished or the library rule refuses it
+        (an index made before the rule, or a file swapped for a link since)."""
+        try:
+            return base64.b64encode(self.library.read_bytes(rel)).decode("ascii")
+        except NotInLibrary as exc:
+            log.warning("indexed file is not served: %s (re-run `python -m indexer`)", exc)
+            return None
