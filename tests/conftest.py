@@ -1,5 +1,6 @@
 """Shared fixtures for tests/unit and tests/integration. pytest puts the repository root and tests/ on sys.path
-(pyproject.toml), so tests import serving, shapes, fixtures and helpers (never each other).
+(pyproject.toml), so tests import serving, shapes, fixtures and helpers (never each other). tests/unit and
+tests/integration have no __init__.py, so a module's file name must be unique across both.
 
 Models:
     tiny_clip_dir    the committed trained tiny Chinese-CLIP (tests/fixtures/tiny_clip, 32-d)
