@@ -1,10 +1,14 @@
-"""Shared fixtures. pytest puts the repository root and tests/ on sys.path (pyproject.toml).
+"""Shared fixtures for tests/unit and tests/integration. pytest puts the repository root and tests/ on sys.path
+(pyproject.toml), so tests import serving, shapes, fixtures and helpers (never each other). tests/unit and
+tests/integration have no __init__.py, so a module's file name must be unique across both.
 
 Models:
     tiny_clip_dir    the committed trained tiny Chinese-CLIP (tests/fixtures/tiny_clip, 32-d)
     random_clip_dir  an untrained tiny Chinese-CLIP built once per session (48-d)
 Settings:
     settings_env     set environment variables and get fresh Settings (get_settings cache cleared)
+Hubs:
+    offline_hubs     Hugging Face and ModelScope pointed at a dead endpoint (tests/unit/test_hub.py)
 """
 
 from __future__ import annotations
@@ -62,8 +66,26 @@ def settings_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Sett
     get_settings.cache_clear()
 
 
+# ---------------------------------------------------------------- model hubs, offline
+
+DEAD_ENDPOINT = "http://127.0.0.1:9"
+
+
+@pytest.fixture
+def offline_hubs(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Both hubs' endpoints at 127.0.0.1:9 (connection refused at once) and ModelScope's default cache in
+    tmp_path, so a test can neither reach nor wait for the network."""
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("MODELSCOPE_ENDPOINT", DEAD_ENDPOINT)
+    monkeypatch.delenv("MODELSCOPE_DOMAIN", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", DEAD_ENDPOINT)
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", DEAD_ENDPOINT)  # read at import time
+    monkeypatch.setenv("MODELSCOPE_CACHE", str(tmp_path / "default-modelscope-cache"))
+
+
 # ---------------------------------------------------------------- tiny Qwen2.5-VL (VQA runner)
-# Appended for runners/vlm.py and tests/test_vlm.py:
+# Appended for runners/vlm.py and tests/unit/test_vlm.py:
 #     tiny_qwen_dir  the committed trained tiny Qwen2.5-VL (tests/fixtures/tiny_qwen, 2.8 MB)
 #     tiny_vlm       runners.vlm.VisionLanguageModel on it (CPU, no quantisation), loaded once per session
 

@@ -65,6 +65,27 @@ class Server:
             shutil.rmtree(self.env["TMPDIR"], ignore_errors=True)
 
 
+def runner_pid(server: Server, name: str) -> int:
+    """The pid of the BentoML runner process `name` (e.g. "clip_runner") that `server` started."""
+    for proc in Path("/proc").iterdir():
+        try:
+            args = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        flag = b"--service-name"
+        if proc.name.isdigit() and flag in args and args[args.index(flag) + 1] == name.encode() \
+                and parent_pid(proc) == server.proc.pid:
+            return int(proc.name)
+    raise LookupError(name)
+
+
+def parent_pid(proc: Path) -> int:
+    try:
+        return int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return -1
+
+
 TINY_QWEN = ROOT / "tests" / "fixtures" / "tiny_qwen"
 
 

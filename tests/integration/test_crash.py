@@ -30,10 +30,11 @@ from typing import Any
 
 import numpy as np
 import pytest
+from helpers.indexing import cli_env
 from qdrant_client import QdrantClient
 from qdrant_client.http.exceptions import ResponseHandlingException
+from serving import ROOT
 from shapes import draw_shape, make_library
-from test_indexer import cli_env
 
 from indexer.pipeline import Indexer, Options, Summary
 from runners.clip import ClipEncoder, model_id_of
@@ -41,7 +42,6 @@ from store.base import PAYLOAD_FIELDS, Point, StoreError, point_id
 from store.edge import EdgeStore
 from store.server import ServerStore
 
-ROOT = Path(__file__).resolve().parents[1]
 ATOL = 1e-5  # vectors of the same image embedded in other batches / processes
 Snapshot = dict[str, tuple[dict[str, Any], np.ndarray]]  # point id -> (payload without indexed_at, vector)
 

@@ -16,9 +16,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from serving import ROOT, Server, running, service_env
+from serving import ROOT, Server, runner_pid, running, service_env
 from shapes import draw_shape
-from test_service import runner_pid
 
 LOAD_SECONDS = os.environ.get("LOAD_TEST_SECONDS", "15")
 

@@ -1,7 +1,8 @@
 """runners.hub.resolve_model: local folder -> ModelScope / Hugging Face cache -> download, all offline.
 
 Every test runs with both hubs' endpoints pointed at 127.0.0.1:9 (connection refused at once), so
-nothing here can reach, or wait for, the network.
+nothing here can reach, or wait for, the network. The real hub clients failing against that endpoint
+(ModelScope retries for ~10 s) are in tests/integration/test_hub_offline.py.
 """
 
 from __future__ import annotations
@@ -15,21 +16,9 @@ from typing import Any
 import pytest
 
 from config import Settings
-from runners import hub
 from runners.hub import ModelNotFoundError, resolve_model
 
-DEAD_ENDPOINT = "http://127.0.0.1:9"
-
-
-@pytest.fixture(autouse=True)
-def offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    import huggingface_hub.constants
-
-    monkeypatch.setenv("MODELSCOPE_ENDPOINT", DEAD_ENDPOINT)
-    monkeypatch.delenv("MODELSCOPE_DOMAIN", raising=False)
-    monkeypatch.setenv("HF_ENDPOINT", DEAD_ENDPOINT)
-    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", DEAD_ENDPOINT)  # read at import time
-    monkeypatch.setenv("MODELSCOPE_CACHE", str(tmp_path / "default-modelscope-cache"))
+pytestmark = pytest.mark.usefixtures("offline_hubs")  # conftest.py: both hubs at a dead endpoint
 
 
 @pytest.fixture
@@ -193,15 +182,3 @@ def test_download_failure_names_model_and_setting(tmp_path: Path, failing_downlo
     [call] = downloads(failing_download)
     assert call["model_id"] == "AI-ModelScope/chinese-clip-vit-base-patch16"  # ModelScope's copy
     assert call["cache_dir"] == str(tmp_path / "cache")
-
-
-@pytest.mark.timeout(60)
-@pytest.mark.parametrize("source", ["huggingface", "modelscope"])
-def test_real_clients_fail_fast_offline(tmp_path: Path, source: str) -> None:
-    """The real hub clients against a refused endpoint: an error naming the model, not a hang."""
-    started = time.monotonic()
-    with pytest.raises(ModelNotFoundError) as caught:
-        resolve_model("Nobody/no-such-model", source, tmp_path / "cache", "CLIP_MODEL")
-    assert time.monotonic() - started < 45  # ModelScope retries its listing for ~10 s
-    assert "Nobody/no-such-model" in str(caught.value) and "CLIP_MODEL" in str(caught.value)
-    assert hub.find_cached("Nobody/no-such-model", source, tmp_path / "cache") is None

@@ -1,27 +1,24 @@
-"""The VectorStore contract, run against every backend:
+"""The VectorStore contract, run against every backend (tests/helpers/stores.py):
 
 - edge:       EdgeStore (qdrant-edge-py) in a tmp folder
 - memory:     ServerStore over QdrantClient(":memory:")
 - server-url: ServerStore against a real server, only when QDRANT_URL is set (a unique collection,
               dropped afterwards)
 
-plus the embedded store's process-level behaviour (folder lock, durability after SIGKILL).
+plus the embedded store on disk (its meta file, a second handle in this process, engine failures).
+The process-level behaviour (folder lock held by another process, SIGKILL) is in
+tests/integration/test_store_processes.py.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import subprocess
-import sys
-import textwrap
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers.stores import BACKENDS, DIM, MODEL, Backend, edge_store, make_points, payload_for, unit_vectors
 
 from store.base import (
     PAYLOAD_FIELDS,
@@ -32,66 +29,8 @@ from store.base import (
     StoreError,
     StoreLockedError,
     VectorStore,
-    folders_of,
     point_id,
 )
-
-ROOT = Path(__file__).resolve().parents[1]
-DIM = 8
-MODEL = "test/clip-a"
-
-# The real-server backend joins the suite only where a server is given (it is not skipped elsewhere:
-# it is simply not collected).
-BACKENDS = ["edge", "memory"] + (["server-url"] if os.environ.get("QDRANT_URL") else [])
-
-
-class Backend:
-    """Opens stores on one backing storage; `open()` again gives a fresh handle on the same data."""
-
-    def __init__(self, kind: str, tmp_path: Path) -> None:
-        self.kind = kind
-        self.folder = tmp_path / "qdrant"
-        self.collection = "images"
-        self.opened: list[VectorStore] = []
-        self.client = None
-        if kind == "memory":
-            from qdrant_client import QdrantClient
-
-            self.client = QdrantClient(":memory:")
-        elif kind == "server-url":
-            self.collection = f"test_store_{uuid.uuid4().hex[:12]}"
-
-    def open(self) -> VectorStore:
-        store: VectorStore
-        if self.kind == "edge":
-            from store.edge import EdgeStore
-
-            store = EdgeStore(self.folder, self.collection)
-        elif self.kind == "memory":
-            from store.server import ServerStore
-
-            store = ServerStore(self.client, self.collection)  # type: ignore[arg-type]
-        else:
-            from store.server import ServerStore
-
-            store = ServerStore.from_url(os.environ["QDRANT_URL"], os.environ.get("QDRANT_API_KEY"),
-                                         self.collection)
-        self.opened.append(store)
-        return store
-
-    def cleanup(self) -> None:
-        if self.kind == "server-url":
-            from store.server import ServerStore
-
-            dropper = self.opened[0] if self.opened else self.open()
-            assert isinstance(dropper, ServerStore)
-            with contextlib.suppress(Exception):
-                dropper.client.delete_collection(self.collection)
-        for store in self.opened:
-            if self.kind != "memory":
-                store.close()
-        if self.client is not None:
-            self.client.close()
 
 
 @pytest.fixture(params=BACKENDS)
@@ -104,32 +43,6 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]
 @pytest.fixture
 def store(backend: Backend) -> VectorStore:
     return backend.open()
-
-
-def unit_vectors(n: int, dim: int = DIM, seed: int = 0) -> np.ndarray:
-    v = np.random.default_rng(seed).standard_normal((n, dim)).astype(np.float32)
-    return v / np.linalg.norm(v, axis=1, keepdims=True)
-
-
-def payload_for(rel: str, i: int = 0) -> dict[str, object]:
-    return {
-        "path": rel,
-        "content_hash": f"sha256:{i:064x}",
-        "size": 1_234_567_890_123 + i,
-        "mtime": 1_700_000_000.123456 + i,
-        "width": 4032,
-        "height": 3024,
-        "indexed_at": "2025-01-02T03:04:05+00:00",
-        "model_id": MODEL,
-        "folders": folders_of(rel),
-    }
-
-
-def make_points(n: int, seed: int = 0, dim: int = DIM) -> list[Point]:
-    vecs = unit_vectors(n, dim, seed)
-    rels = [f"album/{seed}/photo {i}.jpg" for i in range(n)]
-    return [Point(id=point_id(rel), vector=vec, payload=payload_for(rel, i))
-            for i, (rel, vec) in enumerate(zip(rels, vecs, strict=True))]
 
 
 # --- the contract, on every backend ----------------------------------------------------------------
@@ -330,98 +243,7 @@ def test_server_unreachable_names_qdrant_url() -> None:
         store.close()
 
 
-# --- the embedded store across processes -------------------------------------------------------------
-
-
-def run_child(code: str, *args: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code), *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout)
-
-
-def edge_store(folder: Path) -> VectorStore:
-    from store.edge import EdgeStore
-
-    return EdgeStore(folder, "images")
-
-
-def test_edge_locked_by_another_process(tmp_path: Path) -> None:
-    folder = tmp_path / "qdrant"
-    holder = edge_store(folder)
-    holder.ensure_collection(MODEL, DIM)  # opens the shard: this process holds the folder now
-    holder.upsert(make_points(3))
-
-    child = run_child("""
-        import json, sys
-        from pathlib import Path
-        from store.base import StoreLockedError
-        from store.edge import EdgeStore
-        out = {}
-        s = EdgeStore(Path(sys.argv[1]), "images")
-        out["info"] = s.info() is not None          # reading the model record needs no lock
-        for name, call in [("count", s.count),
-                           ("ensure", lambda: s.ensure_collection("test/clip-a", 8)),
-                           ("recreate", lambda: s.ensure_collection("test/clip-b", 4, recreate=True))]:
-            try:
-                call()
-                out[name] = "no error"
-            except StoreLockedError as exc:
-                out[name] = "locked: " + str(exc)
-        print(json.dumps(out))
-    """, str(folder))
-    assert child.returncode == 0, child.stderr
-    out = json.loads(child.stdout)
-    assert out["info"] is True
-    for name in ("count", "ensure", "recreate"):
-        msg = out[name]
-        assert msg.startswith("locked: "), (name, msg)
-        assert str(folder) in msg
-        assert "stop the service (bentoml serve) that holds it, or use a Qdrant server via QDRANT_URL" in msg
-
-    # The refused recreate destroyed nothing.
-    assert holder.info() == CollectionInfo(model_id=MODEL, dim=DIM)
-    assert holder.count() == 3
-    holder.close()
-    # Released on close: another process can open it now.
-    child = run_child("""
-        import sys
-        from pathlib import Path
-        from store.edge import EdgeStore
-        print(EdgeStore(Path(sys.argv[1]), "images").count())
-    """, str(folder))
-    assert child.returncode == 0, child.stderr
-    assert child.stdout.strip() == "3"
-
-
-def test_edge_sigkill_after_upsert_keeps_points(tmp_path: Path) -> None:
-    folder = tmp_path / "qdrant"
-    child = run_child("""
-        import os, signal, sys
-        from pathlib import Path
-        sys.path.insert(0, "tests")
-        from test_store import make_points
-        from store.edge import EdgeStore
-        s = EdgeStore(Path(sys.argv[1]), "images")
-        s.ensure_collection("test/clip-a", 8)
-        points = make_points(40)
-        s.upsert(points)
-        s.delete([points[0].id])
-        print("written", flush=True)
-        os.kill(os.getpid(), signal.SIGKILL)   # no finish(), no close(), no atexit
-    """, str(folder))
-    assert child.returncode == -9, child.stderr
-    assert child.stdout.strip() == "written"
-
-    points = make_points(40)
-    reopened = edge_store(folder)
-    assert reopened.info() == CollectionInfo(model_id=MODEL, dim=DIM)
-    assert reopened.count() == 39
-    got = reopened.vectors([p.id for p in points])
-    assert set(got) == {p.id for p in points[1:]}
-    np.testing.assert_allclose(got[points[5].id], points[5].vector, atol=1e-5)
-    assert dict(reopened.payloads())[points[5].id] == points[5].payload
-    assert reopened.search(points[5].vector, 1)[0].id == points[5].id
-    reopened.close()
+# --- the embedded store on disk ---------------------------------------------------------------------
 
 
 def test_edge_unfinished_creation_is_replaced(tmp_path: Path) -> None:

@@ -10,10 +10,10 @@ from typing import Any
 
 import numpy as np
 import pytest
+from helpers.indexing import index
+from helpers.stores import BACKENDS, Backend, unit_vectors
 from qdrant_client import QdrantClient
 from shapes import make_library
-from test_indexer import index
-from test_store import BACKENDS, Backend, unit_vectors
 
 from runners.clip import ClipEncoder
 from store import base

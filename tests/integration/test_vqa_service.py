@@ -15,10 +15,10 @@ import httpx
 import openai
 import pytest
 from fixtures.make_tiny_qwen import draw_clip
+from helpers.video import write_clip
 from PIL import Image
 from serving import Server, png, running, service_env
 from shapes import COLOR_ZH, draw_shape
-from test_vlm import write_clip
 
 SEED = 7_000  # fresh images, never seen in training
 COLOR_Q = "What color is the shape?"

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from fixtures.make_tiny_qwen import COLOR_ZH, COLORS, SHAPES, draw_clip, draw_image
+from helpers.video import write_clip
 from PIL import Image
 
 from config import Settings, get_settings
@@ -170,21 +171,6 @@ def test_video_from_frames(vlm: VisionLanguageModel) -> None:
     inputs = vlm.build_inputs([item_messages(long_clip)])
     assert int(inputs["video_grid_thw"][0][0]) == vlm.settings.vqa_video_max_frames // 2  # 2 frames per grid step
     assert vlm.answer_batch([long_clip]) == ["红色"]
-
-
-def write_clip(path: Path, frames: list[Image.Image], fps: int, codec: str) -> Path:
-    import av
-    from av.video.stream import VideoStream
-
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream(codec, rate=fps)
-        assert isinstance(stream, VideoStream)
-        stream.width, stream.height = frames[0].size
-        stream.pix_fmt = "yuv420p"
-        for image in frames:
-            container.mux(stream.encode(av.VideoFrame.from_image(image)))
-        container.mux(stream.encode())
-    return path
 
 
 @pytest.mark.parametrize(("suffix", "codec"), [(".mp4", "libx264"), (".webm", "libvpx-vp9")])

@@ -355,11 +355,3 @@ def test_bad_filters_are_400_with_a_clear_message(server: Server, fields: dict[s
         response = post(server, path, json=body)
         assert error_code(response, 400) == "invalid_argument", path
         assert says in response.json()["error"]["message"], response.text
-
-
-def test_openapi_fix_turns_a_literal_into_an_enum() -> None:
-    from api.openapi import fix_schema
-
-    schema = {"anyOf": [{"type": "boolean"}, {"const": "thumbnail", "type": "string"}], "default": True}
-    fix_schema(schema)
-    assert schema == {"anyOf": [{"type": "boolean"}, {"enum": ["thumbnail"], "type": "string"}], "default": True}

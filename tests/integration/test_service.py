@@ -14,10 +14,8 @@ from typing import Any
 import bentoml
 import httpx
 import pytest
-from serving import Server, run_indexer, running, service_env
+from serving import Server, run_indexer, runner_pid, running, service_env
 from shapes import caption, make_library
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -89,26 +87,6 @@ def test_health_and_bentoml_endpoints(server: Server, indexed: Any) -> None:
         assert httpx.get(f"{server.url}{path}", timeout=30).status_code == 200
     metrics = httpx.get(f"{server.url}/metrics", timeout=30).text
     assert "bentoml_service_adaptive_batch_size" in metrics or "bentoml_service_request" in metrics
-
-
-def runner_pid(server: Server, name: str) -> int:
-    for proc in Path("/proc").iterdir():
-        try:
-            args = (proc / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        flag = b"--service-name"
-        if proc.name.isdigit() and flag in args and args[args.index(flag) + 1] == name.encode() \
-                and parent_pid(proc) == server.proc.pid:
-            return int(proc.name)
-    raise LookupError(name)
-
-
-def parent_pid(proc: Path) -> int:
-    try:
-        return int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
-    except (OSError, IndexError, ValueError):
-        return -1
 
 
 def wait_status(url: str, status: int, seconds: float = 20) -> list[int]:

@@ -1,48 +1,29 @@
-"""The indexer job: each stage on its own, then whole runs (incremental, failures, crash, model change)."""
+"""The indexer job in this process: each stage on its own, then whole runs (incremental, failures, model
+change), and the command line's refusals. The CLI run in a subprocess is tests/integration/test_indexer_cli.py."""
 
 from __future__ import annotations
 
 import io
-import json
 import os
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
+from helpers.indexing import contents, corrupt_files, index
 from PIL import Image
 from qdrant_client import QdrantClient
 from shapes import draw_shape, make_library
 
 from core.images import open_image
 from indexer.decode import decode_entry
-from indexer.pipeline import Indexer, Options
 from indexer.plan import make_plan
 from indexer.scan import scan_library
 from runners.clip import ClipEncoder
 from store.base import ModelMismatchError, point_id
 from store.edge import EdgeStore
 from store.server import ServerStore
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-class CountingEncoder:
-    """The real encoder, counting how many images it was asked to embed."""
-
-    def __init__(self, encoder: ClipEncoder) -> None:
-        self.encoder = encoder
-        self.model_id = encoder.model_id
-        self.dim = encoder.dim
-        self.embedded = 0
-
-    def encode_images(self, images: list[Image.Image]) -> np.ndarray:
-        self.embedded += len(images)
-        return self.encoder.encode_images(images)
 
 
 @pytest.fixture(scope="module")
@@ -58,28 +39,6 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
         made = ServerStore(QdrantClient(":memory:"), "images")
     yield made
     made.close()
-
-
-def index(store: Any, encoder: ClipEncoder, library: Path, **options: Any) -> tuple[Any, CountingEncoder]:
-    counting = CountingEncoder(encoder)
-    store.ensure_collection(counting.model_id, counting.dim)
-    summary = Indexer(store, counting, Options(progress=False, **options)).run(library)
-    return summary, counting
-
-
-def contents(store: Any) -> dict[str, dict[str, Any]]:
-    """Point id -> payload without the indexing time."""
-    return {pid: {k: v for k, v in p.items() if k != "indexed_at"} for pid, p in store.payloads()}
-
-
-def corrupt_files(library: Path) -> dict[str, str]:
-    good = io.BytesIO()
-    draw_shape("circle", "red", seed=99).save(good, format="JPEG")
-    (library / "broken").mkdir(exist_ok=True)
-    (library / "broken" / "empty.png").write_bytes(b"")
-    (library / "broken" / "truncated.jpg").write_bytes(good.getvalue()[: len(good.getvalue()) // 2])
-    (library / "broken" / "notes.JPG").write_text("this is not an image")
-    return {"broken/empty.png": "empty", "broken/truncated.jpg": "truncated", "broken/notes.JPG": "image"}
 
 
 # ---------------------------------------------------------------- stages
@@ -222,66 +181,8 @@ def test_model_change_is_refused_unless_recreate(store: Any, encoder: ClipEncode
     assert store.count() == 0
 
 
-# ---------------------------------------------------------------- the command line
+# ---------------------------------------------------------------- failures while reading; the CLI in-process
 
-
-def cli(env: dict[str, str], *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "indexer", "--no-progress", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout)
-
-
-def cli_env(model: Path, library: Path, qdrant: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("QDRANT_", "CLIP_", "IMAGE_"))}
-    env.update(CLIP_MODEL=str(model), IMAGE_LIBRARY=str(library), QDRANT_PATH=str(qdrant))
-    return env
-
-
-def edge_contents(folder: Path) -> dict[str, dict[str, Any]]:
-    store = EdgeStore(folder, "images")
-    try:
-        return contents(store)
-    finally:
-        store.close()
-
-
-def test_cli_summary_exit_codes_and_model_mismatch(random_clip_dir: Path, tiny_clip_dir: Path,
-                                                   tmp_path: Path) -> None:
-    library = tmp_path / "lib"
-    shapes = make_library(library, n_per_class=1)
-    corrupt_files(library)
-    env = cli_env(random_clip_dir, library, tmp_path / "qdrant")
-    done = cli(env, "--json")
-    assert done.returncode == 0, done.stderr
-    summary = json.loads(done.stdout)
-    assert summary["added"] == len(shapes) and summary["failed"] == 3 and len(summary["failures"]) == 3
-
-    text = cli(env)
-    assert text.returncode == 0 and f"unchanged {len(shapes)}" in text.stdout
-    assert "failed: broken/empty.png: empty file" in text.stdout
-
-    other = cli_env(tiny_clip_dir, library, tmp_path / "qdrant")
-    refused = cli(other)
-    assert refused.returncode == 2
-    assert "--recreate" in refused.stderr and str(random_clip_dir.resolve()) in refused.stderr
-    assert cli(other, "--recreate").returncode == 0
-    stored = edge_contents(tmp_path / "qdrant")
-    assert {p["model_id"] for p in stored.values()} == {str(tiny_clip_dir.resolve())}
-
-    missing = cli(cli_env(random_clip_dir, tmp_path / "nowhere", tmp_path / "qdrant"))
-    assert missing.returncode == 2 and "IMAGE_LIBRARY" in missing.stderr
-
-
-def test_a_run_with_nothing_to_embed_does_not_load_the_model(random_clip_dir: Path, tmp_path: Path) -> None:
-    model = tmp_path / "model"
-    shutil.copytree(random_clip_dir, model)
-    library = tmp_path / "lib"
-    shapes = make_library(library, n_per_class=1)
-    env = cli_env(model, library, tmp_path / "qdrant")
-    assert cli(env).returncode == 0
-    (model / "model.safetensors").unlink()  # any attempt to load the model would now fail
-    again = cli(env, "--json")
-    assert again.returncode == 0, again.stderr
-    assert json.loads(again.stdout)["unchanged"] == len(shapes)
 
 def deny_listing(monkeypatch: pytest.MonkeyPatch, folder: Path) -> None:
     """Make `folder` unlistable: chmod 000, and for root (whom permissions do not stop) os.scandir refusing it.

@@ -1,0 +1,100 @@
+"""Stores for tests: the backends every store test runs on, and points with known vectors and payloads."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+from store.base import Point, VectorStore, folders_of, point_id
+
+DIM = 8
+MODEL = "test/clip-a"
+
+# The real-server backend joins the suite only where a server is given (it is not skipped elsewhere:
+# it is simply not collected).
+BACKENDS = ["edge", "memory"] + (["server-url"] if os.environ.get("QDRANT_URL") else [])
+
+
+class Backend:
+    """Opens stores on one backing storage; `open()` again gives a fresh handle on the same data."""
+
+    def __init__(self, kind: str, tmp_path: Path) -> None:
+        self.kind = kind
+        self.folder = tmp_path / "qdrant"
+        self.collection = "images"
+        self.opened: list[VectorStore] = []
+        self.client = None
+        if kind == "memory":
+            from qdrant_client import QdrantClient
+
+            self.client = QdrantClient(":memory:")
+        elif kind == "server-url":
+            self.collection = f"test_store_{uuid.uuid4().hex[:12]}"
+
+    def open(self) -> VectorStore:
+        store: VectorStore
+        if self.kind == "edge":
+            from store.edge import EdgeStore
+
+            store = EdgeStore(self.folder, self.collection)
+        elif self.kind == "memory":
+            from store.server import ServerStore
+
+            store = ServerStore(self.client, self.collection)  # type: ignore[arg-type]
+        else:
+            from store.server import ServerStore
+
+            store = ServerStore.from_url(os.environ["QDRANT_URL"], os.environ.get("QDRANT_API_KEY"),
+                                         self.collection)
+        self.opened.append(store)
+        return store
+
+    def cleanup(self) -> None:
+        if self.kind == "server-url":
+            from store.server import ServerStore
+
+            dropper = self.opened[0] if self.opened else self.open()
+            assert isinstance(dropper, ServerStore)
+            with contextlib.suppress(Exception):
+                dropper.client.delete_collection(self.collection)
+        for store in self.opened:
+            if self.kind != "memory":
+                store.close()
+        if self.client is not None:
+            self.client.close()
+
+
+def unit_vectors(n: int, dim: int = DIM, seed: int = 0) -> np.ndarray:
+    v = np.random.default_rng(seed).standard_normal((n, dim)).astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def payload_for(rel: str, i: int = 0) -> dict[str, object]:
+    return {
+        "path": rel,
+        "content_hash": f"sha256:{i:064x}",
+        "size": 1_234_567_890_123 + i,
+        "mtime": 1_700_000_000.123456 + i,
+        "width": 4032,
+        "height": 3024,
+        "indexed_at": "2025-01-02T03:04:05+00:00",
+        "model_id": MODEL,
+        "folders": folders_of(rel),
+    }
+
+
+def make_points(n: int, seed: int = 0, dim: int = DIM) -> list[Point]:
+    vecs = unit_vectors(n, dim, seed)
+    rels = [f"album/{seed}/photo {i}.jpg" for i in range(n)]
+    return [Point(id=point_id(rel), vector=vec, payload=payload_for(rel, i))
+            for i, (rel, vec) in enumerate(zip(rels, vecs, strict=True))]
+
+
+def edge_store(folder: Path) -> VectorStore:
+    from store.edge import EdgeStore
+
+    return EdgeStore(folder, "images")
