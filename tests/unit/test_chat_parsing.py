@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from api.openai import BadRequest, parse_chat
+from api.errors import ApiError
+from api.openai import parse_chat
 
 MAX_IMAGES = 2  # VQA_MAX_IMAGES, small here
 CAP = 512  # VQA_MAX_NEW_TOKENS_CAP
@@ -47,9 +48,10 @@ def parse(body: Any) -> dict[str, Any]:
 
 def refusal(body: Any) -> str:
     """The message of the 400 that `body` gets."""
-    with pytest.raises(BadRequest) as raised:
+    with pytest.raises(ApiError) as raised:
         parse(body)
-    return str(raised.value)
+    assert (raised.value.status, raised.value.code) == (400, "invalid_request")
+    return raised.value.message
 
 
 # ---------------------------------------------------------------- what is accepted
