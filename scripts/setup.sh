@@ -16,7 +16,7 @@ if [ ! -f "$stamp" ]; then
   .venv/bin/python -m pip install --quiet -r "$req"
   touch "$stamp"
 fi
-# --dev: tests/test_ui.py drives Debian's chromium (Playwright's own browser download needs the
+# --dev: tests/integration/test_ui.py drives Debian's chromium (Playwright's own browser download needs the
 # internet); a CJK font makes its screenshots of Chinese queries readable. Skipped once installed.
 if [ "${1:-}" = "--dev" ] && { [ ! -x /usr/bin/chromium ] || [ ! -d /usr/share/fonts/truetype/wqy ]; }; then
   sudo=""
