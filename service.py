@@ -108,56 +108,38 @@ class MultimodalServer:
 
     @bentoml.api(route="/text2image_search")
     @handles_errors
+    @search.with_search_fields
     async def text2image_search(
         self,
         text_query: Annotated[Text, Field(description="what to look for, in Chinese or English")],
         top_k: Annotated[int, Field(ge=1, le=SETTINGS.search_max_top_k)] = 5,
         include_image: search.IncludeImage = True,
-        folder: search.Folder = None,
-        modified_after: search.ModifiedAfter = None,
-        modified_before: search.ModifiedBefore = None,
-        min_width: search.MinWidth = None,
-        min_height: search.MinHeight = None,
-        min_bytes: search.MinBytes = None,
-        offset: search.Offset = 0,
-        dedup: search.Dedup = False,
+        **fields: Any,
     ) -> dict[str, Any]:
         """Find the library images that best match a text, best first (cosine similarity)."""
         query = query_text(text_query, self.settings.max_query_chars)
-        page = search.search_page(top_k, offset, dedup, self.settings.search_max_window, folder=folder,
-                                  modified_after=modified_after, modified_before=modified_before,
-                                  min_width=min_width, min_height=min_height, min_bytes=min_bytes)
+        page = search.search_page(top_k, max_window=self.settings.search_max_window, **fields)
         results = await self.searching.by_text(query, top_k, page, include_image)
         return {"status": "success", "query": text_query, "results": results}
 
-    # The filter fields repeat those of /text2image_search on purpose: BentoML builds each endpoint's
-    # form/JSON schema from its own signature (one pydantic model argument would change the request shape).
     @bentoml.api(route="/image2image_search")
     @handles_errors
+    @search.with_search_fields
     async def image2image_search(
         self,
         image: Annotated[Path, Field(description="an image file to find similar ones to")] = NO_FILE,
         image_id: Annotated[Text | None, Field(description="a library-relative path, instead of an upload")] = None,
         top_k: Annotated[int, Field(ge=1, le=SETTINGS.search_max_top_k)] = 5,
         include_image: search.IncludeImage = True,
-        folder: search.Folder = None,
-        modified_after: search.ModifiedAfter = None,
-        modified_before: search.ModifiedBefore = None,
-        min_width: search.MinWidth = None,
-        min_height: search.MinHeight = None,
-        min_bytes: search.MinBytes = None,
-        offset: search.Offset = 0,
-        dedup: search.Dedup = False,
+        **fields: Any,
     ) -> dict[str, Any]:
         """Find the library images most like an uploaded image or a library image (`image_id`, whose
         stored vector is used and which is left out of the results), best first."""
         if (image is None) == (not image_id):
             raise bad_request("send exactly one of image or image_id")
         rel = self.searching.library_id(image_id) if image_id else None
-        page = search.search_page(top_k, offset, dedup, self.settings.search_max_window, folder=folder,
-                                  modified_after=modified_after, modified_before=modified_before,
-                                  min_width=min_width, min_height=min_height, min_bytes=min_bytes,
-                                  exclude=(point_id(rel),) if rel else ())
+        page = search.search_page(top_k, max_window=self.settings.search_max_window,
+                                  exclude=(point_id(rel),) if rel else (), **fields)
         if rel is not None:
             results, query = await self.searching.by_image_id(rel, top_k, page, include_image), rel
         else:

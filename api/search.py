@@ -4,7 +4,9 @@ dedup and how results carry their image (base64, thumbnail URLs or nothing)."""
 from __future__ import annotations
 
 import datetime as dt
+import inspect
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Annotated, Any, Literal
@@ -39,6 +41,27 @@ MinHeight = Annotated[int | None, Field(ge=0, description="only images at least 
 MinBytes = Annotated[int | None, Field(ge=0, description="only files of at least this many bytes")]
 Offset = Annotated[int, Field(ge=0, description="skip this many results (paging)")]
 Dedup = Annotated[bool, Field(description="collapse files with identical content, keeping the best")]
+
+# The filter and paging fields every search endpoint takes: (name, type, default). Adding a filter to the
+# API is one row here (and its SearchFilter field in store/base.py, its parsing in search_page).
+SEARCH_FIELDS: tuple[tuple[str, Any, Any], ...] = (
+    ("folder", Folder, None), ("modified_after", ModifiedAfter, None), ("modified_before", ModifiedBefore, None),
+    ("min_width", MinWidth, None), ("min_height", MinHeight, None), ("min_bytes", MinBytes, None),
+    ("offset", Offset, 0), ("dedup", Dedup, False))
+
+
+def with_search_fields(endpoint: Callable[..., Any]) -> Callable[..., Any]:
+    """Give an endpoint written with `**fields` the SEARCH_FIELDS as named parameters in its signature.
+
+    BentoML builds each endpoint's form/JSON schema (and /docs.json) from `inspect.signature`, and calls it
+    with one keyword argument per field, which land in `**fields`: so the fields are declared once for
+    every search endpoint, and the request shape stays flat (a pydantic model argument would nest it)."""
+    signature = inspect.signature(endpoint)
+    own = [p for p in signature.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    added = [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=default, annotation=kind)
+             for name, kind, default in SEARCH_FIELDS]
+    endpoint.__signature__ = signature.replace(parameters=own + added)  # type: ignore[attr-defined]
+    return endpoint
 
 THUMBNAIL_SIZE = 256
 
