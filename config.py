@@ -78,6 +78,7 @@ class Settings(BaseSettings):
     search_max_top_k: int = Field(default=100, ge=1)
     max_query_chars: int = Field(default=512, ge=1)
     service_timeout_s: int = Field(default=120, ge=1)
+    search_max_response_mb: float = Field(default=64.0, gt=0)  # the largest base64 answer (400 past it)
     search_max_window: int = Field(default=1000, ge=1)  # the largest offset + top_k of a search page
     thumbnail_cache: Path = Path("./data/thumbnails")  # GET /images/... thumbnails, made once per file version
 

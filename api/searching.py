@@ -5,10 +5,14 @@ passed in, so a fake encoder and an in-memory store test it without a server."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+
+from starlette.responses import JSONResponse
 
 from api.errors import ApiError, bad_request, not_found
 from api.runner_calls import from_runner
@@ -44,6 +48,14 @@ class Searching:
         self.library = library
         self.model_id = model_id
         self.settings = settings
+        self.files = ThreadPoolExecutor(4, thread_name_prefix="files")
+
+    async def off_loop(self, func: Any, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self.files, func, *args)
+
+    async def json_response(self, body: dict[str, Any]) -> JSONResponse:
+        """The answer, JSON-encoded on a file thread (a base64 answer can be tens of MB)."""
+        return await self.off_loop(JSONResponse, body)
 
     def library_id(self, image_id: str) -> str:
         """An image_id as the indexer records it ("./a//b.jpg" -> "a/b.jpg"); 404 unless a library file."""
@@ -79,7 +91,7 @@ class Searching:
 
     async def upload_vector(self, upload: Path) -> Any:
         try:
-            image, _, _ = load_image(upload.read_bytes(), draft_size=DRAFT_SIZE)
+            image, _, _ = await self.off_loop(decode_upload, upload)
         except BadImage as exc:
             raise bad_request(f"image: {exc}") from exc
         vectors = await from_runner(self.clip.to_async.encode_images([image]), self.settings.retry_after_s)
@@ -87,7 +99,21 @@ class Searching:
 
     async def ranked(self, vector: Any, top_k: int, page: SearchPage, include_image: bool | str) -> list[Any]:
         hits = await self.store.run(self.store.store.search, vector, top_k, page.where, page.offset, page.dedup)
+        if include_image is True:
+            self.check_response_size(hits)
+        return list(await self.off_loop(self.results, hits, include_image))
+
+    def results(self, hits: list[Any], include_image: bool | str) -> list[Any]:
         return [result_item(hit, include_image, self.read_base64) for hit in hits]
+
+    def check_response_size(self, hits: list[Any]) -> None:
+        """400 before reading any file when the results' base64 would pass SEARCH_MAX_RESPONSE_MB."""
+        limit_mb = self.settings.search_max_response_mb
+        need_mb = sum(int(hit.payload.get("size") or 0) for hit in hits) * 4 / 3 / 1024 / 1024
+        if need_mb > limit_mb:
+            raise ApiError(400, "response_too_large", f"these {len(hits)} results as base64 would take "
+                           f"{need_mb:.0f} MB, over SEARCH_MAX_RESPONSE_MB ({limit_mb:g} MB): ask for fewer "
+                           '(top_k) or use include_image="thumbnail" or false')
 
     def read_base64(self, rel: str) -> str | None:
         """The file's own bytes, base64-encoded; None if it vanished or the library rule refuses it
@@ -97,3 +123,7 @@ class Searching:
         except NotInLibrary as exc:
             log.warning("indexed file is not served: %s (re-run `python -m indexer`)", exc)
             return None
+
+
+def decode_upload(upload: Path) -> Any:
+    return load_image(upload.read_bytes(), draft_size=DRAFT_SIZE)

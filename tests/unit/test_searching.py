@@ -167,3 +167,42 @@ def test_query_text_is_stripped_and_bounded() -> None:
     for text in ("", "   ", "x" * 11):
         error = refusal(lambda text=text: query_text(text, 10))
         assert (error.status, error.code) == (400, "invalid_argument")
+
+
+def test_a_base64_answer_over_the_bound_is_400_before_any_file_is_read(library: Library) -> None:
+    store = ServerStore(QdrantClient(location=":memory:"), "images")
+    store.ensure_collection(MODEL, 3)
+    sizes = {"red.png": 30 * 1024 * 1024, "reddish.png": 30 * 1024 * 1024}  # as the index records them
+    store.upsert([Point(point_id(rel), unit(INDEXED[rel]), {"path": rel, "size": size}) for rel, size in sizes.items()])
+    search, _ = searching(store, library)
+    read: list[str] = []
+    search.read_base64 = lambda rel: read.append(rel)  # type: ignore[method-assign,assignment,func-returns-value]
+    error = refusal(search.by_text("red", 2, page(), include_image=True))
+    assert (error.status, error.code) == (400, "response_too_large")
+    assert "80 MB, over SEARCH_MAX_RESPONSE_MB (64 MB)" in error.message and read == []
+    one = asyncio.run(search.by_text("red", 1, page(), include_image=True))  # 40 MB of base64 fits
+    assert [r["image"] for r in one] == ["red.png"] and read == ["red.png"]
+    urls = asyncio.run(search.by_text("red", 2, page(), include_image="thumbnail"))
+    assert len(urls) == 2 and read == ["red.png"]
+
+
+def test_results_and_the_json_body_are_built_off_the_event_loop(store: ServerStore, library: Library) -> None:
+    import threading
+
+    search, _ = searching(store, library)
+    threads: list[str] = []
+    original = search.read_base64
+
+    def spy(rel: str) -> str | None:
+        threads.append(threading.current_thread().name)
+        return original(rel)
+
+    search.read_base64 = spy  # type: ignore[method-assign]
+
+    async def run() -> Any:
+        results = await search.by_text("red", 2, page(), include_image=True)
+        return await search.json_response({"results": results})
+
+    response = asyncio.run(run())
+    assert threads and all(name.startswith("files") for name in threads)
+    assert b'"image":"red.png"' in response.body
