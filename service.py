@@ -120,7 +120,7 @@ class MultimodalServer:
         query = query_text(text_query, self.settings.max_query_chars)
         page = search.search_page(top_k, max_window=self.settings.search_max_window, **fields)
         results = await self.searching.by_text(query, top_k, page, include_image)
-        return await self.searching.json_response(  # type: ignore[return-value]
+        return await self.searching.answer(  # type: ignore[return-value]
             {"status": "success", "query": text_query, "results": results})
 
     @bentoml.api(route="/image2image_search")
@@ -146,7 +146,7 @@ class MultimodalServer:
         else:
             upload = Path(str(image))
             results, query = await self.searching.by_upload(upload, top_k, page, include_image), upload_name(upload)
-        return await self.searching.json_response(  # type: ignore[return-value]
+        return await self.searching.answer(  # type: ignore[return-value]
             {"status": "success", "query": query, "results": results})
 
     @bentoml.api(route="/vqa")

@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import logging
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from api.errors import ApiError, bad_request, not_found
 from api.runner_calls import from_runner
@@ -53,9 +56,32 @@ class Searching:
     async def off_loop(self, func: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self.files, func, *args)
 
-    async def json_response(self, body: dict[str, Any]) -> JSONResponse:
-        """The answer, JSON-encoded on a file thread (a base64 answer can be tens of MB)."""
-        return await self.off_loop(JSONResponse, body)
+    async def answer(self, body: dict[str, Any]) -> Response:
+        """The search answer: plain JSON, or streamed when its results carry base64 files."""
+        if not any(isinstance(item.get("image_base64"), LibraryBytes) for item in body["results"]):
+            return JSONResponse(body)
+        return StreamingResponse(self.streamed(body), media_type="application/json")
+
+    async def streamed(self, body: dict[str, Any]) -> AsyncIterator[bytes]:
+        """The JSON of `body`, written piece by piece, each file's base64 in B64_PIECE-byte pieces."""
+        head = json.dumps({k: v for k, v in body.items() if k != "results"}, ensure_ascii=False)
+        yield (head[:-1] + ', "results": [').encode()
+        for index, item in enumerate(body["results"]):
+            yield b", " if index else b""
+            file = item.get("image_base64")
+            if not isinstance(file, LibraryBytes):
+                yield json.dumps(item, ensure_ascii=False).encode()
+                continue
+            data = await self.off_loop(self.read_file, file.rel)
+            fields = json.dumps({k: v for k, v in item.items() if k != "image_base64"}, ensure_ascii=False)
+            if data is None:
+                yield (fields[:-1] + ', "image_base64": null}').encode()
+                continue
+            yield (fields[:-1] + ', "image_base64": "').encode()
+            for start in range(0, len(data), B64_PIECE):
+                yield base64.b64encode(data[start:start + B64_PIECE])
+            yield b'"}'
+        yield b"]}"
 
     def library_id(self, image_id: str) -> str:
         """An image_id as the indexer records it ("./a//b.jpg" -> "a/b.jpg"); 404 unless a library file."""
@@ -104,7 +130,7 @@ class Searching:
         return list(await self.off_loop(self.results, hits, include_image))
 
     def results(self, hits: list[Any], include_image: bool | str) -> list[Any]:
-        return [result_item(hit, include_image, self.read_base64) for hit in hits]
+        return [result_item(hit, include_image, LibraryBytes) for hit in hits]
 
     def check_response_size(self, hits: list[Any]) -> None:
         """400 before reading any file when the results' base64 would pass SEARCH_MAX_RESPONSE_MB."""
@@ -115,14 +141,24 @@ class Searching:
                            f"{need_mb:.0f} MB, over SEARCH_MAX_RESPONSE_MB ({limit_mb:g} MB): ask for fewer "
                            '(top_k) or use include_image="thumbnail" or false')
 
-    def read_base64(self, rel: str) -> str | None:
-        """The file's own bytes, base64-encoded; None if it vanished or the library rule refuses it
-        (an index made before the rule, or a file swapped for a link since)."""
+    def read_file(self, rel: str) -> bytes | None:
+        """The file's own bytes; None if it vanished or the library rule refuses it (an index made
+        before the rule, or a file swapped for a link since)."""
         try:
-            return base64.b64encode(self.library.read_bytes(rel)).decode("ascii")
+            return self.library.read_bytes(rel)
         except NotInLibrary as exc:
             log.warning("indexed file is not served: %s (re-run `python -m indexer`)", exc)
             return None
+
+
+@dataclass(frozen=True)
+class LibraryBytes:
+    """A result's `image_base64` still to be read: `answer` streams it (see the module docstring)."""
+
+    rel: str
+
+
+B64_PIECE = 3 * 64 * 1024  # a multiple of 3, so the pieces' base64 joins into the file's base64
 
 
 def decode_upload(upload: Path) -> Any:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import json
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from qdrant_client import QdrantClient
+from starlette.responses import StreamingResponse
 
 from api.errors import ApiError
 from api.search import SearchPage, search_page
@@ -93,6 +95,20 @@ def page(exclude: tuple[str, ...] = ()) -> SearchPage:
                        min_height=None, min_bytes=None, exclude=exclude)
 
 
+def answered(search: Searching, call: Any) -> list[dict[str, Any]]:
+    """The results as a client reads them from the answer (streamed when it carries base64 files)."""
+
+    async def run() -> list[dict[str, Any]]:
+        response = await search.answer({"status": "success", "query": "q", "results": await call})
+        if isinstance(response, StreamingResponse):
+            body = b"".join([chunk async for chunk in response.body_iterator])  # type: ignore[misc]
+        else:
+            body = bytes(response.body)
+        return list(json.loads(body)["results"])
+
+    return asyncio.run(run())
+
+
 def refusal(call: Any) -> ApiError:
     with pytest.raises(ApiError) as caught:
         asyncio.run(call) if asyncio.iscoroutine(call) else call()
@@ -101,15 +117,15 @@ def refusal(call: Any) -> ApiError:
 
 def test_text_search_ranks_by_cosine_and_reads_only_library_files(store: ServerStore, library: Library) -> None:
     search, clip = searching(store, library)
-    results = asyncio.run(search.by_text("red", 3, page(), include_image=True))
+    results = answered(search, search.by_text("red", 3, page(), include_image=True))
     assert [r["image"] for r in results] == ["red.png", "link_hidden.png", "reddish.png"]
     assert results[0]["score"] == pytest.approx(1.0, abs=1e-5) and results[0]["score"] > results[1]["score"]
     assert base64.b64decode(results[0]["image_base64"]) == (library.root / "red.png").read_bytes()
     assert results[1]["image_base64"] is None  # a link to a hidden file: never read, whatever the index holds
     assert clip.calls == ["texts"]
-    plain = asyncio.run(search.by_text("blue", 1, page(), include_image=False))
+    plain = answered(search, search.by_text("blue", 1, page(), include_image=False))
     assert plain == [{"image": "blue.png", "score": pytest.approx(1.0, abs=1e-5)}]
-    urls = asyncio.run(search.by_text("green", 1, page(), include_image="thumbnail"))[0]
+    urls = answered(search, search.by_text("green", 1, page(), include_image="thumbnail"))[0]
     assert urls["thumbnail_url"] == "/images/green.png?size=256" and "image_base64" not in urls
 
 
@@ -176,33 +192,49 @@ def test_a_base64_answer_over_the_bound_is_400_before_any_file_is_read(library: 
     store.upsert([Point(point_id(rel), unit(INDEXED[rel]), {"path": rel, "size": size}) for rel, size in sizes.items()])
     search, _ = searching(store, library)
     read: list[str] = []
-    search.read_base64 = lambda rel: read.append(rel)  # type: ignore[method-assign,assignment,func-returns-value]
+    original = search.read_file
+
+    def spy(rel: str) -> bytes | None:
+        read.append(rel)
+        return original(rel)
+
+    search.read_file = spy  # type: ignore[method-assign]
     error = refusal(search.by_text("red", 2, page(), include_image=True))
     assert (error.status, error.code) == (400, "response_too_large")
     assert "80 MB, over SEARCH_MAX_RESPONSE_MB (64 MB)" in error.message and read == []
-    one = asyncio.run(search.by_text("red", 1, page(), include_image=True))  # 40 MB of base64 fits
+    one = answered(search, search.by_text("red", 1, page(), include_image=True))  # 40 MB of base64 fits
     assert [r["image"] for r in one] == ["red.png"] and read == ["red.png"]
-    urls = asyncio.run(search.by_text("red", 2, page(), include_image="thumbnail"))
+    urls = answered(search, search.by_text("red", 2, page(), include_image="thumbnail"))
     assert len(urls) == 2 and read == ["red.png"]
 
 
-def test_results_and_the_json_body_are_built_off_the_event_loop(store: ServerStore, library: Library) -> None:
+def test_a_base64_answer_is_streamed_with_files_read_off_the_event_loop(tmp_path: Path) -> None:
+    """A file bigger than one base64 piece, a refused one and a plain value, all in one streamed answer
+    that parses to exactly what json.dumps of the whole answer would give."""
     import threading
 
-    search, _ = searching(store, library)
+    root = tmp_path / "photos"
+    root.mkdir()
+    big = bytes(range(256)) * 3000 + b"tail"  # 768,004 bytes: several pieces, not a multiple of 3
+    (root / "big.png").write_bytes(big)
+    (root / "red.png").write_bytes(png((255, 0, 0)))
+    store = ServerStore(QdrantClient(location=":memory:"), "images")
+    store.ensure_collection(MODEL, 3)
+    store.upsert([Point(point_id("big.png"), unit((1, 0, 0)), {"path": "big.png"}),
+                  Point(point_id("gone.png"), unit((0.9, 0.1, 0)), {"path": "gone.png"}),
+                  Point(point_id("red.png"), unit((0.8, 0.2, 0)), {"path": "red.png"})])
+    search, _ = searching(store, Library(root))
     threads: list[str] = []
-    original = search.read_base64
+    original = search.read_file
 
-    def spy(rel: str) -> str | None:
+    def spy(rel: str) -> bytes | None:
         threads.append(threading.current_thread().name)
         return original(rel)
 
-    search.read_base64 = spy  # type: ignore[method-assign]
-
-    async def run() -> Any:
-        results = await search.by_text("red", 2, page(), include_image=True)
-        return await search.json_response({"results": results})
-
-    response = asyncio.run(run())
-    assert threads and all(name.startswith("files") for name in threads)
-    assert b'"image":"red.png"' in response.body
+    search.read_file = spy  # type: ignore[method-assign]
+    results = answered(search, search.by_text("red", 3, page(), include_image=True))
+    assert [r["image"] for r in results] == ["big.png", "gone.png", "red.png"]
+    assert base64.b64decode(results[0]["image_base64"]) == big and results[1]["image_base64"] is None
+    assert base64.b64decode(results[2]["image_base64"]) == (root / "red.png").read_bytes()
+    assert list(results[0]) == ["image", "score", "image_base64"]  # the seed's field order
+    assert len(threads) == 3 and all(name.startswith("files") for name in threads)

@@ -1,0 +1,149 @@
+"""Is the API's event loop free while big answers are built? (issue 12, point 1)
+
+    .venv/bin/python bench/event_loop.py [--photos 80] [--clients 8] [--seconds 20]
+
+Generates a library of 12-MP JPEGs (4000x3000, ~4-5 MB each), indexes it with the tiny CLIP model
+(model speed is not what is measured here), starts `bentoml serve`, then measures `/livez` and a light
+search (`include_image: false`) idle, and again while `--clients` processes pull top-10 results with
+base64 images (the seed's default) as fast as they can. Targets: `/livez` p99 <= 100 ms and the light
+search's p50 <= 3x its idle p50. Writes the block "event-loop" of BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import io
+import multiprocessing
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "bench")]
+
+from _report import median, percentile, record, table  # noqa: E402
+from serving import Server, run_indexer, service_env  # noqa: E402
+
+
+def photo(seed: int) -> bytes:
+    """A 12-MP JPEG that compresses like a photo: smooth colour fields plus sensor-like noise."""
+    rng = np.random.default_rng(seed)
+    base = Image.fromarray(rng.integers(0, 255, (30, 40, 3), dtype=np.uint8)).resize((4000, 3000), Image.BICUBIC)
+    pixels = np.asarray(base, dtype=np.int16) + rng.integers(-24, 24, (3000, 4000, 3), dtype=np.int16)
+    out = io.BytesIO()
+    Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(out, format="JPEG", quality=92)
+    return out.getvalue()
+
+
+def make_photos(folder: Path, count: int) -> int:
+    folder.mkdir(parents=True)
+    total = 0
+    for i in range(count):
+        data = photo(i)
+        (folder / f"IMG_{i:04d}.jpg").write_bytes(data)
+        total += len(data)
+    return total
+
+
+def timed_get(http: httpx.Client, url: str) -> float:
+    started = time.perf_counter()
+    http.get(url).raise_for_status()
+    return (time.perf_counter() - started) * 1000
+
+
+def timed_search(http: httpx.Client, url: str) -> float:
+    started = time.perf_counter()
+    http.post(f"{url}/text2image_search", json={"text_query": "红色的圆形", "top_k": 3,
+                                                "include_image": False}).raise_for_status()
+    return (time.perf_counter() - started) * 1000
+
+
+def heavy_client(url: str, seconds: float) -> tuple[int, int]:
+    """One process pulling top-10 base64 answers until `seconds` pass: (answers, bytes)."""
+    answers = size = 0
+    deadline = time.monotonic() + seconds
+    with httpx.Client(timeout=120) as http:
+        while time.monotonic() < deadline:
+            r = http.post(f"{url}/text2image_search", json={"text_query": "一张照片", "top_k": 10})
+            r.raise_for_status()
+            answers, size = answers + 1, size + len(r.content)
+    return answers, size
+
+
+def probe(url: str, seconds: float) -> tuple[list[float], list[float]]:
+    """/livez every 50 ms and a light search every 250 ms, for `seconds`."""
+    livez: list[float] = []
+    light: list[float] = []
+    deadline = time.monotonic() + seconds
+
+    def searches() -> None:
+        with httpx.Client(timeout=60) as http:
+            while time.monotonic() < deadline:
+                light.append(timed_search(http, url))
+                time.sleep(0.25)
+
+    thread = threading.Thread(target=searches)
+    thread.start()
+    with httpx.Client(timeout=60) as http:
+        while time.monotonic() < deadline:
+            livez.append(timed_get(http, f"{url}/livez"))
+            time.sleep(0.05)
+    thread.join()
+    return livez, light
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--photos", type=int, default=80)
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--seconds", type=float, default=20)
+    parser.add_argument("--keep-log", type=Path, help="copy the server's log here (with PYTHONASYNCIODEBUG=1 "
+                        "it names every callback that held the event loop over 100 ms)")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        total = make_photos(tmp / "photos", args.photos)
+        print(f"{args.photos} photos of 12 MP, {total / args.photos / 1e6:.1f} MB each on average")
+        env = service_env(tmp, ROOT / "tests/fixtures/tiny_clip", tmp / "photos")
+        env.update(VQA_ENABLED="false", SEARCH_MAX_RESPONSE_MB="1000")
+        run_indexer(env).check_returncode()
+        server = Server(env, tmp / "server.log")
+        try:
+            server.wait_ready()
+            idle_livez, idle_light = probe(server.url, 8)
+            with concurrent.futures.ProcessPoolExecutor(args.clients, mp_context=multiprocessing.get_context("spawn")) \
+                    as pool:
+                heavy = [pool.submit(heavy_client, server.url, args.seconds + 2) for _ in range(args.clients)]
+                time.sleep(2)  # let the heavy clients get going
+                busy_livez, busy_light = probe(server.url, args.seconds)
+                answers, size = map(sum, zip(*(f.result() for f in heavy), strict=True))
+        finally:
+            server.stop()
+            if args.keep_log:
+                args.keep_log.write_bytes((tmp / "server.log").read_bytes())
+    rows = [
+        ("heavy load", f"{args.clients} processes pulling top-10 base64 answers: {answers} answers, "
+                       f"{size / 1e6 / (args.seconds + 2):.0f} MB/s"),
+        ("/livez p50 / p99, idle", f"{median(idle_livez):.1f} / {percentile(idle_livez, 0.99):.1f} ms"),
+        ("/livez p50 / p99, under load", f"{median(busy_livez):.1f} / {percentile(busy_livez, 0.99):.1f} ms "
+                                         "(target p99 <= 100 ms)"),
+        ("light search p50, idle / under load", f"{median(idle_light):.1f} / {median(busy_light):.1f} ms: "
+                                                f"{median(busy_light) / median(idle_light):.1f}x (target <= 3x)"),
+    ]
+    body = ("### Event loop under base64 answers of 12-MP photos (issue 12)\n\n"
+            f"`.venv/bin/python bench/event_loop.py --photos {args.photos} --clients {args.clients} "
+            f"--seconds {args.seconds:g}` (CPU, tiny CLIP model; the figures are about the API process):\n\n"
+            + table(rows))
+    print(body)
+    record("event-loop", body)
+
+
+if __name__ == "__main__":
+    main()
