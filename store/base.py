@@ -29,7 +29,8 @@ def point_id(rel_path: str) -> str:
 class IndexTuning:
     """How the collection is indexed and searched (both backends; chosen in BENCHMARKS.md, "Search at scale").
 
-    HNSW m=16 / ef_construct=100 is Qdrant's default graph. Vectors are also kept as int8 (scalar
+    HNSW m=32 / ef_construct=200 (Qdrant's defaults are 16 / 100; at 100k points recall 0.996 vs 0.924).
+    Vectors are also kept as int8 (scalar
     quantization, in RAM): the graph is built and searched on them (~3x faster build, ~2x faster
     queries) and the best `oversampling * limit` candidates are rescored with the float vectors, so
     the final order and scores are exact cosines. `hnsw_ef` is the search-time beam width; segments
