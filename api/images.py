@@ -4,7 +4,8 @@ A thumbnail's longer side is at most N pixels (default 256, 1..2048); size=0 ser
 with its own content type. Thumbnails are made once per file version (path, size, format, file
 mtime and byte size) into THUMBNAIL_CACHE, written atomically (a temporary file renamed into place),
 and answered with ETag / Last-Modified / Cache-Control; a matching If-None-Match or If-Modified-Since
-gets 304. Only library files (core/library.py, the rule the indexer uses) are served: anything else,
+gets 304. The path is the file's raw name, percent-encoded (a name that is not UTF-8 too: see
+core/library.py). Only library files (core/library.py, the rule the indexer uses) are served: anything else,
 `..`, absolute paths, hidden files, symlinks leading out or to hidden files, answers 404 as a missing file does.
 """
 
@@ -20,18 +21,32 @@ from concurrent.futures import ThreadPoolExecutor
 from email.utils import formatdate, parsedate_to_datetime
 from functools import lru_cache
 from pathlib import Path
+from urllib.parse import unquote_to_bytes
 
 from PIL import Image
+from starlette.convertors import PathConvertor, register_url_convertor
 from starlette.requests import Request
 from starlette.responses import Response
 
 from api.errors import bad_request, handles_errors, not_found
 from config import get_settings
 from core.images import BadImage, load_image
-from core.library import Library, LibraryFile, NotInLibrary
+from core.library import Library, LibraryFile, NotInLibrary, library_name
 
 log = logging.getLogger("service")
 
+PREFIX = b"/images/"  # where service.py mounts serve_image (ROUTE)
+
+
+class AnyPath(PathConvertor):
+    """Starlette's `path` convertor (".*") stops at a newline, so a file named "new\nline.jpg"
+    would answer Starlette's plain-text 404: this one takes every character."""
+
+    regex = "[\\s\\S]*"
+
+
+register_url_convertor("anypath", AnyPath())
+ROUTE = "/images/{path:anypath}"
 DEFAULT_SIZE = 256
 MAX_SIZE = 2048
 FORMATS = {"jpeg": ("JPEG", "image/jpeg", ".jpg"), "jpg": ("JPEG", "image/jpeg", ".jpg"),
@@ -63,7 +78,7 @@ class ImageFiles:
 
     async def respond(self, request: Request) -> Response:
         size, fmt = parse_size(request.query_params.get("size")), parse_format(request.query_params.get("format"))
-        found = self.find(request.path_params.get("path", ""))
+        found = self.find(requested_name(request))
         tag = etag(found, "original") if size == 0 else etag(found, size, fmt)
         headers = cache_headers(found, tag)
         if not_modified(request, headers["ETag"], found.mtime_ns):
@@ -81,12 +96,14 @@ class ImageFiles:
             raise not_found("no such image in the library") from exc
         return Response(body, media_type=media_type, headers=headers)
 
-    def find(self, rel_path: str) -> LibraryFile:
-        """The library file at a library-relative path; 404 for anything the library rule refuses."""
+    def find(self, raw: bytes) -> LibraryFile:
+        """The library file at a library-relative path (raw bytes); 404 for anything the library
+        rule refuses."""
+        shown = raw.decode("utf-8", "backslashreplace")
         try:
-            return self.library.resolve(rel_path)
+            return self.library.resolve(library_name(raw))
         except NotInLibrary as exc:
-            raise not_found(f"{rel_path!r} is not an image in the library") from exc
+            raise not_found(f"{shown!r} is not an image in the library") from exc
 
     def thumbnail(self, found: LibraryFile, size: int, fmt: str, key: str) -> bytes:
         """The cached thumbnail, made (and cached) if missing. Runs on the thumbnail threads."""
@@ -101,6 +118,15 @@ class ImageFiles:
         except OSError as exc:  # a full or read-only cache still serves the thumbnail
             log.warning("cannot cache thumbnail in %s (THUMBNAIL_CACHE): %s", self.cache, exc)
         return body
+
+
+def requested_name(request: Request) -> bytes:
+    """The path after /images/ as raw bytes. Taken from the undecoded request path: the server
+    decodes %XX escapes as UTF-8, turning the bytes of a name that is not UTF-8 into U+FFFD."""
+    raw_path = request.scope.get("raw_path")
+    if isinstance(raw_path, bytes) and PREFIX in raw_path:
+        return unquote_to_bytes(raw_path.split(PREFIX, 1)[1])
+    return os.fsencode(request.path_params.get("path", ""))
 
 
 def render(data: bytes, size: int, pil_format: str) -> bytes:

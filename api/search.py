@@ -15,6 +15,7 @@ from urllib.parse import quote
 from pydantic import BeforeValidator, Field
 
 from api.errors import bad_request
+from core.library import NotInLibrary, raw_name, url_path
 from store.base import Hit, SearchFilter
 
 
@@ -125,7 +126,7 @@ def library_folder(folder: str | None) -> str | None:
     if folder is None:
         return None
     text = folder.strip().strip("/")
-    if "\\" in text or "\0" in text:
+    if "\0" in text or ("\\" in text and not is_library_text(text)):  # \xNN escapes name bytes, as in results
         raise bad_request(f"folder: {folder!r} is not a library folder (use / between folder names)")
     parts = [part for part in PurePosixPath(text).parts if part != "."]
     if ".." in parts:
@@ -133,8 +134,21 @@ def library_folder(folder: str | None) -> str | None:
     return "/".join(parts) or None
 
 
+def is_library_text(text: str) -> bool:
+    try:
+        raw_name(text)
+    except NotInLibrary:
+        return False
+    return True
+
+
 def image_urls(rel_path: str) -> dict[str, str]:
-    quoted = quote(rel_path, safe="/")
+    """The /images URLs of a library name: the file's raw bytes percent-encoded, so a name that is
+    not UTF-8 (`\\xNN` escapes in its library name) reaches its file too."""
+    try:
+        quoted = url_path(rel_path)
+    except NotInLibrary:  # never a name the indexer stored; its URLs answer 404
+        quoted = quote(rel_path, safe="/", errors="backslashreplace")
     return {"thumbnail_url": f"/images/{quoted}?size={THUMBNAIL_SIZE}", "image_url": f"/images/{quoted}?size=0"}
 
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import logging
 import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 from PIL import Image
@@ -75,16 +77,27 @@ def library_problem(library: Path) -> str | None:
     return None
 
 
-def print_summary(summary: Summary, as_json: bool) -> None:
+def print_summary(summary: Summary, as_json: bool, out: TextIO | None = None) -> None:
+    """The run's summary on `out` (stdout). Any file name prints, whatever the console's encoding:
+    JSON falls back to \\u escapes, text shows control characters (a newline in a name) escaped."""
+    out = out or sys.stdout
+    utf8 = (getattr(out, "encoding", None) or "").lower().replace("-", "") == "utf8"
     if as_json:
-        print(json.dumps(summary.as_dict(), ensure_ascii=False))
+        print(json.dumps(summary.as_dict(), ensure_ascii=not utf8), file=out)
         return
+    if isinstance(out, io.TextIOWrapper):
+        out.reconfigure(errors="backslashreplace")
     print(f"scanned {summary.scanned} | added {summary.added} | updated {summary.updated} | "
           f"removed {summary.removed} | unchanged {summary.unchanged} | failed {summary.failed} "
-          f"(vectors reused: {summary.reused}; payloads completed: {summary.payload_updated})")
+          f"(vectors reused: {summary.reused}; payloads completed: {summary.payload_updated})", file=out)
     for path, reason in summary.failures:
-        print(f"  failed: {path}: {reason}")
-    print("seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in summary.seconds.items()))
+        print(f"  failed: {printable(path)}: {reason}", file=out)
+    print("seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in summary.seconds.items()), file=out)
+
+
+def printable(name: str) -> str:
+    """A name on one line: control characters (newline, tab...) as Python escapes."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in name)
 
 
 def run(argv: list[str] | None = None) -> int:

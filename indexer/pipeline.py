@@ -40,7 +40,7 @@ class Summary:
     failed: int = 0
     reused: int = 0  # vectors taken over from a renamed/copied file or a touched file
     payload_updated: int = 0  # unchanged files whose payload gained new fields (no re-embedding)
-    failures: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    failures: list[tuple[str, str]] = field(default_factory=list)  # (path, reason); paths are always text
     seconds: dict[str, float] = field(default_factory=dict)  # time spent per stage
 
     def as_dict(self) -> dict[str, Any]:
@@ -70,10 +70,13 @@ class Indexer:
 
     def run(self, root: Path) -> Summary:
         unreadable: list[tuple[str, str]] = []
-        entries = self.timed("scan", scan_library, Path(root), unreadable)
-        self.summary.scanned = len(entries)
+        refused: list[tuple[str, str]] = []  # image files the library rule refuses (core/library.py)
+        entries = self.timed("scan", scan_library, Path(root), unreadable, refused)
+        self.summary.scanned = len(entries) + len(refused)
         for folder, reason in unreadable:  # reported; the points under it are kept
             self.fail(folder + "/", reason)
+        for name, reason in refused:  # reported; skipped like a missing file
+            self.fail(name, reason)
         payloads = self.timed("plan", lambda: dict(self.store.payloads()))
         plan = make_plan(entries, payloads, self.encoder.model_id, [folder for folder, _ in unreadable])
         self.plan = plan

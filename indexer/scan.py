@@ -7,26 +7,30 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.library import Library, NotInLibrary, is_hidden, is_image_name
+from core.library import Library, NotInLibrary, is_hidden, is_image_name, library_name
 
 log = logging.getLogger("indexer")
 
 
 @dataclass(frozen=True)
 class FileEntry:
-    rel_path: str  # library-relative, posix separators
+    rel_path: str  # the library name (core/library.py): library-relative, posix separators, always text
     path: Path
     size: int
     mtime: float
 
 
-def scan_library(root: Path, unreadable: list[tuple[str, str]] | None = None) -> list[FileEntry]:
+def scan_library(root: Path, unreadable: list[tuple[str, str]] | None = None,
+                 refused: list[tuple[str, str]] | None = None) -> list[FileEntry]:
     """Every library file under `root` (recursive, extensions case-insensitive), sorted by path.
 
-    Each file must pass the library rule (core/library.py): hidden files and folders, symlinks that
-    lead out of the library or to a hidden file, and names that are not valid UTF-8 are skipped. A
-    folder that cannot be listed (permission denied, or `root` missing or not a folder) is added to
-    `unreadable` as (library-relative folder, reason); "." is the library itself.
+    Each file must pass the library rule (core/library.py). Hidden files and folders and files
+    without an image suffix are skipped silently; any other image file the rule refuses (a name
+    holding a backslash, a symlink leading out of the library or to a hidden file, a non-regular
+    file) is added to `refused` as (library name, reason). Names that are not valid UTF-8 are
+    library files like any other, named with `\\xNN` escapes. A folder that cannot be listed
+    (permission denied, or `root` missing or not a folder) is added to `unreadable` as
+    (library-relative folder, reason); "." is the library itself.
     """
     library = Library(root)
     root = library.root
@@ -36,23 +40,28 @@ def scan_library(root: Path, unreadable: list[tuple[str, str]] | None = None) ->
         folder = Path(exc.filename) if exc.filename else root
         rel = folder.relative_to(root).as_posix() if folder.is_relative_to(root) else "."
         if unreadable is not None:
-            unreadable.append((rel, f"cannot read folder: {exc.strerror or exc}"))
+            unreadable.append((shown_name(rel), f"cannot read folder: {exc.strerror or exc}"))
 
     for folder, dirs, files in os.walk(root, onerror=on_error, followlinks=False):
         dirs[:] = sorted(d for d in dirs if not is_hidden(d))  # the rule refuses them anyway: don't walk them
         for name in files:
             path = Path(folder) / name
-            entry = make_entry(library, path, path.relative_to(root).as_posix())
-            if entry is not None:
-                entries.append(entry)
+            try:
+                entries.append(make_entry(library, path, path.relative_to(root).as_posix()))
+            except NotInLibrary as exc:
+                if is_image_name(name) and not is_hidden(name):  # not plainly skipped: say why
+                    log.warning("skipped %s", ascii(str(exc)))  # ascii(): any name prints on any console
+                    if refused is not None:
+                        refused.append((shown_name(path.relative_to(root).as_posix()), exc.reason))
     return sorted(entries, key=lambda e: e.rel_path)
 
 
-def make_entry(library: Library, path: Path, rel: str) -> FileEntry | None:
-    try:
-        found = library.resolve(rel)
-    except NotInLibrary as exc:
-        if is_image_name(path.name) and not is_hidden(path.name):  # not plainly skipped: say why
-            log.warning("skipped %s", ascii(str(exc)))  # ascii(): a name that is not UTF-8 still prints
-        return None
+def make_entry(library: Library, path: Path, rel: str) -> FileEntry:
+    """The entry of the file at `path` (`rel` as os.walk names it); NotInLibrary if the rule refuses it."""
+    found = library.resolve(library_name(rel))
     return FileEntry(found.rel, path, found.size, found.mtime)
+
+
+def shown_name(rel: str) -> str:
+    """A file system name as text for reports (JSON-safe even where it is no library name)."""
+    return os.fsencode(rel).decode("utf-8", "backslashreplace")

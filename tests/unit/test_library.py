@@ -10,7 +10,8 @@ from core.library import Library, NotInLibrary, is_image_name
 from indexer.scan import scan_library
 
 CHINESE = "相册 2024/海边 😀 a b.png"  # Chinese, emoji and spaces
-NOT_UTF8 = "bad-\udcff.jpg"  # the bytes b"bad-\xff.jpg" as Python names them (surrogateescape)
+NOT_UTF8 = "bad-\udcff.jpg"  # the bytes b"bad-\xff.jpg" as os.walk names them (surrogateescape)
+NOT_UTF8_NAME = "bad-\\xff.jpg"  # ... and as the library names them (core/library.py: library_name)
 
 
 @pytest.fixture
@@ -27,10 +28,7 @@ def library(tmp_path: Path) -> Library:
     (root / "link_text.jpg").symlink_to(root / "notes.txt")
     (root / "link_ok.jpg").symlink_to(root / "sub" / "deep.PNG")
     (root / "loop.jpg").symlink_to(root / "loop.jpg")
-    try:
-        (root / NOT_UTF8).write_bytes(b"x")
-    except (UnicodeEncodeError, OSError):  # a file system that only takes UTF-8 names
-        pass
+    (root / NOT_UTF8).write_bytes(b"x")  # Linux file systems take any bytes but NUL and "/"
     return Library(root)
 
 
@@ -41,6 +39,7 @@ ALLOWED = {  # path asked for -> the path the library answers with
     CHINESE: CHINESE,
     "new\nline.jpg": "new\nline.jpg",
     "link_ok.jpg": "link_ok.jpg",  # a symlink to a library file
+    NOT_UTF8_NAME: NOT_UTF8_NAME,
 }
 REFUSED = {
     "absolute": "/etc/passwd.jpg",
@@ -60,7 +59,8 @@ REFUSED = {
     "NUL": "ok.jpg\0.txt",
     "backslash": "sub\\deep.PNG",
     "empty": "",
-    "not UTF-8": NOT_UTF8,
+    "a lone surrogate (a name as os.walk gives it, not its library name)": NOT_UTF8,
+    "an escape of a byte that is UTF-8": "\\x6f\\x6b.jpg",
 }
 
 
@@ -88,6 +88,6 @@ def test_image_names_are_case_insensitive() -> None:
 
 def test_scan_lists_exactly_what_the_rule_allows(library: Library) -> None:
     found = {entry.rel_path for entry in scan_library(library.root)}
-    assert found == {"ok.jpg", "sub/deep.PNG", CHINESE, "new\nline.jpg", "link_ok.jpg"}
+    assert found == {"ok.jpg", "sub/deep.PNG", CHINESE, "new\nline.jpg", "link_ok.jpg", NOT_UTF8_NAME}
     for entry in scan_library(library.root):
         assert library.resolve(entry.rel_path).rel == entry.rel_path
