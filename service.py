@@ -68,7 +68,7 @@ routes = Starlette(routes=[
     Route("/health", health, methods=["GET"]),
     Route("/v1/chat/completions", chat_completions, methods=["POST"]),
     Route("/v1/models", list_models, methods=["GET"]),
-    Route(images.ROUTE, images.serve_image, methods=["GET"]),  # thumbnails and originals (api/images.py)
+    Route("/images/{path:path}", images.serve_image, methods=["GET"]),  # thumbnails and originals (api/images.py)
     *ui_routes(),  # the web page at /ui/
 ])
 

@@ -35,18 +35,18 @@ from core.library import Library, LibraryFile, NotInLibrary, library_name
 
 log = logging.getLogger("service")
 
-PREFIX = b"/images/"  # where service.py mounts serve_image (ROUTE)
+PREFIX = b"/images/"  # where service.py mounts serve_image
 
 
 class AnyPath(PathConvertor):
-    """Starlette's `path` convertor (".*") stops at a newline, so a file named "new\nline.jpg"
-    would answer Starlette's plain-text 404: this one takes every character."""
+    """Starlette's `path` convertor (".*") stops at a newline (Starlette #1058, closed unfixed), so a
+    file named "new\nline.jpg" got a plain 404. Registered under the name "path" at import, before
+    service.py builds its routes and BentoML mounts them at "/" (itself a `{path:path}` route)."""
 
     regex = "[\\s\\S]*"
 
 
-register_url_convertor("anypath", AnyPath())
-ROUTE = "/images/{path:anypath}"
+register_url_convertor("path", AnyPath())
 DEFAULT_SIZE = 256
 MAX_SIZE = 2048
 FORMATS = {"jpeg": ("JPEG", "image/jpeg", ".jpg"), "jpg": ("JPEG", "image/jpeg", ".jpg"),

@@ -233,7 +233,8 @@ def images_operation() -> dict[str, Any]:
                        "If-None-Match / If-Modified-Since.",
         "parameters": [
             {"name": "path", "in": "path", "required": True, "schema": {"type": "string"},
-             "description": "the library-relative path (a search result's `image`), URL-quoted"},
+             "description": "the library-relative path as the file's raw bytes, URL-quoted: take it from a "
+                            "search result's `thumbnail_url` / `image_url`"},
             {"name": "size", "in": "query", "required": False,
              "schema": {"type": "integer", "minimum": 0, "maximum": 2048, "default": 256}},
             {"name": "format", "in": "query", "required": False,

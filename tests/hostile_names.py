@@ -1,5 +1,5 @@
 """A library of hostile and unlucky file names (issue 11), shared by tests/unit/test_faults_names.py
-and tests/integration/test_faults_names.py.
+and tests/integration/test_faults_names_served.py.
 
 INDEXED: raw file system name -> the library name the service answers with (core/library.py): every
 name Linux can hold, including bytes that are not UTF-8 (GBK from a Windows zip archive, Latin-1),

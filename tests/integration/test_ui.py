@@ -1,8 +1,8 @@
 """The web page (ui/, served at /ui/) in a real headless Chromium against the real service.
 
-Debian's `chromium` (scripts/setup.sh --dev installs it) driven by Playwright with `executable_path`:
-Playwright's own browser download needs the internet. The service runs the trained tiny models on a
-small library of coloured shapes, so what the page shows is known. Screenshots go to test-artifacts/ui/.
+Debian's `chromium` driven by Playwright (tests/browser.py). The service runs the trained tiny models
+on a small library of coloured shapes, so what the page shows is known. Screenshots go to
+test-artifacts/ui/.
 """
 
 from __future__ import annotations
@@ -13,17 +13,14 @@ from typing import Any
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, FilePayload, Page, expect, sync_playwright
+from browser import launched, open_ui, search, shown_results, tab
+from playwright.sync_api import Browser, FilePayload, Page, expect
 from serving import ROOT, Server, png, run_indexer, running, service_env
 from shapes import caption, draw_shape, make_library
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 SHOTS = ROOT / "test-artifacts" / "ui"
 KEY = "ui-test-key-3141"
 COLOR_Q = "What color is the shape?"
-WAIT_MS = 60_000  # the tiny models on a busy 2-core machine
 
 Shapes = dict[str, tuple[str, str]]
 
@@ -54,46 +51,15 @@ def server(indexed: tuple[Path, Path, Shapes], tiny_clip_dir: Path) -> Iterator[
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    if not CHROMIUM.is_file():
-        pytest.fail(f"{CHROMIUM} is missing: run scripts/setup.sh --dev (it installs Debian's chromium)")
     SHOTS.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+    with launched() as chromium:
         yield chromium
-        chromium.close()
 
 
 @pytest.fixture
 def page(browser: Browser) -> Iterator[Page]:
-    context = browser.new_context(viewport={"width": 1280, "height": 860})
-    context.set_default_timeout(WAIT_MS)
-    tab = context.new_page()
-    script_errors: list[str] = []
-    tab.on("pageerror", lambda error: script_errors.append(str(error)))
-    yield tab
-    context.close()
-    assert not script_errors, f"JavaScript errors on the page: {script_errors}"
-
-
-def open_ui(page: Page, server: Server) -> None:
-    page.goto(f"{server.url}/ui/")
-    expect(page.locator("#status")).to_contain_text("images indexed")
-
-
-def search(page: Page, query: str) -> list[str]:
-    """Search from the page's box; the image names of the shown results, best first, once all
-    their thumbnails are loaded."""
-    page.fill("#query", query)
-    page.press("#query", "Enter")
-    return shown_results(page)
-
-
-def shown_results(page: Page) -> list[str]:
-    expect(page.locator("#summary")).to_contain_text("best match first")
-    page.wait_for_function("[...document.querySelectorAll('#grid img')]"
-                           ".every(img => img.complete && img.naturalWidth > 0)")
-    names: list[str] = page.eval_on_selector_all("#grid .card img", "imgs => imgs.map(img => img.alt)")
-    return names
+    with tab(browser) as opened:
+        yield opened
 
 
 def scores(page: Page) -> list[float]:

@@ -1,7 +1,7 @@
 """Hostile file names (issue 11) without a server: the scan and the library rule, the round trip of a
 library name through JSON and /images URLs (the real Starlette route), the indexer's summary of the
 names it skips, printed on any console. The whole path through `bentoml serve` and the web page is
-tests/integration/test_faults_names.py."""
+tests/integration/test_faults_names_served.py."""
 
 from __future__ import annotations
 
@@ -17,11 +17,11 @@ import pytest
 from hostile_names import INDEXED, REASON, SKIPPED, make_hostile_library
 from PIL import Image
 from starlette.applications import Starlette
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 from starlette.testclient import TestClient
 
 from api.errors import ApiError, handles_errors
-from api.images import ROUTE, ImageFiles
+from api.images import ImageFiles
 from api.search import image_urls, library_folder
 from core.library import Library, NotInLibrary, library_name, raw_name
 from indexer.__main__ import print_summary
@@ -81,7 +81,8 @@ def test_a_file_has_one_spelling_only(hostile: tuple[Path, dict[bytes, bytes]], 
 def test_images_serves_every_name_from_its_urls(hostile: tuple[Path, dict[bytes, bytes]], tmp_path: Path) -> None:
     root, written = hostile
     files = ImageFiles(root, tmp_path / "thumbnails", workers=1)
-    app = Starlette(routes=[Route(ROUTE, handles_errors(files.respond))])
+    app = Starlette(routes=[Mount("/", routes=[Route("/images/{path:path}", handles_errors(files.respond))])])
+    # mounted at "/" as BentoML mounts service.py's routes
     with TestClient(app) as client:
         for raw, name in INDEXED.items():
             urls = image_urls(name)
