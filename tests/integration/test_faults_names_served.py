@@ -1,5 +1,5 @@
 """Hostile file names (issue 11) through the whole path, one `bentoml serve` for the module: a library
-of every kind of name (tests/hostile_names.py: newlines, `%`, `#`, `?`, quotes, HTML, emoji,
+of every kind of name (tests/helpers/hostile_names.py: newlines, `%`, `#`, `?`, quotes, HTML, emoji,
 Chinese, NFC and NFD, 255 bytes, names that are not UTF-8) → `python -m indexer --json` → search →
 each thumbnail_url and image_url → `image_id` on /image2image_search and /vqa → the web page."""
 
@@ -14,8 +14,8 @@ from typing import Any, NamedTuple
 
 import httpx
 import pytest
-from browser import launched, open_ui, search, tab
-from hostile_names import INDEXED, REASON, SKIPPED, make_hostile_library
+from helpers.browser import launched, open_ui, search, tab
+from helpers.hostile_names import INDEXED, REASON, SKIPPED, make_hostile_library
 from playwright.sync_api import expect
 from serving import Server, run_indexer, running, service_env
 

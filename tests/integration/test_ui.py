@@ -1,6 +1,6 @@
 """The web page (ui/, served at /ui/) in a real headless Chromium against the real service.
 
-Debian's `chromium` driven by Playwright (tests/browser.py). The service runs the trained tiny models
+Debian's `chromium` driven by Playwright (tests/helpers/browser.py). The service runs the trained tiny models
 on a small library of coloured shapes, so what the page shows is known. Screenshots go to
 test-artifacts/ui/.
 """
@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
-from browser import launched, open_ui, search, shown_results, tab
+from helpers.browser import launched, open_ui, search, shown_results, tab
 from playwright.sync_api import Browser, FilePayload, Page, expect
 from serving import ROOT, Server, png, run_indexer, running, service_env
 from shapes import caption, draw_shape, make_library

@@ -14,7 +14,7 @@ from urllib.parse import quote, unquote_to_bytes, urlsplit
 
 import numpy as np
 import pytest
-from hostile_names import INDEXED, REASON, SKIPPED, make_hostile_library
+from helpers.hostile_names import INDEXED, REASON, SKIPPED, make_hostile_library
 from PIL import Image
 from starlette.applications import Starlette
 from starlette.routing import Mount, Route
