@@ -80,6 +80,8 @@ class VqaRequests:
             try:
                 load_image(data)
             except BadImage as exc:
+                if image_id:  # a library file that is not a readable image is not one of its images
+                    raise not_in_library(image_id) from exc
                 raise bad_request(f"image: {exc}") from exc
             media = {"type": "image", "image": data}
         content = [media, {"type": "text", "text": question}]

@@ -67,12 +67,33 @@ def browser() -> Iterator[Browser]:
 def page(browser: Browser) -> Iterator[Page]:
     context = browser.new_context(viewport={"width": 1280, "height": 860})
     context.set_default_timeout(WAIT_MS)
+    context.add_init_script(RECORD_CSP_VIOLATIONS)
     tab = context.new_page()
     script_errors: list[str] = []
+    console_csp: list[str] = []
     tab.on("pageerror", lambda error: script_errors.append(str(error)))
+    tab.on("console", lambda message: console_csp.append(message.text)
+           if "Content Security Policy" in message.text else None)
     yield tab
+    violations = csp_violations(tab)
     context.close()
     assert not script_errors, f"JavaScript errors on the page: {script_errors}"
+    assert not console_csp and not violations, f"Content-Security-Policy violations: {console_csp} {violations}"
+
+
+# Every page records the CSP violations the browser reports (the page's CSP: api/ui.py UI_POLICY).
+RECORD_CSP_VIOLATIONS = """
+window.cspViolations = [];
+document.addEventListener("securitypolicyviolation",
+    (event) => window.cspViolations.push(`${event.violatedDirective} ${event.blockedURI}`));
+"""
+
+
+def csp_violations(page: Page) -> list[str]:
+    if page.is_closed() or not page.url.startswith("http"):
+        return []
+    found: list[str] = page.evaluate("window.cspViolations || []")
+    return found
 
 
 def open_ui(page: Page, server: Server) -> None:
@@ -133,6 +154,31 @@ def test_page_is_served_with_its_files(server: Server) -> None:
         assert response.status_code == 200 and kind in response.headers["content-type"]
     missing = httpx.get(f"{server.url}/ui/nothing.js", timeout=30)
     assert missing.status_code == 404 and missing.json()["status"] == "error"
+
+
+def test_the_page_runs_under_its_csp_without_violations(page: Page, browser: Browser, server: Server) -> None:
+    """The page is sent with a strict CSP and everything it does (search, blob: thumbnails, the viewer)
+    runs under it without a violation (the `page` fixture fails on any, from the console or the
+    `securitypolicyviolation` event); an inline script injected into the page is blocked and reported."""
+    response = page.goto(f"{server.url}/ui/")
+    assert response is not None and "script-src 'self'" in response.headers["content-security-policy"]
+    assert response.headers["x-content-type-options"] == "nosniff"
+    expect(page.locator("#status")).to_contain_text("images indexed")
+    search(page, caption("circle", "red"))
+    page.locator("#grid .card").first.click()
+    expect(page.locator("#viewer")).to_be_visible()
+    page.wait_for_function("document.getElementById('viewer-img').naturalWidth > 0")
+    assert csp_violations(page) == []
+
+    probe = browser.new_context()  # its own tab: the violation it provokes is meant
+    probe.add_init_script(RECORD_CSP_VIOLATIONS)
+    tab = probe.new_page()
+    tab.goto(f"{server.url}/ui/")
+    tab.evaluate("""() => { const s = document.createElement("script"); s.textContent = "window.ran = 1";
+                            document.body.append(s); }""")
+    tab.wait_for_function("window.cspViolations.length > 0")
+    assert tab.evaluate("window.ran") is None and csp_violations(tab)[0].startswith("script-src")
+    probe.close()
 
 
 def test_search_shows_the_right_thumbnails_first(page: Page, server: Server, indexed: Any) -> None:

@@ -1,6 +1,6 @@
 """Hostile HTTP input, the plain parts (issue 16, points 5 and 6): the content type of /images read
 from the content, the JSON nesting bound, the form checks for deep values and unusable upload names,
-and the security headers. The served cases are in tests/integration/test_faults_http.py."""
+and the security headers. The served cases are in tests/integration/test_faults_http_served.py."""
 
 from __future__ import annotations
 
