@@ -7,6 +7,7 @@ small library of coloured shapes, so what the page shows is known. Screenshots g
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -96,6 +97,16 @@ def csp_violations(page: Page) -> list[str]:
     return found
 
 
+def wait_until(page: Page, function: str) -> None:
+    """page.wait_for_function, which runs its predicate through eval() in the page and so is blocked by
+    the page's CSP: poll page.evaluate (run by the browser's debugging protocol, which CSP allows)."""
+    deadline = time.monotonic() + WAIT_MS / 1000
+    while not page.evaluate(function):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {function}")
+        page.wait_for_timeout(100)
+
+
 def open_ui(page: Page, server: Server) -> None:
     page.goto(f"{server.url}/ui/")
     expect(page.locator("#status")).to_contain_text("images indexed")
@@ -111,8 +122,8 @@ def search(page: Page, query: str) -> list[str]:
 
 def shown_results(page: Page) -> list[str]:
     expect(page.locator("#summary")).to_contain_text("best match first")
-    page.wait_for_function("[...document.querySelectorAll('#grid img')]"
-                           ".every(img => img.complete && img.naturalWidth > 0)")
+    wait_until(page, "() => [...document.querySelectorAll('#grid img')]"
+                     ".every(img => img.complete && img.naturalWidth > 0)")
     names: list[str] = page.eval_on_selector_all("#grid .card img", "imgs => imgs.map(img => img.alt)")
     return names
 
@@ -167,7 +178,7 @@ def test_the_page_runs_under_its_csp_without_violations(page: Page, browser: Bro
     search(page, caption("circle", "red"))
     page.locator("#grid .card").first.click()
     expect(page.locator("#viewer")).to_be_visible()
-    page.wait_for_function("document.getElementById('viewer-img').naturalWidth > 0")
+    wait_until(page, "() => document.getElementById('viewer-img').naturalWidth > 0")
     assert csp_violations(page) == []
 
     probe = browser.new_context()  # its own tab: the violation it provokes is meant
@@ -176,7 +187,7 @@ def test_the_page_runs_under_its_csp_without_violations(page: Page, browser: Bro
     tab.goto(f"{server.url}/ui/")
     tab.evaluate("""() => { const s = document.createElement("script"); s.textContent = "window.ran = 1";
                             document.body.append(s); }""")
-    tab.wait_for_function("window.cspViolations.length > 0")
+    wait_until(tab, "() => window.cspViolations.length > 0")
     assert tab.evaluate("window.ran") is None and csp_violations(tab)[0].startswith("script-src")
     probe.close()
 
@@ -222,7 +233,7 @@ def test_open_a_result_and_the_answer_streams_in(page: Page, server: Server, ind
     viewer = page.locator("#viewer")
     expect(viewer).to_be_visible()
     expect(page.locator("#viewer-title")).to_have_text(names[0])
-    page.wait_for_function("document.getElementById('viewer-img').naturalWidth > 0")
+    wait_until(page, "() => document.getElementById('viewer-img').naturalWidth > 0")
     ask(page, COLOR_Q)
     expect(page.locator("#answer")).to_have_attribute("data-state", "done")
     answer = page.locator("#answer").inner_text().strip().lower()
