@@ -198,8 +198,11 @@ class MultimodalServer:
 # uvicorn has no deadline for receiving a request (uvicorn #157): add one to the server BentoML starts.
 install_receipt_deadline(SETTINGS.request_header_timeout_s, SETTINGS.request_body_timeout_s)
 
-# Outermost first: request id and log line, request counters, then the limits (their refusals are logged
-# and counted too).
+from api.middleware import ApiContractMiddleware, SecurityHeaders  # noqa: E402
+
+# Outermost first: the security headers (nosniff on every response, the web page's CSP), request id and
+# log line, request counters, then the limits (their refusals are logged and counted too).
+MultimodalServer.add_asgi_middleware(SecurityHeaders)  # type: ignore[attr-defined]
 MultimodalServer.add_asgi_middleware(RequestLog, log_format=SETTINGS.log_format)  # type: ignore[attr-defined]
 MultimodalServer.add_asgi_middleware(RequestMetrics)  # type: ignore[attr-defined]
 MultimodalServer.add_asgi_middleware(  # type: ignore[attr-defined]
@@ -208,9 +211,7 @@ MultimodalServer.add_asgi_middleware(  # type: ignore[attr-defined]
     max_upload_bytes=int(SETTINGS.max_upload_mb * 1024 * 1024), max_concurrency=SETTINGS.max_concurrency,
     timeout_s=SETTINGS.request_timeout_s, retry_after_s=SETTINGS.retry_after_s)
 
-
-from api.middleware import ApiContractMiddleware  # noqa: E402 - one error shape, a valid /docs.json
-
+# One error shape, a valid /docs.json, form bodies checked before BentoML acts on them.
 MultimodalServer.add_asgi_middleware(ApiContractMiddleware, service=MultimodalServer)  # type: ignore[attr-defined]
 
 __all__ = ["ClipRunner", "MultimodalServer", "VQARunner"]

@@ -1,7 +1,10 @@
 """GET /images/{library-relative path}?size=N[&format=jpeg|webp]: cached thumbnails and original files.
 
-A thumbnail's longer side is at most N pixels (default 256, 1..2048); size=0 serves the file itself
-with its own content type. Thumbnails are made once per file version (path, size, format, file
+A thumbnail's longer side is at most N pixels (default 256, 1..2048); size=0 serves the file itself.
+Only content of an allowed image type is served, original or thumbnail: PIL must identify it from its
+header as JPEG, PNG, WEBP, GIF or BMP, and the original goes out with the type of its content, not of
+its name (a .png holding a JPEG is image/jpeg). HTML, SVG, text or any other content under an image
+name answers the same 404 as a missing file. Thumbnails are made once per file version (path, size, format, file
 mtime and byte size) into THUMBNAIL_CACHE, written atomically (a temporary file renamed into place),
 and answered with ETag / Last-Modified / Cache-Control; a matching If-None-Match or If-Modified-Since
 gets 304. The path is the file's raw name, percent-encoded (a name that is not UTF-8 too: see
@@ -17,10 +20,12 @@ import io
 import logging
 import os
 import tempfile
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from email.utils import formatdate, parsedate_to_datetime
 from functools import lru_cache
 from pathlib import Path
+from typing import BinaryIO
 from urllib.parse import unquote_to_bytes
 
 from PIL import Image
@@ -28,7 +33,7 @@ from starlette.convertors import PathConvertor, register_url_convertor
 from starlette.requests import Request
 from starlette.responses import Response
 
-from api.errors import bad_request, handles_errors, not_found
+from api.errors import ApiError, bad_request, handles_errors, not_found
 from config import get_settings
 from core.images import BadImage, load_image
 from core.library import Library, LibraryFile, NotInLibrary, library_name
@@ -51,8 +56,10 @@ DEFAULT_SIZE = 256
 MAX_SIZE = 2048
 FORMATS = {"jpeg": ("JPEG", "image/jpeg", ".jpg"), "jpg": ("JPEG", "image/jpeg", ".jpg"),
            "webp": ("WEBP", "image/webp", ".webp")}
-ORIGINAL_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png", ".webp": "image/webp",
-                  ".gif": "image/gif", ".bmp": "image/bmp"}
+# PIL's format name -> the media type served. MPO is a JPEG with extra frames (many cameras write it).
+ALLOWED_TYPES = {"JPEG": "image/jpeg", "MPO": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp",
+                 "GIF": "image/gif", "BMP": "image/bmp"}
+PIL_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP")  # the plugins tried (MPO comes through JPEG's)
 CACHE_CONTROL = "private, max-age=3600"
 QUALITY = 85
 
@@ -78,32 +85,33 @@ class ImageFiles:
 
     async def respond(self, request: Request) -> Response:
         size, fmt = parse_size(request.query_params.get("size")), parse_format(request.query_params.get("format"))
-        found = self.find(requested_name(request))
+        raw = requested_name(request)
+        found = self.find(raw)
         tag = etag(found, "original") if size == 0 else etag(found, size, fmt)
         headers = cache_headers(found, tag)
-        if not_modified(request, headers["ETag"], found.mtime_ns):
-            return Response(status_code=304, headers=headers)
         loop = asyncio.get_running_loop()
         try:
+            # checked first, so that not even a 304 tells a caller that a non-image file exists
+            media_type = await loop.run_in_executor(self.pool, file_type, found.real)
+            if not_modified(request, headers["ETag"], found.mtime_ns):
+                return Response(status_code=304, headers=headers)
             if size == 0:
                 body = await loop.run_in_executor(self.pool, found.real.read_bytes)
-                media_type = ORIGINAL_TYPES[found.real.suffix.lower()]
             else:
                 body = await loop.run_in_executor(self.pool, self.thumbnail, found, size, fmt, tag)
                 media_type = FORMATS[fmt][1]
-        except OSError as exc:  # removed or made unreadable since the lookup
-            log.info("cannot serve image %s: %s", request.url.path, exc)
-            raise not_found("no such image in the library") from exc
+        except (OSError, BadImage) as exc:  # removed or unreadable since the lookup, or not an allowed image
+            log.info("not serving image %s: %s", request.url.path, exc)
+            raise missing(raw) from exc
         return Response(body, media_type=media_type, headers=headers)
 
     def find(self, raw: bytes) -> LibraryFile:
         """The library file at a library-relative path (raw bytes); 404 for anything the library
         rule refuses."""
-        shown = raw.decode("utf-8", "backslashreplace")
         try:
             return self.library.resolve(library_name(raw))
         except NotInLibrary as exc:
-            raise not_found(f"{shown!r} is not an image in the library") from exc
+            raise missing(raw) from exc
 
     def thumbnail(self, found: LibraryFile, size: int, fmt: str, key: str) -> bytes:
         """The cached thumbnail, made (and cached) if missing. Runs on the thumbnail threads."""
@@ -129,12 +137,37 @@ def requested_name(request: Request) -> bytes:
     return os.fsencode(request.path_params.get("path", ""))
 
 
-def render(data: bytes, size: int, pil_format: str) -> bytes:
-    """Decode (JPEG in draft mode, at the smallest scale still >= size), turn upright, shrink."""
+def missing(raw: bytes) -> ApiError:
+    """The one 404 of /images, for a missing file and for everything not served alike."""
+    return not_found(f"{raw.decode('utf-8', 'backslashreplace')!r} is not an image in the library")
+
+
+def content_type(content: bytes | BinaryIO) -> str | None:
+    """The media type of an allowed image format, read from the content's header (no pixels are
+    decoded); None for anything else (HTML, SVG, text, TIFF, an unreadable or oversized header)."""
+    source = io.BytesIO(content) if isinstance(content, bytes) else content
     try:
-        image, _, _ = load_image(data, draft_size=size)
-    except BadImage as exc:
-        raise not_found(f"the file is not a readable image: {exc}") from exc
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(source, formats=PIL_FORMATS) as image:
+                return ALLOWED_TYPES.get(image.format or "")
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):  # UnidentifiedImageError is an OSError
+        return None
+
+
+def file_type(path: Path) -> str:
+    """content_type() of a file, reading only its header; BadImage when it is not an allowed image."""
+    with path.open("rb") as handle:
+        media_type = content_type(handle)
+    if media_type is None:
+        raise BadImage("its content is not an allowed image type")
+    return media_type
+
+
+def render(data: bytes, size: int, pil_format: str) -> bytes:
+    """Decode (JPEG in draft mode, at the smallest scale still >= size), turn upright, shrink; BadImage
+    if it does not decode."""
+    image, _, _ = load_image(data, draft_size=size)
     image.thumbnail((size, size), Image.Resampling.LANCZOS)
     out = io.BytesIO()
     image.save(out, format=pil_format, quality=QUALITY)

@@ -1,6 +1,6 @@
 """Request ids and one log line per request.
 
-`RequestLog` is the outermost of the service's own ASGI middlewares (registered in service.py). Every
+`RequestLog` is, after SecurityHeaders, the outermost of the service's own ASGI middlewares (service.py). Every
 HTTP request gets an id: the caller's `X-Request-ID` when it is sane (1-128 characters of letters,
 digits and `-_.:`), else a new random one. The id is sent back in the `X-Request-ID` response header
 and is logged, with method, path, status and duration, as one line on stderr per request on the

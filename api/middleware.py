@@ -1,4 +1,8 @@
-"""One error shape for every failure, and a valid OpenAPI document, for the API service.
+"""One error shape for every failure, a valid OpenAPI document and the security headers, for the API service.
+
+`SecurityHeaders` is the outermost of the middlewares registered in service.py: it adds
+`X-Content-Type-Options: nosniff` to every response (and the web page's Content-Security-Policy to
+everything under /ui), whichever layer inside it answered.
 
 `ApiContractMiddleware` is registered on the service (end of service.py) and sits inside BentoML's
 own middlewares. For every HTTP request except /readyz, /livez, /healthz and /metrics it:
@@ -7,8 +11,9 @@ own middlewares. For every HTTP request except /readyz, /livez, /healthz and /me
 - refuses, on the service's API routes, a Content-Type BentoML would misread (it parses anything
   unknown as JSON) with 415, and watches form bodies while BentoML reads them: a text value in a
   file field (which BentoML 1.4.40 would *download as a URL*, server-side), a text field that is
-  not UTF-8, or a multipart body Starlette cannot parse (BentoML answers those 500), stops the
-  request with a 400;
+  not UTF-8, a text value nested deeper than MAX_JSON_DEPTH (BentoML json.loads every form value
+  and would raise RecursionError), an upload whose file name BentoML cannot use for its temporary file,
+  or a multipart body Starlette cannot parse (BentoML answers those 500), stops the request with a 400;
 - rewrites error responses (status >= 400) that are not already
   `{"status": "error", "error": {"code", "message"}}`: only BentoML's and Starlette's own (its
   pydantic validation errors, its `[{"error": ...}]` lists and 5xx bodies, Starlette's plain-text
@@ -35,8 +40,10 @@ from starlette.datastructures import MutableHeaders
 from starlette.responses import Response
 
 from api.errors import ApiError
+from api.json_body import TOO_DEEP, too_deep
 from api.openapi import fix_spec
-from core.bentoml_compat import MAX_FIELD_BYTES, MAX_PARTS  # Starlette's form limits (BentoML: 500)
+from api.ui import UI_POLICY, is_ui_path
+from core.bentoml_compat import MAX_FIELD_BYTES, MAX_PARTS, upload_name_problem  # form limits: see there
 
 log = logging.getLogger("service")
 
@@ -67,7 +74,10 @@ def validation_error(details: list[Any]) -> tuple[str, str]:
     items = [d for d in details if isinstance(d, dict)]
     for item in items:
         if item.get("type") == "json_invalid":
-            return "invalid_json", f"the body is not valid JSON: {str(item.get('msg')).removeprefix('Invalid JSON: ')}"
+            detail = str(item.get("msg")).removeprefix("Invalid JSON: ")
+            if detail.startswith("recursion limit exceeded"):  # pydantic's bound, the same as MAX_JSON_DEPTH
+                detail = TOO_DEEP
+            return "invalid_json", f"the body is not valid JSON: {detail}"
     parts = [f"{'.'.join(str(p) for p in item.get('loc') or ['body'])}: {item.get('msg')}" for item in items]
     return "invalid_argument", "; ".join(parts) or "invalid input"
 
@@ -175,6 +185,9 @@ class FormInspector:
             self.fail("invalid_multipart", "a multipart part has no name in its Content-Disposition")
         self.name = options.get(b"name", b"")
         self.is_file = b"filename" in options
+        problem = upload_name_problem(options[b"filename"]) if self.is_file else None
+        if problem:
+            self.fail("invalid_argument", f"{self.name.decode('utf-8', 'replace')}: {problem}")
 
     def end(self) -> None:
         if self.multipart:
@@ -194,6 +207,8 @@ class FormInspector:
                 value.decode("utf-8")
             except UnicodeDecodeError:
                 self.fail("invalid_argument", f"{name}: the value is not valid UTF-8")
+        if not self.is_file and value.lstrip()[:1] in (b"[", b"{") and too_deep(value):
+            self.fail("invalid_json", f"{name}: {TOO_DEEP}")
 
     def wrap(self, receive: Receive) -> Receive:
         async def inspected() -> Message:
@@ -250,6 +265,48 @@ class ErrorShaper:
         self.started = True
         await self.send({**start, "status": status, "headers": headers.raw})
         await self.send({"type": "http.response.body", "body": body})
+
+
+class SecurityHeaders:
+    """Adds `X-Content-Type-Options: nosniff` to every HTTP response (browsers then never guess a type
+    other than the one sent), and the strict UI_POLICY Content-Security-Policy under /ui. Registered
+    first in service.py, so that it wraps every middleware of ours and the app; it replaces a header of
+    the same name set inside it. An exception that escapes the middlewares inside it is answered here
+    (500 in the error shape, with the headers) rather than by Starlette's ServerErrorMiddleware outside.
+    Only BentoML's TimeoutMiddleware lies outside too, and its 504 (SERVICE_TIMEOUT_S) comes after the
+    one api/limits.py sends (REQUEST_TIMEOUT_S)."""
+
+    NOSNIFF = (b"x-content-type-options", b"nosniff")
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        added = [self.NOSNIFF]
+        if is_ui_path(scope["path"]):
+            added.append((b"content-security-policy", UI_POLICY.encode("ascii")))
+        names = {name for name, _ in added}
+
+        started = False
+
+        async def send_with_headers(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                kept = [(k, v) for k, v in message.get("headers", []) if k.lower() not in names]
+                message = {**message, "headers": kept + added}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_headers)
+        except Exception:
+            if started:
+                raise
+            log.exception("unhandled error on %s %s", scope["method"], scope["path"])
+            await ApiError(500, "internal_error", INTERNAL).response()(scope, receive, send_with_headers)
 
 
 class ApiContractMiddleware:

@@ -2,6 +2,9 @@
 
 Plain HTML/JS/CSS with no build step and nothing fetched from elsewhere, so it works offline. The page
 itself is public (api/limits.py); every API call it makes carries the API key when one is set.
+Everything under /ui is sent with UI_POLICY as its Content-Security-Policy (added by
+api/middleware.py SecurityHeaders): only the page's own files run, no inline script or style, and
+images come only from this server or the blob:/data: URLs the page makes itself.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from starlette.staticfiles import StaticFiles
 log = logging.getLogger("service")
 UI_DIR = Path(__file__).resolve().parents[1] / "ui"
 UI_PATH = "/ui"
+UI_POLICY = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; "
+             "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'")
 
 
 async def to_ui(request: Request) -> RedirectResponse:

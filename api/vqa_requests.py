@@ -15,6 +15,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from api import openai
 from api.errors import ApiError, bad_request, unavailable
+from api.json_body import parse_json
 from api.runner_calls import from_runner
 from api.searching import not_in_library
 from config import Settings
@@ -79,6 +80,8 @@ class VqaRequests:
             try:
                 load_image(data)
             except BadImage as exc:
+                if image_id:  # a library file that is not a readable image is not one of its images
+                    raise not_in_library(image_id) from exc
                 raise bad_request(f"image: {exc}") from exc
             media = {"type": "image", "image": data}
         content = [media, {"type": "text", "text": question}]
@@ -128,10 +131,7 @@ class VqaRequests:
 
     async def chat_completion(self, request: Request) -> Response:
         """POST /v1/chat/completions: an OpenAI chat body -> a completion, or server-sent events."""
-        try:
-            body = await request.json()
-        except (ValueError, UnicodeDecodeError):
-            raise bad_request("the body is not valid JSON", code="invalid_json") from None
+        body = parse_json(await request.body())
         fields = openai.parse_chat(body, self.settings.vqa_max_images, self.settings.vqa_max_new_tokens_cap)
         self.require_enabled()
         chat = ChatRequest(**{k: v for k, v in fields.items() if k != "stream"})

@@ -35,7 +35,8 @@ from serving import Server, run_indexer, service_env  # noqa: E402
 def photo(seed: int) -> bytes:
     """A 12-MP JPEG that compresses like a photo: smooth colour fields plus sensor-like noise."""
     rng = np.random.default_rng(seed)
-    base = Image.fromarray(rng.integers(0, 255, (30, 40, 3), dtype=np.uint8)).resize((4000, 3000), Image.Resampling.BICUBIC)
+    small = Image.fromarray(rng.integers(0, 255, (30, 40, 3), dtype=np.uint8))
+    base = small.resize((4000, 3000), Image.Resampling.BICUBIC)
     pixels = np.asarray(base, dtype=np.int16) + rng.integers(-24, 24, (3000, 4000, 3), dtype=np.int16)
     out = io.BytesIO()
     Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(out, format="JPEG", quality=92)

@@ -12,6 +12,7 @@ names the upstream code that does it. This module imports nothing from bentoml (
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,13 @@ NO_FILE: Any = None
 # + the name (`_bentoml_sdk/validators.py` FileSchema.decode); the original name is not kept elsewhere.
 TEMP_PREFIX_CHARS = len("tmp") + 8
 
+# The longest upload file name BentoML can save: its temporary file is tmp<8 random><the name's last
+# path part>, and a file name has at most 255 bytes (NAME_MAX on Linux and macOS file systems); a longer
+# one fails with ENAMETOOLONG: a 500. api/middleware.py refuses it with 400. (A NUL in the name is already
+# a 400: the ValueError is raised inside pydantic's validation.)
+NAME_MAX = 255
+MAX_UPLOAD_NAME_BYTES = NAME_MAX - TEMP_PREFIX_CHARS
+
 # Starlette's form parser limits: BentoML answers 500 when a body passes one (its request.form() raises
 # a MultiPartException that `api_endpoint_wrapper` does not map), so api/middleware.py refuses with 400.
 MAX_FIELD_BYTES = 1024 * 1024
@@ -54,6 +62,19 @@ def upload_name(upload: Path) -> str:
     """The uploaded file's own name, recovered from BentoML's temporary file name."""
     name = upload.name
     return (name[TEMP_PREFIX_CHARS:] if name.startswith("tmp") else name) or "upload"
+
+
+def upload_name_problem(filename: bytes) -> str | None:
+    """Why BentoML could not save an upload sent with this multipart `filename`, or None. The name is
+    decoded as Starlette does (UTF-8, else Latin-1) and cut to its last path part as BentoML does."""
+    try:
+        name = filename.decode("utf-8")
+    except UnicodeDecodeError:
+        name = filename.decode("latin-1")
+    size = len(os.path.basename(name).encode("utf-8", "surrogateescape"))
+    if size > MAX_UPLOAD_NAME_BYTES:
+        return f"the file name is {size} bytes long, over the {MAX_UPLOAD_NAME_BYTES} bytes a saved upload can have"
+    return None
 
 
 WORKAROUNDS: tuple[Workaround, ...] = (
@@ -73,6 +94,11 @@ WORKAROUNDS: tuple[Workaround, ...] = (
         "none filed; _bentoml_sdk/validators.py FileSchema.decode",
         "an upload arrives as a temporary file named tmp<8 random><its name>",
         "upload_name() recovers the name for /image2image_search's `query`"),
+    Workaround(
+        "upload file name too long",
+        "none filed; _bentoml_sdk/validators.py FileSchema.decode (NamedTemporaryFile(suffix=<its name>))",
+        "an upload whose file name is over 244 bytes (255 with the tmp prefix) answers 500 (ENAMETOOLONG)",
+        "api/middleware.py FormInspector refuses it with 400 (upload_name_problem, MAX_UPLOAD_NAME_BYTES)"),
     Workaround(
         "4xx body is a list",
         "none filed; _bentoml_impl/server/app.py api_endpoint_wrapper (`detail = ({...},)`)",
@@ -108,6 +134,11 @@ WORKAROUNDS: tuple[Workaround, ...] = (
         "none filed; _bentoml_impl/serde.py MultipartSerde.parse_request (json.loads on every value)",
         "a form text such as `2024` or `true` arrives as a number or a boolean; a `str` field refuses it",
         "api/search.py as_text (the `Text` annotation in service.py) turns it back into the text sent"),
+    Workaround(
+        "deeply nested form values",
+        "none filed; _bentoml_impl/serde.py MultipartSerde.parse_request (catches JSONDecodeError only)",
+        "a form text that nests arrays ~1000 deep raises RecursionError in json.loads: 500",
+        "api/middleware.py FormInspector refuses values over api/json_body.py MAX_JSON_DEPTH with 400"),
     Workaround(
         "/docs.json",
         "none filed; _bentoml_sdk/service/openapi.py, _bentoml_sdk/io_models.py, bentoml/_internal/service/openapi",

@@ -8,8 +8,10 @@ Playwright's own browser download needs the internet.
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
@@ -34,17 +36,49 @@ def launched() -> Iterator[Browser]:
             chromium.close()
 
 
+# Every page records the CSP violations the browser reports (the page's CSP: api/ui.py UI_POLICY).
+RECORD_CSP_VIOLATIONS = """
+window.cspViolations = [];
+document.addEventListener("securitypolicyviolation",
+    (event) => window.cspViolations.push(`${event.violatedDirective} ${event.blockedURI}`));
+"""
+
+
 @contextlib.contextmanager
 def tab(browser: Browser) -> Iterator[Page]:
-    """A fresh page; a JavaScript error on it fails the test when the block ends."""
+    """A fresh page; a JavaScript error or a Content-Security-Policy violation on it (reported on the
+    console or by the `securitypolicyviolation` event) fails the test when the block ends."""
     context = browser.new_context(viewport={"width": 1280, "height": 860})
     context.set_default_timeout(WAIT_MS)
+    context.add_init_script(RECORD_CSP_VIOLATIONS)
     page = context.new_page()
     script_errors: list[str] = []
+    console_csp: list[str] = []
     page.on("pageerror", lambda error: script_errors.append(str(error)))
+    page.on("console", lambda message: console_csp.append(message.text)
+            if "Content Security Policy" in message.text else None)
     yield page
+    violations = csp_violations(page)
     context.close()
     assert not script_errors, f"JavaScript errors on the page: {script_errors}"
+    assert not console_csp and not violations, f"Content-Security-Policy violations: {console_csp} {violations}"
+
+
+def csp_violations(page: Page) -> list[str]:
+    if page.is_closed() or not page.url.startswith("http"):
+        return []
+    found: list[str] = page.evaluate("window.cspViolations || []")
+    return found
+
+
+def wait_until(page: Page, function: str, arg: Any = None) -> None:
+    """page.wait_for_function, which runs its predicate through eval() in the page and so is blocked by
+    the page's CSP: poll page.evaluate (run by the browser's debugging protocol, which CSP allows)."""
+    deadline = time.monotonic() + WAIT_MS / 1000
+    while not page.evaluate(function, arg):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {function}")
+        page.wait_for_timeout(100)
 
 
 def open_ui(page: Page, server: Server) -> None:
@@ -62,7 +96,7 @@ def search(page: Page, query: str) -> list[str]:
 
 def shown_results(page: Page) -> list[str]:
     expect(page.locator("#summary")).to_contain_text("best match first")
-    page.wait_for_function("[...document.querySelectorAll('#grid img')]"
-                           ".every(img => img.complete && img.naturalWidth > 0)")
+    wait_until(page, "() => [...document.querySelectorAll('#grid img')]"
+                     ".every(img => img.complete && img.naturalWidth > 0)")
     names: list[str] = page.eval_on_selector_all("#grid .card img", "imgs => imgs.map(img => img.alt)")
     return names

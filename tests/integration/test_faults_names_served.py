@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 
 import httpx
 import pytest
-from helpers.browser import launched, open_ui, search, tab
+from helpers.browser import launched, open_ui, search, tab, wait_until
 from helpers.hostile_names import INDEXED, REASON, SKIPPED, make_hostile_library
 from playwright.sync_api import expect
 from serving import Server, run_indexer, running, service_env
@@ -98,7 +98,7 @@ def test_the_page_shows_every_name_as_text_and_opens_it(served: Served) -> None:
         assert page.locator("#grid script, #grid img[src='x']").count() == 0 and not dialogs  # no markup ran
         for name in [GBK, "new\nline.jpg", "<script>alert(1)</script>.jpg"]:
             open_card(page, name)
-            page.wait_for_function("document.getElementById('viewer-img').naturalWidth > 0")
+            wait_until(page, "() => document.getElementById('viewer-img').naturalWidth > 0")
             page.keyboard.press("Escape")
         open_card(page, GBK)
         page.click("#similar")  # image_id from the page
@@ -112,11 +112,11 @@ def open_card(page: Any, name: str) -> None:
     """Open the result named `name` and wait until the viewer shows that very name as text."""
     index = page.eval_on_selector_all("#grid .card", "cards => cards.map(c => c.dataset.image)").index(name)
     page.locator("#grid .card").nth(index).click()
-    page.wait_for_function("name => document.getElementById('viewer-title').textContent === name", arg=name)
+    wait_until(page, "name => document.getElementById('viewer-title').textContent === name", name)
 
 
 def search_names(page: Any) -> list[str]:
-    page.wait_for_function("[...document.querySelectorAll('#grid img')]"
-                           ".every(img => img.complete && img.naturalWidth > 0)")
+    wait_until(page, "() => [...document.querySelectorAll('#grid img')]"
+                     ".every(img => img.complete && img.naturalWidth > 0)")
     names: list[str] = page.eval_on_selector_all("#grid .card img", "imgs => imgs.map(img => img.alt)")
     return names

@@ -13,7 +13,16 @@ from typing import Any
 
 import httpx
 import pytest
-from helpers.browser import launched, open_ui, search, shown_results, tab
+from helpers.browser import (
+    RECORD_CSP_VIOLATIONS,
+    csp_violations,
+    launched,
+    open_ui,
+    search,
+    shown_results,
+    tab,
+    wait_until,
+)
 from playwright.sync_api import Browser, FilePayload, Page, expect
 from serving import ROOT, Server, png, run_indexer, running, service_env
 from shapes import caption, draw_shape, make_library
@@ -101,6 +110,31 @@ def test_page_is_served_with_its_files(server: Server) -> None:
     assert missing.status_code == 404 and missing.json()["status"] == "error"
 
 
+def test_the_page_runs_under_its_csp_without_violations(page: Page, browser: Browser, server: Server) -> None:
+    """The page is sent with a strict CSP and everything it does (search, blob: thumbnails, the viewer)
+    runs under it without a violation (the `page` fixture fails on any, from the console or the
+    `securitypolicyviolation` event); an inline script injected into the page is blocked and reported."""
+    response = page.goto(f"{server.url}/ui/")
+    assert response is not None and "script-src 'self'" in response.headers["content-security-policy"]
+    assert response.headers["x-content-type-options"] == "nosniff"
+    expect(page.locator("#status")).to_contain_text("images indexed")
+    search(page, caption("circle", "red"))
+    page.locator("#grid .card").first.click()
+    expect(page.locator("#viewer")).to_be_visible()
+    wait_until(page, "() => document.getElementById('viewer-img').naturalWidth > 0")
+    assert csp_violations(page) == []
+
+    probe = browser.new_context()  # its own tab: the violation it provokes is meant
+    probe.add_init_script(RECORD_CSP_VIOLATIONS)
+    other = probe.new_page()
+    other.goto(f"{server.url}/ui/")
+    other.evaluate("""() => { const s = document.createElement("script"); s.textContent = "window.ran = 1";
+                              document.body.append(s); }""")
+    wait_until(other, "() => window.cspViolations.length > 0")
+    assert other.evaluate("window.ran") is None and csp_violations(other)[0].startswith("script-src")
+    probe.close()
+
+
 def test_search_shows_the_right_thumbnails_first(page: Page, server: Server, indexed: Any) -> None:
     shapes: Shapes = indexed[2]
     open_ui(page, server)
@@ -142,7 +176,7 @@ def test_open_a_result_and_the_answer_streams_in(page: Page, server: Server, ind
     viewer = page.locator("#viewer")
     expect(viewer).to_be_visible()
     expect(page.locator("#viewer-title")).to_have_text(names[0])
-    page.wait_for_function("document.getElementById('viewer-img').naturalWidth > 0")
+    wait_until(page, "() => document.getElementById('viewer-img').naturalWidth > 0")
     ask(page, COLOR_Q)
     expect(page.locator("#answer")).to_have_attribute("data-state", "done")
     answer = page.locator("#answer").inner_text().strip().lower()

@@ -25,7 +25,14 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from core.bentoml_compat import BENTOML_VERSION, NO_FILE, NO_RECYCLE, WORKAROUNDS, upload_name
+from core.bentoml_compat import (
+    BENTOML_VERSION,
+    MAX_UPLOAD_NAME_BYTES,
+    NO_FILE,
+    NO_RECYCLE,
+    WORKAROUNDS,
+    upload_name,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -154,6 +161,15 @@ def test_an_upload_arrives_as_tmp_random_and_its_name(client: TestClient) -> Non
     assert upload_name(Path(saved)) == "cat photo.png", fixed("the temporary file name pattern", "upload_name")
 
 
+def test_an_upload_name_over_the_bound_answers_500(client: TestClient) -> None:
+    longest = "a" * (MAX_UPLOAD_NAME_BYTES - 4) + ".png"
+    fits = client.post("/plain", files={"image": (longest, b"\x89PNG", "image/png")})
+    assert fits.status_code == 200 and upload_name(Path(fits.json()["name"])) == longest
+    answer = client.post("/plain", files={"image": ("a" + longest, b"\x89PNG", "image/png")})
+    assert answer.status_code == 500, fixed(f"over-long upload names (now {answer.status_code})",
+                                            "upload_name_problem in api/middleware.py FormInspector")
+
+
 # -- error bodies ----------------------------------------------------------------------------------------
 
 def test_a_raised_4xx_answers_a_list(client: TestClient) -> None:
@@ -221,6 +237,12 @@ def test_form_values_are_json_decoded(client: TestClient) -> None:
     answer = client.post("/plain", data={"text": "2024"})
     assert answer.status_code == 400 and "string" in answer.text, fixed(
         "JSON-decoded form values", "api/search.py as_text (the `Text` annotation)")
+
+
+def test_a_deeply_nested_form_value_answers_500(client: TestClient) -> None:
+    answer = client.post("/plain", data={"text": "[" * 100_000 + "]" * 100_000})
+    assert answer.status_code == 500, fixed(f"RecursionError on deep form values (now {answer.status_code})",
+                                            "the MAX_JSON_DEPTH check of api/middleware.py FormInspector")
 
 
 # -- /docs.json ------------------------------------------------------------------------------------------

@@ -107,8 +107,9 @@ def test_bad_input_is_400(library: Library, tmp_path: Path) -> None:
     for expected, (question, image_file, video, image_id) in cases.items():
         error = refusal(lambda q=question, i=image_file, v=video, d=image_id: requests.build(q, i, v, d, None))
         assert (error.status, error.code) == (400, "invalid_argument") and expected in error.message, expected
-    broken = refusal(lambda: requests.build("q", None, None, "broken.png", None))  # a library file, unreadable
-    assert (broken.status, broken.message.startswith("image:")) == (400, True)
+    # a library file that is not a readable image answers as a missing one (issue 16: no probing)
+    broken = refusal(lambda: requests.build("q", None, None, "broken.png", None))
+    assert (broken.status, broken.message) == (404, "image_id 'broken.png' is not in the image library")
 
 
 @pytest.mark.parametrize("image_id", ["missing.png", ".secret.png", "link_hidden.png", "link_out.png", "notes.txt",
