@@ -319,7 +319,7 @@ class VisionLanguageModel:
             self.tokenizer, skip_prompt=True, skip_special_tokens=True, clean_up_tokenization_spaces=False
         )
         cancelled = threading.Event()
-        stop = deadline_stop([deadline], inputs["input_ids"].shape[1], cancelled)
+        stop = row_stop([deadline], [limit], inputs["input_ids"].shape[1], cancelled)
         outcome: dict[str, Any] = {}
 
         def run() -> None:
@@ -538,7 +538,7 @@ class VisionLanguageModel:
 
         inputs = self.collate(items).to(self.model.device)
         start = inputs["input_ids"].shape[1]  # left padding: every row's prompt ends here
-        stop = deadline_stop(deadlines, start)
+        stop = row_stop(deadlines, limits, start)
         output = self._generate(inputs, max(limits), temperature, top_p,
                                 stopping_criteria=StoppingCriteriaList([stop]))
         results: list[Generation | ItemError] = []
@@ -668,22 +668,26 @@ def check_aspect(kind: str, size: tuple[int, int]) -> None:
         raise bad_input(f"{kind}: aspect ratio {ratio_text(ratio)}:1 is over {MAX_ASPECT_RATIO}:1")
 
 
-def deadline_stop(deadlines: Sequence[float | None], start: int, cancelled: threading.Event | None = None) -> Any:
-    """A transformers StoppingCriteria that stops each row whose deadline has passed (every row once
-    `cancelled` is set), remembering how many tokens each row had generated when it was stopped."""
+def row_stop(
+    deadlines: Sequence[float | None], limits: Sequence[int], start: int, cancelled: threading.Event | None = None
+) -> Any:
+    """A transformers StoppingCriteria that stops each row at its own token limit (generate runs to the
+    largest) and each row whose deadline has passed (every row once `cancelled` is set), remembering how
+    many tokens a row had generated when its deadline stopped it."""
     import torch
     from transformers import StoppingCriteria
 
-    class DeadlineStop(StoppingCriteria):
+    class RowStop(StoppingCriteria):
         def __init__(self) -> None:
-            self.tripped: dict[int, int] = {}  # row -> tokens generated when it was stopped
+            self.tripped: dict[int, int] = {}  # row -> tokens generated when its deadline stopped it
 
         def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
-            now = time.time()
-            stop = [bool(cancelled and cancelled.is_set()) or (d is not None and now > d) for d in deadlines]
-            for row, stopped in enumerate(stop):
+            now, generated = time.time(), input_ids.shape[1] - start
+            late = [bool(cancelled and cancelled.is_set()) or (d is not None and now > d) for d in deadlines]
+            for row, stopped in enumerate(late):
                 if stopped:
-                    self.tripped.setdefault(row, input_ids.shape[1] - start)
+                    self.tripped.setdefault(row, generated)
+            stop = [stopped or generated >= limit for stopped, limit in zip(late, limits, strict=True)]
             return torch.tensor(stop, dtype=torch.bool, device=input_ids.device)
 
         def cut_short(self, row: int, count: int, reason: str, limit: int) -> bool:
@@ -691,7 +695,7 @@ def deadline_stop(deadlines: Sequence[float | None], start: int, cancelled: thre
             at = self.tripped.get(row)
             return at is not None and not ((reason == "stop" and count <= at) or limit <= at)
 
-    return DeadlineStop()
+    return RowStop()
 
 
 def as_rgb(frame: Any) -> Image.Image:
