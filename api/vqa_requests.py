@@ -4,14 +4,17 @@ library are passed in, so a fake runner tests it without a server."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
@@ -25,6 +28,7 @@ from core.library import Library, NotInLibrary
 from core.telemetry import count_tokens
 from runners.vlm_service import ChatRequest
 
+log = logging.getLogger("service")
 VQA_DISABLED = "visual question answering is disabled on this server (VQA_ENABLED=false)"
 
 
@@ -126,13 +130,12 @@ class VqaRequests:
         slot = contextlib.ExitStack()
         slot.enter_context(self.slot())
         try:
-            pieces = await self.open_stream(request)
+            return await self.open_stream(request, slot)
         except BaseException:
             slot.close()
             raise
-        return self.held(pieces, slot)
 
-    async def open_stream(self, request: ChatRequest) -> AsyncIterator[str]:
+    async def open_stream(self, request: ChatRequest, slot: contextlib.ExitStack) -> AsyncIterator[str]:
         pieces = self.vqa.to_async.stream(request)
         buffer = ""
         while "\n" not in buffer:  # the header line may arrive split or joined with the first piece
@@ -144,27 +147,33 @@ class VqaRequests:
         header, _, rest = buffer.partition("\n")
         error = json.loads(header).get("error")
         if error:
-            await pieces.aclose()
+            await pieces.aclose()  # type: ignore[attr-defined]
             raise_failure(error)
-        return self.after(rest, pieces)
+        return self.held(rest, pieces, slot, request.request_id)
 
-    @staticmethod
-    async def after(first: str, pieces: AsyncIterator[str]) -> AsyncIterator[str]:
-        if first:
-            yield first
-        async for piece in pieces:
-            yield piece
-
-    @staticmethod
-    async def held(pieces: AsyncIterator[str], slot: contextlib.ExitStack) -> AsyncIterator[str]:
-        """`pieces`, then the slot back; a client that leaves closes the runner's stream (which stops
-        generating) and gives the slot back too."""
+    async def held(self, first: str, pieces: AsyncIterator[str], slot: contextlib.ExitStack,
+                   request_id: str) -> AsyncIterator[str]:
+        """The answer's pieces, then the slot back. A client that leaves early (the response task is
+        cancelled) cancels the runner's generation by name: closing the runner stream alone does not
+        reach it reliably, as its cleanup is cancelled too."""
+        finished = False
         try:
+            if first:
+                yield first
             async for piece in pieces:
                 yield piece
+            finished = True
         finally:
             slot.close()
-            await pieces.aclose()  # type: ignore[attr-defined]
+            if not finished:
+                with anyio.CancelScope(shield=True):
+                    await self.cancel_stream(request_id)
+
+    async def cancel_stream(self, request_id: str) -> None:
+        try:
+            await asyncio.wait_for(self.vqa.to_async.cancel(request_id), timeout=5)
+        except Exception as exc:  # noqa: BLE001 - the runner is gone: nothing runs to stop
+            log.warning("could not cancel VQA stream %s: %r", request_id, exc)
 
     async def chat_completion(self, request: Request) -> Response:
         """POST /v1/chat/completions: an OpenAI chat body -> a completion, or server-sent events."""
@@ -192,7 +201,8 @@ class VqaRequests:
             yield openai.chunk(chat_id, self.model_id, {}, finish="stop")
             yield "data: [DONE]\n\n"
         finally:
-            await pieces.aclose()  # type: ignore[attr-defined]
+            with anyio.CancelScope(shield=True):  # a client that left: cancel the runner's generation
+                await pieces.aclose()  # type: ignore[attr-defined]
 
 
 def raise_failure(error: dict[str, Any] | None) -> None:

@@ -299,18 +299,20 @@ class VisionLanguageModel:
         temperature: float = 0.0,
         top_p: float | None = None,
         deadline: float | None = None,
+        cancelled: threading.Event | None = None,
     ) -> Generator[str, None, None]:
         """Prepare `conversation` now (ItemError 400 for a bad input, 504 past `deadline`) and return the
-        generator of its answer's pieces. Generation stops when that generator is closed or the deadline
-        passes (the pieces then just end)."""
+        generator of its answer's pieces. Generation stops when that generator is closed, `cancelled` is
+        set (from any thread) or the deadline passes (the pieces then just end)."""
         limit = self.new_token_limit(max_new_tokens)
         if past(deadline):
             raise deadline_passed()
         inputs = self.prepare_item(conversation).to(self.model.device)
-        return self._stream_pieces(inputs, limit, temperature, top_p, deadline)
+        return self._stream_pieces(inputs, limit, temperature, top_p, deadline, cancelled or threading.Event())
 
     def _stream_pieces(
-        self, inputs: Any, limit: int, temperature: float, top_p: float | None, deadline: float | None
+        self, inputs: Any, limit: int, temperature: float, top_p: float | None, deadline: float | None,
+        cancelled: threading.Event,
     ) -> Generator[str, None, None]:
         from transformers import StoppingCriteriaList, TextIteratorStreamer
 
@@ -318,7 +320,6 @@ class VisionLanguageModel:
         streamer = TextIteratorStreamer(
             self.tokenizer, skip_prompt=True, skip_special_tokens=True, clean_up_tokenization_spaces=False
         )
-        cancelled = threading.Event()
         stop = row_stop([deadline], [limit], inputs["input_ids"].shape[1], cancelled)
         outcome: dict[str, Any] = {}
 
@@ -342,7 +343,7 @@ class VisionLanguageModel:
         generated = outcome["output"][0, inputs["input_ids"].shape[1]:]
         self.token_counts = [(prompt_tokens, self._finish(generated.tolist(), limit)[1])]
         if 0 in stop.tripped:
-            log.warning("a streamed answer was cut at its deadline")
+            log.warning("a streamed answer was cut (its deadline passed or it was cancelled)")
 
     def generate(
         self,

@@ -10,6 +10,7 @@ import json
 import logging
 import tempfile
 import threading
+import uuid
 from collections.abc import Generator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -43,6 +44,7 @@ class ChatRequest(BaseModel):
     temperature: float = Field(default=0.0, ge=0.0, le=2.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
     deadline: float | None = None
+    request_id: str = Field(default_factory=lambda: uuid.uuid4().hex)  # names a stream to cancel()
 
 
 class ChatResult(BaseModel):
@@ -106,6 +108,7 @@ class VQARunner:
         self.calls = 0  # generate() calls, to show batching at work in /health
         self.items = 0
         self.counter_lock = threading.Lock()
+        self.streams: dict[str, threading.Event] = {}  # request_id -> its stream's cancellation
         self.model: VisionLanguageModel | None = None
         if not SETTINGS.vqa_enabled:
             log.info("VQA_ENABLED=false: no VQA model loaded")
@@ -158,21 +161,34 @@ class VQARunner:
 
     @bentoml.api
     def stream(self, request: ChatRequest) -> Generator[str, None, None]:
-        """A header line (see stream_header), then the answer piece by piece as it is generated."""
+        """A header line (see stream_header), then the answer piece by piece as it is generated.
+        Generation stops at the request's deadline, or when cancel(request_id) is called."""
         model = self.loaded()
-        with tempfile.TemporaryDirectory(prefix="vqa-") as tmp:
-            try:
-                conversation = decode_request(request, Path(tmp))
-                pieces = model.start_stream(conversation, request.max_new_tokens, request.temperature,
-                                            request.top_p, request.deadline)
-            except ItemError as exc:
-                yield stream_header(failure(exc))
-                return
+        cancelled = self.streams[request.request_id] = threading.Event()
+        try:
+            with tempfile.TemporaryDirectory(prefix="vqa-") as tmp:  # videos are decoded while preparing
+                try:
+                    conversation = decode_request(request, Path(tmp))
+                    pieces = model.start_stream(conversation, request.max_new_tokens, request.temperature,
+                                                request.top_p, request.deadline, cancelled)
+                except ItemError as exc:
+                    yield stream_header(failure(exc))
+                    return
             yield stream_header(None)
             try:
                 yield from pieces
             finally:
-                pieces.close()  # a consumer that left closes this generator: stop generating now
+                pieces.close()
+        finally:
+            self.streams.pop(request.request_id, None)
+
+    @bentoml.api
+    async def cancel(self, request_id: str) -> bool:
+        """Stop generating for the stream of `request_id` (its caller has gone); False when none runs."""
+        cancelled = self.streams.get(request_id)
+        if cancelled is not None:
+            cancelled.set()
+        return cancelled is not None
 
     @bentoml.api
     def info(self) -> dict:

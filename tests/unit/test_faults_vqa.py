@@ -183,6 +183,7 @@ class SplitRunner:
         self.result = result
         self.closed = False
         self.requests: list[Any] = []
+        self.cancelled: list[str] = []
 
     async def generate(self, requests: list[Any]) -> list[dict[str, Any]]:
         self.requests += requests
@@ -195,6 +196,10 @@ class SplitRunner:
                 yield piece
         finally:
             self.closed = True
+
+    async def cancel(self, request_id: str) -> bool:
+        self.cancelled.append(request_id)
+        return True
 
 
 def requests_for(runner: SplitRunner, tmp_path: Path, **settings: Any) -> VqaRequests:
@@ -215,6 +220,26 @@ def test_a_refused_stream_is_an_error_before_any_piece(tmp_path: Path) -> None:
         return [piece async for piece in await requests_for(runner, tmp_path).stream(ChatRequest(messages=[]))]
 
     assert asyncio.run(read(SplitRunner(['{"error": null}\nA re', "d circle"]))) == ["A re", "d circle"]
+
+
+def test_a_client_that_leaves_a_stream_cancels_its_generation(tmp_path: Path) -> None:
+    runner = SplitRunner(['{"error": null}\n', "A", " red", " circle"])
+    vqa = requests_for(runner, tmp_path)
+    request = ChatRequest(messages=[])
+
+    async def leave_early() -> None:
+        pieces = await vqa.stream(request)
+        assert await anext(pieces) == "A"
+        await pieces.aclose()  # type: ignore[attr-defined]
+
+    asyncio.run(leave_early())
+    assert runner.cancelled == [request.request_id] and vqa.in_flight == 0
+
+    async def read_all() -> list[str]:
+        return [piece async for piece in await vqa.stream(ChatRequest(messages=[]))]
+
+    assert asyncio.run(read_all()) == ["A", " red", " circle"]
+    assert len(runner.cancelled) == 1  # a stream read to its end cancels nothing
 
 
 def test_a_failed_answer_is_its_own_api_error(tmp_path: Path) -> None:
