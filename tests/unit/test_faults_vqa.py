@@ -261,7 +261,7 @@ def chat_call(vqa: VqaRequests, body: dict[str, Any]) -> Any:
 def test_chat_text_is_bounded_in_all_and_requests_carry_a_deadline(tmp_path: Path) -> None:
     runner = SplitRunner([], {"text": "ok", "prompt_tokens": 1, "completion_tokens": 1, "finish_reason": "stop"})
     vqa = requests_for(runner, tmp_path, vqa_max_text_chars=100, request_timeout_s=30)
-    over = [{"role": "system", "content": "x" * 50},
+    over: list[dict[str, Any]] = [{"role": "system", "content": "x" * 50},
             {"role": "user", "content": [{"type": "text", "text": "y" * 30}, {"type": "text", "text": "z" * 21}]}]
     with pytest.raises(ApiError) as caught:
         chat_call(vqa, {"messages": over})
