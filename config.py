@@ -59,6 +59,7 @@ class Settings(BaseSettings):
     vqa_max_batch_size: int = Field(default=8, ge=2)  # BentoML needs 2 or more
     vqa_max_latency_ms: int = Field(default=60_000, ge=1)
     vqa_max_images: int = Field(default=8, ge=1)
+    vqa_max_text_chars: int = Field(default=16_000, ge=1)  # all text of one chat request; more gets 400
 
     # Security and load limits of the HTTP API
     api_key: SecretStr | None = None  # when set, every endpoint but /livez and /readyz needs it

@@ -176,7 +176,7 @@ class MultimodalServer:
     ) -> str:
         """As /vqa, but the answer comes as plain text chunks while it is generated."""
         request = self.vqa_requests.build(question, image, video, image_id, max_new_tokens)
-        pieces = self.vqa_requests.stream(request)
+        pieces = await self.vqa_requests.stream(request)  # a refused request raises here, before the 200
         return StreamingResponse(pieces, media_type="text/plain; charset=utf-8")  # type: ignore[return-value]
 
     async def health(self) -> dict[str, Any]:

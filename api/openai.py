@@ -21,13 +21,15 @@ def invalid(message: str) -> ApiError:
     return bad_request(message, code="invalid_request")
 
 
-def parse_chat(body: Any, max_images: int, max_tokens_cap: int) -> dict[str, Any]:
-    """Validate an OpenAI chat body. Returns the ChatRequest fields and `stream`."""
+def parse_chat(body: Any, max_images: int, max_tokens_cap: int, max_text_chars: int) -> dict[str, Any]:
+    """Validate an OpenAI chat body. Returns the ChatRequest fields and `stream`. The text of all
+    messages together is at most `max_text_chars` (VQA_MAX_TEXT_CHARS)."""
     if not isinstance(body, dict):
         raise invalid("the body must be a JSON object")
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise invalid("messages must be a non-empty list")
+    check_text_size(messages, max_text_chars)
     converted = [convert_message(m, i) for i, m in enumerate(messages)]
     images = sum(1 for m in converted for p in parts(m) if p.get("type") == "image")
     if images > max_images:
@@ -37,6 +39,21 @@ def parse_chat(body: Any, max_images: int, max_tokens_cap: int) -> dict[str, Any
     return {"messages": converted, "max_new_tokens": max_tokens(body, max_tokens_cap),
             "temperature": number(body, "temperature", 0.0, 0.0, 2.0), "top_p": optional_top_p(body),
             "stream": flag(body, "stream")}
+
+
+def check_text_size(messages: list[Any], max_chars: int) -> None:
+    """400 when the messages' text (string contents and text parts) is over `max_chars` in all, checked
+    before any image is decoded: the runner's work grows with the prompt and cannot stop inside it."""
+    total = 0
+    for message in messages:
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, str):
+            total += len(content)
+        elif isinstance(content, list):
+            total += sum(len(p["text"]) for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
+    if total > max_chars:
+        raise invalid(f"the messages hold {total} characters of text, over the limit of {max_chars} "
+                      "(VQA_MAX_TEXT_CHARS)")
 
 
 def parts(message: dict[str, Any]) -> list[dict[str, Any]]:

@@ -4,19 +4,24 @@ library are passed in, so a fake runner tests it without a server."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import json
+import logging
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from api import openai
 from api.errors import ApiError, bad_request, unavailable
 from api.json_body import parse_json
-from api.runner_calls import from_runner
+from api.runner_calls import from_runner, runner_unavailable
 from api.searching import not_in_library
 from config import Settings
 from core.images import BadImage, load_image
@@ -24,6 +29,7 @@ from core.library import Library, NotInLibrary
 from core.telemetry import count_tokens
 from runners.vlm_service import ChatRequest
 
+log = logging.getLogger("service")
 VQA_DISABLED = "visual question answering is disabled on this server (VQA_ENABLED=false)"
 
 
@@ -85,7 +91,12 @@ class VqaRequests:
                 raise bad_request(f"image: {exc}") from exc
             media = {"type": "image", "image": data}
         content = [media, {"type": "text", "text": question}]
-        return ChatRequest(messages=[{"role": "user", "content": content}], max_new_tokens=max_new_tokens)
+        return ChatRequest(messages=[{"role": "user", "content": content}], max_new_tokens=max_new_tokens,
+                           deadline=self.deadline())
+
+    def deadline(self) -> float:
+        """When the caller stops waiting (REQUEST_TIMEOUT_S from now): the runner stops generating then."""
+        return time.time() + self.settings.request_timeout_s
 
     def library_image(self, image_id: str) -> bytes:
         try:
@@ -105,46 +116,96 @@ class VqaRequests:
         finally:
             self.in_flight -= 1
 
-    def in_slot(self, pieces: AsyncIterator[str]) -> AsyncIterator[str]:
-        """Take a VQA slot now (503 if none) and hold it until the stream ends or the client leaves."""
-        slot = self.slot()
-        slot.__enter__()
-
-        async def held() -> AsyncIterator[str]:
-            try:
-                async for piece in pieces:
-                    yield piece
-            finally:
-                slot.__exit__(None, None, None)
-
-        return held()
-
     async def generate(self, request: ChatRequest, path: str) -> dict[str, Any]:
-        """One answer, in a slot; its tokens are counted under `path`."""
+        """One answer, in a slot; its tokens are counted under `path`. A request the runner refused
+        or could not answer raises its own ApiError (400 naming the cause, 500, 504)."""
         with self.slot():
             results = await from_runner(self.vqa.to_async.generate([request]), self.settings.retry_after_s)
         count_tokens(path, results)
-        return result_dict(results[0])
+        result = result_dict(results[0])
+        raise_failure(result.get("error"))
+        return result
 
-    def stream(self, request: ChatRequest) -> AsyncIterator[str]:
-        return self.in_slot(self.vqa.to_async.stream(request))
+    async def stream(self, request: ChatRequest) -> AsyncIterator[str]:
+        """Take a VQA slot (503 if none), start the runner's stream and read its header: a request the
+        runner refuses raises its ApiError here, before any 200 is sent. Else the answer's pieces, which
+        hold the slot until they end or the client leaves."""
+        slot = contextlib.ExitStack()
+        slot.enter_context(self.slot())
+        try:
+            return await self.open_stream(request, slot)
+        except BaseException:
+            slot.close()
+            raise
+
+    async def open_stream(self, request: ChatRequest, slot: contextlib.ExitStack) -> AsyncIterator[str]:
+        pieces = self.vqa.to_async.stream(request)
+        buffer = ""
+        while "\n" not in buffer:  # the header line may arrive split or joined with the first piece
+            try:
+                buffer += await from_runner(anext(pieces), self.settings.retry_after_s)
+            except StopAsyncIteration:
+                raise runner_unavailable(RuntimeError("the VQA stream ended before its header"),
+                                         self.settings.retry_after_s) from None
+        header, _, rest = buffer.partition("\n")
+        error = json.loads(header).get("error")
+        if error:
+            await pieces.aclose()  # type: ignore[attr-defined]
+            raise_failure(error)
+        return self.held(rest, pieces, slot, request.request_id)
+
+    async def held(self, first: str, pieces: AsyncIterator[str], slot: contextlib.ExitStack,
+                   request_id: str) -> AsyncIterator[str]:
+        """The answer's pieces, then the slot back. A client that leaves early (the response task is
+        cancelled) cancels the runner's generation by name: closing the runner stream alone does not
+        reach it reliably, as its cleanup is cancelled too."""
+        finished = False
+        try:
+            if first:
+                yield first
+            async for piece in pieces:
+                yield piece
+            finished = True
+        finally:
+            slot.close()
+            if not finished:
+                with anyio.CancelScope(shield=True):
+                    await self.cancel_stream(request_id)
+
+    async def cancel_stream(self, request_id: str) -> None:
+        try:
+            await asyncio.wait_for(self.vqa.to_async.cancel(request_id), timeout=5)
+        except Exception as exc:  # noqa: BLE001 - the runner is gone: nothing runs to stop
+            log.warning("could not cancel VQA stream %s: %r", request_id, exc)
 
     async def chat_completion(self, request: Request) -> Response:
         """POST /v1/chat/completions: an OpenAI chat body -> a completion, or server-sent events."""
         body = parse_json(await request.body())
-        fields = openai.parse_chat(body, self.settings.vqa_max_images, self.settings.vqa_max_new_tokens_cap)
+        fields = openai.parse_chat(body, self.settings.vqa_max_images, self.settings.vqa_max_new_tokens_cap,
+                                   self.settings.vqa_max_text_chars)
         self.require_enabled()
-        chat = ChatRequest(**{k: v for k, v in fields.items() if k != "stream"})
+        chat = ChatRequest(**{k: v for k, v in fields.items() if k != "stream"}, deadline=self.deadline())
         if fields["stream"]:
-            return StreamingResponse(self.in_slot(self.chat_events(chat)), media_type="text/event-stream")
+            pieces = await self.stream(chat)
+            return StreamingResponse(self.chat_events(pieces), media_type="text/event-stream")
         result = await self.generate(chat, request.url.path)
         return JSONResponse(openai.completion(self.model_id, result))
 
-    async def chat_events(self, chat: ChatRequest) -> AsyncIterator[str]:
+    async def chat_events(self, pieces: AsyncIterator[str]) -> AsyncIterator[str]:
         chat_id = f"chatcmpl-{uuid.uuid4().hex}"
-        yield openai.chunk(chat_id, self.model_id, {"role": "assistant", "content": ""})
-        async for piece in self.vqa.to_async.stream(chat):
-            if piece:
-                yield openai.chunk(chat_id, self.model_id, {"content": piece})
-        yield openai.chunk(chat_id, self.model_id, {}, finish="stop")
-        yield "data: [DONE]\n\n"
+        try:
+            yield openai.chunk(chat_id, self.model_id, {"role": "assistant", "content": ""})
+            async for piece in pieces:
+                if piece:
+                    yield openai.chunk(chat_id, self.model_id, {"content": piece})
+            yield openai.chunk(chat_id, self.model_id, {}, finish="stop")
+            yield "data: [DONE]\n\n"
+        finally:
+            with anyio.CancelScope(shield=True):  # a client that left: cancel the runner's generation
+                await pieces.aclose()  # type: ignore[attr-defined]
+
+
+def raise_failure(error: dict[str, Any] | None) -> None:
+    """The runner's per-request error (see runners.vlm_service.ChatResult) as the ApiError it is."""
+    if error:
+        raise ApiError(int(error["status"]), str(error["code"]), str(error["message"]))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import logging
 import threading
+import time
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,11 @@ Quantization = Literal["4bit", "8bit", "none"]
 QUANTIZATIONS: tuple[str, ...] = ("4bit", "8bit", "none")
 # qwen-vl-utils samples at least this many frames from a video file (when it has them).
 MIN_VIDEO_FRAMES = 4
+# The Qwen processors refuse images and frames whose long side is more than this many times the short one
+# (qwen_vl_utils.vision_process.MAX_RATIO, transformers' Qwen2-VL smart_resize).
+MAX_ASPECT_RATIO = 200
+# Processor outputs with one row per item and one column per token: left-padded when items are batched.
+SEQUENCE_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids", "token_type_ids")
 
 Message = dict[str, Any]
 Conversation = list[Message]
@@ -58,6 +64,38 @@ class Generation:
     prompt_tokens: int
     completion_tokens: int
     finish_reason: Literal["stop", "length"]
+
+
+class ItemError(Exception):
+    """One item of a batch could not be answered; the other items of its batch are unaffected.
+
+    `status` says whose fault it was: 400 its input (the message names the cause), 500 the model failed on
+    this item alone, 504 its deadline passed before the answer was complete.
+    """
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+def bad_input(message: str) -> ItemError:
+    return ItemError(400, "invalid_argument", message)
+
+
+def deadline_passed() -> ItemError:
+    return ItemError(504, "timeout", "the answer was not complete before the request's deadline")
+
+
+def past(deadline: float | None) -> bool:
+    """Whether a deadline (a time.time() value; None: none) has passed."""
+    return deadline is not None and time.time() > deadline
+
+
+def ratio_text(ratio: float) -> str:
+    """250.0 -> "250", 233.33 -> "233.3": an aspect ratio as a message shows it."""
+    return f"{ratio:.1f}".removesuffix(".0")
 
 
 def item_messages(item: VQAItem) -> Conversation:
@@ -244,33 +282,51 @@ class VisionLanguageModel:
         max_new_tokens: int | None = None,
         temperature: float = 0.0,
         top_p: float | None = None,
+        deadline: float | None = None,
     ) -> Generator[str, None, None]:
-        """Like chat_batch for one conversation, yielding text pieces as they are generated."""
-        from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+        """Like chat_batch for one conversation, yielding text pieces as they are generated. A bad input
+        raises its own exception at the first next(); see start_stream for an eager check."""
+        try:
+            pieces = self.start_stream(conversation, max_new_tokens, temperature, top_p, deadline)
+        except ItemError as exc:
+            raise own_error(exc) from None
+        yield from pieces
 
+    def start_stream(
+        self,
+        conversation: Conversation,
+        max_new_tokens: int | None = None,
+        temperature: float = 0.0,
+        top_p: float | None = None,
+        deadline: float | None = None,
+        cancelled: threading.Event | None = None,
+    ) -> Generator[str, None, None]:
+        """Prepare `conversation` now (ItemError 400 for a bad input, 504 past `deadline`) and return the
+        generator of its answer's pieces. Generation stops when that generator is closed, `cancelled` is
+        set (from any thread) or the deadline passes (the pieces then just end)."""
         limit = self.new_token_limit(max_new_tokens)
-        inputs = self.build_inputs([conversation])
+        if past(deadline):
+            raise deadline_passed()
+        inputs = self.prepare_item(conversation).to(self.model.device)
+        return self._stream_pieces(inputs, limit, temperature, top_p, deadline, cancelled or threading.Event())
+
+    def _stream_pieces(
+        self, inputs: Any, limit: int, temperature: float, top_p: float | None, deadline: float | None,
+        cancelled: threading.Event,
+    ) -> Generator[str, None, None]:
+        from transformers import StoppingCriteriaList, TextIteratorStreamer
+
         prompt_tokens = int(inputs["attention_mask"][0].sum())
         streamer = TextIteratorStreamer(
             self.tokenizer, skip_prompt=True, skip_special_tokens=True, clean_up_tokenization_spaces=False
         )
-        cancelled = threading.Event()
-
-        class Cancelled(StoppingCriteria):
-            def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
-                import torch
-
-                return torch.full((input_ids.shape[0],), cancelled.is_set(), dtype=torch.bool,
-                                  device=input_ids.device)
-
+        stop = row_stop([deadline], [limit], inputs["input_ids"].shape[1], cancelled)
         outcome: dict[str, Any] = {}
 
         def run() -> None:
             try:
-                outcome["output"] = self._generate(
-                    inputs, limit, temperature, top_p,
-                    streamer=streamer, stopping_criteria=StoppingCriteriaList([Cancelled()]),
-                )
+                outcome["output"] = self._generate(inputs, limit, temperature, top_p, streamer=streamer,
+                                                   stopping_criteria=StoppingCriteriaList([stop]))
             except BaseException as exc:  # noqa: BLE001 - re-raised in the consumer's thread
                 outcome["error"] = exc
                 streamer.end()
@@ -280,12 +336,14 @@ class VisionLanguageModel:
         try:
             yield from streamer
         finally:
-            cancelled.set()
+            cancelled.set()  # the consumer closed the generator or the pieces ended: stop generating
             thread.join()
         if "error" in outcome:
             raise outcome["error"]
         generated = outcome["output"][0, inputs["input_ids"].shape[1]:]
         self.token_counts = [(prompt_tokens, self._finish(generated.tolist(), limit)[1])]
+        if 0 in stop.tripped:
+            log.warning("a streamed answer was cut (its deadline passed or it was cancelled)")
 
     def generate(
         self,
@@ -298,27 +356,59 @@ class VisionLanguageModel:
 
         `max_new_tokens` is one limit for all or one per conversation (None: VQA_MAX_NEW_TOKENS), each capped
         at VQA_MAX_NEW_TOKENS_CAP. temperature 0 is greedy; above 0 samples (top_p default 1.0).
+        Raises the first failed item's own exception; generate_each answers each item on its own.
         """
-        if not conversations:
-            return []
+        results = self.generate_each(conversations, max_new_tokens, temperature, top_p)
+        for result in results:
+            if isinstance(result, ItemError):
+                raise own_error(result)
+        return cast("list[Generation]", results)
+
+    def generate_each(
+        self,
+        conversations: Sequence[Conversation],
+        max_new_tokens: int | None | Sequence[int | None] = None,
+        temperature: float = 0.0,
+        top_p: float | None = None,
+        deadlines: Sequence[float | None] | None = None,
+    ) -> list[Generation | ItemError]:
+        """As generate, but each item is answered on its own: a Generation, or the ItemError of an item
+        that failed (its input refused, the model failing on it alone, its deadline passed). The other
+        items get the answers they would get alone.
+
+        Each item is prepared (decoded, checked, run through the processor) by itself; the prepared
+        items run as one batch; if that batch raises, each item runs alone so only the culprit fails.
+        A row whose deadline (a time.time() value) passes stops generating at the next token.
+        """
+        limits = self.token_limits(max_new_tokens, len(conversations))
+        deadlines = list(deadlines) if deadlines is not None else [None] * len(conversations)
+        if len(deadlines) != len(conversations):
+            raise ValueError("deadlines needs one value per conversation")
+        results: list[Generation | ItemError | None] = [None] * len(conversations)
+        ready: dict[int, Any] = {}
+        for index, conversation in enumerate(conversations):
+            try:
+                if past(deadlines[index]):
+                    raise deadline_passed()
+                ready[index] = self.prepare_item(conversation)
+            except ItemError as exc:
+                results[index] = exc
+        rows = list(ready)
+        answers = self._run_rows([ready[i] for i in rows], [limits[i] for i in rows],
+                                 [deadlines[i] for i in rows], temperature, top_p)
+        for index, answer in zip(rows, answers, strict=True):
+            results[index] = answer
+        done = cast("list[Generation | ItemError]", results)
+        self.token_counts = [(r.prompt_tokens, r.completion_tokens) if isinstance(r, Generation) else (0, 0)
+                             for r in done]
+        return done
+
+    def token_limits(self, max_new_tokens: int | None | Sequence[int | None], count: int) -> list[int]:
         if max_new_tokens is None or isinstance(max_new_tokens, int):
-            limits = [self.new_token_limit(max_new_tokens)] * len(conversations)
-        else:
-            if len(max_new_tokens) != len(conversations):
-                raise ValueError("max_new_tokens needs one value per conversation")
-            limits = [self.new_token_limit(n) for n in max_new_tokens]
-        inputs = self.build_inputs(conversations)
-        output = self._generate(inputs, max(limits), temperature, top_p)
-        start = inputs["input_ids"].shape[1]  # left padding: every row's prompt ends here
-        results = []
-        for row, limit in enumerate(limits):
-            tokens = output[row, start:].tolist()[:limit]
-            kept, count, reason = self._finish(tokens, limit)
-            text = self.tokenizer.decode(kept, skip_special_tokens=True, clean_up_tokenization_spaces=False)
-            prompt = int(inputs["attention_mask"][row].sum())
-            results.append(Generation(text=text, prompt_tokens=prompt, completion_tokens=count, finish_reason=reason))
-        self.token_counts = [(g.prompt_tokens, g.completion_tokens) for g in results]
-        return results
+            return [self.new_token_limit(max_new_tokens)] * count
+        if len(max_new_tokens) != count:
+            raise ValueError("max_new_tokens needs one value per conversation")
+        return [self.new_token_limit(n) for n in max_new_tokens]
 
     def new_token_limit(self, requested: int | None) -> int:
         value = self.settings.vqa_max_new_tokens if requested is None else int(requested)
@@ -326,18 +416,60 @@ class VisionLanguageModel:
             raise ValueError(f"max_new_tokens must be at least 1, got {value}")
         return min(value, self.settings.vqa_max_new_tokens_cap)
 
+    def prepare_item(self, conversation: Conversation) -> Any:
+        """One conversation's processor inputs (on the CPU), or ItemError: 400 naming what in the input
+        was refused (a special token in its text, an image shape the processor refuses, a bad video, ...),
+        500 for anything unexpected."""
+        import av
+
+        try:
+            prepared = self._prepare(conversation)
+            self.check_text(prepared)
+            check_shapes(prepared)
+            return self.processor_inputs([prepared])
+        except ItemError:
+            raise
+        except (ValueError, TypeError, OSError, EOFError, av.FFmpegError) as exc:
+            raise bad_input(f"the model's processor refused the input: {exc}") from exc
+        except Exception as exc:
+            log.exception("preparing a VQA item failed")
+            raise ItemError(500, "internal_error", "preparing the input failed inside the server") from exc
+
+    def check_text(self, conversation: Conversation) -> None:
+        """Refuse text holding one of the tokenizer's added tokens (<|im_start|>, <|vision_start|>,
+        <|image_pad|>, ...): they would forge chat turns or vision placeholders the processor then
+        refuses or, worse, reads as real."""
+        tokens = self.added_tokens()
+        for message in conversation:
+            for text in message_texts(message):
+                found = [(text.find(token), token) for token in tokens if token in text]
+                if found:
+                    raise bad_input(f"text: {min(found)[1]!r} is a special token of the model and may not appear "
+                                    "in a question or message")
+
+    def added_tokens(self) -> list[str]:
+        """Every added token of the tokenizer (all Qwen's special and control tokens)."""
+        if not hasattr(self, "_added_tokens"):
+            decoder = self.tokenizer.added_tokens_decoder
+            self._added_tokens = sorted({str(token) for token in decoder.values() if str(token)})
+        return self._added_tokens
+
     def build_inputs(self, conversations: Sequence[Conversation]) -> Any:
         """The processor's left-padded batch (a BatchFeature on the model's device) for `conversations`."""
+        prepared = [self._prepare(conversation) for conversation in conversations]
+        return self.processor_inputs(prepared).to(self.model.device)
+
+    def processor_inputs(self, prepared: Sequence[Conversation]) -> Any:
+        """The processor's left-padded batch (on the CPU) for conversations already through _prepare."""
         from qwen_vl_utils import process_vision_info
 
-        prepared = [self._prepare(conversation) for conversation in conversations]
         texts = [
             self.processor.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
             for conversation in prepared
         ]
         patch = int(getattr(self.processor.image_processor, "patch_size", 14))
         images, videos, _ = process_vision_info(
-            prepared, return_video_kwargs=True, return_video_metadata=True, image_patch_size=patch
+            list(prepared), return_video_kwargs=True, return_video_metadata=True, image_patch_size=patch
         )
         images_kwargs: dict[str, Any] = {}
         videos_kwargs: dict[str, Any] = {}
@@ -360,7 +492,67 @@ class VisionLanguageModel:
         with self._processor_lock:  # a fast tokenizer may raise "Already borrowed" when shared across threads
             inputs = self.processor(text=texts, images=images or None, padding=True, return_tensors="pt", **kwargs)
         inputs.pop("video_metadata", None)
-        return inputs.to(self.model.device)
+        return inputs
+
+    def collate(self, items: Sequence[Any]) -> Any:
+        """One left-padded batch from single-item processor outputs: what the processor makes of the
+        items together (token rows padded on the left as the tokenizer pads, vision tensors concatenated
+        in item order)."""
+        import torch
+        from transformers import BatchFeature
+
+        if len(items) == 1:
+            return items[0]
+        width = max(int(item["input_ids"].shape[1]) for item in items)
+        keys = list(dict.fromkeys(key for item in items for key in item))
+        data: dict[str, Any] = {}
+        for key in keys:
+            values = [item[key] for item in items if key in item]
+            if key in SEQUENCE_KEYS:
+                pad = self.tokenizer.pad_token_id if key == "input_ids" else 0
+                values = [torch.nn.functional.pad(v, (width - v.shape[1], 0), value=pad) for v in values]
+            data[key] = torch.cat(values) if isinstance(values[0], torch.Tensor) else sum(values, [])
+        return BatchFeature(data=data)
+
+    def _run_rows(
+        self, items: list[Any], limits: list[int], deadlines: list[float | None], temperature: float,
+        top_p: float | None,
+    ) -> list[Generation | ItemError]:
+        """Generate for prepared items as one batch; if the batch raises, each item alone."""
+        if not items:
+            return []
+        try:
+            return self._run_batch(items, limits, deadlines, temperature, top_p)
+        except Exception as exc:
+            if len(items) == 1:
+                log.exception("generating a VQA answer failed")
+                return [ItemError(500, "internal_error", "the model failed on this request")]
+            log.warning("a batch of %d failed (%r): running each item alone", len(items), exc)
+        return [self._run_rows([item], [limit], [deadline], temperature, top_p)[0]
+                for item, limit, deadline in zip(items, limits, deadlines, strict=True)]
+
+    def _run_batch(
+        self, items: list[Any], limits: list[int], deadlines: list[float | None], temperature: float,
+        top_p: float | None,
+    ) -> list[Generation | ItemError]:
+        from transformers import StoppingCriteriaList
+
+        inputs = self.collate(items).to(self.model.device)
+        start = inputs["input_ids"].shape[1]  # left padding: every row's prompt ends here
+        stop = row_stop(deadlines, limits, start)
+        output = self._generate(inputs, max(limits), temperature, top_p,
+                                stopping_criteria=StoppingCriteriaList([stop]))
+        results: list[Generation | ItemError] = []
+        for row, limit in enumerate(limits):
+            tokens = output[row, start:].tolist()[:limit]
+            kept, count, reason = self._finish(tokens, limit)
+            if stop.cut_short(row, count, reason, limit):
+                results.append(deadline_passed())
+                continue
+            text = self.tokenizer.decode(kept, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+            prompt = int(inputs["attention_mask"][row].sum())
+            results.append(Generation(text=text, prompt_tokens=prompt, completion_tokens=count, finish_reason=reason))
+        return results
 
     # ------------------------------------------------------------------------------------------ helpers
 
@@ -444,6 +636,69 @@ class VisionLanguageModel:
         return kept, len(kept), "length"
 
 
+def own_error(failure: ItemError) -> BaseException:
+    """The exception a plain caller sees for a failed item: the one that caused it, when there is one."""
+    cause = failure.__cause__
+    return cause if isinstance(cause, Exception) else failure
+
+
+def message_texts(message: Message) -> list[str]:
+    """The text of one Qwen message: its string content, or its text parts."""
+    content = message.get("content")
+    if isinstance(content, str):
+        return [content]
+    if not isinstance(content, list):
+        return []
+    return [part["text"] for part in content if isinstance(part, dict) and isinstance(part.get("text"), str)]
+
+
+def check_shapes(conversation: Conversation) -> None:
+    """Refuse, naming the cause, images and video frames the Qwen processor cannot resize."""
+    for message in conversation:
+        content = message.get("content")
+        for part in content if isinstance(content, list) else []:
+            if isinstance(part.get("image"), Image.Image):
+                check_aspect("image", part["image"].size)
+            elif isinstance(part.get("video"), list) and part["video"]:
+                check_aspect("video", part["video"][0].size)
+
+
+def check_aspect(kind: str, size: tuple[int, int]) -> None:
+    ratio = max(size) / max(min(size), 1)
+    if ratio > MAX_ASPECT_RATIO:
+        raise bad_input(f"{kind}: aspect ratio {ratio_text(ratio)}:1 is over {MAX_ASPECT_RATIO}:1")
+
+
+def row_stop(
+    deadlines: Sequence[float | None], limits: Sequence[int], start: int, cancelled: threading.Event | None = None
+) -> Any:
+    """A transformers StoppingCriteria that stops each row at its own token limit (generate runs to the
+    largest) and each row whose deadline has passed (every row once `cancelled` is set), remembering how
+    many tokens a row had generated when its deadline stopped it."""
+    import torch
+    from transformers import StoppingCriteria
+
+    class RowStop(StoppingCriteria):
+        def __init__(self) -> None:
+            self.tripped: dict[int, int] = {}  # row -> tokens generated when its deadline stopped it
+
+        def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+            now, generated = time.time(), input_ids.shape[1] - start
+            late = [bool(cancelled and cancelled.is_set()) or (d is not None and now > d) for d in deadlines]
+            for row, stopped in enumerate(late):
+                if stopped:
+                    self.tripped.setdefault(row, generated)
+            stop = [stopped or generated >= limit for stopped, limit in zip(late, limits, strict=True)]
+            return torch.tensor(stop, dtype=torch.bool, device=input_ids.device)
+
+        def cut_short(self, row: int, count: int, reason: str, limit: int) -> bool:
+            """Whether `row` was stopped before it ended by itself (an end token or its token limit)."""
+            at = self.tripped.get(row)
+            return at is not None and not ((reason == "stop" and count <= at) or limit <= at)
+
+    return RowStop()
+
+
 def as_rgb(frame: Any) -> Image.Image:
     """A video frame as an RGB PIL image (PIL images and HxWxC uint8 arrays are accepted)."""
     if isinstance(frame, Image.Image):
@@ -471,4 +726,4 @@ def bitsandbytes_config(quantization: str, compute_dtype: Any) -> Any:
     return BitsAndBytesConfig(load_in_8bit=True)
 
 
-__all__ = ["Generation", "Quantization", "VQAItem", "VisionLanguageModel", "item_messages", "read_video"]
+__all__ = ["Generation", "ItemError", "Quantization", "VQAItem", "VisionLanguageModel", "item_messages", "read_video"]

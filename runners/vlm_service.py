@@ -6,11 +6,12 @@ them, so nothing large is pickled between processes.
 
 from __future__ import annotations
 
+import json
 import logging
 import tempfile
 import threading
-from collections.abc import Generator, Iterator
-from contextlib import contextmanager
+import uuid
+from collections.abc import Generator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,9 +21,10 @@ from pydantic import BaseModel, Field
 
 from config import get_settings
 from core.bentoml_compat import NO_RECYCLE
-from core.images import load_image
+from core.images import BadImage, load_image
 from core.telemetry import observe_batch
 from runners.device import gpu_memory
+from runners.vlm import ItemError
 
 if TYPE_CHECKING:
     from runners.vlm import VisionLanguageModel
@@ -34,26 +36,35 @@ SETTINGS = get_settings()
 class ChatRequest(BaseModel):
     """One conversation to continue. Messages are Qwen-format: {"role", "content": str | [parts]} where a
     part is {"type": "text", "text"}, {"type": "image", "image": <encoded bytes>} or
-    {"type": "video", "video": <encoded bytes>, "suffix": ".mp4"}."""
+    {"type": "video", "video": <encoded bytes>, "suffix": ".mp4"}. `deadline` (a time.time() value) is
+    when the caller stops waiting: generation for it stops then."""
 
     messages: list[dict[str, Any]]
     max_new_tokens: int | None = Field(default=None, ge=1)
     temperature: float = Field(default=0.0, ge=0.0, le=2.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    deadline: float | None = None
+    request_id: str = Field(default_factory=lambda: uuid.uuid4().hex)  # names a stream to cancel()
 
 
 class ChatResult(BaseModel):
-    text: str
-    prompt_tokens: int
-    completion_tokens: int
-    finish_reason: str
+    """One answer, or (`error` set: {"status", "code", "message"}) why this request alone got none."""
+
+    text: str = ""
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    finish_reason: str = ""
+    error: dict[str, Any] | None = None
 
 
-@contextmanager
-def decoded(requests: list[ChatRequest]) -> Iterator[list[list[dict[str, Any]]]]:
-    """Qwen conversations with PIL images and temporary video files (removed afterwards)."""
-    with tempfile.TemporaryDirectory(prefix="vqa-") as tmp:
-        yield [[decode_message(m, Path(tmp)) for m in request.messages] for request in requests]
+def failure(exc: ItemError) -> dict[str, Any]:
+    return {"status": exc.status, "code": exc.code, "message": exc.message}
+
+
+def stream_header(error: dict[str, Any] | None) -> str:
+    """The first piece of every stream: one JSON line saying whether the answer follows (error null)
+    or the request was refused (its error), so the API can answer a 4xx before its own 200 starts."""
+    return json.dumps({"error": error}) + "\n"
 
 
 def decode_message(message: dict[str, Any], tmp: Path) -> dict[str, Any]:
@@ -72,6 +83,16 @@ def decode_message(message: dict[str, Any], tmp: Path) -> dict[str, Any]:
     return {**message, "content": parts}
 
 
+def decode_request(request: ChatRequest, tmp: Path) -> list[dict[str, Any]]:
+    """One request's Qwen conversation (PIL images, video files under `tmp`), or ItemError 400."""
+    try:
+        return [decode_message(message, tmp) for message in request.messages]
+    except BadImage as exc:
+        raise ItemError(400, "invalid_argument", f"image: {exc}") from exc
+    except (ValueError, TypeError, AttributeError, OSError) as exc:
+        raise ItemError(400, "invalid_argument", f"the request could not be decoded: {exc}") from exc
+
+
 @bentoml.service(
     name="vqa_runner",
     workers=1,
@@ -87,6 +108,7 @@ class VQARunner:
         self.calls = 0  # generate() calls, to show batching at work in /health
         self.items = 0
         self.counter_lock = threading.Lock()
+        self.streams: dict[str, threading.Event] = {}  # request_id -> its stream's cancellation
         self.model: VisionLanguageModel | None = None
         if not SETTINGS.vqa_enabled:
             log.info("VQA_ENABLED=false: no VQA model loaded")
@@ -105,30 +127,68 @@ class VQARunner:
     @bentoml.api(batchable=True, max_batch_size=SETTINGS.vqa_max_batch_size,
                  max_latency_ms=SETTINGS.vqa_max_latency_ms)
     def generate(self, requests: list[ChatRequest]) -> list[ChatResult]:
-        """Answer a batch; requests with the same sampling settings run as one padded batch."""
+        """Answer a batch, each request on its own: one that fails gets its own error in its ChatResult
+        and the others the answers they would get alone. Requests with the same sampling settings run
+        as one padded batch."""
         observe_batch("vqa", "generate", len(requests))
         results: dict[int, ChatResult] = {}
         groups: dict[tuple[float, float | None], list[int]] = {}
         for index, request in enumerate(requests):
             groups.setdefault((request.temperature, request.top_p), []).append(index)
         for (temperature, top_p), indexes in groups.items():
-            chosen = [requests[i] for i in indexes]
-            with decoded(chosen) as conversations:
-                out = self.loaded().generate(conversations, [r.max_new_tokens for r in chosen], temperature, top_p)
-            with self.counter_lock:
-                self.calls += 1
-                self.items += len(chosen)
-            for i, gen in zip(indexes, out, strict=True):
-                results[i] = ChatResult(text=gen.text, prompt_tokens=gen.prompt_tokens,
-                                        completion_tokens=gen.completion_tokens, finish_reason=gen.finish_reason)
+            results.update(zip(indexes, self.generate_group([requests[i] for i in indexes], temperature, top_p),
+                               strict=True))
         return [results[i] for i in range(len(requests))]
+
+    def generate_group(self, requests: list[ChatRequest], temperature: float, top_p: float | None) -> list[ChatResult]:
+        model = self.loaded()
+        with tempfile.TemporaryDirectory(prefix="vqa-") as tmp:
+            decoded: dict[int, Any] = {}
+            answers: dict[int, Any] = {}
+            for index, request in enumerate(requests):
+                try:
+                    decoded[index] = decode_request(request, Path(tmp))
+                except ItemError as exc:
+                    answers[index] = exc
+            chosen = [requests[i] for i in decoded]
+            out = model.generate_each(list(decoded.values()), [r.max_new_tokens for r in chosen], temperature,
+                                      top_p, [r.deadline for r in chosen])
+            answers.update(zip(decoded, out, strict=True))
+        with self.counter_lock:
+            self.calls += 1
+            self.items += len(chosen)
+        return [as_result(answers[i]) for i in range(len(requests))]
 
     @bentoml.api
     def stream(self, request: ChatRequest) -> Generator[str, None, None]:
-        """The answer piece by piece as it is generated."""
-        with decoded([request]) as conversations:
-            yield from self.loaded().stream_chat(conversations[0], request.max_new_tokens, request.temperature,
-                                              request.top_p)
+        """A header line (see stream_header), then the answer piece by piece as it is generated.
+        Generation stops at the request's deadline, or when cancel(request_id) is called."""
+        model = self.loaded()
+        cancelled = self.streams[request.request_id] = threading.Event()
+        try:
+            with tempfile.TemporaryDirectory(prefix="vqa-") as tmp:  # videos are decoded while preparing
+                try:
+                    conversation = decode_request(request, Path(tmp))
+                    pieces = model.start_stream(conversation, request.max_new_tokens, request.temperature,
+                                                request.top_p, request.deadline, cancelled)
+                except ItemError as exc:
+                    yield stream_header(failure(exc))
+                    return
+            yield stream_header(None)
+            try:
+                yield from pieces
+            finally:
+                pieces.close()
+        finally:
+            self.streams.pop(request.request_id, None)
+
+    @bentoml.api
+    async def cancel(self, request_id: str) -> bool:
+        """Stop generating for the stream of `request_id` (its caller has gone); False when none runs."""
+        cancelled = self.streams.get(request_id)
+        if cancelled is not None:
+            cancelled.set()
+        return cancelled is not None
 
     @bentoml.api
     def info(self) -> dict:
@@ -138,3 +198,10 @@ class VQARunner:
         return {"model_id": self.model.model_id, "device": self.model.device,
                 "quantization": self.model.quantization, "generate_calls": self.calls,
                 "generated_items": self.items, **gpu_memory(self.model.device)}
+
+
+def as_result(answer: Any) -> ChatResult:
+    if isinstance(answer, ItemError):
+        return ChatResult(error=failure(answer))
+    return ChatResult(text=answer.text, prompt_tokens=answer.prompt_tokens,
+                      completion_tokens=answer.completion_tokens, finish_reason=answer.finish_reason)

@@ -15,6 +15,7 @@ from api.openai import parse_chat
 
 MAX_IMAGES = 2  # VQA_MAX_IMAGES, small here
 CAP = 512  # VQA_MAX_NEW_TOKENS_CAP
+MAX_TEXT = 16_000  # VQA_MAX_TEXT_CHARS
 
 
 def png_bytes(size: int = 8) -> bytes:
@@ -43,7 +44,7 @@ def chat(*messages: dict[str, Any], **fields: Any) -> dict[str, Any]:
 
 
 def parse(body: Any) -> dict[str, Any]:
-    return parse_chat(body, MAX_IMAGES, CAP)
+    return parse_chat(body, MAX_IMAGES, CAP, MAX_TEXT)
 
 
 def refusal(body: Any) -> str:

@@ -24,7 +24,8 @@ WEBM = b"\x1a\x45\xdf\xa3" + b"\x00" * 16
 
 
 class FakeVqa:
-    """The VQA runner's client: answers "red", streams "re" + "d"; `gate` holds a stream open."""
+    """The VQA runner's client: answers "red", streams its header line, "re" + "d"; `gate` holds a
+    stream open."""
 
     def __init__(self) -> None:
         self.to_async = self
@@ -38,6 +39,7 @@ class FakeVqa:
 
     async def stream(self, request: Any) -> AsyncIterator[str]:
         self.requests.append(request)
+        yield '{"error": null}\n'
         yield "re"
         await self.gate.wait()
         yield "d"
@@ -133,14 +135,14 @@ def test_admission_answers_503_vqa_busy_at_capacity(library: Library, tmp_path: 
     request = requests.build("q", upload(tmp_path, png_bytes()), None, None, None)
 
     async def scenario() -> None:
-        stream = requests.stream(request)  # takes the one slot now, holds it until the stream ends
+        stream = await requests.stream(request)  # takes the one slot now, holds it until the stream ends
         assert await anext(stream) == "re"
         with pytest.raises(ApiError) as caught:
             await requests.generate(request, "/vqa")
         assert (caught.value.status, caught.value.code, caught.value.headers) == (503, "vqa_busy",
                                                                                   {"Retry-After": "3"})
         with pytest.raises(ApiError):
-            requests.stream(request)
+            await requests.stream(request)
         runner.gate.set()
         assert [piece async for piece in stream] == ["d"]
         assert requests.in_flight == 0  # the stream's end gave its slot back
