@@ -246,10 +246,12 @@ def search_pages(query: Callable[[int, int], list[Hit]], limit: int, offset: int
 
 
 def best_per_content(hits: list[Hit]) -> list[Hit]:
-    """The first (best) hit of each content_hash, in order; hits without a hash are all kept."""
+    """The first (best) hit of each content_hash, in order; hits without a hash are all kept. Equal
+    scores (identical copies have identical vectors) are ordered by path first, so the copy kept, and
+    so every page, is the same whatever number of hits the engine was asked for."""
     seen: set[str] = set()
     out = []
-    for hit in hits:
+    for hit in sorted(hits, key=lambda h: (-h.score, str(h.payload.get("path", h.id)))):
         key = str(hit.payload.get("content_hash") or f"id:{hit.id}")
         if key not in seen:
             seen.add(key)
