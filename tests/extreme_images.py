@@ -1,5 +1,5 @@
 """Images of extreme shapes and modes, as bytes, for the image fault catalogue
-(tests/unit/test_faults_images.py, tests/integration/test_faults_images.py).
+(tests/unit/test_faults_images.py, tests/integration/test_faults_images_served.py).
 
 CASES maps a name to (file suffix, bytes, what loading it must do): None = decoded, else a piece of
 the BadImage message. The 16,000 x 16,000 PNGs are written row by row through zlib, so making them
