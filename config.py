@@ -66,6 +66,9 @@ class Settings(BaseSettings):
     public_metrics: bool = False  # /metrics without the API key
     public_docs: bool = False  # /docs.json and the Swagger UI without the API key
     max_upload_mb: float = Field(default=20.0, gt=0)
+    # Decoding an image (width x height x bytes a pixel for its mode, and its RGB copy) may take at most
+    # this much memory; over it, JPEGs decode at a reduced scale and anything else answers 400 (core/images.py).
+    image_max_decode_mb: float = Field(default=200.0, gt=0)
     max_concurrency: int = Field(default=64, ge=1)  # requests in flight in the API; more get 429
     vqa_max_queue: int = Field(default=32, ge=1)  # VQA requests in flight; more get 503
     request_timeout_s: float = Field(default=110.0, gt=0)  # 504 past this (before the first byte)

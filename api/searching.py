@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from api.errors import ApiError, bad_request, not_found
@@ -22,7 +23,7 @@ from api.runner_calls import from_runner
 from api.search import SearchPage, result_item
 from api.store_calls import StoreCalls
 from config import Settings
-from core.images import DRAFT_SIZE, BadImage, load_image
+from core.images import DRAFT_SIZE, BadImage, clip_view, load_image
 from core.library import Library, NotInLibrary
 from store.base import point_id
 
@@ -42,6 +43,14 @@ def query_text(text: str, max_chars: int) -> str:
     if len(query) > max_chars:
         raise bad_request(f"text_query is longer than {max_chars} characters")
     return query
+
+
+def encoded(vector: Any, field: str) -> Any:
+    """The runner's vector for one query; a NaN row means the model could not encode this input
+    (the runner logged why), which the caller caused: 400, not a runner failure."""
+    if not np.all(np.isfinite(np.asarray(vector, dtype=np.float32))):
+        raise bad_request(f"{field}: the CLIP model could not encode it")
+    return vector
 
 
 class Searching:
@@ -93,7 +102,7 @@ class Searching:
     async def by_text(self, query: str, top_k: int, page: SearchPage, include_image: bool | str) -> list[Any]:
         await self.check_index()
         vectors = await from_runner(self.clip.to_async.encode_texts([query]), self.settings.retry_after_s)
-        return await self.ranked(vectors[0], top_k, page, include_image)
+        return await self.ranked(encoded(vectors[0], "text_query"), top_k, page, include_image)
 
     async def by_image_id(self, rel: str, top_k: int, page: SearchPage, include_image: bool | str) -> list[Any]:
         await self.check_index()
@@ -120,8 +129,9 @@ class Searching:
             image, _, _ = await self.off_loop(decode_upload, upload)
         except BadImage as exc:
             raise bad_request(f"image: {exc}") from exc
-        vectors = await from_runner(self.clip.to_async.encode_images([image]), self.settings.retry_after_s)
-        return vectors[0]
+        # The runner applies clip_view too; doing it here keeps what travels to the runner small.
+        vectors = await from_runner(self.clip.to_async.encode_images([clip_view(image)]), self.settings.retry_after_s)
+        return encoded(vectors[0], "image")
 
     async def ranked(self, vector: Any, top_k: int, page: SearchPage, include_image: bool | str) -> list[Any]:
         hits = await self.store.run(self.store.store.search, vector, top_k, page.where, page.offset, page.dedup)

@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 
 from config import Settings, get_settings
-from indexer.pipeline import ImageEncoder, Indexer, Options, Summary
+from indexer.pipeline import ImageEncoder, Indexer, Options, Summary, encode_each
 from store import open_store
 from store.base import CollectionInfo, ModelMismatchError, StoreError, StoreLockedError
 
@@ -63,6 +63,12 @@ class LazyEncoder:
         if self.encoder is None:
             self.encoder = self.load()
         return self.encoder.encode_images(images)
+
+    def encode_images_each(self, images: list[Image.Image]) -> tuple[np.ndarray, list[str | None]]:
+        """The real encoder's per-image isolation (with reasons), as indexer.pipeline.encode_each uses it."""
+        if self.encoder is None:
+            self.encoder = self.load()
+        return encode_each(self.encoder, images)
 
 
 def library_problem(library: Path) -> str | None:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from PIL import Image
 
-from core.images import BadImage, load_image
+from core.images import BadImage, clip_view, load_image
 from indexer.scan import FileEntry
 
 
@@ -52,7 +52,10 @@ def decode_entry(
     if needs_image is not None and not needs_image(entry, result.content_hash):
         return result
     try:
-        result.image, result.width, result.height = load_image(data, draft_size)
+        image, result.width, result.height = load_image(data, draft_size)
     except BadImage as exc:
         result.error = str(exc)
+        return result
+    # Only CLIP's view waits in the embed batch: bounded whatever the file's shape (core/images.py).
+    result.image = clip_view(image)
     return result

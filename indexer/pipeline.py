@@ -18,6 +18,7 @@ from core.images import DRAFT_SIZE
 from indexer.decode import Decoded, decode_entry
 from indexer.plan import Plan, make_plan
 from indexer.scan import FileEntry, scan_library
+from runners.clip import encode_isolated
 from store.base import Point, VectorStore, folders_of, point_id
 
 log = logging.getLogger(__name__)
@@ -175,10 +176,16 @@ class Indexer:
         batch, self.to_embed = self.to_embed, []
         if not batch:
             return
-        vectors = self.timed("embed", self.encoder.encode_images, [d.image for d in batch])
-        points = [self.point(d, vec, d.width, d.height) for d, vec in zip(batch, vectors, strict=True)]
+        vectors, reasons = self.timed("embed", encode_each, self.encoder, [d.image for d in batch])
+        points, written = [], []
+        for item, vector, reason in zip(batch, vectors, reasons, strict=True):
+            if reason is None and np.all(np.isfinite(vector)):
+                points.append(self.point(item, vector, item.width, item.height))
+                written.append(item)
+            else:  # listed; its batch-mates are written as if it were not there
+                self.take(Decoded(item.entry, item.content_hash, error=f"cannot embed: {reason or 'no vector'}"))
         self.timed("write", self.store.upsert, points)
-        for item in batch:
+        for item in written:
             self.count_write(item, same_content=False)
 
     def flush_reuse(self) -> None:
@@ -220,6 +227,16 @@ class Indexer:
             "folders": folders_of(entry.rel_path),
         }
         return Point(point_id(entry.rel_path), np.asarray(vector, dtype=np.float32), payload)
+
+
+def encode_each(encoder: ImageEncoder, images: list[Image.Image]) -> tuple[np.ndarray, list[str | None]]:
+    """Vectors and per-image failure reasons: the encoder's own isolation when it has one
+    (ClipEncoder.encode_images_each gives the reasons), else a failing batch is retried image by image."""
+    each = getattr(encoder, "encode_images_each", None)
+    if each is not None:
+        vectors, reasons = each(images)
+        return vectors, reasons
+    return encode_isolated(encoder.encode_images, images, encoder.dim)
 
 
 class _NoBar:

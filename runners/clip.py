@@ -3,7 +3,8 @@ runners/clip_service.py wraps it in the BentoML runner service)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -11,12 +12,19 @@ import numpy as np
 from PIL import Image
 
 from config import Settings, get_settings
-from core.images import to_rgb
+from core.images import clip_view, to_rgb
 from runners.device import pick_device
 from runners.hub import resolve_model
 
 if TYPE_CHECKING:
     import torch
+
+log = logging.getLogger(__name__)
+
+# Errors an input can cause (a processor or tokenizer refusing it). An item failing alone with one of
+# these gets its own error; anything else (out of memory, a broken device) is the runner's trouble
+# and propagates.
+INPUT_ERRORS = (ArithmeticError, LookupError, OSError, TypeError, ValueError)
 
 
 def features(output: Any) -> torch.Tensor:
@@ -49,28 +57,82 @@ class ClipEncoder:
         return cls(str(folder), settings.device, model_id=model_id_of(settings.clip_model, folder))
 
     def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """One unit vector a row; the row of an image that cannot be encoded is NaN (its reason logged)."""
+        vectors, reasons = self.encode_images_each(images)
+        log_failures("image", reasons)
+        return vectors
+
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """One unit vector a row; the row of a text that cannot be encoded is NaN (its reason logged)."""
+        vectors, reasons = self.encode_texts_each(texts)
+        log_failures("text", reasons)
+        return vectors
+
+    def encode_images_each(self, images: Sequence[Image.Image]) -> tuple[np.ndarray, list[str | None]]:
+        """The vectors, and for each image None or why it could not be encoded (its row is NaN)."""
+        return encode_isolated(self.image_batch, list(images), self.dim)
+
+    def encode_texts_each(self, texts: Sequence[str]) -> tuple[np.ndarray, list[str | None]]:
+        return encode_isolated(self.text_batch, list(texts), self.dim)
+
+    def image_batch(self, images: list[Image.Image]) -> np.ndarray:
         import torch
 
-        if not images:
-            return np.zeros((0, self.dim), dtype=np.float32)
-        rgb = [img if img.mode == "RGB" else to_rgb(img) for img in images]
-        inputs = self.processor(images=rgb, return_tensors="pt").to(self.device)
+        # clip_view bounds what the processor's resize costs, whatever the image's shape.
+        views = [clip_view(img if img.mode == "RGB" else to_rgb(img)) for img in images]
+        inputs = self.processor(images=views, return_tensors="pt").to(self.device)
         with torch.inference_mode():
             out = features(self.model.get_image_features(pixel_values=inputs["pixel_values"].to(self.model.dtype)))
         return normalise(out)
 
-    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+    def text_batch(self, texts: list[str]) -> np.ndarray:
         import torch
 
-        if not texts:
-            return np.zeros((0, self.dim), dtype=np.float32)
         inputs = self.processor(
-            text=list(texts), padding=True, truncation=True, max_length=min(self.max_text_tokens, 512),
+            text=texts, padding=True, truncation=True, max_length=min(self.max_text_tokens, 512),
             return_tensors="pt",
         ).to(self.device)
         with torch.inference_mode():
             out = features(self.model.get_text_features(**inputs))
         return normalise(out)
+
+
+def encode_isolated(
+    encode: Callable[[list], np.ndarray], items: list, dim: int
+) -> tuple[np.ndarray, list[str | None]]:
+    """Encode `items` in one call; if that call fails, each item alone, so an item that fails gets a
+    NaN row and its reason while every other item gets the vector it gets alone. Only INPUT_ERRORS
+    are an item's own; any other error of an item alone propagates."""
+    if not items:
+        return np.zeros((0, dim), dtype=np.float32), []
+    try:
+        return encode(items), [None] * len(items)
+    except Exception as exc:  # noqa: BLE001 - retried item by item below
+        if len(items) == 1:
+            return failed_alone(exc, dim)
+    rows: list[np.ndarray] = []
+    reasons: list[str | None] = []
+    for item in items:
+        try:
+            rows.append(encode([item])[0])
+            reasons.append(None)
+        except Exception as exc:  # noqa: BLE001 - failed_alone re-raises what is not the item's fault
+            row, reason = failed_alone(exc, dim)
+            rows.append(row[0])
+            reasons.append(reason[0])
+    return np.stack(rows).astype(np.float32), reasons
+
+
+def failed_alone(exc: Exception, dim: int) -> tuple[np.ndarray, list[str | None]]:
+    if not isinstance(exc, INPUT_ERRORS):
+        raise exc
+    return np.full((1, dim), np.nan, dtype=np.float32), [f"{type(exc).__name__}: {exc}"[:300]]
+
+
+def log_failures(kind: str, reasons: list[str | None]) -> None:
+    for index, reason in enumerate(reasons):
+        if reason is not None:
+            log.warning("CLIP could not encode %s %d of a batch of %d: %s", kind, index, len(reasons), reason)
 
 
 def model_id_of(model: str, folder: Path | None = None) -> str:

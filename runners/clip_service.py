@@ -43,6 +43,8 @@ class ClipRunner:
     def __is_ready__(self) -> bool:
         return self.encoder is not None
 
+    # Batched calls hold several requests: a text or image that cannot be encoded gets a NaN row (the
+    # service answers its request 400) and the others the vectors they get alone (ClipEncoder).
     @bentoml.api(**BATCHING)
     def encode_texts(self, texts: list[str]) -> np.ndarray:
         assert self.encoder is not None

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 from PIL import Image
 
 from config import Settings, get_settings
+from core.images import BadImage, check_aspect
 from runners.device import pick_device
 from runners.hub import resolve_model
 
@@ -91,11 +92,6 @@ def deadline_passed() -> ItemError:
 def past(deadline: float | None) -> bool:
     """Whether a deadline (a time.time() value; None: none) has passed."""
     return deadline is not None and time.time() > deadline
-
-
-def ratio_text(ratio: float) -> str:
-    """250.0 -> "250", 233.33 -> "233.3": an aspect ratio as a message shows it."""
-    return f"{ratio:.1f}".removesuffix(".0")
 
 
 def item_messages(item: VQAItem) -> Conversation:
@@ -658,15 +654,17 @@ def check_shapes(conversation: Conversation) -> None:
         content = message.get("content")
         for part in content if isinstance(content, list) else []:
             if isinstance(part.get("image"), Image.Image):
-                check_aspect("image", part["image"].size)
+                refuse_aspect("image", part["image"])
             elif isinstance(part.get("video"), list) and part["video"]:
-                check_aspect("video", part["video"][0].size)
+                refuse_aspect("video", part["video"][0])
 
 
-def check_aspect(kind: str, size: tuple[int, int]) -> None:
-    ratio = max(size) / max(min(size), 1)
-    if ratio > MAX_ASPECT_RATIO:
-        raise bad_input(f"{kind}: aspect ratio {ratio_text(ratio)}:1 is over {MAX_ASPECT_RATIO}:1")
+def refuse_aspect(kind: str, image: Image.Image) -> None:
+    """The one aspect rule (core/images.check_aspect) as this item's 400."""
+    try:
+        check_aspect(image, MAX_ASPECT_RATIO)
+    except BadImage as exc:
+        raise bad_input(f"{kind}: {exc}") from None
 
 
 def row_stop(
