@@ -51,7 +51,9 @@ class Settings(BaseSettings):
     vqa_enabled: bool = True  # false: the VQA runner loads no model and VQA endpoints answer 503
     vqa_quantization: Literal["4bit", "8bit", "none"] = "4bit"
     vqa_min_pixels: int | None = Field(default=None, ge=1)
-    vqa_max_pixels: int | None = Field(default=None, ge=1)
+    # Pixels per image or video frame at most: caps the model's own bound (Qwen2.5-VL's allows 12.8 M, ~15k
+    # visual tokens for a phone photo); 1280*28*28 is Qwen's suggested balance. 0: the model's own bound.
+    vqa_max_pixels: int = Field(default=1280 * 28 * 28, ge=0)
     vqa_max_new_tokens: int = Field(default=512, ge=1)
     vqa_max_new_tokens_cap: int = Field(default=2048, ge=1)
     vqa_video_fps: float = Field(default=1.0, gt=0)

@@ -199,7 +199,7 @@ class VisionLanguageModel:
             raise ValueError(f"quantization must be one of {QUANTIZATIONS}, got {quantization!r}")
         self.quantization: Quantization = quantization
         self.min_pixels = settings.vqa_min_pixels
-        self.max_pixels = settings.vqa_max_pixels
+        self.max_pixels = settings.vqa_max_pixels or None  # 0: the model's own bound
         if self.min_pixels is not None and self.max_pixels is not None and self.min_pixels > self.max_pixels:
             raise ValueError(f"VQA_MIN_PIXELS={self.min_pixels} > VQA_MAX_PIXELS={self.max_pixels}")
 
@@ -470,7 +470,7 @@ class VisionLanguageModel:
         images_kwargs: dict[str, Any] = {}
         videos_kwargs: dict[str, Any] = {}
         if self.min_pixels is not None or self.max_pixels is not None:
-            # VQA_MIN/MAX_PIXELS, only when set (else the processor's own config applies), per modality.
+            # VQA_MIN/MAX_PIXELS (else the processor's own config applies), per modality.
             low, high = self.pixel_bounds("image")
             images_kwargs["size"] = {"shortest_edge": low, "longest_edge": high}
             low, high = self.pixel_bounds("video")
@@ -553,11 +553,13 @@ class VisionLanguageModel:
     # ------------------------------------------------------------------------------------------ helpers
 
     def pixel_bounds(self, kind: Literal["image", "video"]) -> tuple[int, int]:
-        """(min_pixels, max_pixels) per image or video frame: the settings, else the processor's config."""
+        """(min_pixels, max_pixels) per image or video frame: VQA_MIN_PIXELS, else the processor's own;
+        the processor's own maximum capped at VQA_MAX_PIXELS (never raised past what the model allows)."""
         proc = self.processor.image_processor if kind == "image" else self.processor.video_processor
         size = proc.size
         low = self.min_pixels or size_value(size, "shortest_edge") or 56 * 56
-        high = self.max_pixels or size_value(size, "longest_edge") or 28 * 28 * 1280
+        own = size_value(size, "longest_edge") or 28 * 28 * 1280
+        high = min(own, self.max_pixels) if self.max_pixels else own
         return min(low, high), high
 
     def _prepare(self, conversation: Conversation) -> Conversation:

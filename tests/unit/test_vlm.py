@@ -213,6 +213,20 @@ def test_min_max_pixels_bound_visual_tokens(vlm: VisionLanguageModel, tiny_qwen_
     assert image_tokens(wide, small) == 16
 
 
+def test_vqa_max_pixels_caps_the_models_own_bound_and_zero_restores_it(tiny_qwen_dir: Path) -> None:
+    """The default budget (1280*28*28, Qwen's suggestion for photos) caps the processor's own maximum and
+    never raises it (the tiny model's own is 112x112); a lower budget wins; 0 is the model's own bound."""
+    assert Settings(_env_file=None).vqa_max_pixels == 1280 * 28 * 28  # type: ignore[call-arg]
+    default = VisionLanguageModel(tiny_qwen_dir, settings(tiny_qwen_dir))
+    assert default.pixel_bounds("image") == (56 * 56, 112 * 112)
+    lower = VisionLanguageModel(tiny_qwen_dir, settings(tiny_qwen_dir, vqa_max_pixels=56 * 56))
+    assert lower.pixel_bounds("image") == (56 * 56, 56 * 56) and lower.pixel_bounds("video")[1] == 56 * 56
+    big = draw_image("circle", "orange", 224, FRESH + 402)
+    assert image_tokens(lower, big) == 4 < image_tokens(default, big) == 16
+    own = VisionLanguageModel(tiny_qwen_dir, settings(tiny_qwen_dir, vqa_max_pixels=0))
+    assert own.pixel_bounds("image") == (56 * 56, 112 * 112)
+
+
 def test_multi_turn_chat(vlm: VisionLanguageModel) -> None:
     (s1, c1, img1), (s2, c2, img2) = fresh_cases(2, seed=7)
     first: list[dict[str, Any]] = [{"role": "user", "content": [{"type": "image", "image": img1},
