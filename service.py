@@ -160,7 +160,7 @@ class MultimodalServer:
         max_new_tokens: Annotated[int | None, Field(ge=1, le=SETTINGS.vqa_max_new_tokens_cap)] = None,
     ) -> dict[str, Any]:
         """Answer a question about an uploaded image, a library image (`image_id`) or a short video."""
-        request = self.vqa_requests.build(question, image, video, image_id, max_new_tokens)
+        request = await self.vqa_requests.prepare(question, image, video, image_id, max_new_tokens)
         result = await self.vqa_requests.generate(request, "/vqa")
         return {"status": "success", "question": question, "answer": result["text"]}
 
@@ -175,7 +175,7 @@ class MultimodalServer:
         max_new_tokens: Annotated[int | None, Field(ge=1, le=SETTINGS.vqa_max_new_tokens_cap)] = None,
     ) -> str:
         """As /vqa, but the answer comes as plain text chunks while it is generated."""
-        request = self.vqa_requests.build(question, image, video, image_id, max_new_tokens)
+        request = await self.vqa_requests.prepare(question, image, video, image_id, max_new_tokens)
         pieces = await self.vqa_requests.stream(request)  # a refused request raises here, before the 200
         return StreamingResponse(pieces, media_type="text/plain; charset=utf-8")  # type: ignore[return-value]
 

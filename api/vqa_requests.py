@@ -66,6 +66,12 @@ class VqaRequests:
         if not self.settings.vqa_enabled:
             raise ApiError(503, "vqa_disabled", VQA_DISABLED)
 
+    async def prepare(self, question: str, image: Path | None, video: Path | None, image_id: str | None,
+                      max_new_tokens: int | None) -> ChatRequest:
+        """build() on a worker thread: reading and validating an upload (decoding a 12-MP photo takes
+        a fraction of a second) must not hold the event loop."""
+        return await asyncio.to_thread(self.build, question, image, video, image_id, max_new_tokens)
+
     def build(self, question: str, image: Path | None, video: Path | None, image_id: str | None,
               max_new_tokens: int | None) -> ChatRequest:
         """The ChatRequest of a /vqa or /vqa/stream call (400 for bad input, 404 for an image_id the
@@ -180,9 +186,7 @@ class VqaRequests:
 
     async def chat_completion(self, request: Request) -> Response:
         """POST /v1/chat/completions: an OpenAI chat body -> a completion, or server-sent events."""
-        body = parse_json(await request.body())
-        fields = openai.parse_chat(body, self.settings.vqa_max_images, self.settings.vqa_max_new_tokens_cap,
-                                   self.settings.vqa_max_text_chars)
+        fields = await asyncio.to_thread(self.chat_fields, await request.body())
         self.require_enabled()
         chat = ChatRequest(**{k: v for k, v in fields.items() if k != "stream"}, deadline=self.deadline())
         if fields["stream"]:
@@ -190,6 +194,12 @@ class VqaRequests:
             return StreamingResponse(self.chat_events(pieces), media_type="text/event-stream")
         result = await self.generate(chat, request.url.path)
         return JSONResponse(openai.completion(self.model_id, result))
+
+    def chat_fields(self, raw: bytes) -> dict[str, Any]:
+        """Parse and check a chat body, its data-URL images decoded to validate them (on a worker thread:
+        a body can be MBs of base64)."""
+        return openai.parse_chat(parse_json(raw), self.settings.vqa_max_images, self.settings.vqa_max_new_tokens_cap,
+                                 self.settings.vqa_max_text_chars)
 
     async def chat_events(self, pieces: AsyncIterator[str]) -> AsyncIterator[str]:
         chat_id = f"chatcmpl-{uuid.uuid4().hex}"

@@ -193,3 +193,26 @@ def test_chat_stream_sends_openai_events(library: Library) -> None:
     deltas = [json.loads(event.removeprefix("data: "))["choices"][0]["delta"] for event in sent[:-1]]
     assert deltas == [{"role": "assistant", "content": ""}, {"content": "re"}, {"content": "d"}, {}]
     assert requests.in_flight == 0
+
+
+def test_uploads_are_read_and_decoded_off_the_event_loop(library: Library, tmp_path: Path) -> None:
+    """prepare() runs build() (read the upload, decode it to validate) on a worker thread."""
+    import threading
+
+    requests, _ = vqa(library)
+    seen: list[str] = []
+    build = requests.build
+
+    def spy(*args: Any) -> Any:
+        seen.append(threading.current_thread().name)
+        return build(*args)
+
+    requests.build = spy  # type: ignore[method-assign]
+
+    async def run() -> tuple[Any, str]:
+        built = await requests.prepare("q", upload(tmp_path, png_bytes()), None, None, None)
+        return built, threading.current_thread().name
+
+    built, loop_thread = asyncio.run(run())
+    assert built.messages[0]["content"][1] == {"type": "text", "text": "q"}
+    assert seen and all(name != loop_thread for name in seen)
