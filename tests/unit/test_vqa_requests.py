@@ -207,7 +207,7 @@ def test_uploads_are_read_and_decoded_off_the_event_loop(library: Library, tmp_p
         seen.append(threading.current_thread().name)
         return build(*args)
 
-    requests.build = spy  # type: ignore[method-assign]
+    requests.build = spy  # type: ignore[method-assign,assignment]
 
     async def run() -> tuple[Any, str]:
         built = await requests.prepare("q", upload(tmp_path, png_bytes()), None, None, None)
