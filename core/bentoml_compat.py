@@ -35,6 +35,12 @@ class Workaround:
 # limits from the runner's `runner_connection` config, so the local socket session is never recycled.
 NO_RECYCLE: dict[str, Any] = {"max_requests": 2**31 - 1, "max_age": 1e9}
 
+
+def runner_options(timeout_s: int) -> dict[str, Any]:
+    """The `@bentoml.service` options both model runners share: one worker (each holds its model),
+    BentoML's request timeout, and NO_RECYCLE."""
+    return {"workers": 1, "traffic": {"timeout": timeout_s}, "runner_connection": NO_RECYCLE}
+
 # An optional upload. BentoML turns an upload into a Path (FileSchema) only for a plain `Path`
 # annotation: `Path | None` is listed as a file field but skips the conversion (every upload is a 400),
 # and `Optional[Path]` fails at import ("Unable to infer the input spec"). So the parameter is `Path`

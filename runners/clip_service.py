@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image
 
 from config import get_settings
-from core.bentoml_compat import NO_RECYCLE
+from core.bentoml_compat import runner_options
 from core.telemetry import observe_batch
 from runners.clip import ClipEncoder
 from runners.device import gpu_memory
@@ -26,12 +26,7 @@ BATCHING: dict[str, Any] = (
     if SETTINGS.clip_adaptive_batching else {})
 
 
-@bentoml.service(
-    name="clip_runner",
-    workers=1,
-    traffic={"timeout": SETTINGS.service_timeout_s},
-    runner_connection=NO_RECYCLE,
-)
+@bentoml.service(name="clip_runner", **runner_options(SETTINGS.service_timeout_s))
 class ClipRunner:
     """Adaptive-batching runner around ClipEncoder. Loads the model when the worker starts."""
 

@@ -20,7 +20,7 @@ from bentoml.exceptions import ServiceUnavailable
 from pydantic import BaseModel, Field
 
 from config import get_settings
-from core.bentoml_compat import NO_RECYCLE
+from core.bentoml_compat import runner_options
 from core.images import BadImage, load_image
 from core.telemetry import observe_batch
 from runners.device import gpu_memory
@@ -93,12 +93,7 @@ def decode_request(request: ChatRequest, tmp: Path) -> list[dict[str, Any]]:
         raise ItemError(400, "invalid_argument", f"the request could not be decoded: {exc}") from exc
 
 
-@bentoml.service(
-    name="vqa_runner",
-    workers=1,
-    traffic={"timeout": SETTINGS.service_timeout_s},
-    runner_connection=NO_RECYCLE,
-)
+@bentoml.service(name="vqa_runner", **runner_options(SETTINGS.service_timeout_s))
 class VQARunner:
     """Adaptive-batching runner around VisionLanguageModel. Loads the model when the worker starts."""
 

@@ -341,3 +341,13 @@ def test_core_telemetry_imports_prometheus_client_on_first_use() -> None:
     code = "import sys, core.telemetry; print('prometheus_client' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=30)
     assert done.stdout.strip() == "False", done.stderr
+
+
+def test_both_runners_carry_the_shared_runner_options() -> None:
+    """runner_options() is what both model runners are declared with (NO_RECYCLE included)."""
+    from runners.clip_service import ClipRunner
+    from runners.vlm_service import VQARunner
+
+    for runner in (ClipRunner, VQARunner):
+        config: Any = runner.config
+        assert config["runner_connection"] == NO_RECYCLE and config["workers"] == 1
