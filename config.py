@@ -41,6 +41,8 @@ class Settings(BaseSettings):
     # Indexer
     index_batch_size: int = Field(default=32, ge=1, le=4096)
     index_workers: int = Field(default=4, ge=1, le=64)
+    watch_interval_s: float = Field(default=2.0, gt=0)  # `--watch`: how often the library is listed
+    watch_settle_s: float = Field(default=2.0, ge=0)  # `--watch`: a file unchanged this long is indexed
 
     # CLIP runner (adaptive batching)
     clip_adaptive_batching: bool = True  # false: one encode call per request (for comparison)

@@ -35,6 +35,9 @@ def parse_args(argv: list[str] | None, settings: Settings) -> argparse.Namespace
                         help="decode threads (INDEX_WORKERS=%(default)s)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+    parser.add_argument("--watch", action="store_true",
+                        help="keep running: index files as they are added, changed, moved or removed "
+                             "(WATCH_INTERVAL_S, WATCH_SETTLE_S); SIGTERM or Ctrl-C ends it")
     return parser.parse_args(argv)
 
 
@@ -110,7 +113,7 @@ def run(argv: list[str] | None = None) -> int:
     settings = get_settings()
     args = parse_args(argv, settings)
     problem = library_problem(args.library)
-    if problem:
+    if problem and not args.watch:  # watch mode waits for a library that is not mounted yet
         print(f"error: image library {args.library} {problem} (set IMAGE_LIBRARY or --library)", file=sys.stderr)
         return 2
     from runners.hub import ModelNotFoundError, resolve_model
@@ -132,6 +135,15 @@ def run(argv: list[str] | None = None) -> int:
         encoder = LazyEncoder(model_id, info.dim, load) if info and not args.recreate else load()
         store.ensure_collection(encoder.model_id, encoder.dim, recreate=args.recreate)
         options = Options(batch_size=args.batch_size, workers=args.workers, progress=not args.no_progress)
+        if args.watch:
+            from indexer.watch import watch_until_signal
+
+            try:
+                watch_until_signal(store, encoder, args.library, options, settings.watch_interval_s,
+                                   settings.watch_settle_s)
+            finally:
+                store.close()
+            return 0
         summary = Indexer(store, encoder, options).run(args.library)
         store.close()
     except (ModelMismatchError, ModelNotFoundError, StoreLockedError) as exc:  # exit 2, as the README says

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Collection, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -54,6 +54,10 @@ class Options:
     workers: int = 4
     draft_size: int | None = DRAFT_SIZE  # JPEGs decode at a reduced scale no smaller than this
     progress: bool = True
+    # Watch mode (indexer/watch.py): a run that finds no file while the collection holds points takes
+    # the library for an unmounted one and removes nothing; `stop` asked between batches ends it early.
+    keep_if_empty: bool = False
+    stop: Callable[[], bool] | None = None
 
 
 class Indexer:
@@ -69,22 +73,29 @@ class Indexer:
         self.delete_ids: list[str] = []
         self.timer: dict[str, float] = {}
 
-    def run(self, root: Path) -> Summary:
+    def run(self, root: Path, hold: Collection[str] = ()) -> Summary:
+        """`hold`: library names left as they are, neither indexed nor removed (watch mode's files
+        still being written)."""
         unreadable: list[tuple[str, str]] = []
         refused: list[tuple[str, str]] = []  # image files the library rule refuses (core/library.py)
         entries = self.timed("scan", scan_library, Path(root), unreadable, refused)
+        entries = [entry for entry in entries if entry.rel_path not in hold]
         self.summary.scanned = len(entries) + len(refused)
+        payloads = self.timed("plan", lambda: dict(self.store.payloads()))
+        if self.options.keep_if_empty and payloads and not (entries or refused or unreadable or hold):
+            unreadable.append((".", "the library holds no files (not mounted?): its points are kept"))
         for folder, reason in unreadable:  # reported; the points under it are kept
             self.fail(folder + "/", reason)
         for name, reason in refused:  # reported; skipped like a missing file
             self.fail(name, reason)
-        payloads = self.timed("plan", lambda: dict(self.store.payloads()))
-        plan = make_plan(entries, payloads, self.encoder.model_id, [folder for folder, _ in unreadable])
+        plan = make_plan(entries, payloads, self.encoder.model_id, [folder for folder, _ in unreadable], hold)
         self.plan = plan
         self.summary.unchanged = len(plan.unchanged)
         self.timed("write", self.add_missing_fields, plan)
         for decoded in self.decoded(plan.check):
             self.take(decoded)
+            if self.options.stop is not None and self.options.stop():
+                break  # what was decoded is still written below: no batch is left half done
         self.flush_reuse()  # may hand files back to embedding, so it goes first
         self.flush_embed()
         self.delete_ids += plan.stale_ids

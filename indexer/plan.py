@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,8 +37,9 @@ def in_folder(rel_path: str, folder: str) -> bool:
 
 
 def make_plan(entries: list[FileEntry], payloads: dict[str, dict[str, Any]], model_id: str,
-              unreadable: list[str] | None = None) -> Plan:
-    """`unreadable`: library-relative folders that could not be listed; their points are kept as they are."""
+              unreadable: list[str] | None = None, hold: Collection[str] = ()) -> Plan:
+    """`unreadable`: library-relative folders that could not be listed; their points are kept as they are.
+    `hold`: library names whose points are kept as they are (files still being written)."""
     plan = Plan(existing=payloads)
     plan.by_hash = {p["content_hash"]: pid for pid, p in sorted(payloads.items()) if p.get("content_hash")}
     on_disk = set()
@@ -52,5 +54,6 @@ def make_plan(entries: list[FileEntry], payloads: dict[str, dict[str, Any]], mod
     gone = set(payloads) - on_disk
     if unreadable:  # a point under a folder that could not be listed may still have its file
         gone = {pid for pid in gone if not any(in_folder(str(payloads[pid].get("path", "")), f) for f in unreadable)}
+    gone -= {point_id(name) for name in hold}
     plan.stale_ids = sorted(gone)
     return plan

@@ -349,5 +349,5 @@ def test_both_runners_carry_the_shared_runner_options() -> None:
     from runners.vlm_service import VQARunner
 
     for runner in (ClipRunner, VQARunner):
-        config: Any = runner.config
+        config: Any = getattr(runner, "config")  # noqa: B009 - a BentoML service attribute mypy cannot see
         assert config["runner_connection"] == NO_RECYCLE and config["workers"] == 1
