@@ -77,7 +77,7 @@ def rankings(encoder: ClipEncoder, library: list[Image.Image], queries: list[Ima
     return np.concatenate([top1(encoder.encode_images(queries), items), top1(encoder.encode_texts(TEXTS), items)])
 
 
-def timed(encoders: dict[str, ClipEncoder], pixels: np.ndarray, rounds: int) -> dict[str, dict[str, float]]:
+def timed(encoders: dict[str, ClipEncoder], pixels: np.ndarray, rounds: int) -> dict[str, dict[str, Any]]:
     """Rounds interleave the backends (one batch and a few queries each per round), so load from other jobs
     on the machine falls on all of them alike; the median round counts."""
     for encoder in encoders.values():  # warm-up
@@ -92,8 +92,9 @@ def timed(encoders: dict[str, ClipEncoder], pixels: np.ndarray, rounds: int) -> 
             latencies[name].append(text_latency(encoder, per_round[r % 2:] + per_round[: r % 2]))
         print(f"round {r + 1}: " + ", ".join(f"{n} {rates[n][-1]:.1f} img/s {latencies[n][-1]:.0f} ms"
                                              for n in encoders), flush=True)
-    return {name: {"img_s": statistics.median(rates[name]), "ms_query": statistics.median(latencies[name])}
-            for name in encoders}
+    return {name: {"img_s": statistics.median(rates[name]), "ms_query": statistics.median(latencies[name]),
+                   "img_range": (min(rates[name]), max(rates[name])),
+                   "ms_range": (min(latencies[name]), max(latencies[name]))} for name in encoders}
 
 
 def main() -> None:
@@ -128,8 +129,10 @@ def main() -> None:
     rows = []
     for name, r in results.items():
         agree = float(np.mean(r["top1"] == base["top1"]))
-        rows.append(f"| {name} | {r['img_s']:.1f} | {r['img_s'] / base['img_s']:.2f}x | {r['ms_query']:.1f} | "
-                    f"{base['ms_query'] / r['ms_query']:.2f}x | {agree:.1%} | {exports.get(name, '-')} |")
+        rows.append(f"| {name} | {r['img_s']:.1f} ({r['img_range'][0]:.1f}-{r['img_range'][1]:.1f}) | "
+                    f"{r['img_s'] / base['img_s']:.2f}x | {r['ms_query']:.0f} ({r['ms_range'][0]:.0f}-"
+                    f"{r['ms_range'][1]:.0f}) | {base['ms_query'] / r['ms_query']:.2f}x | {agree:.1%} | "
+                    f"{exports.get(name, '-')} |")
     cpu = f"{os.cpu_count()} CPUs"
     body = "\n".join([
         HEADING, "",
@@ -138,8 +141,10 @@ def main() -> None:
         "size from its published config, random weights. Image tower at batch 16 (224 px pixel values in), text "
         f"tower one query at a time; top-1 agreement with PyTorch fp32 over {len(base['top1'])} hard queries "
         "(near-duplicate noisy scenes, and texts against them). `auto` on CPU is `onnx` (fp32); `onnx-int8` "
-        "is opt-in.", "",
-        "| backend | image img/s | vs torch | text ms/query | vs torch | top-1 agreement | export |",
+        "is opt-in. In brackets: the slowest and fastest round; PyTorch's text latency swings widely when other "
+        "jobs hold the cores (its OpenMP threads wait on each other), so its text ratio is the least reliable "
+        "figure here.", "",
+        "| backend | image img/s (range) | vs torch | text ms/query (range) | vs torch | top-1 agreement | export |",
         "|---|---|---|---|---|---|---|", *rows,
     ])
     print(body)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -25,6 +26,14 @@ LIBRARY_SEED = 8_000_000  # never seen in training (0..47) nor by test_clip.py (
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("clip-backends")
+
+
+@pytest.fixture(scope="module")
+def onnx_cache(tiny_clip_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A cache holding one fp32 export, copied by tests that damage it."""
+    folder = tmp_path_factory.mktemp("onnx-cache")
+    ClipEncoder(str(tiny_clip_dir), "cpu", backend="onnx", backend_cache=folder)
+    return folder
 
 
 @pytest.fixture(scope="module")
@@ -104,9 +113,9 @@ def test_cache_is_reused(
 
 @pytest.mark.parametrize("damage", ["garbage model", "truncated model", "drifted reference", "no marker"])
 def test_damaged_cache_is_exported_again(
-    damage: str, tiny_clip_dir: Path, tmp_path: Path, torch_encoder: ClipEncoder
+    damage: str, tiny_clip_dir: Path, tmp_path: Path, onnx_cache: Path, torch_encoder: ClipEncoder
 ) -> None:
-    ClipEncoder(str(tiny_clip_dir), "cpu", backend="onnx", backend_cache=tmp_path)
+    shutil.copytree(onnx_cache, tmp_path, dirs_exist_ok=True)
     folder = next(tmp_path.glob("*/onnx"))
     if damage == "garbage model":
         (folder / "image.onnx").write_bytes(b"not an onnx model")
