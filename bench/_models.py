@@ -56,3 +56,36 @@ def build_qwen(folder: Path, hidden: int = 512, layers: int = 8) -> Path:
     AutoProcessor.from_pretrained(tiny).save_pretrained(folder)
     (folder / "done").write_text("ok\n")
     return folder
+
+
+# Chinese-CLIP ViT-B/16 (OFA-Sys/chinese-clip-vit-base-patch16, its published config.json): a 12 x 768 ViT at
+# 224 px with 16 px patches and a 12 x 768 Chinese RoBERTa-wwm text tower, 512-d vectors.
+CHINESE_CLIP_VIT_B16: dict[str, Any] = {
+    "projection_dim": 512,
+    "text_config": {"vocab_size": 21128, "hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
+                    "intermediate_size": 3072, "max_position_embeddings": 512, "type_vocab_size": 2,
+                    "hidden_act": "gelu", "pad_token_id": 0},
+    "vision_config": {"image_size": 224, "patch_size": 16, "hidden_size": 768, "num_hidden_layers": 12,
+                      "num_attention_heads": 12, "intermediate_size": 3072, "projection_dim": 512,
+                      "hidden_act": "quick_gelu"},
+}
+
+
+def build_real_clip(folder: Path) -> Path:
+    """Chinese-CLIP ViT-B/16 at real size with random weights (speed does not depend on their values), with
+    the tiny test model's tokenizer (its ids are a subset of the real vocabulary) and image processor set to
+    224 px. Built once per folder (a `done` marker)."""
+    if (folder / "done").exists():
+        return folder
+    import torch
+    from fixtures.make_tiny_clip import build_processor, save
+    from transformers import ChineseCLIPConfig, ChineseCLIPModel
+
+    torch.manual_seed(0)
+    processor = build_processor()
+    image = processor.image_processor
+    image.size, image.crop_size = {"shortest_edge": 224}, {"height": 224, "width": 224}
+    config = ChineseCLIPConfig(**CHINESE_CLIP_VIT_B16)
+    save(ChineseCLIPModel(config).eval(), processor, folder)
+    (folder / "done").write_text("ok\n")
+    return folder

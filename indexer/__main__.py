@@ -116,7 +116,8 @@ def run(argv: list[str] | None = None) -> int:
     if problem and not args.watch:  # watch mode waits for a library that is not mounted yet
         print(f"error: image library {args.library} {problem} (set IMAGE_LIBRARY or --library)", file=sys.stderr)
         return 2
-    from runners.hub import ModelNotFoundError, resolve_model
+    from runners.clip_backends import BackendRefused
+    from runners.hub import ModelNotFoundError
 
     try:
         store = open_store(settings)
@@ -126,10 +127,8 @@ def run(argv: list[str] | None = None) -> int:
         model_id = model_id_of(settings.clip_model)
         check_model(info, model_id, args.recreate)
 
-        def load() -> ClipEncoder:
-            folder = resolve_model(settings.clip_model, settings.model_source, settings.model_cache_dir,
-                                   "CLIP_MODEL")
-            return ClipEncoder(str(folder), settings.device, model_id=model_id)
+        def load() -> ClipEncoder:  # as the CLIP runner loads it: same model, same CLIP_BACKEND
+            return ClipEncoder.from_settings(settings)
 
         # The model (seconds to import and load) is loaded only once a file needs embedding.
         encoder = LazyEncoder(model_id, info.dim, load) if info and not args.recreate else load()
@@ -146,7 +145,8 @@ def run(argv: list[str] | None = None) -> int:
             return 0
         summary = Indexer(store, encoder, options).run(args.library)
         store.close()
-    except (ModelMismatchError, ModelNotFoundError, StoreLockedError) as exc:  # exit 2, as the README says
+    # exit 2, as the README says (BackendRefused: an explicit CLIP_BACKEND that cannot be used)
+    except (ModelMismatchError, ModelNotFoundError, StoreLockedError, BackendRefused) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except StoreError as exc:

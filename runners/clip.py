@@ -6,18 +6,18 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
 from config import Settings, get_settings
 from core.images import clip_view, to_rgb
+from runners.clip_backends import Bounds, Request, features, open_backend, unit
 from runners.device import pick_device
 from runners.hub import resolve_model
 
-if TYPE_CHECKING:
-    import torch
+__all__ = ["ClipEncoder", "features", "model_id_of"]
 
 log = logging.getLogger(__name__)
 
@@ -27,34 +27,63 @@ log = logging.getLogger(__name__)
 INPUT_ERRORS = (ArithmeticError, LookupError, OSError, TypeError, ValueError)
 
 
-def features(output: Any) -> torch.Tensor:
-    """transformers may return a tensor or an output object holding `pooler_output`."""
-    return output if not hasattr(output, "pooler_output") else output.pooler_output
-
-
 class ClipEncoder:
-    """Encodes images and texts to L2-normalised float32 vectors with ChineseCLIPModel."""
+    """Encodes images and texts to L2-normalised float32 vectors with ChineseCLIPModel, through a backend
+    (runners/clip_backends.py: PyTorch, or the same model exported to ONNX Runtime)."""
 
-    def __init__(self, model_dir: str, device: str = "auto", model_id: str | None = None) -> None:
-        import torch
-        from transformers import AutoProcessor, ChineseCLIPModel
+    def __init__(self, model_dir: str, device: str = "auto", model_id: str | None = None,
+                 backend: str = "torch", backend_cache: Path | None = None, bounds: Bounds | None = None) -> None:
+        from transformers import AutoConfig, AutoProcessor
 
+        self.model_dir = Path(model_dir)
         self.device = pick_device(device)
         self.model_id = model_id or str(model_dir)
-        dtype = torch.float16 if self.device == "cuda" else torch.float32
-        model = ChineseCLIPModel.from_pretrained(model_dir, dtype=dtype)
-        self.model = model.to(self.device).eval()  # type: ignore[arg-type]
+        self.config: Any = AutoConfig.from_pretrained(model_dir)
         self.processor = AutoProcessor.from_pretrained(model_dir)
-        self.dim = int(self.model.config.projection_dim)
-        self.max_text_tokens = int(self.model.config.text_config.max_position_embeddings)
+        self.dim = int(self.config.projection_dim)
+        self.max_text_tokens = int(self.config.text_config.max_position_embeddings)
+        self._model: Any = None
+        self.backend = open_backend(Request(
+            choice=backend, model_dir=self.model_dir, model_id=self.model_id, device=self.device,
+            cache_dir=backend_cache or Path("./data/clip-backends"), bounds=bounds or Bounds(),
+            load_torch=lambda: self.model, load_reference=self._reference_model, processor=self.processor))
+        self.device = self.backend.device
+        if self.backend.name != "torch":
+            self._model = None  # the export's reference model is not kept: the backend holds the weights
+
+    @property
+    def model(self) -> Any:
+        """The transformers model (fp16 on CUDA, fp32 on CPU), loaded at first use: an ONNX backend
+        needs it only to export."""
+        if self._model is None:
+            import torch
+            from transformers import ChineseCLIPModel
+
+            dtype = torch.float16 if self.device == "cuda" else torch.float32
+            model = ChineseCLIPModel.from_pretrained(self.model_dir, dtype=dtype)
+            self._model = model.to(self.device).eval()  # type: ignore[arg-type]
+        return self._model
+
+    def _reference_model(self) -> Any:
+        """PyTorch fp32 on the CPU: what every backend is compared with."""
+        if self.device == "cpu":
+            return self.model
+        import torch
+        from transformers import ChineseCLIPModel
+
+        return ChineseCLIPModel.from_pretrained(self.model_dir, dtype=torch.float32).eval()
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None) -> ClipEncoder:
+        """The encoder the CLIP runner and the indexer both use: same model, same backend."""
         settings = settings or get_settings()
         folder = resolve_model(
             settings.clip_model, settings.model_source, settings.model_cache_dir, "CLIP_MODEL"
         )
-        return cls(str(folder), settings.device, model_id=model_id_of(settings.clip_model, folder))
+        return cls(str(folder), settings.device, model_id=model_id_of(settings.clip_model, folder),
+                   backend=settings.clip_backend, backend_cache=settings.clip_backend_cache,
+                   bounds=Bounds(min_top1=settings.clip_backend_min_top1,
+                                 min_cosine=settings.clip_backend_min_cosine))
 
     def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         """One unit vector a row; the row of an image that cannot be encoded is NaN (its reason logged)."""
@@ -76,25 +105,17 @@ class ClipEncoder:
         return encode_isolated(self.text_batch, list(texts), self.dim)
 
     def image_batch(self, images: list[Image.Image]) -> np.ndarray:
-        import torch
-
         # clip_view bounds what the processor's resize costs, whatever the image's shape.
         views = [clip_view(img if img.mode == "RGB" else to_rgb(img)) for img in images]
-        inputs = self.processor(images=views, return_tensors="pt").to(self.device)
-        with torch.inference_mode():
-            out = features(self.model.get_image_features(pixel_values=inputs["pixel_values"].to(self.model.dtype)))
-        return normalise(out)
+        pixels = self.processor(images=views, return_tensors="np")["pixel_values"]
+        return unit(self.backend.image_features(pixels))
 
     def text_batch(self, texts: list[str]) -> np.ndarray:
-        import torch
-
-        inputs = self.processor(
+        tokens = self.processor(
             text=texts, padding=True, truncation=True, max_length=min(self.max_text_tokens, 512),
-            return_tensors="pt",
-        ).to(self.device)
-        with torch.inference_mode():
-            out = features(self.model.get_text_features(**inputs))
-        return normalise(out)
+            return_tensors="np",
+        )
+        return unit(self.backend.text_features(dict(tokens)))
 
 
 def encode_isolated(
@@ -140,8 +161,3 @@ def model_id_of(model: str, folder: Path | None = None) -> str:
     local = Path(model).expanduser()
     return str(local.resolve()) if local.is_dir() else model
 
-
-def normalise(vectors: torch.Tensor) -> np.ndarray:
-    array = vectors.float().cpu().numpy()
-    norms = np.linalg.norm(array, axis=1, keepdims=True)
-    return (array / np.maximum(norms, 1e-12)).astype(np.float32)
