@@ -6,6 +6,7 @@ vectors)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -24,7 +25,7 @@ import httpx
 import numpy as np
 import pytest
 from helpers.indexing import cli
-from serving import ROOT, Server, png, run_indexer, running, service_env
+from serving import ROOT, Server, parent_pid, png, run_indexer, running, service_env
 from shapes import draw_shape, make_library
 
 from store.base import point_id
@@ -167,11 +168,22 @@ def kill_indexer_mid_run(env: dict[str, str]) -> None:
     assert proc.returncode == -signal.SIGKILL
 
 
+def kill_service(server: Server) -> None:
+    """SIGKILL the arbiter, then its workers (circus starts each in its own process group)."""
+    workers = [int(p.name) for p in Path("/proc").iterdir()
+               if p.name.isdigit() and parent_pid(p) == server.proc.pid]
+    os.killpg(server.proc.pid, signal.SIGKILL)
+    for pid in workers:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    server.proc.wait()
+    assert workers, "no worker processes found"
+
+
 def kill_service_mid_run(env: dict[str, str], server: Server) -> None:
     proc = start_indexer(env)
     seen = wait_for_progress(proc, 0.3)
-    os.killpg(server.proc.pid, signal.SIGKILL)  # the arbiter and its workers
-    server.proc.wait()
+    kill_service(server)
     _, rest = proc.communicate(timeout=120)
     message = (seen + (rest or b"")).decode(errors="replace")
     assert proc.returncode == 1, message[-2000:]
