@@ -104,6 +104,8 @@ def test_index_while_serving_is_searchable_at_once_and_closed_to_outsiders(tiny_
         proxied = httpx.post(write, json=body, headers={TOKEN_HEADER: found.token, "X-Forwarded-For": "203.0.113.9"})
         assert proxied.status_code == 404 and proxied.json()["status"] == "error"
         assert (tmp_path / "qdrant" / "images.meta.json").exists() is False  # nothing was written
+        spec = httpx.get(f"{server.url}/docs.json", headers=AUTH).json()
+        assert spec["paths"] and not any(path.startswith("/internal") for path in spec["paths"])
 
         with SearchLoad(server) as load:
             done = run_indexer(env, "--json")
