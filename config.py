@@ -45,6 +45,10 @@ class Settings(BaseSettings):
     qdrant_quantization: Literal["int8", "none"] = "int8"  # int8 copies searched, float vectors rescore
     qdrant_hnsw_ef: int = Field(default=512, ge=1)  # search beam width: higher = better recall, slower
 
+    # The service's own address, written for the indexer to its address file in QDRANT_PATH (used only
+    # when `bentoml serve` does not hand the API worker its listening socket; api/internal_store.py).
+    service_url: str = "http://127.0.0.1:3000"
+
     # Indexer
     index_batch_size: int = Field(default=32, ge=1, le=4096)
     index_workers: int = Field(default=4, ge=1, le=64)

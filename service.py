@@ -24,6 +24,7 @@ from starlette.routing import Route
 from api import images, openai, search
 from api.errors import ApiError, bad_request, handles_errors
 from api.health import health_report
+from api.internal_store import InternalStore, listening_url
 from api.limits import Limits
 from api.logs import RequestLog
 from api.metrics import RequestMetrics, index_size_text
@@ -41,9 +42,14 @@ from runners.clip_service import ClipRunner
 from runners.vlm_service import VQARunner
 from store import open_store
 from store.base import StoreError, point_id
+from store.remote import service_file_path
 
 log = logging.getLogger("service")
 SETTINGS = get_settings()
+# At start-up, build the HNSW index of the embedded store when more points than this are outside it
+# (written by indexer runs through the service, whose end only flushes: api/internal_store.py).
+# Fewer are searched exactly in a few ms (store/edge.py, unindexed_points).
+BUILD_INDEX_AT_START_POINTS = 20_000
 
 
 Text = Annotated[str, BeforeValidator(search.as_text)]  # a typed `2024` stays text (see as_text)
@@ -64,12 +70,18 @@ async def list_models(request: Request) -> JSONResponse:
     return JSONResponse(openai.models(SETTINGS.vqa_model))
 
 
+async def internal_store(request: Request) -> Response:
+    """The indexer's write path (api/internal_store.py; not in /docs.json)."""
+    return await bentoml.get_current_service().internal_store.handle(request)  # type: ignore[no-any-return]
+
+
 routes = Starlette(routes=[
     Route("/health", health, methods=["GET"]),
     Route("/v1/chat/completions", chat_completions, methods=["POST"]),
     Route("/v1/models", list_models, methods=["GET"]),
     Route("/images/{path:path}", images.serve_image, methods=["GET"]),  # thumbnails and originals (api/images.py)
     *ui_routes(),  # the web page at /ui/
+    Route("/internal/store/{op}", internal_store, methods=["POST"]),  # local indexer only, with a token
 ])
 
 
@@ -100,6 +112,22 @@ class MultimodalServer:
         elif info.model_id != self.model_id:
             log.error("collection was built with %r but CLIP_MODEL is %r: searches answer 409",
                       info.model_id, self.model_id)
+        self.internal_store = InternalStore(self.store, self.store_calls)
+        if not SETTINGS.qdrant_url:  # the embedded store: an indexer writes through this process
+            self.build_pending_index()
+            self.internal_store.advertise(service_file_path(SETTINGS.qdrant_path, SETTINGS.qdrant_collection),
+                                          listening_url(SETTINGS.service_url), SETTINGS.qdrant_collection)
+
+    def build_pending_index(self) -> None:
+        """Build the HNSW index of points that indexer runs wrote through the service, when there are
+        many: now, before serving, since the build holds the GIL (store/edge.py, finish)."""
+        pending = getattr(self.store, "unindexed_points", None)
+        try:
+            if pending is not None and pending() > BUILD_INDEX_AT_START_POINTS:
+                log.warning("building the search index of %d new points before serving", pending())
+                self.store.finish()
+        except StoreError as exc:
+            log.warning("cannot build the search index now (%s); searches scan the new points exactly", exc)
 
     async def __is_ready__(self) -> bool:
         """/readyz: 503 until both runners have loaded their models (BentoML's own runner probe
@@ -192,6 +220,7 @@ class MultimodalServer:
 
     @bentoml.on_shutdown
     def close_store(self) -> None:
+        self.internal_store.withdraw()
         self.store.close()
 
 

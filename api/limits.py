@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from api.errors import ApiError
+from api.internal_store import is_internal_path
 from api.ui import is_ui_path
 
 Scope = MutableMapping[str, Any]
@@ -33,7 +34,8 @@ class Limits:
 
     - 401 without `Authorization: Bearer <API_KEY>` when a key is set (constant-time compare);
       probes and the web page's static files (/ui/) are always open, /metrics and the docs only when
-      configured (the page's own API calls carry the key);
+      configured (the page's own API calls carry the key); the indexer's write path (/internal/) needs
+      its own token instead, which api/internal_store.py checks (the key alone is refused there);
     - 413 for a body over `max_upload_bytes` (by Content-Length, or counted while it streams in);
     - the whole body is received before the request takes an in-flight slot, so slow uploads (bounded
       by the receipt deadline, api/receipt_deadline.py) never hold the slots complete requests need;
@@ -101,8 +103,8 @@ class Limits:
         return None
 
     def open_path(self, path: str) -> bool:
-        if is_ui_path(path):
-            return True
+        if is_ui_path(path) or is_internal_path(path):
+            return True  # the indexer's write path checks its own, stronger, credentials (api/internal_store.py)
         if path == "/metrics":
             return self.public_metrics
         return self.public_docs and (path in DOCS or path.startswith(("/assets/", "/static_content/")))

@@ -21,10 +21,15 @@ class StoreCalls:
         self.retry_after_s = retry_after_s
         self.thread = ThreadPoolExecutor(1, thread_name_prefix="store")
 
+    async def call(self, func: Callable[..., Any], *args: Any) -> Any:
+        """`func(*args)` on the store's thread, its errors as they are (the indexer's write path,
+        api/internal_store.py, shares this thread, so its writes and the searches run one at a time)."""
+        return await asyncio.get_running_loop().run_in_executor(self.thread, func, *args)
+
     async def run(self, func: Callable[..., Any], *args: Any) -> Any:
         """`func(*args)` (a method of `self.store`) on the store's thread; StoreError -> 503."""
         try:
-            return await asyncio.get_running_loop().run_in_executor(self.thread, func, *args)
+            return await self.call(func, *args)
         except StoreError as exc:
             log.warning("store error: %s", exc)
             raise unavailable("store_unavailable", str(exc), self.retry_after_s) from exc

@@ -17,7 +17,7 @@ from PIL import Image
 
 from config import Settings, get_settings
 from indexer.pipeline import ImageEncoder, Indexer, Options, Summary, encode_each
-from store import open_store
+from store import open_store_for_writing
 from store.base import CollectionInfo, ModelMismatchError, StoreError, StoreLockedError
 
 log = logging.getLogger("indexer")
@@ -120,7 +120,8 @@ def run(argv: list[str] | None = None) -> int:
     from runners.hub import ModelNotFoundError
 
     try:
-        store = open_store(settings)
+        # With the embedded store held by a running service, this writes through that service.
+        store = open_store_for_writing(settings)
         info = store.info()  # an unreachable server fails here, before the CLIP code is even imported
         from runners.clip import ClipEncoder, model_id_of
 

@@ -44,6 +44,7 @@ __all__ = [
     "VectorStore",
     "memory_store",
     "open_store",
+    "open_store_for_writing",
     "point_id",
 ]
 
@@ -64,6 +65,29 @@ def open_store(settings: Settings) -> VectorStore:
     from store.edge import EdgeStore
 
     return EdgeStore(settings.qdrant_path, settings.qdrant_collection, tuning_of(settings))
+
+
+def open_store_for_writing(settings: Settings) -> VectorStore:
+    """The store an indexer writes to. With QDRANT_URL: the server. With the embedded store: while a
+    service runs on it (its address file is there and it answers), that service, through its internal
+    write path (store/remote.py), since the folder is locked to the service's process; else the folder
+    itself, as open_store(). Raise StoreLockedError when the service's address file cannot be read."""
+    if settings.qdrant_url:
+        return open_store(settings)
+    from store.remote import RemoteStore, ServiceGoneError, read_service_file, service_file_path
+
+    found = read_service_file(service_file_path(settings.qdrant_path, settings.qdrant_collection))
+    if found is not None and found.collection == settings.qdrant_collection:
+        remote = RemoteStore.from_file(found)
+        try:
+            remote.info()  # the service answers: write through it
+            return remote
+        except ServiceGoneError:  # nothing answers there: a service that was killed left its file behind
+            remote.close()
+        except BaseException:
+            remote.close()
+            raise
+    return open_store(settings)
 
 
 def tuning_of(settings: Settings) -> IndexTuning:

@@ -52,14 +52,19 @@ class EngineStore(ABC):
     def payloads(self) -> Iterator[tuple[str, dict[str, Any]]]:
         offset: Any = None
         while True:
-            try:
-                records, offset = self._scroll(offset, SCROLL_PAGE)
-            except CollectionMissingError:
+            page, offset = self.payload_page(offset, SCROLL_PAGE)
+            yield from page
+            if offset is None or not page:
                 return
-            for record in records:
-                yield str(record.id), dict(record.payload or {})
-            if offset is None or not records:
-                return
+
+    def payload_page(self, offset: Any, limit: int) -> tuple[list[tuple[str, dict[str, Any]]], Any]:
+        """One page of payloads() from `offset` (None: the start) and the next page's offset (None after
+        the last): what the service hands an indexer that writes through it (store/remote.py)."""
+        try:
+            records, next_offset = self._scroll(offset, limit)
+        except CollectionMissingError:
+            return [], None
+        return [(str(record.id), dict(record.payload or {})) for record in records], next_offset
 
     def vectors(self, ids: Sequence[str]) -> dict[str, np.ndarray]:
         out: dict[str, np.ndarray] = {}

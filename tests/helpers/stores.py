@@ -6,6 +6,7 @@ import contextlib
 import os
 import uuid
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -16,7 +17,49 @@ MODEL = "test/clip-a"
 
 # The real-server backend joins the suite only where a server is given (it is not skipped elsewhere:
 # it is simply not collected).
-BACKENDS = ["edge", "memory"] + (["server-url"] if os.environ.get("QDRANT_URL") else [])
+BACKENDS = ["edge", "memory", "remote"] + (["server-url"] if os.environ.get("QDRANT_URL") else [])
+
+
+class ServedEdge:
+    """An EdgeStore as a running service holds it, behind the indexer's write path (api/internal_store.py),
+    reached in this process through Starlette's TestClient from a loopback address."""
+
+    TOKEN = "test-token"
+
+    def __init__(self, folder: Path, collection: str) -> None:
+        from starlette.applications import Starlette
+        from starlette.routing import Route
+        from starlette.testclient import TestClient
+
+        from api.internal_store import InternalStore
+        from api.store_calls import StoreCalls
+        from store.edge import EdgeStore
+
+        self.store = EdgeStore(folder, collection)
+        self.calls = StoreCalls(self.store, retry_after_s=1)
+        self.internal = InternalStore(self.store, self.calls)
+        self.internal.token = self.TOKEN
+        app = Starlette(routes=[Route("/internal/store/{op}", self.internal.handle, methods=["POST"])])
+        self.clients: list[TestClient] = []
+        self.app = app
+
+    def client(self, address: str = "127.0.0.1", **headers: str) -> Any:
+        from starlette.testclient import TestClient
+
+        client = TestClient(self.app, client=(address, 40000), headers=headers)
+        self.clients.append(client)
+        return client
+
+    def remote(self) -> VectorStore:
+        from store.remote import RemoteStore
+
+        return RemoteStore("http://testserver", self.TOKEN, client=self.client())
+
+    def close(self) -> None:
+        for client in self.clients:
+            client.close()
+        self.calls.thread.shutdown()
+        self.store.close()
 
 
 class Backend:
@@ -28,6 +71,9 @@ class Backend:
         self.collection = "images"
         self.opened: list[VectorStore] = []
         self.client = None
+        self.served: ServedEdge | None = None
+        if kind == "remote":  # the indexer's view of a running service's embedded store (store/remote.py)
+            self.served = ServedEdge(self.folder, self.collection)
         if kind == "memory":
             from qdrant_client import QdrantClient
 
@@ -37,7 +83,9 @@ class Backend:
 
     def open(self) -> VectorStore:
         store: VectorStore
-        if self.kind == "edge":
+        if self.served is not None:
+            store = self.served.remote()
+        elif self.kind == "edge":
             from store.edge import EdgeStore
 
             store = EdgeStore(self.folder, self.collection)
@@ -66,6 +114,8 @@ class Backend:
                 store.close()
         if self.client is not None:
             self.client.close()
+        if self.served is not None:
+            self.served.close()
 
 
 def unit_vectors(n: int, dim: int = DIM, seed: int = 0) -> np.ndarray:

@@ -54,7 +54,8 @@ def test_edge_locked_by_another_process(tmp_path: Path) -> None:
         msg = out[name]
         assert msg.startswith("locked: "), (name, msg)
         assert str(folder) in msg
-        assert "stop the service (bentoml serve) that holds it, or use a Qdrant server via QDRANT_URL" in msg
+        assert "stop the process that holds the folder, or use a Qdrant server via QDRANT_URL" in msg
+        assert ".<collection>.service.json" in msg  # a running service takes writes through its address file
 
     # The refused recreate destroyed nothing.
     assert holder.info() == CollectionInfo(model_id=MODEL, dim=DIM)
