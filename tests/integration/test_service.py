@@ -120,11 +120,18 @@ def test_sync_http_client(server: Server) -> None:
     assert body["status"] == "success" and len(body["results"]) == 2
 
 
-def test_indexer_names_the_way_out_while_the_service_holds_the_store(server: Server, indexed: Any) -> None:
+def test_the_indexer_runs_while_the_service_holds_the_store(server: Server, indexed: Any) -> None:
+    """Issue 13: the indexer no longer has to wait for the service to stop: it writes through it (the
+    library is unchanged here, so nothing is written and the searches are the same)."""
     _, env, _ = indexed
+    before = httpx.post(f"{server.url}/text2image_search", json={"text_query": "红色的圆形", "top_k": 3,
+                                                                 "include_image": False}, timeout=30).json()
     done = run_indexer(env)
-    assert done.returncode != 0
-    assert "QDRANT_URL" in done.stderr and "stop" in done.stderr.lower()
+    assert done.returncode == 0, done.stderr
+    assert "added 0" in done.stdout and "removed 0" in done.stdout
+    after = httpx.post(f"{server.url}/text2image_search", json={"text_query": "红色的圆形", "top_k": 3,
+                                                                "include_image": False}, timeout=30).json()
+    assert after == before
 
 
 def test_sixteen_concurrent_clients_for_thirty_seconds_lose_nothing(server: Server) -> None:
