@@ -128,6 +128,9 @@ ROUTE_ERRORS: dict[str, dict[int, str]] = {
 }
 SUCCESS = {"/text2image_search": "SearchResponse", "/image2image_search": "SearchResponse", "/vqa": "VQAResponse",
            "/ask": "AskResponse"}
+ASK_EVENT = {"type": "object", "required": ["event", "data"], "description": "one server-sent event",
+             "properties": {"event": {"type": "string", "enum": ["sources", "delta", "done", "error"]},
+                            "data": {"type": "string", "description": "the event's JSON object"}}}
 # Routes answering server-sent events: (what the events are)
 EVENT_STREAMS = {"/ask/stream": "Server-sent events: `sources` ({\"sources\": [...]}) first, then `delta` "
                                 "({\"text\"}) pieces of the answer, then `done` ({\"answer\", \"cited\"}); "
@@ -208,7 +211,7 @@ def fix_operation(path: str, operation: dict[str, Any], schemas: dict[str, Any])
         responses["200"] = json_response("Successful Response", {"$ref": f"#/components/schemas/{SUCCESS[path]}"})
     if path in EVENT_STREAMS and "200" in responses:
         responses["200"] = {"description": EVENT_STREAMS[path],
-                            "content": {"text/event-stream": {"schema": {"type": "string"}}}}
+                            "content": {"text/event-stream": {"schema": ASK_EVENT}}}
     responses.update(error_responses({**COMMON_ERRORS, **ROUTE_ERRORS.get(path, {})}))
     operation["responses"] = responses
 
