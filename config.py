@@ -15,6 +15,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_CLIP_MODEL = "OFA-Sys/chinese-clip-vit-base-patch16"
 DEFAULT_VQA_MODEL = "Qwen/Qwen2.5-VL-3B-Instruct"
+DEFAULT_ASK_INSTRUCTION = (
+    "Answer the question from these photos only, which are numbered from 1 in the order shown, and name the "
+    "numbers of the photos you used (for example \"photo 2\"); if they do not show the answer, say so. "
+    "请只根据这些按顺序从1编号的照片回答问题，并写出所用照片的编号（例如“图2”）；照片里没有答案时请直说。")
 
 
 class Settings(BaseSettings):
@@ -75,6 +79,11 @@ class Settings(BaseSettings):
     vqa_max_latency_ms: int = Field(default=60_000, ge=1)
     vqa_max_images: int = Field(default=8, ge=1)
     vqa_max_text_chars: int = Field(default=16_000, ge=1)  # all text of one chat request; more gets 400
+
+    # Asking the library (/ask, api/asking.py): at most this many retrieved photos go to the VQA model
+    ask_max_images: int = Field(default=6, ge=1)
+    # Sent after the numbered photos, before the question; "" sends only the photos and the question
+    ask_instruction: str = DEFAULT_ASK_INSTRUCTION
 
     # Security and load limits of the HTTP API
     api_key: SecretStr | None = None  # when set, every endpoint but /livez and /readyz needs it

@@ -1,6 +1,6 @@
 """The HTTP service: `bentoml serve` starts this API service and its model runners.
 
-Endpoints only: parse, validate, call plain modules (api/searching.py, api/vqa_requests.py,
+Endpoints only: parse, validate, call plain modules (api/searching.py, api/vqa_requests.py, api/asking.py,
 api/health.py, api/images.py), which raise ApiError for every refusal; `handles_errors` renders it.
 Models live in runners/, vectors in store/ (filled by `python -m indexer`, never at start-up), the
 rule for which files are the library's in core/library.py. No torch import here.
@@ -22,6 +22,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from api import images, openai, search
+from api.asking import DEFAULT_TOP_K, LIBRARY_MODEL, Asking, asks_library
 from api.errors import ApiError, bad_request, handles_errors
 from api.health import health_report
 from api.internal_store import InternalStore, listening_url
@@ -53,6 +54,7 @@ BUILD_INDEX_AT_START_POINTS = 20_000
 
 
 Text = Annotated[str, BeforeValidator(search.as_text)]  # a typed `2024` stays text (see as_text)
+ASK_TOP_K = min(DEFAULT_TOP_K, SETTINGS.ask_max_images)
 
 
 # Starlette routes: each hands the request to a plain module through the running service.
@@ -63,11 +65,14 @@ async def health(request: Request) -> JSONResponse:
 
 @handles_errors
 async def chat_completions(request: Request) -> Response:
-    return await bentoml.get_current_service().vqa_requests.chat_completion(request)
+    service = bentoml.get_current_service()
+    if asks_library(await request.body()):  # model "library": ask the library (api/asking.py)
+        return await service.asking.chat_completion(await request.body(), request.url.path)
+    return await service.vqa_requests.chat_completion(request)
 
 
 async def list_models(request: Request) -> JSONResponse:
-    return JSONResponse(openai.models(SETTINGS.vqa_model))
+    return JSONResponse(openai.models(SETTINGS.vqa_model, LIBRARY_MODEL))
 
 
 async def internal_store(request: Request) -> Response:
@@ -103,6 +108,7 @@ class MultimodalServer:
         self.store_calls = StoreCalls(self.store, SETTINGS.retry_after_s)
         self.searching = Searching(self.clip, self.store_calls, self.library, self.model_id, SETTINGS)
         self.vqa_requests = VqaRequests(self.vqa, self.library, SETTINGS)
+        self.asking = Asking(self.searching, self.vqa_requests, self.library, SETTINGS)
         info = self.store.info()
         with contextlib.suppress(StoreError):
             self.store.count()  # the embedded store: take its folder now, so an indexer is told at once
@@ -206,6 +212,40 @@ class MultimodalServer:
         request = await self.vqa_requests.prepare(question, image, video, image_id, max_new_tokens)
         pieces = await self.vqa_requests.stream(request)  # a refused request raises here, before the 200
         return StreamingResponse(pieces, media_type="text/plain; charset=utf-8")  # type: ignore[return-value]
+
+    @bentoml.api(route="/ask")
+    @handles_errors
+    @search.with_search_fields
+    async def ask(
+        self,
+        question: Annotated[Text, Field(description="the question, answered from the photos the search finds")],
+        query: Annotated[search.OptionalText, Field(description="the text to search with (default: the question)")]
+        = None,
+        top_k: Annotated[int, Field(ge=1, le=SETTINGS.ask_max_images, description="photos given to the model")]
+        = ASK_TOP_K,
+        **fields: Any,
+    ) -> dict[str, Any]:
+        """Answer a question from the library: the photos that match it (the search of /text2image_search)
+        go to the VQA model numbered; `cited` holds the 1-based numbers of the sources the answer names."""
+        asked, searched = self.asking.question(question, query)
+        page = search.search_page(top_k, max_window=self.settings.search_max_window, **fields)
+        return await self.asking.ask(asked, searched, top_k, page)
+
+    @bentoml.api(route="/ask/stream")
+    @handles_errors
+    @search.with_search_fields
+    async def ask_stream(
+        self,
+        question: Text,
+        query: search.OptionalText = None,
+        top_k: Annotated[int, Field(ge=1, le=SETTINGS.ask_max_images)] = ASK_TOP_K,
+        **fields: Any,
+    ) -> str:
+        """As /ask, as server-sent events: `sources` first, then `delta` ({"text"}) pieces of the answer,
+        then `done` ({"answer", "cited"}); `error` ({"code", "message"}) if the model fails after the start."""
+        asked, searched = self.asking.question(question, query)
+        page = search.search_page(top_k, max_window=self.settings.search_max_window, **fields)
+        return await self.asking.ask_stream(asked, searched, top_k, page)  # type: ignore[return-value]
 
     async def health(self) -> dict[str, Any]:
         return await health_report(self.clip, self.vqa, self.store_calls, self.model_id, self.settings.vqa_model)

@@ -160,5 +160,6 @@ def chunk(chat_id: str, model: str, delta: dict[str, Any], finish: str | None = 
     return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
 
 
-def models(model: str) -> dict[str, Any]:
-    return {"object": "list", "data": [{"id": model, "object": "model", "created": 0, "owned_by": "local"}]}
+def models(*ids: str) -> dict[str, Any]:
+    return {"object": "list", "data": [{"id": model, "object": "model", "created": 0, "owned_by": "local"}
+                                       for model in ids]}

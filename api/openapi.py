@@ -72,6 +72,27 @@ SCHEMAS: dict[str, Any] = {
             "results": {"type": "array", "items": {"$ref": "#/components/schemas/SearchResult"}},
         },
     },
+    "AskSource": {
+        "type": "object", "required": ["image", "score", "thumbnail_url", "image_url"],
+        "properties": {
+            "image": {"type": "string", "description": "path relative to IMAGE_LIBRARY"},
+            "score": {"type": "number", "description": "cosine similarity"},
+            "thumbnail_url": {"type": "string", "description": "/images/<path>?size=256"},
+            "image_url": {"type": "string", "description": "/images/<path>?size=0"},
+            "description": {"type": "string", "description": "the photo's stored description, when it has one"},
+        },
+    },
+    "AskResponse": {
+        "type": "object", "required": ["status", "question", "answer", "sources", "cited"],
+        "properties": {
+            "status": {"type": "string", "enum": ["success"]}, "question": {"type": "string"},
+            "answer": {"type": "string"},
+            "sources": {"type": "array", "items": {"$ref": "#/components/schemas/AskSource"},
+                        "description": "the photos given to the model, best match first (photo 1, 2, ...)"},
+            "cited": {"type": "array", "items": {"type": "integer", "minimum": 1},
+                      "description": "1-based numbers of the sources the answer names"},
+        },
+    },
     "VQAResponse": {
         "type": "object", "required": ["status", "question", "answer"],
         "properties": {"status": {"type": "string", "enum": ["success"]}, "question": {"type": "string"},
@@ -98,8 +119,22 @@ ROUTE_ERRORS: dict[str, dict[int, str]] = {
              503: "VQA is disabled, at capacity or its runner is restarting (see Retry-After)"},
     "/vqa/stream": {404: "image_id is not in the image library",
                     503: "VQA is disabled, at capacity or its runner is restarting (see Retry-After)"},
+    "/ask": {409: "The image index was built with another CLIP model",
+             503: "VQA is disabled, at capacity, its runner is restarting or the vector store is not answering "
+                  "(see Retry-After)"},
+    "/ask/stream": {409: "The image index was built with another CLIP model",
+                    503: "VQA is disabled, at capacity, its runner is restarting or the vector store is not "
+                         "answering (see Retry-After)"},
 }
-SUCCESS = {"/text2image_search": "SearchResponse", "/image2image_search": "SearchResponse", "/vqa": "VQAResponse"}
+SUCCESS = {"/text2image_search": "SearchResponse", "/image2image_search": "SearchResponse", "/vqa": "VQAResponse",
+           "/ask": "AskResponse"}
+ASK_EVENT = {"type": "object", "required": ["event", "data"], "description": "one server-sent event",
+             "properties": {"event": {"type": "string", "enum": ["sources", "delta", "done", "error"]},
+                            "data": {"type": "string", "description": "the event's JSON object"}}}
+# Routes answering server-sent events: (what the events are)
+EVENT_STREAMS = {"/ask/stream": "Server-sent events: `sources` ({\"sources\": [...]}) first, then `delta` "
+                                "({\"text\"}) pieces of the answer, then `done` ({\"answer\", \"cited\"}); "
+                                "`error` ({\"code\", \"message\"}) if the model fails after the start"}
 IMAGE_TYPES = ("image/jpeg", "image/webp", "image/png", "image/gif", "image/bmp")
 
 
@@ -174,6 +209,9 @@ def fix_operation(path: str, operation: dict[str, Any], schemas: dict[str, Any])
     responses = {k: v for k, v in operation.get("responses", {}).items() if not k.startswith(("4", "5"))}
     if path in SUCCESS and "200" in responses:
         responses["200"] = json_response("Successful Response", {"$ref": f"#/components/schemas/{SUCCESS[path]}"})
+    if path in EVENT_STREAMS and "200" in responses:
+        responses["200"] = {"description": EVENT_STREAMS[path],
+                            "content": {"text/event-stream": {"schema": ASK_EVENT}}}
     responses.update(error_responses({**COMMON_ERRORS, **ROUTE_ERRORS.get(path, {})}))
     operation["responses"] = responses
 
@@ -206,12 +244,15 @@ def extra_paths() -> dict[str, Any]:
             "responses": {"200": json_response("Service health", obj), **error_responses({500: COMMON_ERRORS[500]})},
         }},
         "/v1/models": {"get": {
-            "operationId": "list_models", "tags": tags, "description": "OpenAI-compatible: the served VQA model.",
+            "operationId": "list_models", "tags": tags,
+            "description": "OpenAI-compatible: the served VQA model, and `library` (asks the library).",
             "responses": {"200": json_response("Model list", obj), **error_responses({500: COMMON_ERRORS[500]})},
         }},
         "/v1/chat/completions": {"post": {
             "operationId": "chat_completions", "tags": tags,
-            "description": "OpenAI-compatible vision chat; `stream: true` answers server-sent events.",
+            "description": "OpenAI-compatible vision chat; `stream: true` answers server-sent events. "
+                           'With `model: "library"` the last user message is asked of the library (as /ask), '
+                           "the sources following the answer as markdown links.",
             "requestBody": {"required": True, "content": {"application/json": {"schema": chat}}},
             "responses": {
                 "200": {"description": "A chat completion, or its events when streaming", "content": {

@@ -25,7 +25,7 @@ from api.store_calls import StoreCalls
 from config import Settings
 from core.images import DRAFT_SIZE, BadImage, clip_view, load_image
 from core.library import Library, NotInLibrary
-from store.base import point_id
+from store.base import Hit, point_id
 
 log = logging.getLogger("service")
 
@@ -100,9 +100,13 @@ class Searching:
             raise not_in_library(image_id) from exc
 
     async def by_text(self, query: str, top_k: int, page: SearchPage, include_image: bool | str) -> list[Any]:
+        return await self.shaped(await self.text_hits(query, top_k, page), include_image)
+
+    async def text_hits(self, query: str, top_k: int, page: SearchPage) -> list[Hit]:
+        """The store's hits for a text, best first: the search of /text2image_search (and of /ask)."""
         await self.check_index()
         vectors = await from_runner(self.clip.to_async.encode_texts([query]), self.settings.retry_after_s)
-        return await self.ranked(encoded(vectors[0], "text_query"), top_k, page, include_image)
+        return await self.hits(encoded(vectors[0], "text_query"), top_k, page)
 
     async def by_image_id(self, rel: str, top_k: int, page: SearchPage, include_image: bool | str) -> list[Any]:
         await self.check_index()
@@ -134,7 +138,14 @@ class Searching:
         return encoded(vectors[0], "image")
 
     async def ranked(self, vector: Any, top_k: int, page: SearchPage, include_image: bool | str) -> list[Any]:
-        hits = await self.store.run(self.store.store.search, vector, top_k, page.where, page.offset, page.dedup)
+        return await self.shaped(await self.hits(vector, top_k, page), include_image)
+
+    async def hits(self, vector: Any, top_k: int, page: SearchPage) -> list[Hit]:
+        found: list[Hit] = await self.store.run(self.store.store.search, vector, top_k, page.where, page.offset,
+                                                page.dedup)
+        return found
+
+    async def shaped(self, hits: list[Hit], include_image: bool | str) -> list[Any]:
         if include_image is True:
             self.check_response_size(hits)
         return list(await self.off_loop(self.results, hits, include_image))

@@ -110,12 +110,16 @@ class VqaRequests:
         except NotInLibrary as exc:
             raise not_in_library(image_id) from exc
 
-    @contextlib.contextmanager
-    def slot(self) -> Iterator[None]:
-        """Bound the VQA requests in flight: past VQA_MAX_QUEUE, answer 503 with Retry-After at once."""
+    def check_room(self) -> None:
+        """503 with Retry-After when VQA_MAX_QUEUE requests are in flight."""
         if self.in_flight >= self.settings.vqa_max_queue:
             raise unavailable("vqa_busy", "visual question answering is at capacity: retry shortly",
                               self.settings.retry_after_s)
+
+    @contextlib.contextmanager
+    def slot(self) -> Iterator[None]:
+        """Bound the VQA requests in flight: past VQA_MAX_QUEUE, answer 503 with Retry-After at once."""
+        self.check_room()
         self.in_flight += 1
         try:
             yield

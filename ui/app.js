@@ -1,5 +1,5 @@
 // The web page of the multimodal server: search, look, ask. Plain JS, no build step, no CDN.
-// API: /health, /text2image_search, /image2image_search, /vqa/stream, /images/... (README, "Web page").
+// API: /health, /text2image_search, /image2image_search, /vqa/stream, /ask/stream, /images/... (README, "Web page").
 "use strict";
 
 const KEY_STORE = "mms-api-key";
@@ -23,6 +23,7 @@ const state = {
   viewerUrl: null, // blob: URL of the viewer's image
   opener: null, // the element focused before the viewer opened
   keyPrompt: null, // the pending API key prompt, shared by concurrent requests
+  sourceUrls: [], // blob: URLs of the library answer's source thumbnails
 };
 
 // ------------------------------------------------------------------ API calls
@@ -372,6 +373,107 @@ async function readInto(response, element) {
   element.textContent += decoder.decode();
 }
 
+// ------------------------------------------------------------------ ask the library
+
+const LIBRARY_TOP_K = 3;
+
+// POST /ask/stream: the sources first, the answer as it streams in, then the cited sources marked.
+async function askLibrary(question) {
+  const answer = $("library-answer");
+  const button = $("library-form").querySelector("button");
+  hideError($("library-error"));
+  clearSources();
+  answer.textContent = "";
+  answer.hidden = false;
+  answer.dataset.state = "streaming";
+  answer.setAttribute("aria-busy", "true");
+  button.disabled = true;
+  try {
+    const response = await postJson("/ask/stream", { question, top_k: LIBRARY_TOP_K, ...filterFields() });
+    for await (const [name, data] of serverEvents(response)) {
+      if (name === "sources") showSources(data.sources);
+      else if (name === "delta") answer.textContent += data.text;
+      else if (name === "done") markCited(data.cited);
+      else if (name === "error") throw new ApiError(0, data.code, data.message);
+    }
+    if (!answer.textContent.trim()) answer.textContent = "(no answer)";
+    answer.dataset.state = "done";
+  } catch (error) {
+    answer.dataset.state = "error";
+    showError($("library-error"), error, "Could not answer");
+  } finally {
+    answer.setAttribute("aria-busy", "false");
+    button.disabled = false;
+  }
+}
+
+// The [event, data] pairs of a text/event-stream response, as they arrive.
+async function* serverEvents(response) {
+  const reader = response.body.getReader();
+  const decoder = new TextDecoder();
+  let buffer = "";
+  for (;;) {
+    const { done, value } = await reader.read();
+    buffer += decoder.decode(value || new Uint8Array(), { stream: !done });
+    let end;
+    while ((end = buffer.indexOf("\n\n")) >= 0) {
+      const block = buffer.slice(0, end);
+      buffer = buffer.slice(end + 2);
+      let name = "message";
+      let data = "";
+      for (const line of block.split("\n")) {
+        if (line.startsWith("event: ")) name = line.slice(7);
+        else if (line.startsWith("data: ")) data += line.slice(6);
+      }
+      if (data) yield [name, JSON.parse(data)];
+    }
+    if (done) return;
+  }
+}
+
+function clearSources() {
+  state.sourceUrls.forEach((url) => URL.revokeObjectURL(url));
+  state.sourceUrls = [];
+  $("library-sources").replaceChildren();
+}
+
+function showSources(sources) {
+  clearSources();
+  sources.forEach((result, index) => {
+    const number = index + 1;
+    const item = document.createElement("li");
+    const button = document.createElement("button");
+    button.type = "button";
+    button.className = "card source";
+    button.dataset.image = result.image;
+    button.dataset.number = String(number);
+    button.setAttribute("aria-label", `photo ${number}: ${result.image}: open`);
+    const img = document.createElement("img");
+    img.alt = result.image;
+    img.decoding = "async";
+    const name = document.createElement("span");
+    name.className = "name";
+    name.textContent = `${number}. ${result.image.split("/").pop()}`;
+    name.title = result.description || result.image;
+    const mark = document.createElement("span");
+    mark.className = "cited-mark";
+    mark.textContent = "cited";
+    button.append(img, name, mark);
+    button.addEventListener("click", () => openViewer({ kind: "library", result }, button));
+    item.append(button);
+    $("library-sources").append(item);
+    showImage(img, result.thumbnail_url, state.sourceUrls);
+  });
+}
+
+function markCited(cited) {
+  for (const button of $("library-sources").querySelectorAll(".source")) {
+    const isCited = cited.includes(Number(button.dataset.number));
+    button.classList.toggle("cited", isCited);
+    if (isCited) button.setAttribute("aria-label", `${button.getAttribute("aria-label")} (cited in the answer)`);
+  }
+}
+
 function findSimilar() {
   const subject = state.subject;
   state.opener = $("results"); // focus goes to the new results when the viewer closes
@@ -429,6 +531,11 @@ function start() {
     event.preventDefault();
     const question = $("question").value.trim();
     if (question) ask(question);
+  });
+  $("library-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const question = $("library-question").value.trim();
+    if (question) askLibrary(question);
   });
   $("similar").addEventListener("click", findSimilar);
   $("viewer-close").addEventListener("click", () => $("viewer").close());

@@ -1,0 +1,262 @@
+"""Asking the library (/ask, /ask/stream and the chat model "library"): find photos with the search of
+/text2image_search, give them to the VQA model numbered, with the question and ASK_INSTRUCTION, and say
+which of them the answer names. The search and the VQA requests are passed in (api/searching.py,
+api/vqa_requests.py), so fake runners test it without a server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from api import openai
+from api.errors import ApiError, bad_request
+from api.json_body import parse_json
+from api.search import SearchPage, image_urls, search_page
+from api.searching import Searching
+from api.vqa_requests import VqaRequests
+from config import Settings
+from core.images import BadImage, load_image
+from core.library import Library, NotInLibrary
+from runners.vlm_service import ChatRequest
+from store.base import Hit
+
+log = logging.getLogger("service")
+LIBRARY_MODEL = "library"  # the model id of /v1/chat/completions that asks the library
+DEFAULT_TOP_K = 3
+NO_MATCH = ("No photos in the library matched the question, so there is nothing to answer from. "
+            "图库中没有与问题相符的照片。")
+
+# "photo 2", "images 1 and 3", "图2", "照片2、3", "第2张", "[2]", "[1, 3]", "#2"
+ZH_DIGITS = {"一": 1, "二": 2, "两": 2, "三": 3, "四": 4, "五": 5, "六": 6, "七": 7, "八": 8, "九": 9}
+NUMBER = r"(?:\d+|[一二两三四五六七八九十]+)"
+NUMBERS = rf"{NUMBER}(?:\s*(?:,|，|、|/|&|\band\b|\bor\b|和|与|及|或)\s*{NUMBER})*"
+CITATIONS = (
+    re.compile(rf"\b(?:photo(?:graph)?|image|picture|pic|img)s?\s*(?:#|no\.?|number)?\s*({NUMBERS})", re.IGNORECASE),
+    re.compile(rf"(?:照片|图片|图像|相片|图)\s*(?:#|第)?\s*({NUMBERS})"),
+    re.compile(rf"第\s*({NUMBERS})\s*[张幅个]"),
+    re.compile(r"\[\s*(\d+(?:\s*[,，]\s*\d+)*)\s*\]"),
+    re.compile(r"#\s*(\d+)"),
+)
+
+
+def number_value(text: str) -> int:
+    """An Arabic or Chinese numeral (up to 九十九) as an int."""
+    if text.isdigit():
+        return int(text)
+    tens, _, ones = text.rpartition("十")
+    if "十" not in text:
+        return ZH_DIGITS.get(text, 0)
+    return (ZH_DIGITS.get(tens, 0) if tens else 1) * 10 + ZH_DIGITS.get(ones, 0)
+
+
+def cited_photos(answer: str, count: int) -> list[int]:
+    """The 1-based numbers of the photos (of `count`) that the answer names, ascending."""
+    found: set[int] = set()
+    for pattern in CITATIONS:
+        for match in pattern.finditer(answer):
+            found.update(number_value(n) for n in re.findall(NUMBER, match.group(1)))
+    return sorted(n for n in found if 1 <= n <= count)
+
+
+def photo_content(images: list[bytes], question: str, instruction: str) -> list[dict[str, Any]]:
+    """The user message: the photos in order, each after its label "Photo N:", then the instruction and
+    the question in one text part. One photo and no instruction is what /vqa sends: [image, question]."""
+    numbered = len(images) > 1 or bool(instruction)
+    parts: list[dict[str, Any]] = []
+    for number, data in enumerate(images, 1):
+        if numbered:
+            parts.append({"type": "text", "text": f"Photo {number}:"})
+        parts.append({"type": "image", "image": data})
+    parts.append({"type": "text", "text": f"{instruction}\n\n{question}" if instruction else question})
+    return parts
+
+
+def sources_markdown(sources: list[dict[str, Any]], cited: list[int]) -> str:
+    """The sources after a chat answer: a numbered list of links to the photos, the cited ones marked."""
+    if not sources:
+        return ""
+    lines = [f"{n}. [{s['image'].replace('[', '(').replace(']', ')')}]({s['image_url']})"
+             + (" (cited)" if n in cited else "") for n, s in enumerate(sources, 1)]
+    return "\n\nSources:\n" + "\n".join(lines)
+
+
+def sse(event: str, data: dict[str, Any]) -> str:
+    return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
+
+
+def last_user_text(messages: list[dict[str, Any]]) -> str:
+    """The text of the last user message (a library chat asks that; its images are not used)."""
+    for message in reversed(messages):
+        if message["role"] == "user":
+            content = message["content"]
+            if isinstance(content, str):
+                return content
+            return "\n".join(p["text"] for p in content if p.get("type") == "text")
+    raise openai.invalid("a chat with the library needs a user message")
+
+
+@dataclass(frozen=True)
+class Photo:
+    """A retrieved photo: what the answer shows as its source, and the bytes the model sees."""
+
+    source: dict[str, Any]
+    data: bytes
+
+
+class Asking:
+    def __init__(self, searching: Searching, vqa: VqaRequests, library: Library, settings: Settings) -> None:
+        self.searching = searching
+        self.vqa = vqa
+        self.library = library
+        self.settings = settings
+
+    def question(self, question: str, query: str | None) -> tuple[str, str]:
+        """The question and the search text (the question unless `query` has text); 503 when VQA is
+        disabled, as /vqa; 400 for an empty or over-long one."""
+        self.vqa.require_enabled()
+        limit = self.settings.max_query_chars
+        asked, searched = question.strip(), (query or "").strip() or question.strip()
+        if not asked:
+            raise bad_request("question is empty")
+        for name, text in (("question", asked), ("query", searched)):
+            if len(text) > limit:
+                raise bad_request(f"{name} is longer than {limit} characters")
+        return asked, searched
+
+    async def retrieve(self, query: str, top_k: int, page: SearchPage) -> list[Photo]:
+        """The photos to answer from, best first: the vector search of /text2image_search. (A search
+        `mode`, e.g. over descriptions, plugs in here: only the hits change.)"""
+        hits = await self.searching.text_hits(query, top_k, page)
+        photos: list[Photo] = await self.searching.off_loop(self.readable, hits)
+        return photos
+
+    def readable(self, hits: list[Hit]) -> list[Photo]:
+        """The hits whose file is still a readable image of the library; the others (deleted or changed
+        since indexing) are left out, so the numbers the model sees are the sources' numbers."""
+        photos = []
+        for hit in hits:
+            rel = str(hit.payload.get("path", ""))
+            try:
+                data = self.library.read_bytes(rel)
+                load_image(data)
+            except (NotInLibrary, BadImage) as exc:
+                log.warning("ask: skipping %r, no longer a library image (%s)", rel, exc)
+                continue
+            source = {"image": rel, "score": round(float(hit.score), 6), **image_urls(rel)}
+            if hit.payload.get("description"):
+                source["description"] = str(hit.payload["description"])
+            photos.append(Photo(source, data))
+        return photos
+
+    def chat_request(self, photos: list[Photo], question: str, **sampling: Any) -> ChatRequest:
+        content = photo_content([p.data for p in photos], question, self.settings.ask_instruction)
+        return ChatRequest(messages=[{"role": "user", "content": content}], deadline=self.vqa.deadline(), **sampling)
+
+    async def ask(self, question: str, query: str, top_k: int, page: SearchPage) -> dict[str, Any]:
+        """POST /ask: the answer, its sources and the numbers of those it cites."""
+        photos = await self.retrieve(query, top_k, page)
+        answer = NO_MATCH
+        if photos:
+            answer = (await self.vqa.generate(self.chat_request(photos, question), "/ask"))["text"]
+        sources = [p.source for p in photos]
+        return {"status": "success", "question": question, "answer": answer, "sources": sources,
+                "cited": cited_photos(answer, len(sources))}
+
+    async def ask_stream(self, question: str, query: str, top_k: int, page: SearchPage) -> Response:
+        """POST /ask/stream: refusals (search errors, a full VQA queue) answer before the 200; then the
+        events `sources`, `delta`... and `done` (or `error` if the model fails once started)."""
+        photos = await self.retrieve(query, top_k, page)
+        if photos:
+            self.vqa.check_room()
+        return StreamingResponse(self.events(question, photos), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+
+    async def events(self, question: str, photos: list[Photo]) -> AsyncIterator[str]:
+        sources = [p.source for p in photos]
+        yield sse("sources", {"sources": sources})
+        answer = ""
+        async for piece in self.answer_pieces(question, photos):
+            if isinstance(piece, ApiError):
+                yield sse("error", {"code": piece.code, "message": piece.message})
+                return
+            answer += piece
+            yield sse("delta", {"text": piece})
+        yield sse("done", {"answer": answer, "cited": cited_photos(answer, len(sources))})
+
+    async def answer_pieces(self, question: str, photos: list[Photo], **sampling: Any) -> AsyncIterator[str | ApiError]:
+        """The answer as it is generated (NO_MATCH without photos); a refusal of the model as its ApiError."""
+        if not photos:
+            yield NO_MATCH
+            return
+        try:
+            pieces = await self.vqa.stream(self.chat_request(photos, question, **sampling))
+        except ApiError as exc:
+            yield exc
+            return
+        try:
+            async for piece in pieces:
+                if piece:
+                    yield piece
+        finally:
+            with anyio.CancelScope(shield=True):  # a client that left: cancel the runner's generation
+                await pieces.aclose()  # type: ignore[attr-defined]
+
+    async def chat_completion(self, raw: bytes, path: str) -> Response:
+        """/v1/chat/completions with model "library": the last user message asked of the library; the
+        sources follow the answer as markdown links."""
+        fields = await asyncio.to_thread(self.vqa.chat_fields, raw)
+        question, query = self.question(last_user_text(fields["messages"]), None)
+        top_k = min(DEFAULT_TOP_K, self.settings.ask_max_images)
+        photos = await self.retrieve(query, top_k, search_page(top_k, 0, False, self.settings.search_max_window,
+                                     folder=None, modified_after=None, modified_before=None, min_width=None,
+                                     min_height=None, min_bytes=None))
+        sampling = {"max_new_tokens": fields["max_new_tokens"], "temperature": fields["temperature"],
+                    "top_p": fields["top_p"]}
+        if fields["stream"]:
+            if photos:
+                self.vqa.check_room()
+            return StreamingResponse(self.chat_events(question, photos, sampling), media_type="text/event-stream")
+        result: dict[str, Any] = {"text": NO_MATCH, "prompt_tokens": 0, "completion_tokens": 0, "finish_reason": "stop"}
+        if photos:
+            result = await self.vqa.generate(self.chat_request(photos, question, **sampling), path)
+        cited = cited_photos(result["text"], len(photos))
+        result = {**result, "text": result["text"] + sources_markdown([p.source for p in photos], cited)}
+        return JSONResponse(openai.completion(LIBRARY_MODEL, result))
+
+    async def chat_events(self, question: str, photos: list[Photo], sampling: dict[str, Any]) -> AsyncIterator[str]:
+        chat_id = f"chatcmpl-{uuid.uuid4().hex}"
+        yield openai.chunk(chat_id, LIBRARY_MODEL, {"role": "assistant", "content": ""})
+        answer = ""
+        async for piece in self.answer_pieces(question, photos, **sampling):
+            if isinstance(piece, ApiError):  # after the 200: said in the text, as a chat client shows it
+                yield openai.chunk(chat_id, LIBRARY_MODEL, {"content": f"[error: {piece.message}]"}, finish="stop")
+                yield "data: [DONE]\n\n"
+                return
+            answer += piece
+            yield openai.chunk(chat_id, LIBRARY_MODEL, {"content": piece})
+        cited = cited_photos(answer, len(photos))
+        sources = sources_markdown([p.source for p in photos], cited)
+        if sources:
+            yield openai.chunk(chat_id, LIBRARY_MODEL, {"content": sources})
+        yield openai.chunk(chat_id, LIBRARY_MODEL, {}, finish="stop")
+        yield "data: [DONE]\n\n"
+
+
+def asks_library(raw: bytes) -> bool:
+    """Whether a chat body names the model "library" (a cheap look before the body is parsed once)."""
+    if b'"library"' not in raw:
+        return False
+    try:
+        body = parse_json(raw)
+    except ApiError:  # not JSON: the VQA chat path answers why
+        return False
+    return isinstance(body, dict) and body.get("model") == LIBRARY_MODEL
