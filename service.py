@@ -16,24 +16,17 @@ from typing import Annotated, Any
 
 import bentoml
 from pydantic import BeforeValidator, Field
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
-from starlette.routing import Route
+from starlette.responses import StreamingResponse
 
-from api import images, openai, search
-from api.asking import DEFAULT_TOP_K, LIBRARY_MODEL, Asking, asks_library
+from api import asgi, search
+from api.asking import DEFAULT_TOP_K, Asking
 from api.errors import ApiError, bad_request, handles_errors
 from api.health import health_report
 from api.internal_store import InternalStore, listening_url
-from api.limits import Limits
-from api.logs import RequestLog
-from api.metrics import RequestMetrics, index_size_text
-from api.receipt_deadline import install as install_receipt_deadline
+from api.metrics import index_size_text
 from api.runner_calls import runner_ready
 from api.searching import Searching, query_text
 from api.store_calls import StoreCalls
-from api.ui import ui_routes
 from api.vqa_requests import VqaRequests
 from config import get_settings
 from core.bentoml_compat import NO_FILE, upload_name
@@ -57,40 +50,7 @@ Text = Annotated[str, BeforeValidator(search.as_text)]  # a typed `2024` stays t
 ASK_TOP_K = min(DEFAULT_TOP_K, SETTINGS.ask_max_images)
 
 
-# Starlette routes: each hands the request to a plain module through the running service.
-@handles_errors
-async def health(request: Request) -> JSONResponse:
-    return JSONResponse(await bentoml.get_current_service().health())
-
-
-@handles_errors
-async def chat_completions(request: Request) -> Response:
-    service = bentoml.get_current_service()
-    if asks_library(await request.body()):  # model "library": ask the library (api/asking.py)
-        return await service.asking.chat_completion(await request.body(), request.url.path)
-    return await service.vqa_requests.chat_completion(request)
-
-
-async def list_models(request: Request) -> JSONResponse:
-    return JSONResponse(openai.models(SETTINGS.vqa_model, LIBRARY_MODEL))
-
-
-async def internal_store(request: Request) -> Response:
-    """The indexer's write path (api/internal_store.py; not in /docs.json)."""
-    return await bentoml.get_current_service().internal_store.handle(request)  # type: ignore[no-any-return]
-
-
-routes = Starlette(routes=[
-    Route("/health", health, methods=["GET"]),
-    Route("/v1/chat/completions", chat_completions, methods=["POST"]),
-    Route("/v1/models", list_models, methods=["GET"]),
-    Route("/images/{path:path}", images.serve_image, methods=["GET"]),  # thumbnails and originals (api/images.py)
-    *ui_routes(),  # the web page at /ui/
-    Route("/internal/store/{op}", internal_store, methods=["POST"]),  # local indexer only, with a token
-])
-
-
-@bentoml.asgi_app(routes, path="/")
+@bentoml.asgi_app(asgi.routes(), path="/")
 @bentoml.service(
     name="multimodal_server",
     workers=1,  # the one process that holds the embedded store (see README, "Processes")
@@ -264,23 +224,6 @@ class MultimodalServer:
         self.store.close()
 
 
-# uvicorn has no deadline for receiving a request (uvicorn #157): add one to the server BentoML starts.
-install_receipt_deadline(SETTINGS.request_header_timeout_s, SETTINGS.request_body_timeout_s)
-
-from api.middleware import ApiContractMiddleware, SecurityHeaders  # noqa: E402
-
-# Outermost first: the security headers (nosniff on every response, the web page's CSP), request id and
-# log line, request counters, then the limits (their refusals are logged and counted too).
-MultimodalServer.add_asgi_middleware(SecurityHeaders)  # type: ignore[attr-defined]
-MultimodalServer.add_asgi_middleware(RequestLog, log_format=SETTINGS.log_format)  # type: ignore[attr-defined]
-MultimodalServer.add_asgi_middleware(RequestMetrics)  # type: ignore[attr-defined]
-MultimodalServer.add_asgi_middleware(  # type: ignore[attr-defined]
-    Limits, api_key=SETTINGS.api_key.get_secret_value() if SETTINGS.api_key else None,
-    public_metrics=SETTINGS.public_metrics, public_docs=SETTINGS.public_docs,
-    max_upload_bytes=int(SETTINGS.max_upload_mb * 1024 * 1024), max_concurrency=SETTINGS.max_concurrency,
-    timeout_s=SETTINGS.request_timeout_s, retry_after_s=SETTINGS.retry_after_s)
-
-# One error shape, a valid /docs.json, form bodies checked before BentoML acts on them.
-MultimodalServer.add_asgi_middleware(ApiContractMiddleware, service=MultimodalServer)  # type: ignore[attr-defined]
+asgi.add_middlewares(MultimodalServer, SETTINGS)  # the security headers, logs, metrics, limits, error shape
 
 __all__ = ["ClipRunner", "MultimodalServer", "VQARunner"]
