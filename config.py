@@ -58,6 +58,7 @@ class Settings(BaseSettings):
     index_workers: int = Field(default=4, ge=1, le=64)
     watch_interval_s: float = Field(default=2.0, gt=0)  # `--watch`: how often the library is listed
     watch_settle_s: float = Field(default=2.0, ge=0)  # `--watch`: a file unchanged this long is indexed
+    watch_events: bool = True  # `--watch`: filesystem events wake it early (false: polling only)
 
     # CLIP runner (adaptive batching)
     clip_adaptive_batching: bool = True  # false: one encode call per request (for comparison)

@@ -4,11 +4,12 @@
 
 A library of `--library` photo-sized JPEGs is indexed first (the embedded store, the tiny CLIP of
 tests/fixtures/tiny_clip, CPU). Then the watcher of `python -m indexer --watch` (indexer.watch.Watcher,
-in a thread, as the command runs it) follows the library while `--copies` new photos are copied in one
-at a time, each written in 4 pieces over 0.3 s, at a random moment of the polling cycle. Right after
+with its loop indexer.watch.follow, in a thread, as the command runs it) follows the library while
+`--copies` new photos are copied in one at a time, each written in 4 pieces over 0.3 s, at a random
+moment of the polling cycle. Right after
 each pass the watcher's thread searches the store with each waiting photo's own vector; a photo counts
 as searchable once it is among the top 5 hits. Measured with the default settings (WATCH_INTERVAL_S=2,
-WATCH_SETTLE_S=2) and with short ones (0.5 s, 1 s).
+WATCH_SETTLE_S=2), filesystem events on (the default, inotify here) and off (WATCH_EVENTS=false).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from index_vs_seed import TINY, make_photos  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from indexer.pipeline import Indexer, Options, Summary  # noqa: E402
-from indexer.watch import Watcher  # noqa: E402
+from indexer.watch import Events, Watcher, follow  # noqa: E402
 from runners.clip import ClipEncoder  # noqa: E402
 from store.edge import EdgeStore  # noqa: E402
 
@@ -55,7 +56,7 @@ class Searchable:
 
 
 def measure(work: Path, encoder: ClipEncoder, n_library: int, n_copies: int, interval_s: float,
-            settle_s: float) -> list[float]:
+            settle_s: float, events: bool) -> list[float]:
     library = work / "lib"
     make_photos(library, n_library, seed=1)
     store = EdgeStore(work / "qdrant", "images")
@@ -74,12 +75,7 @@ def measure(work: Path, encoder: ClipEncoder, n_library: int, n_copies: int, int
     watcher = Watcher(library, index, store.count, settle_s)
     stop = threading.Event()
 
-    def loop() -> None:
-        while not stop.is_set():
-            watcher.poll()
-            stop.wait(interval_s)
-
-    thread = threading.Thread(target=loop)
+    thread = threading.Thread(target=follow, args=(watcher, Events(library, interval_s, events), interval_s, stop))
     thread.start()
     delays, rng = [], random.Random(0)
     try:
@@ -131,10 +127,11 @@ def main() -> None:
     args = parser.parse_args()
     encoder = ClipEncoder(str(TINY), "cpu", model_id="tiny-clip")
     rows = []
-    for interval_s, settle_s in [(2.0, 2.0), (0.5, 1.0)]:
+    for interval_s, settle_s, events in [(2.0, 2.0, True), (2.0, 2.0, False)]:
         with tempfile.TemporaryDirectory() as tmp:
-            delays = measure(Path(tmp), encoder, args.library, args.copies, interval_s, settle_s)
-        label = f"WATCH_INTERVAL_S={interval_s:g}, WATCH_SETTLE_S={settle_s:g}"
+            delays = measure(Path(tmp), encoder, args.library, args.copies, interval_s, settle_s, events)
+        label = (f"WATCH_INTERVAL_S={interval_s:g}, WATCH_SETTLE_S={settle_s:g}, "
+                 f"WATCH_EVENTS={str(events).lower()}")
         line = (f"median {median(delays):.2f} s, p90 {percentile(delays, 0.9):.2f} s, "
                 f"max {max(delays):.2f} s ({len(delays)} copies)")
         print(f"{label}: {line}")
@@ -145,9 +142,10 @@ def main() -> None:
 `bench/watch_delay.py`: `python -m indexer --watch`'s watcher over a library of {args.library} indexed
 640x480 JPEGs on the embedded store, tiny CLIP on CPU; {args.copies} new photos copied in one at a time
 (each in 4 pieces over 0.3 s, at a random moment of the polling cycle). Delay from the copy's last byte
-to a search (the photo's own vector, top 5) returning it. Expected: at most one interval to notice the
-final size, the settle time, up to one more interval to see it settled, then one pass (scan, hash,
-embed, write). The target is 10 s.
+to a search (the photo's own vector, top 5) returning it. Expected with events (inotify): the event's
+0.2 s gap, the settle time, then one pass (scan, hash, embed, write); polling only: at most one interval
+to notice the final size, the settle time, up to one more interval to see it settled, then the pass.
+The target is 10 s.
 
 {table(rows, ("settings", "copy finished -> searchable"))}
 """)

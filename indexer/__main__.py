@@ -140,7 +140,7 @@ def run(argv: list[str] | None = None) -> int:
 
             try:
                 watch_until_signal(store, encoder, args.library, options, settings.watch_interval_s,
-                                   settings.watch_settle_s)
+                                   settings.watch_settle_s, settings.watch_events)
             finally:
                 store.close()
             return 0

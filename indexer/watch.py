@@ -7,6 +7,12 @@ changes go into one pass of the ordinary incremental run (indexer.pipeline.Index
 files still pending held back: neither indexed nor removed. A move is a removal plus an addition
 that settle together; the vector is reused, not re-embedded.
 
+Filesystem events (the `watchdog` package: inotify, FSEvents, ReadDirectoryChangesW), where the platform
+has them and WATCH_EVENTS is on, only wake the loop early: the listing stays the truth, and it still
+runs every WATCH_INTERVAL_S, in case an event is missed (a network share sends none for changes made by
+other machines). Without them (watchdog missing, no native events, the observer fails to start, the
+library not there) the loop polls; the observer is tried again once the library folder comes back.
+
 The unmount rule: an unmounted mount point looks like a missing or empty folder. When the library
 is missing, unreadable, or holds no files while the collection holds points, watch mode logs it and
 waits, removing nothing, until files are back. (A plain `python -m indexer` run still removes the
@@ -24,6 +30,7 @@ from collections.abc import Callable, Collection
 from dataclasses import replace
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 from core.library import NotInLibrary, is_hidden, is_image_name, library_name
 from indexer.pipeline import ImageEncoder, Indexer, Options, Summary
@@ -82,6 +89,12 @@ class Settler:
     def ready(self) -> set[str]:
         now = self.clock()
         return {name for name, (_, since) in self.pending.items() if now - since >= self.settle_s}
+
+    def next_due(self) -> float | None:
+        """When (on `clock`) the first pending file will have settled, if it keeps still; None if none is pending."""
+        if not self.pending:
+            return None
+        return min(since for _, since in self.pending.values()) + self.settle_s
 
     def held(self, ready: Collection[str]) -> set[str]:
         return set(self.pending) - set(ready)
@@ -144,23 +157,151 @@ def pass_line(summary: Summary, seconds: float) -> str:
             f"failed {summary.failed} | unchanged {summary.unchanged} | {seconds:.2f} s{failed}{more}")
 
 
+# Events that may mean a library file changed. Not "opened" or "closed_no_write": a pass reading the
+# files makes those, and each would wake the loop for nothing.
+WAKING_EVENTS = frozenset({"created", "modified", "moved", "deleted", "closed"})
+EVENT_GAP_S = 0.2  # woken by an event, wait this long (at least) for the rest of its burst: a copy writes in pieces
+
+
+def wakes(event: Any) -> bool:
+    """Whether a watchdog event may change the listing: an image file's, or a folder created, moved or
+    removed (a folder's "modified" comes with every file made in it, images or not)."""
+    if event.event_type not in WAKING_EVENTS:
+        return False
+    if event.is_directory:
+        return bool(event.event_type != "modified")
+    names = (os.path.basename(os.fsdecode(path)) for path in (event.src_path, event.dest_path) if path)
+    return any(is_image_name(name) and not is_hidden(name) for name in names)
+
+
+class Events:
+    """Filesystem events on the library as hints that set `wake`; polling alone when there are none."""
+
+    def __init__(self, root: Path, interval_s: float, enabled: bool = True) -> None:
+        self.root = root
+        self.interval_s = interval_s
+        self.enabled = enabled
+        self.wake = threading.Event()
+        self.observer: Any = None  # a running watchdog observer, or None while polling
+        self.identity: tuple[int, int] | None = None  # (device, inode) of the folder the observer watches
+        self.failed: tuple[int, int] | None = None  # the folder on which the observer failed to start
+        self.mode = ""  # the last mode logged
+
+    def update(self) -> None:
+        """Before each listing: keep the observer, start it, or (re)start it on a remounted library."""
+        if not self.enabled:
+            self.polling("WATCH_EVENTS=false")
+            return
+        try:
+            st = os.stat(self.root)
+        except OSError:
+            self.close()
+            self.failed = None  # a library that comes back gets a new try, whatever failed before
+            self.polling("the library folder is missing or cannot be read (events again once it is back)")
+            return
+        identity = (st.st_dev, st.st_ino)
+        if self.observer is not None:
+            if identity == self.identity and self.alive():
+                return
+            self.close()  # remounted or replaced (a new inode), or the observer stopped: a fresh one
+        if identity != self.failed:  # no retry on the folder it failed on, only once it is another
+            self.start(identity)
+
+    def start(self, identity: tuple[int, int]) -> None:
+        self.failed = identity
+        try:
+            from watchdog.events import FileSystemEvent, FileSystemEventHandler
+            from watchdog.observers import Observer
+        except ImportError:
+            self.polling("the watchdog package is not installed")
+            return
+        wake = self.wake
+
+        class Handler(FileSystemEventHandler):
+            def dispatch(self, event: FileSystemEvent) -> None:
+                if wakes(event):
+                    wake.set()
+
+        observer = Observer()
+        kind = type(observer).__name__.removesuffix("Observer").lower()
+        if kind == "polling":  # watchdog's stand-in where the platform has no events: a second poller
+            self.polling("this platform has no filesystem events")
+            return
+        try:
+            observer.schedule(Handler(), str(self.root), recursive=True)
+            observer.start()
+        except Exception as exc:  # noqa: BLE001 - any failure means polling (mostly OSError: inotify's watch limit, a permission)
+            self.polling(f"filesystem events failed to start ({type(exc).__name__}: {exc})")
+            return
+        self.observer, self.identity, self.failed = observer, identity, None
+        self.log(f"watching {self.root} with filesystem events ({kind}), "
+                 f"and a listing every {self.interval_s:g} s in case one is missed")
+
+    def alive(self) -> bool:
+        emitters = self.observer.emitters
+        return bool(self.observer.is_alive() and emitters and all(e.is_alive() for e in emitters))
+
+    def polling(self, why: str) -> None:
+        self.log(f"watching {self.root} by polling every {self.interval_s:g} s: {why}")
+
+    def log(self, mode: str) -> None:
+        if mode != self.mode:
+            log.info("%s", mode)
+            self.mode = mode
+
+    def wait(self, seconds: float, stop: threading.Event) -> None:
+        """Until `seconds` pass or an event (or `stop`) wakes the loop."""
+        if self.wake.wait(seconds) and not stop.is_set():
+            stop.wait(EVENT_GAP_S)
+        self.wake.clear()  # what happened so far, the next listing sees
+
+    def close(self) -> None:
+        if self.observer is not None:
+            self.observer.stop()
+            self.observer.join(5)
+            self.observer = None
+
+
+def follow(watcher: Watcher, events: Events, interval_s: float, stop: threading.Event) -> None:
+    """The watch loop: list (and index) at every wake-up, until `stop` is set."""
+
+    def relay() -> None:  # `stop` wakes the loop too
+        stop.wait()
+        events.wake.set()
+
+    threading.Thread(target=relay, name="watch-stop", daemon=True).start()
+    try:
+        while not stop.is_set():
+            events.update()
+            watcher.poll()
+            events.wait(next_wait(watcher, events, interval_s), stop)
+    finally:
+        events.close()
+
+
+def next_wait(watcher: Watcher, events: Events, interval_s: float) -> float:
+    """The interval; with events on, less when a pending file will have settled sooner (no event says so)."""
+    due = watcher.settler.next_due()
+    if events.observer is None or watcher.waiting is not None or due is None:
+        return interval_s
+    return min(interval_s, max(0.0, due - watcher.settler.clock()) + 0.01)
+
+
 def watch(store: VectorStore, encoder: ImageEncoder, root: Path, options: Options, interval_s: float,
-          settle_s: float, stop: threading.Event) -> None:
-    """Poll and index until `stop` is set; a pass under way ends after its current batch."""
+          settle_s: float, stop: threading.Event, events: bool = True) -> None:
+    """Watch and index until `stop` is set; a pass under way ends after its current batch."""
     pass_options = replace(options, progress=False, keep_if_empty=True, stop=stop.is_set)
 
     def index(hold: set[str]) -> Summary:
         return Indexer(store, encoder, pass_options).run(root, hold)
 
     watcher = Watcher(root, index, store.count, settle_s)
-    log.info("watching %s (every %.1f s, files settle for %.1f s)", root, interval_s, settle_s)
-    while not stop.is_set():
-        watcher.poll()
-        stop.wait(interval_s)
+    log.info("files settle for %.1f s before they are indexed", settle_s)
+    follow(watcher, Events(root, interval_s, events), interval_s, stop)
 
 
 def watch_until_signal(store: VectorStore, encoder: ImageEncoder, root: Path, options: Options,
-                       interval_s: float, settle_s: float) -> None:
+                       interval_s: float, settle_s: float, events: bool = True) -> None:
     """`watch` in the main thread, ended by SIGTERM or SIGINT (Ctrl-C) after the current batch."""
     stop = threading.Event()
 
@@ -171,7 +312,7 @@ def watch_until_signal(store: VectorStore, encoder: ImageEncoder, root: Path, op
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     logging.getLogger("indexer.watch").setLevel(logging.INFO)
     try:
-        watch(store, encoder, root, options, interval_s, settle_s, stop)
+        watch(store, encoder, root, options, interval_s, settle_s, stop, events)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -18,7 +18,7 @@ from PIL import Image
 from shapes import make_library
 
 from indexer.pipeline import Indexer, Options, Summary
-from indexer.watch import Settler, Watcher, snapshot, watch
+from indexer.watch import Events, Settler, Watcher, snapshot, watch
 from store import memory_store
 from store.base import point_id
 
@@ -266,3 +266,102 @@ def test_watch_loop_indexes_a_new_file_and_stops_on_the_event(store: Any, tmp_pa
         stop.set()
         thread.join(10)
     assert not thread.is_alive()
+
+
+# ---------------------------------------------------------------- filesystem events
+
+
+def run_watch(store: Any, library: Path, stop: threading.Event, events: bool) -> threading.Thread:
+    """The watch loop in a thread with a 30 s interval: only an event can wake it within a few seconds."""
+    thread = threading.Thread(target=watch, args=(store, FakeEncoder(), library, Options(progress=False),
+                                                  30.0, 0.2, stop, events))
+    thread.start()
+    return thread
+
+
+def indexed(store: Any, name: str) -> bool:
+    return point_id(name) in {pid for pid, _ in store.payloads()}
+
+
+def stop_thread(stop: threading.Event, thread: threading.Thread) -> None:
+    stop.set()
+    thread.join(10)
+    assert not thread.is_alive()
+
+
+def test_an_event_wakes_the_loop_long_before_the_interval(store: Any, tmp_path: Path,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, "indexer.watch")
+    make_library(tmp_path, n_per_class=1)
+    stop = threading.Event()
+    thread = run_watch(store, tmp_path, stop, events=True)
+    try:
+        wait_for(lambda: store.count() > 0, timeout=10)  # the first listing and pass, at once
+        Image.new("RGB", (40, 30), "purple").save(tmp_path / "added.png")
+        started = time.monotonic()
+        wait_for(lambda: indexed(store, "added.png"), timeout=5)  # the interval is 30 s
+        assert time.monotonic() - started >= 0.2  # it settled first
+    finally:
+        stop_thread(stop, thread)
+    assert any(f"watching {tmp_path} with filesystem events (inotify)" in r.message for r in caplog.records)
+
+
+def test_with_watch_events_off_it_only_polls(store: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, "indexer.watch")
+    stop = threading.Event()
+    thread = run_watch(store, tmp_path, stop, events=False)  # an empty library: the first listing, then 30 s
+    try:
+        wait_for(lambda: any("polling" in r.message for r in caplog.records), timeout=10)
+        Image.new("RGB", (40, 30), "purple").save(tmp_path / "added.png")
+        time.sleep(2)  # with events, indexed by now (the test above)
+        assert not indexed(store, "added.png")
+    finally:
+        started = time.monotonic()
+        stop_thread(stop, thread)
+    assert time.monotonic() - started < 2  # a stop still ends the 30 s wait at once
+    assert any(f"watching {tmp_path} by polling every 30 s: WATCH_EVENTS=false" in r.message
+               for r in caplog.records)
+
+
+def test_an_observer_that_fails_to_start_falls_back_to_polling(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
+    from watchdog.observers.api import BaseObserver
+
+    def refuse(self: Any) -> None:
+        raise OSError(28, "inotify watch limit reached")
+
+    monkeypatch.setattr(BaseObserver, "start", refuse)
+    caplog.set_level(logging.INFO, "indexer.watch")
+    events = Events(tmp_path, 2.0)
+    events.update()
+    assert events.observer is None
+    assert any("by polling every 2 s: filesystem events failed to start (OSError: [Errno 28] inotify watch limit"
+               in r.message for r in caplog.records)
+    monkeypatch.undo()
+    events.update()  # the same folder: no new try at every listing
+    assert events.observer is None
+
+
+def test_events_stop_while_the_library_is_away_and_start_again_when_it_is_back(tmp_path: Path) -> None:
+    library = tmp_path / "lib"
+    library.mkdir()
+    events = Events(library, 2.0)
+    try:
+        events.update()
+        assert events.observer is not None
+        library.rename(tmp_path / "away")
+        events.update()
+        assert events.observer is None and "missing" in events.mode
+        (tmp_path / "away").rename(library)
+        events.update()
+        assert events.observer is not None and "filesystem events" in events.mode
+        events.wake.clear()
+        write(library / "sub" / "a.jpg", b"a")
+        assert events.wake.wait(5)  # the new observer sees the new folder's files
+        time.sleep(0.5)  # the rest of that write's events (modified, closed)
+        events.wake.clear()
+        write(library / "notes.txt", b"a")
+        write(library / ".a.jpg", b"a")
+        assert not events.wake.wait(0.5)  # not a library file: no wake-up
+    finally:
+        events.close()
