@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import bentoml
@@ -30,8 +31,9 @@ async def health(request: Request) -> JSONResponse:
 @handles_errors
 async def chat_completions(request: Request) -> Response:
     service = bentoml.get_current_service()
-    if asks_library(await request.body()):  # model "library": ask the library (api/asking.py)
-        return await service.asking.chat_completion(await request.body(), request.url.path)
+    raw = await request.body()
+    if await asyncio.to_thread(asks_library, raw):  # model "library": ask the library (api/asking.py)
+        return await service.asking.chat_completion(raw, request.url.path)
     return await service.vqa_requests.chat_completion(request)
 
 

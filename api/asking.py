@@ -216,9 +216,7 @@ class Asking:
         fields = await asyncio.to_thread(self.vqa.chat_fields, raw)
         question, query = self.question(last_user_text(fields["messages"]), None)
         top_k = min(DEFAULT_TOP_K, self.settings.ask_max_images)
-        photos = await self.retrieve(query, top_k, search_page(top_k, 0, False, self.settings.search_max_window,
-                                     folder=None, modified_after=None, modified_before=None, min_width=None,
-                                     min_height=None, min_bytes=None))
+        photos = await self.retrieve(query, top_k, search_page(top_k, 0, False, self.settings.search_max_window))
         sampling = {"max_new_tokens": fields["max_new_tokens"], "temperature": fields["temperature"],
                     "top_p": fields["top_p"]}
         if fields["stream"]:
@@ -252,7 +250,8 @@ class Asking:
 
 
 def asks_library(raw: bytes) -> bool:
-    """Whether a chat body names the model "library" (a cheap look before the body is parsed once)."""
+    """Whether a chat body names the model "library": a cheap look, then a parse only for bodies that hold
+    the word (run off the event loop: a body can be MBs)."""
     if b'"library"' not in raw:
         return False
     try:

@@ -74,9 +74,10 @@ class SearchPage:
     dedup: bool
 
 
-def search_page(top_k: int, offset: int, dedup: bool, max_window: int, *, folder: str | None,
-                modified_after: str | None, modified_before: str | None, min_width: int | None,
-                min_height: int | None, min_bytes: int | None, exclude: tuple[str, ...] = ()) -> SearchPage:
+def search_page(top_k: int, offset: int, dedup: bool, max_window: int, *, folder: str | None = None,
+                modified_after: str | None = None, modified_before: str | None = None, min_width: int | None = None,
+                min_height: int | None = None, min_bytes: int | None = None,
+                exclude: tuple[str, ...] = ()) -> SearchPage:
     """Validate the filter and paging fields (ApiError 400 with a message naming the field)."""
     if offset + top_k > max_window:
         raise bad_request(f"offset + top_k is {offset + top_k}, more than {max_window} (SEARCH_MAX_WINDOW): "

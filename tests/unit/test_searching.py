@@ -91,8 +91,7 @@ def searching(store: Any, library: Library, model_id: str = MODEL) -> tuple[Sear
 
 
 def page(exclude: tuple[str, ...] = ()) -> SearchPage:
-    return search_page(10, 0, False, 1000, folder=None, modified_after=None, modified_before=None, min_width=None,
-                       min_height=None, min_bytes=None, exclude=exclude)
+    return search_page(10, 0, False, 1000, exclude=exclude)
 
 
 def answered(search: Searching, call: Any) -> list[dict[str, Any]]:
