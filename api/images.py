@@ -19,7 +19,6 @@ import hashlib
 import io
 import logging
 import os
-import tempfile
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from email.utils import formatdate, parsedate_to_datetime
@@ -35,6 +34,7 @@ from starlette.responses import Response
 
 from api.errors import ApiError, bad_request, handles_errors, not_found
 from config import get_settings
+from core.files import write_atomically
 from core.images import BadImage, load_image
 from core.library import Library, LibraryFile, NotInLibrary, library_name
 
@@ -172,18 +172,6 @@ def render(data: bytes, size: int, pil_format: str) -> bytes:
     out = io.BytesIO()
     image.save(out, format=pil_format, quality=QUALITY)
     return out.getvalue()
-
-
-def write_atomically(target: Path, body: bytes) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(body)
-        os.replace(temp, target)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
 
 
 def parse_size(value: str | None) -> int:

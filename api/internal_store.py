@@ -36,6 +36,7 @@ from starlette.responses import JSONResponse, Response
 
 from api.errors import ApiError, bad_request, handles_errors, not_found
 from api.store_calls import StoreCalls
+from core.files import write_atomically
 from store.base import CollectionInfo, Point, StoreError, VectorStore
 from store.remote import (
     TOKEN_HEADER,
@@ -226,18 +227,8 @@ def ip_of(endpoint: Any) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None
 
 
 def write_private_json(path: Path, data: dict[str, Any]) -> None:
-    """Write `data` to `path` atomically, readable and writable by this user only (0600 from creation)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.fchmod(fd, 0o600)  # an older tmp file of this name keeps its mode otherwise
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    """Write `data` to `path` atomically, readable and writable by this user only (core/files.py)."""
+    write_atomically(path, json.dumps(data).encode("utf-8"))
 
 
 # --- the service's own address -------------------------------------------------------------------
