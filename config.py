@@ -19,6 +19,13 @@ DEFAULT_ASK_INSTRUCTION = (
     "Answer the question from these photos only, which are numbered from 1 in the order shown, and name the "
     "numbers of the photos you used (for example \"photo 2\"); if they do not show the answer, say so. "
     "请只根据这些按顺序从1编号的照片回答问题，并写出所用照片的编号（例如“图2”）；照片里没有答案时请直说。")
+# The indexer's describe stage (`python -m indexer --describe`) asks the VQA model this about every photo. An
+# answer that parses as this JSON fills the payload fields description / visible_text / tags; any other answer
+# is stored whole as description. The tiny test describer (tests/fixtures/make_tiny_describer.py) is trained
+# on exactly this prompt.
+DEFAULT_DESCRIBE_PROMPT = (
+    '用JSON描述这张照片，只输出JSON：{"description": "一句简短的中文描述", '
+    '"visible_text": "照片里能看到的文字，没有就留空", "tags": ["几个中文标签"]}')
 
 
 class Settings(BaseSettings):
