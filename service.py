@@ -108,14 +108,16 @@ class MultimodalServer:
         text_query: Annotated[Text, Field(description="what to look for, in Chinese or English")],
         top_k: Annotated[int, Field(ge=1, le=SETTINGS.search_max_top_k)] = 5,
         include_image: search.IncludeImage = True,
+        mode: search.SearchMode = None,
         **fields: Any,
     ) -> dict[str, Any]:
-        """Find the library images that best match a text, best first (cosine similarity)."""
+        """Find the library images that best match a text, best first: by CLIP similarity, by the words of
+        their VLM-written descriptions, or both fused (`mode`)."""
         query = query_text(text_query, self.settings.max_query_chars)
         page = search.search_page(top_k, max_window=self.settings.search_max_window, **fields)
-        results = await self.searching.by_text(query, top_k, page, include_image)
+        results, ran = await self.searching.by_text(query, top_k, page, include_image, mode)
         return await self.searching.answer(  # type: ignore[return-value]
-            {"status": "success", "query": text_query, "results": results})
+            {"status": "success", "query": text_query, "mode": ran, "results": results})
 
     @bentoml.api(route="/image2image_search")
     @handles_errors
@@ -183,13 +185,14 @@ class MultimodalServer:
         = None,
         top_k: Annotated[int, Field(ge=1, le=SETTINGS.ask_max_images, description="photos given to the model")]
         = ASK_TOP_K,
+        mode: search.SearchMode = None,
         **fields: Any,
     ) -> dict[str, Any]:
         """Answer a question from the library: the photos that match it (the search of /text2image_search)
         go to the VQA model numbered; `cited` holds the 1-based numbers of the sources the answer names."""
         asked, searched = self.asking.question(question, query)
         page = search.search_page(top_k, max_window=self.settings.search_max_window, **fields)
-        return await self.asking.ask(asked, searched, top_k, page)
+        return await self.asking.ask(asked, searched, top_k, page, mode)
 
     @bentoml.api(route="/ask/stream")
     @handles_errors
@@ -199,13 +202,14 @@ class MultimodalServer:
         question: Text,
         query: search.OptionalText = None,
         top_k: Annotated[int, Field(ge=1, le=SETTINGS.ask_max_images)] = ASK_TOP_K,
+        mode: search.SearchMode = None,
         **fields: Any,
     ) -> str:
         """As /ask, as server-sent events: `sources` first, then `delta` ({"text"}) pieces of the answer,
         then `done` ({"answer", "cited"}); `error` ({"code", "message"}) if the model fails after the start."""
         asked, searched = self.asking.question(question, query)
         page = search.search_page(top_k, max_window=self.settings.search_max_window, **fields)
-        return await self.asking.ask_stream(asked, searched, top_k, page)  # type: ignore[return-value]
+        return await self.asking.ask_stream(asked, searched, top_k, page, mode)  # type: ignore[return-value]
 
     async def health(self) -> dict[str, Any]:
         return await health_report(self.clip, self.vqa, self.store_calls, self.model_id, self.settings.vqa_model)

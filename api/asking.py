@@ -20,7 +20,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from api import openai
 from api.errors import ApiError, bad_request
 from api.json_body import parse_json
-from api.search import SearchPage, image_urls, search_page
+from api.search import SearchPage, described_fields, image_urls, search_page
 from api.searching import Searching
 from api.vqa_requests import VqaRequests
 from config import Settings
@@ -132,10 +132,9 @@ class Asking:
                 raise bad_request(f"{name} is longer than {limit} characters")
         return asked, searched
 
-    async def retrieve(self, query: str, top_k: int, page: SearchPage) -> list[Photo]:
-        """The photos to answer from, best first: the vector search of /text2image_search. (A search
-        `mode`, e.g. over descriptions, plugs in here: only the hits change.)"""
-        hits = await self.searching.text_hits(query, top_k, page)
+    async def retrieve(self, query: str, top_k: int, page: SearchPage, mode: str | None = None) -> list[Photo]:
+        """The photos to answer from, best first: the search of /text2image_search in the same `mode`."""
+        hits, _ = await self.searching.text_hits(query, top_k, page, mode)
         photos: list[Photo] = await self.searching.off_loop(self.readable, hits)
         return photos
 
@@ -151,9 +150,8 @@ class Asking:
             except (NotInLibrary, BadImage) as exc:
                 log.warning("ask: skipping %r, no longer a library image (%s)", rel, exc)
                 continue
-            source = {"image": rel, "score": round(float(hit.score), 6), **image_urls(rel)}
-            if hit.payload.get("description"):
-                source["description"] = str(hit.payload["description"])
+            source = {"image": rel, "score": round(float(hit.score), 6), **described_fields(hit.payload),
+                      **image_urls(rel)}
             photos.append(Photo(source, data))
         return photos
 
@@ -161,9 +159,10 @@ class Asking:
         content = photo_content([p.data for p in photos], question, self.settings.ask_instruction)
         return ChatRequest(messages=[{"role": "user", "content": content}], deadline=self.vqa.deadline(), **sampling)
 
-    async def ask(self, question: str, query: str, top_k: int, page: SearchPage) -> dict[str, Any]:
+    async def ask(self, question: str, query: str, top_k: int, page: SearchPage,
+                  mode: str | None = None) -> dict[str, Any]:
         """POST /ask: the answer, its sources and the numbers of those it cites."""
-        photos = await self.retrieve(query, top_k, page)
+        photos = await self.retrieve(query, top_k, page, mode)
         answer = NO_MATCH
         if photos:
             answer = (await self.vqa.generate(self.chat_request(photos, question), "/ask"))["text"]
@@ -171,10 +170,11 @@ class Asking:
         return {"status": "success", "question": question, "answer": answer, "sources": sources,
                 "cited": cited_photos(answer, len(sources))}
 
-    async def ask_stream(self, question: str, query: str, top_k: int, page: SearchPage) -> Response:
+    async def ask_stream(self, question: str, query: str, top_k: int, page: SearchPage,
+                         mode: str | None = None) -> Response:
         """POST /ask/stream: refusals (search errors, a full VQA queue) answer before the 200; then the
         events `sources`, `delta`... and `done` (or `error` if the model fails once started)."""
-        photos = await self.retrieve(query, top_k, page)
+        photos = await self.retrieve(query, top_k, page, mode)
         if photos:
             self.vqa.check_room()
         return StreamingResponse(self.events(question, photos), media_type="text/event-stream",

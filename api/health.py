@@ -18,6 +18,7 @@ def summed(infos: list[dict[str, Any]], key: str) -> float | None:
 async def health_report(clip: Any, vqa: Any, store: StoreCalls, model_id: str, vqa_model_id: str) -> dict[str, Any]:
     clip_info, vqa_info = await asyncio.gather(runner_info(clip), runner_info(vqa))
     info = await store.run(store.store.info)
+    described: dict[str, int] = await store.run(store.store.described_counts)
     return {
         "status": "healthy" if clip_info and vqa_info else "degraded",
         "clip_model_loaded": bool(clip_info),
@@ -28,6 +29,10 @@ async def health_report(clip: Any, vqa: Any, store: StoreCalls, model_id: str, v
         "gpu_memory_reserved_gb": summed([clip_info, vqa_info], "gpu_memory_reserved_gb"),
         "clip_model": model_id,
         "index_model": info.model_id if info else None,
+        # `python -m indexer --describe`: photos with a description, and how many each describer wrote
+        # ("<VQA model id>#<prompt hash>"; more than one while a changed model or prompt re-describes).
+        "described_images": sum(described.values()),
+        "descriptions_by": described,
         "vqa_model": vqa_model_id,
         "vqa_quantization": vqa_info.get("quantization"),
         "vqa_batches": {"generate_calls": vqa_info.get("generate_calls"), "answers": vqa_info.get("generated_items")},

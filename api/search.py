@@ -42,6 +42,11 @@ MinHeight = Annotated[int | None, Field(ge=0, description="only images at least 
 MinBytes = Annotated[int | None, Field(ge=0, description="only files of at least this many bytes")]
 Offset = Annotated[int, Field(ge=0, description="skip this many results (paging)")]
 Dedup = Annotated[bool, Field(description="collapse files with identical content, keeping the best")]
+SearchMode = Annotated[Literal["vector", "text", "hybrid"] | None, Field(
+    description='how results are ranked: "vector" = CLIP similarity (score is the cosine); "text" = BM25 over '
+                'the photos\' descriptions, visible text and tags; "hybrid" = both, fused by Reciprocal Rank Fusion '
+                '(score is the fused rank score). Default: "hybrid" when the index holds descriptions '
+                '(`python -m indexer --describe`), else "vector". The answer\'s `mode` says which ran')]
 
 # The filter and paging fields every search endpoint takes: (name, type, default). Adding a filter to the
 # API is one row here (and its SearchFilter field in store/base.py, its parsing in search_page).
@@ -153,10 +158,17 @@ def image_urls(rel_path: str) -> dict[str, str]:
     return {"thumbnail_url": f"/images/{quoted}?size={THUMBNAIL_SIZE}", "image_url": f"/images/{quoted}?size=0"}
 
 
+def described_fields(payload: dict[str, Any]) -> dict[str, str]:
+    """The VLM-written `description` and `visible_text` of a photo, where the indexer wrote them."""
+    return {key: str(payload[key]) for key in ("description", "visible_text") if payload.get(key)}
+
+
 def result_item(hit: Hit, include_image: bool | str, read_base64: Any) -> dict[str, Any]:
-    """One search result: path, score and, as asked, the image's bytes or its URLs."""
+    """One search result: path, score, description and visible text when the photo has them and, as
+    asked, the image's bytes or its URLs."""
     path = str(hit.payload.get("path", ""))
     item: dict[str, Any] = {"image": path, "score": round(float(hit.score), 6)}
+    item.update(described_fields(hit.payload))
     if include_image == "thumbnail":
         item.update(image_urls(path))
     elif include_image:

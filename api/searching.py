@@ -1,6 +1,7 @@
 """The search flow behind /text2image_search and /image2image_search: check the index was built with
 this CLIP model, turn the query into a vector (CLIP runner, or the vector stored for a library
-image), rank the store's hits and shape each result. The CLIP runner, the store and the library are
+image) and, for a text query, pick the mode (CLIP vector, the photos' descriptions, or both fused),
+rank the store's hits and shape each result. The CLIP runner, the store and the library are
 passed in, so a fake encoder and an in-memory store test it without a server."""
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ import asyncio
 import base64
 import json
 import logging
+import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -28,6 +30,10 @@ from core.library import Library, NotInLibrary
 from store.base import Hit, point_id
 
 log = logging.getLogger("service")
+
+# How long /text2image_search trusts its count of described photos before asking the store again: the default
+# mode turns to "hybrid" this long after the indexer's first `--describe` batch at most.
+DESCRIBED_TTL_S = 2.0
 
 
 def not_in_library(image_id: str) -> ApiError:
@@ -61,6 +67,8 @@ class Searching:
         self.model_id = model_id
         self.settings = settings
         self.files = ThreadPoolExecutor(4, thread_name_prefix="files")
+        self.described_at = -DESCRIBED_TTL_S
+        self.described_count = 0
 
     async def off_loop(self, func: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self.files, func, *args)
@@ -99,14 +107,42 @@ class Searching:
         except NotInLibrary as exc:
             raise not_in_library(image_id) from exc
 
-    async def by_text(self, query: str, top_k: int, page: SearchPage, include_image: bool | str) -> list[Any]:
-        return await self.shaped(await self.text_hits(query, top_k, page), include_image)
+    async def by_text(self, query: str, top_k: int, page: SearchPage, include_image: bool | str,
+                      mode: str | None = None) -> tuple[list[Any], str]:
+        """The shaped results for a text and the mode that ranked them."""
+        hits, ran = await self.text_hits(query, top_k, page, mode)
+        return await self.shaped(hits, include_image), ran
 
-    async def text_hits(self, query: str, top_k: int, page: SearchPage) -> list[Hit]:
-        """The store's hits for a text, best first: the search of /text2image_search (and of /ask)."""
+    async def text_hits(self, query: str, top_k: int, page: SearchPage,
+                        mode: str | None = None) -> tuple[list[Hit], str]:
+        """The store's hits for a text, best first, and the mode that ran: the search of
+        /text2image_search (and of /ask). "vector" ranks by CLIP, "text" by the descriptions' words (BM25),
+        "hybrid" fuses both in one store query; None picks hybrid once the index holds descriptions."""
         await self.check_index()
-        vectors = await from_runner(self.clip.to_async.encode_texts([query]), self.settings.retry_after_s)
-        return await self.hits(encoded(vectors[0], "text_query"), top_k, page)
+        ran = await self.pick_mode(mode)
+        vector = None
+        if ran != "text":
+            vectors = await from_runner(self.clip.to_async.encode_texts([query]), self.settings.retry_after_s)
+            vector = encoded(vectors[0], "text_query")
+        found: list[Hit] = await self.store.run(self.store.store.search, vector, top_k, page.where, page.offset,
+                                                page.dedup, None if ran == "vector" else query)
+        return found, ran
+
+    async def pick_mode(self, mode: str | None) -> str:
+        if mode is None:
+            return "hybrid" if await self.described() else "vector"
+        if mode == "text" and not await self.described():
+            raise ApiError(409, "no_descriptions", 'no photo in the index has a description yet, so mode "text" '
+                           "finds nothing: run `python -m indexer --describe` (it uses VQA_MODEL), or search "
+                           'with mode "vector"')
+        return mode
+
+    async def described(self) -> int:
+        """How many photos have descriptions (any model), re-counted at most every DESCRIBED_TTL_S."""
+        if time.monotonic() - self.described_at >= DESCRIBED_TTL_S:
+            counts: dict[str, int] = await self.store.run(self.store.store.described_counts)
+            self.described_count, self.described_at = sum(counts.values()), time.monotonic()
+        return self.described_count
 
     async def by_image_id(self, rel: str, top_k: int, page: SearchPage, include_image: bool | str) -> list[Any]:
         await self.check_index()

@@ -142,6 +142,7 @@ async function loadHealth() {
       `search model ${health.clip_model_loaded ? "loaded" : "not loaded"}`,
       `question model ${health.vqa_model_loaded ? "loaded" : "not loaded"}`,
     ];
+    if (health.described_images) parts.push(`${health.described_images.toLocaleString()} described`);
     if (health.device) parts.push(`device: ${health.device}`);
     if (health.index_model && health.clip_model && health.index_model !== health.clip_model) {
       parts.push("the index was built with another model: re-run the indexer");
@@ -209,7 +210,7 @@ async function runSearch(search, append = false) {
     if (!append) clearGrid();
     const added = results.filter((r) => !state.shown.has(r.image));
     added.forEach((result) => grid.append(card(result)));
-    $("summary").textContent = summaryText(search, state.shown.size);
+    $("summary").textContent = summaryText(search, state.shown.size, body.mode);
     $("more").hidden = results.length < topK || added.length === 0;
   } catch (error) {
     if (!append) {
@@ -222,9 +223,31 @@ async function runSearch(search, append = false) {
   }
 }
 
-function summaryText(search, count) {
-  if (count === 0) return `No photos found ${search.label}.`;
-  return `${count} ${count === 1 ? "photo" : "photos"} ${search.label}, best match first`;
+const MODE_NAMES = { vector: "the photos (CLIP)", text: "description words", hybrid: "photos and descriptions" };
+
+function summaryText(search, count, mode) {
+  const ranked = MODE_NAMES[mode] ? ` · ranked by ${MODE_NAMES[mode]}` : "";
+  if (count === 0) return `No photos found ${search.label}${ranked}.`;
+  return `${count} ${count === 1 ? "photo" : "photos"} ${search.label}, best match first${ranked}`;
+}
+
+// The VLM-written description and visible text of a result (indexer --describe), under its thumbnail.
+function describedLines(result) {
+  const lines = [];
+  if (result.description) {
+    const line = document.createElement("span");
+    line.className = "description";
+    line.textContent = result.description;
+    lines.push(line);
+  }
+  if (result.visible_text) {
+    const line = document.createElement("span");
+    line.className = "visible-text";
+    line.textContent = `“${result.visible_text}”`;
+    line.title = "text visible in the photo";
+    lines.push(line);
+  }
+  return lines;
 }
 
 function clearGrid() {
@@ -254,7 +277,7 @@ function card(result) {
   const scoreText = document.createElement("span");
   scoreText.className = "score";
   scoreText.textContent = score;
-  button.append(img, name, scoreText);
+  button.append(img, name, scoreText, ...describedLines(result));
   button.addEventListener("click", () => openViewer({ kind: "library", result }, button));
   item.append(button);
   showImage(img, result.thumbnail_url || dataUrl(result), state.objectUrls);
@@ -306,7 +329,8 @@ function openViewer(subject, opener) {
   if (subject.kind === "library") {
     const { result } = subject;
     $("viewer-title").textContent = result.image;
-    $("viewer-meta").textContent = `In your library · score ${result.score.toFixed(3)}`;
+    const described = [result.description, result.visible_text && `“${result.visible_text}”`].filter(Boolean);
+    $("viewer-meta").textContent = [`In your library · score ${result.score.toFixed(3)}`, ...described].join(" · ");
     img.alt = result.image;
     const urls = [];
     showImage(img, result.image_url || result.thumbnail_url || dataUrl(result), urls)
@@ -389,7 +413,9 @@ async function askLibrary(question) {
   answer.setAttribute("aria-busy", "true");
   button.disabled = true;
   try {
-    const response = await postJson("/ask/stream", { question, top_k: LIBRARY_TOP_K, ...filterFields() });
+    const fields = { question, top_k: LIBRARY_TOP_K, ...filterFields() };
+    if ($("mode").value) fields.mode = $("mode").value;
+    const response = await postJson("/ask/stream", fields);
     for await (const [name, data] of serverEvents(response)) {
       if (name === "sources") showSources(data.sources);
       else if (name === "delta") answer.textContent += data.text;
@@ -524,7 +550,9 @@ function start() {
     event.preventDefault();
     const query = $("query").value.trim();
     if (!query) return;
-    runSearch({ endpoint: "/text2image_search", fields: { text_query: query }, upload: null, label: `for “${query}”` });
+    const fields = { text_query: query };
+    if ($("mode").value) fields.mode = $("mode").value;
+    runSearch({ endpoint: "/text2image_search", fields, upload: null, label: `for “${query}”` });
   });
   $("more").addEventListener("click", () => state.search && runSearch(state.search, true));
   $("ask-form").addEventListener("submit", (event) => {

@@ -98,7 +98,9 @@ def answered(search: Searching, call: Any) -> list[dict[str, Any]]:
     """The results as a client reads them from the answer (streamed when it carries base64 files)."""
 
     async def run() -> list[dict[str, Any]]:
-        response = await search.answer({"status": "success", "query": "q", "results": await call})
+        got = await call
+        results = got[0] if isinstance(got, tuple) else got  # by_text answers (results, mode)
+        response = await search.answer({"status": "success", "query": "q", "results": results})
         if isinstance(response, StreamingResponse):
             body = b"".join([chunk async for chunk in response.body_iterator])  # type: ignore[misc]
         else:
