@@ -3,6 +3,7 @@ tokens/s at batch 1 and 8 (runners.vlm.VisionLanguageModel), and CLIP images/s (
 
     bench/gpu.sh [--quantizations none,8bit,4bit] [--new-tokens 64] [--record]      # on a GPU machine
     bench/gpu.sh --cpu [--record]                                                   # CPU smoke run
+    bench/gpu.sh --real-size [--record]       # the real architectures, random weights (bench/gpu_real.py)
 
 Installs and downloads nothing: the VQA model is $VQA_MODEL when that is a local folder holding a
 config.json (e.g. the real Qwen/Qwen2.5-VL-3B-Instruct weights), else tests/fixtures/tiny_qwen; the
@@ -143,6 +144,13 @@ def main() -> None:
     parser.add_argument("--clip-batch", type=int, default=64)
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     parser.add_argument("--record", action="store_true", help="write the figures into BENCHMARKS.md + a plot")
+    real = parser.add_argument_group("--real-size (bench/gpu_real.py)")
+    real.add_argument("--real-size", action="store_true",
+                      help="Qwen2.5-VL-3B and Chinese-CLIP ViT-B/16 from their configs, random weights")
+    real.add_argument("--layers", type=int, default=None, help="shrink both Qwen towers to this many blocks")
+    real.add_argument("--max-pixels", type=int, default=1280 * 28 * 28, help="VQA_MAX_PIXELS (default 1280*28*28)")
+    real.add_argument("--batch", type=int, default=8, help="the batched size (batch 1 is always measured)")
+    real.add_argument("--work-dir", type=Path, default=None, help="where the models are built (temp folder)")
     args = parser.parse_args()
 
     import torch
@@ -151,6 +159,13 @@ def main() -> None:
         sys.exit("no CUDA device: run on a GPU machine, or pass --cpu for a smoke run with the tiny models")
     device = "cpu" if args.cpu else "cuda"
     quantizations = (args.quantizations or ("none" if args.cpu else "none,8bit,4bit")).split(",")
+    if args.real_size:
+        from gpu_real import run
+
+        where = torch.cuda.get_device_name(0) if device == "cuda" else f"CPU ({os.cpu_count()} cores)"
+        print(f"device: {where}; real-size models", flush=True)
+        run(args, device, where, quantizations)
+        return
     vqa_folder = local_model("VQA_MODEL", TINY_QWEN)
     clip_folder = local_model("CLIP_MODEL", TINY_CLIP)
     where = torch.cuda.get_device_name(0) if device == "cuda" else f"CPU ({os.cpu_count()} cores)"

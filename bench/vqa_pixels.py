@@ -14,7 +14,6 @@ visual tokens: minutes and many GB on a CPU); its token count is always shown. W
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -26,25 +25,12 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
-from _models import build_qwen  # noqa: E402
+from _models import build_qwen, with_real_bounds  # noqa: E402
 from _report import record  # noqa: E402
 
 from config import Settings  # noqa: E402
 
-REAL_SIZE = {"shortest_edge": 56 * 56, "longest_edge": 28 * 28 * 16384}  # Qwen2.5-VL-3B-Instruct's processor
 SIZES = {"448x448": (448, 448), "1 MP": (1155, 866), "12 MP": (4000, 3000)}
-
-
-def with_real_bounds(folder: Path) -> None:
-    """Give the saved processor the real model's pixel bounds (the tiny one's are 112x112 at most)."""
-    path = folder / "processor_config.json"
-    config = json.loads(path.read_text())
-    for key in ("image_processor", "video_processor"):
-        if key in config:
-            config[key]["size"] = dict(REAL_SIZE)
-    if "size" in config:
-        config["size"] = dict(REAL_SIZE)
-    path.write_text(json.dumps(config, indent=2))
 
 
 def photo(width: int, height: int) -> Image.Image:
