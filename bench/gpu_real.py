@@ -82,7 +82,8 @@ def bench_real_vlm(folder: Path, device: str, quantization: str, args: argparse.
         return {"quantization": quantization, "load_s": round(load_s, 2), **measure(vlm, args)}
     except Exception as exc:  # noqa: BLE001 - e.g. out of memory at batch 8: reported, the run goes on
         traceback.print_exc()
-        return {"quantization": quantization, "error": f"failed while measuring: {type(exc).__name__}: {exc}"}
+        return {"quantization": quantization,
+                "error": f"failed while measuring: {type(exc).__name__}: {exc} (the cause is in the log)"}
     finally:
         del vlm
         release()
@@ -155,7 +156,7 @@ def run(args: argparse.Namespace, device: str, where: str, quantizations: list[s
 
 
 def report(args: argparse.Namespace, where: str, rows: list[tuple[str, str]]) -> str:
-    size = "real size" if args.layers is None else f"shrunk to {args.layers} blocks (a smoke run, not figures)"
+    size = "real size" if args.layers is None else f"both Qwen towers shrunk to {args.layers} blocks: a smoke run"
     title = f"### Real size (GPU): {where}" if not args.cpu else f"### Real size, CPU smoke run: {where}"
     command = "bench/gpu.sh " + " ".join(sys.argv[1:])
     return f"""{title}
