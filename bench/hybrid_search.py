@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
 from _report import median, percentile, record, table  # noqa: E402
-from search_scale import DIM, K, UPSERT_BATCH, cliplike_vectors, make_mix  # noqa: E402
+from search_scale import DIM, UPSERT_BATCH, K, cliplike_vectors, make_mix  # noqa: E402
 
 MODEL_ID = "bench/cliplike-512"
 DESCRIBED_BY = "bench/describer#0000"
