@@ -23,6 +23,11 @@ DESCRIPTION_FIELDS = ("description", "visible_text", "tags", "described_by")
 TEXT_FIELDS = ("description", "visible_text", "tags")
 TEXT_VECTOR = "text"  # the named sparse vector (Modifier.IDF) beside the unnamed dense CLIP vector
 RRF_K = 60  # Reciprocal Rank Fusion constant of hybrid search: score = sum of 1 / (RRF_K + rank)
+# Hybrid search fuses the first max(HYBRID_DEPTH, offset + limit) points of each ranking: a point that
+# one ranking puts first and the other at rank 40 still gets both shares (with only offset + limit,
+# a top-10 query would fuse two lists of 10 and mostly just interleave them). Pages within the first
+# HYBRID_DEPTH points are cut from the same fused list, so they never overlap or skip.
+HYBRID_DEPTH = 100
 # Payload fields that hold a list of strings (every other field is a flat value).
 LIST_FIELDS = frozenset({"folders", "tags"})
 DEDUP_FETCH_FACTOR = 4  # with dedup, ask the engine for this many times the hits needed, then more

@@ -99,7 +99,6 @@ class EngineStore(ABC):
                     return self._query_text(words, condition, n, skip)
                 if text is None:
                     return self._query(dense, condition, n, skip)
-                # Each prefetch ranks the first skip + n of its own list: enough for the fused page.
                 return self._query_hybrid(dense, words or None, condition, n, skip)
 
             return search_pages(lambda n, skip: [_hit(p) for p in query(n, skip)], limit, offset, dedup)
@@ -218,8 +217,9 @@ class EngineStore(ABC):
     def _query_hybrid(self, vector: list[float], words: dict[int, float] | None, condition: Any, limit: int,
                       offset: int) -> Sequence[Any]:
         """One query: a dense prefetch (nearest to `vector`) and, unless `words` is None, a text prefetch
-        (as _query_text), each of the first `offset + limit` points matching `condition`, fused by
-        RRF (k = RRF_K); the fused list, filtered by `condition` again, skipping `offset`."""
+        (as _query_text), each of the first max(HYBRID_DEPTH, offset + limit) points matching
+        `condition`, fused by RRF (k = RRF_K); the fused list, filtered by `condition` again,
+        skipping `offset`."""
 
     @abstractmethod
     def _has_text_vector(self) -> bool:

@@ -32,6 +32,7 @@ from typing import Any
 import qdrant_edge as qe
 
 from store.base import (
+    HYBRID_DEPTH,
     RRF_K,
     TEXT_VECTOR,
     CollectionInfo,
@@ -240,7 +241,7 @@ class EdgeStore(EngineStore):
     def _query_hybrid(self, vector: list[float], words: dict[int, float] | None, condition: Any, limit: int,
                       offset: int) -> Sequence[Any]:
         shard = self._require_open()
-        depth = offset + limit
+        depth = max(HYBRID_DEPTH, offset + limit)
         prefetches = [qe.Prefetch(limit=depth, query=qe.Query.Nearest(vector), filter=condition,
                                   params=self._search_params())]
         if words is not None:
@@ -285,7 +286,8 @@ class EdgeStore(EngineStore):
         shard = self._require_open()
         with self._guard("count values"):
             found = shard.facet(qe.FacetRequest(key, limit=FACET_LIMIT, exact=True))
-        return {str(hit.value): int(hit.count) for hit in found}
+        # The engine keeps reporting a value whose last point was changed, with count 0.
+        return {str(hit.value): int(hit.count) for hit in found if hit.count > 0}
 
     def _count(self) -> int:
         shard = self._require_open()

@@ -16,6 +16,7 @@ from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
 from store.base import (
+    HYBRID_DEPTH,
     RRF_K,
     TEXT_VECTOR,
     CollectionInfo,
@@ -187,7 +188,7 @@ class ServerStore(EngineStore):
 
     def _query_hybrid(self, vector: list[float], words: dict[int, float] | None, condition: Any, limit: int,
                       offset: int) -> Sequence[Any]:
-        depth = offset + limit
+        depth = max(HYBRID_DEPTH, offset + limit)
         params = None if self.local else self._search_params()
         prefetch = [models.Prefetch(query=vector, limit=depth, filter=condition, params=params)]
         if words is not None:
@@ -233,7 +234,7 @@ class ServerStore(EngineStore):
     def _facet(self, key: str) -> dict[str, int]:
         with self._guard("count values"):
             found = self.client.facet(self.collection, key, limit=FACET_LIMIT, exact=True)
-        return {str(hit.value): int(hit.count) for hit in found.hits}
+        return {str(hit.value): int(hit.count) for hit in found.hits if hit.count > 0}
 
     def _count(self) -> int:
         with self._guard("count points"):
