@@ -104,6 +104,8 @@ def op_search(store: VectorStore, body: dict[str, Any]) -> dict[str, Any]:
     """A vector (`vectors` + `dim`), a `text`, or both (hybrid)."""
     vector = decode_vectors(body, 1)[0] if "vectors" in body else None
     text = body.get("text")
+    if vector is None and text is None:
+        raise ValueError("a search needs a vector, a text or both")
     hits = store.search(vector, int(body["limit"]), filter_from_json(body.get("where")),
                         offset=int(body.get("offset", 0)), dedup=bool(body.get("dedup", False)),
                         text=None if text is None else str(text))
