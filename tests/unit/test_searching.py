@@ -239,3 +239,46 @@ def test_a_base64_answer_is_streamed_with_files_read_off_the_event_loop(tmp_path
     assert base64.b64decode(results[2]["image_base64"]) == (root / "red.png").read_bytes()
     assert list(results[0]) == ["image", "score", "image_base64"]  # the seed's field order
     assert len(threads) == 3 and all(name.startswith("files") for name in threads)
+
+
+# ---------------------------------------------------------------- modes (issue 14)
+
+def describe(store: ServerStore, rel: str, description: str, visible_text: str = "") -> None:
+    store.set_descriptions({point_id(rel): {"description": description, "visible_text": visible_text,
+                                            "tags": [], "described_by": "vlm#p1"}})
+
+
+def test_without_descriptions_the_default_is_vector_and_text_mode_is_409(store: ServerStore,
+                                                                         library: Library) -> None:
+    search, clip = searching(store, library)
+    hits, mode = asyncio.run(search.text_hits("red", 3, page()))
+    assert mode == "vector" and [h.payload["path"] for h in hits] == ["red.png", "link_hidden.png", "reddish.png"]
+    error = refusal(search.text_hits("red", 3, page(), "text"))
+    assert (error.status, error.code) == (409, "no_descriptions")
+    assert "python -m indexer --describe" in error.message
+
+
+def test_with_descriptions_the_default_is_hybrid_and_text_mode_reads_them(store: ServerStore,
+                                                                          library: Library) -> None:
+    search, clip = searching(store, library)
+    describe(store, "blue.png", "一张蓝色的发票", visible_text="发票 No. 42")
+    describe(store, "green.png", "绿色的草地")
+    search.described_at = float("-inf")  # as if DESCRIBED_TTL_S had passed
+    results, mode = asyncio.run(search.by_text("red", 3, page(), include_image=False))
+    assert mode == "hybrid" and results[0]["image"] == "red.png"  # no description says red: CLIP's order
+    clip.calls.clear()
+    results, mode = asyncio.run(search.by_text("发票", 3, page(), include_image=False, mode="text"))
+    assert mode == "text" and clip.calls == []  # text mode needs no CLIP encode
+    assert results == [{"image": "blue.png", "score": pytest.approx(results[0]["score"]),
+                        "description": "一张蓝色的发票", "visible_text": "发票 No. 42"}]
+    vector, mode = asyncio.run(search.by_text("red", 2, page(), include_image=False, mode="vector"))
+    assert mode == "vector" and vector[0]["score"] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_hybrid_lifts_a_described_match_over_clip_neighbours(store: ServerStore, library: Library) -> None:
+    search, _ = searching(store, library)
+    describe(store, "green.png", "red letters on a green sign")
+    hits, mode = asyncio.run(search.text_hits("red", 3, page(), "hybrid"))
+    # green.png is last by CLIP, but both rankings name it: RRF puts it first, then CLIP's own order
+    assert mode == "hybrid"
+    assert [h.payload["path"] for h in hits] == ["green.png", "red.png", "link_hidden.png"]
