@@ -40,7 +40,7 @@ class Settings(BaseSettings):
     # CLIP encoding backend (runners/clip_backends.py): auto = PyTorch on CUDA, fp32 ONNX Runtime on CPU
     # torch by default: on the 2-core CPU measured here fp32 ONNX gave the same image throughput (0.99x) and
     # costs an export at first start; `auto` picks fp32 ONNX on CPU (BENCHMARKS.md, "Real size: CLIP").
-    clip_backend: Literal["auto", "torch", "onnx", "onnx-int8"] = "torch"
+    clip_backend: Literal["auto", "torch", "openvino", "onnx", "openvino-bf16", "torch-bf16", "onnx-int8"] = "torch"
     clip_backend_cache: Path = Path("./data/clip-backends")  # exports, keyed by model id and file hashes
     clip_backend_min_top1: float = Field(default=0.9, ge=0, le=1)  # probe top-1 agreement with PyTorch fp32
     clip_backend_min_cosine: float = Field(default=0.99, ge=-1, le=1)  # lowest probe cosine with PyTorch fp32
