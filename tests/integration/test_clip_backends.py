@@ -90,7 +90,7 @@ def test_fp32_vectors_match_pytorch(name: str, tiny_clip_dir: Path, cache: Path,
 def test_auto_picks_fp32_openvino_on_cpu_from_settings(
     tiny_clip_dir: Path, tmp_path: Path, settings_env: Callable[..., Settings], caplog: pytest.LogCaptureFixture
 ) -> None:
-    assert Settings(_env_file=None).clip_backend == "torch"  # type: ignore[call-arg]  # the default
+    assert Settings(_env_file=None).clip_backend == "auto"  # type: ignore[call-arg]  # the default
     settings_env(CLIP_MODEL=tiny_clip_dir, DEVICE="cpu", CLIP_BACKEND="auto", CLIP_BACKEND_CACHE=tmp_path)
     with caplog.at_level(logging.INFO, logger="runners.clip_backends"):
         encoder = ClipEncoder.from_settings()
