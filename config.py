@@ -37,10 +37,10 @@ class Settings(BaseSettings):
     model_source: Literal["modelscope", "huggingface"] = "modelscope"
     model_cache_dir: Path | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    # CLIP encoding backend (runners/clip_backends.py): auto = PyTorch on CUDA, fp32 ONNX Runtime on CPU
-    # torch by default: on the 2-core CPU measured here fp32 ONNX gave the same image throughput (0.99x) and
-    # costs an export at first start; `auto` picks fp32 ONNX on CPU (BENCHMARKS.md, "Real size: CLIP").
-    clip_backend: Literal["auto", "torch", "onnx", "onnx-int8"] = "torch"
+    # CLIP encoding backend (runners/clip_backends.py): auto = PyTorch on CUDA; on CPU fp32 OpenVINO (else fp32
+    # ONNX Runtime, else PyTorch), each only with identical probe rankings; faster than PyTorch eager fp32 on
+    # the CPU measured here (BENCHMARKS.md, "Real size: CLIP"). Low-precision backends are opt-in.
+    clip_backend: Literal["auto", "torch", "openvino", "onnx", "openvino-bf16", "torch-bf16", "onnx-int8"] = "auto"
     clip_backend_cache: Path = Path("./data/clip-backends")  # exports, keyed by model id and file hashes
     clip_backend_min_top1: float = Field(default=0.9, ge=0, le=1)  # probe top-1 agreement with PyTorch fp32
     clip_backend_min_cosine: float = Field(default=0.99, ge=-1, le=1)  # lowest probe cosine with PyTorch fp32

@@ -2,7 +2,8 @@
 random weights (bench/_models.py; speed does not depend on weight values), every CLIP_BACKEND side by side in
 one run, against PyTorch eager fp32.
 
-    .venv/bin/python bench/clip_backends.py [--rounds 5] [--backends onnx,onnx-int8] [--no-record]
+    .venv/bin/python bench/clip_backends.py [--rounds 5] [--backends openvino,onnx,...] [--photos 32]
+                                            [--no-record]
 
 Figures per backend (median of `--rounds` rounds that interleave the backends): image-tower throughput at
 batch 16 (img/s, the processor's 224 px pixel values as input, preprocessing excluded: the same for all),
@@ -10,7 +11,9 @@ text latency for one query at a time (ms/query, tokenizer included), and top-1
 agreement with PyTorch fp32 on hard queries: near-duplicate images (6 random scenes x 8 noisy copies, 48
 queries against 48 others) and 20 texts against those images. Exports (and their fidelity check) come from
 runners/clip_backends.py exactly as the server makes them, timed once (export time); the cache is in a temp
-folder so every run exports afresh (removed once the backends are loaded).
+folder so every run exports afresh (removed once the backends are loaded). Then the indexer's throughput
+per backend on a library of `--photos` generated 12-MP JPEGs (decode + embed + write into an embedded store,
+indexer/pipeline.py with its default options), backends one after the other.
 """
 
 from __future__ import annotations
@@ -32,10 +35,11 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "bench")]
 
 from _models import build_real_clip  # noqa: E402
 from _report import record  # noqa: E402
+from event_loop import make_photos  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from runners.clip import ClipEncoder  # noqa: E402
-from runners.clip_backends import installed, top1  # noqa: E402
+from runners.clip_backends import LOW_PRECISION, installed, top1  # noqa: E402
 
 BATCH = 16
 HEADING = "### Real size: CLIP encode per backend on CPU (issue 12)"
@@ -77,6 +81,21 @@ def rankings(encoder: ClipEncoder, library: list[Image.Image], queries: list[Ima
     return np.concatenate([top1(encoder.encode_images(queries), items), top1(encoder.encode_texts(TEXTS), items)])
 
 
+def index_rate(encoder: ClipEncoder, library: Path, work: Path) -> float:
+    """Photos per second of one indexing run (decode + embed + write) into a fresh embedded store."""
+    from indexer.pipeline import Indexer, Options
+    from store.edge import EdgeStore
+
+    store = EdgeStore(work, "images")
+    store.ensure_collection(encoder.model_id, encoder.dim, recreate=True)
+    started = time.perf_counter()
+    summary = Indexer(store, encoder, Options(progress=False)).run(library)
+    elapsed = time.perf_counter() - started
+    store.close()
+    assert summary.added == summary.scanned and summary.failed == 0, summary
+    return summary.added / elapsed
+
+
 def timed(encoders: dict[str, ClipEncoder], pixels: np.ndarray, rounds: int) -> dict[str, dict[str, Any]]:
     """Rounds interleave the backends (one batch and a few queries each per round), so load from other jobs
     on the machine falls on all of them alike; the median round counts."""
@@ -100,7 +119,8 @@ def timed(encoders: dict[str, ClipEncoder], pixels: np.ndarray, rounds: int) -> 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--backends", default="onnx,onnx-int8")
+    parser.add_argument("--backends", default="openvino,onnx,openvino-bf16,torch-bf16,onnx-int8")
+    parser.add_argument("--photos", type=int, default=32, help="12-MP JPEGs for the indexer run (0: none)")
     parser.add_argument("--model", type=Path, default=ROOT / "data" / "bench" / "chinese-clip-vit-b16-random")
     parser.add_argument("--no-record", action="store_true")
     args = parser.parse_args()
@@ -124,6 +144,13 @@ def main() -> None:
     results: dict[str, dict[str, Any]] = timed(encoders, pixels, args.rounds)
     for name, encoder in encoders.items():
         results[name]["top1"] = rankings(encoder, *hard)
+    with tempfile.TemporaryDirectory(prefix="clip-backends-index-") as work:
+        if args.photos:
+            make_photos(Path(work) / "photos", args.photos)
+        for name, encoder in encoders.items():
+            rate = index_rate(encoder, Path(work) / "photos", Path(work) / name) if args.photos else None
+            results[name]["index"] = rate
+            print(f"indexer {name}: {rate} photos/s", flush=True)
 
     base = results["torch"]
     rows = []
@@ -132,7 +159,7 @@ def main() -> None:
         rows.append(f"| {name} | {r['img_s']:.1f} ({r['img_range'][0]:.1f}-{r['img_range'][1]:.1f}) | "
                     f"{r['img_s'] / base['img_s']:.2f}x | {r['ms_query']:.0f} ({r['ms_range'][0]:.0f}-"
                     f"{r['ms_range'][1]:.0f}) | {base['ms_query'] / r['ms_query']:.2f}x | {agree:.1%} | "
-                    f"{exports.get(name, '-')} |")
+                    f"{index_cell(r['index'], base['index'])} | {exports.get(name, '-')} |")
     cpu = f"{os.cpu_count()} CPUs"
     body = "\n".join([
         HEADING, "",
@@ -140,16 +167,23 @@ def main() -> None:
         "figures are noisy; all backends in one run, rounds interleaving them, medians). Chinese-CLIP ViT-B/16 at real "
         "size from its published config, random weights. Image tower at batch 16 (224 px pixel values in), text "
         f"tower one query at a time; top-1 agreement with PyTorch fp32 over {len(base['top1'])} hard queries "
-        "(near-duplicate noisy scenes, and texts against them). `auto` on CPU is `onnx` (fp32); `onnx-int8` "
-        "is opt-in. In brackets: the slowest and fastest round; PyTorch's text latency swings widely when other "
+        f"(near-duplicate noisy scenes, and texts against them). Indexer: {args.photos} generated 12-MP JPEGs "
+        "(4000x3000) decoded, embedded and written to an embedded store per backend, photos/s. `auto` on CPU "
+        f"picks the first faithful installed backend (openvino, else onnx); {', '.join(LOW_PRECISION)} are "
+        "opt-in. In brackets: the slowest and fastest round; PyTorch's text latency swings widely when other "
         "jobs hold the cores (its OpenMP threads wait on each other), so its text ratio is the least reliable "
         "figure here.", "",
-        "| backend | image img/s (range) | vs torch | text ms/query (range) | vs torch | top-1 agreement | export |",
-        "|---|---|---|---|---|---|---|", *rows,
+        "| backend | image img/s (range) | vs torch | text ms/query (range) | vs torch | top-1 agreement "
+        "| indexer photos/s (vs torch) | export |",
+        "|---|---|---|---|---|---|---|---|", *rows,
     ])
     print(body)
     if not args.no_record:
         record("clip-backends", body)
+
+
+def index_cell(rate: float | None, base: float | None) -> str:
+    return "-" if rate is None or not base else f"{rate:.2f} ({rate / base:.2f}x)"
 
 
 if __name__ == "__main__":

@@ -1,12 +1,14 @@
-"""CLIP encoding backends: PyTorch, or the same ChineseCLIPModel exported to ONNX Runtime (fp32 or int8).
+"""CLIP encoding backends: PyTorch, or the same ChineseCLIPModel exported to ONNX and run by OpenVINO (fp32
+or bf16) or ONNX Runtime (fp32 or int8), or PyTorch under CPU bf16 autocast.
 
 `CLIP_BACKEND=auto` (the default) runs PyTorch on CUDA and, on CPU, the fastest installed backend that is
-faithful (fp32 ONNX Runtime: the same rankings as PyTorch fp32); low-precision backends (onnx-int8) are
-opt-in. A backend is never trusted blindly: when it is built (export) and every time it is loaded, it
-encodes a fixed probe set (synthetic images and texts) and its vectors are compared with PyTorch fp32's on
-the user's own model (stored with the export). The agreement is logged, and a backend whose probe rankings
-move past the bound (CLIP_BACKEND_MIN_TOP1 / CLIP_BACKEND_MIN_COSINE) is refused: an error at start-up for
-an explicit choice, PyTorch with a warning for `auto`.
+faithful (fp32 OpenVINO, else fp32 ONNX Runtime: the same rankings as PyTorch fp32); low-precision backends
+(openvino-bf16, torch-bf16, onnx-int8) are opt-in. A backend is never trusted blindly: when it is built
+(export) and every time it is loaded, it encodes a fixed probe set (synthetic images and texts) and its
+vectors are compared with PyTorch fp32's on the user's own model (stored with the export). The agreement
+is logged, and a backend whose probe rankings move past the bound (CLIP_BACKEND_MIN_TOP1 /
+CLIP_BACKEND_MIN_COSINE) is refused: an error at start-up for an explicit choice, PyTorch with a warning
+for `auto`.
 
 Exports live in CLIP_BACKEND_CACHE/<model>-<hash of the model files>/<backend>/ and are written atomically
 (a temporary folder renamed), so an interrupted export or two processes exporting at once (the indexer and
@@ -40,9 +42,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-CHOICES = ("auto", "torch", "onnx", "onnx-int8")
-FAITHFUL = ("onnx",)  # auto's CPU candidates, fastest first: fp32, the same rankings as PyTorch fp32
-LOW_PRECISION = ("onnx-int8",)  # opt-in only
+CHOICES = ("auto", "torch", "openvino", "onnx", "openvino-bf16", "torch-bf16", "onnx-int8")
+FAITHFUL = ("openvino", "onnx")  # auto's CPU candidates, fastest first: fp32, the same rankings as PyTorch fp32
+LOW_PRECISION = ("openvino-bf16", "torch-bf16", "onnx-int8")  # opt-in only
+NEEDS = {"onnx": ("onnxruntime", "onnx"), "onnx-int8": ("onnxruntime", "onnx"), "openvino": ("openvino", "onnx"),
+         "openvino-bf16": ("openvino", "onnx")}  # the packages each backend (and its export) imports
 ONNX_OPSET = 17
 EXPORT_FORMAT = 1  # bump when the export layout or probe set changes: old cache folders are not reused
 
@@ -153,6 +157,54 @@ class OnnxBackend(Backend):
         return np.asarray(self.text.run(None, feed)[0])
 
 
+class OpenVinoBackend(Backend):
+    """Both towers as OpenVINO models compiled for the CPU. `openvino` pins the inference precision to f32:
+    on a CPU with bf16 support OpenVINO's default is bf16, which moves rankings; `openvino-bf16` asks for it."""
+
+    def __init__(self, name: str, folder: Path) -> None:
+        import openvino as ov
+
+        self.name = name
+        core = ov.Core()
+        config = {"INFERENCE_PRECISION_HINT": "bf16" if name == "openvino-bf16" else "f32"}
+        self.image = core.compile_model(core.read_model(folder / "image.xml"), "CPU", config)
+        self.text = core.compile_model(core.read_model(folder / "text.xml"), "CPU", config)
+        self.text_inputs = [port.get_any_name() for port in self.text.inputs]
+
+    def image_features(self, pixel_values: np.ndarray) -> np.ndarray:
+        return self.run(self.image, {"pixel_values": pixel_values.astype(np.float32)})
+
+    def text_features(self, tokens: Mapping[str, np.ndarray]) -> np.ndarray:
+        return self.run(self.text, {name: tokens[name].astype(np.int64) for name in self.text_inputs})
+
+    @staticmethod
+    def run(compiled: Any, feed: dict[str, np.ndarray]) -> np.ndarray:
+        # One infer request per call: a request is not safe to share between threads, and it is cheap.
+        result = compiled.create_infer_request().infer(feed)
+        return np.array(result[compiled.output(0)], dtype=np.float32)
+
+
+class TorchBf16Backend(TorchBackend):
+    """The fp32 transformers model on the CPU under bf16 autocast (matmuls in bf16, where the CPU has it)."""
+
+    name = "torch-bf16"
+
+    def __init__(self, model: Any) -> None:
+        super().__init__(model, "cpu")
+
+    def image_features(self, pixel_values: np.ndarray) -> np.ndarray:
+        import torch
+
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return super().image_features(pixel_values)
+
+    def text_features(self, tokens: Mapping[str, np.ndarray]) -> np.ndarray:
+        import torch
+
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return super().text_features(tokens)
+
+
 def features(output: Any) -> torch.Tensor:
     """transformers may return a tensor or an output object holding `pooler_output`."""
     return output if not hasattr(output, "pooler_output") else output.pooler_output
@@ -163,10 +215,7 @@ def to_numpy(tensor: torch.Tensor) -> np.ndarray:
 
 
 def installed(choice: str) -> bool:
-    if choice == "torch":
-        return True
-    needs = ("onnxruntime", "onnx") if choice in ("onnx", "onnx-int8") else (choice,)
-    return all(importlib.util.find_spec(name) is not None for name in needs)
+    return all(importlib.util.find_spec(name) is not None for name in NEEDS.get(choice, ()))
 
 
 # ---------------------------------------------------------------- choosing one
@@ -206,14 +255,15 @@ def open_backend(request: Request) -> Backend:
 
 
 def exported(request: Request, name: str, bounds: Bounds) -> Backend:
-    """An ONNX backend from the cache (exported first when missing; re-exported once when the cached copy
-    does not load or no longer matches its stored reference), checked against `bounds`."""
+    """An exported backend (or torch-bf16, whose folder holds only its reference) from the cache (exported
+    first when missing; re-exported once when the cached copy does not load or no longer matches its stored
+    reference), checked against `bounds`."""
     refuse = f"CLIP_BACKEND={name} refused for {request.model_id}"
     fallback = "set CLIP_BACKEND=torch (or auto) to fall back to PyTorch"
     if not installed(name):
-        raise BackendRefused(f"{refuse}: onnxruntime/onnx are not installed; {fallback}")
+        raise BackendRefused(f"{refuse}: {'/'.join(NEEDS[name])} not installed; {fallback}")
     if request.device == "cuda":
-        log.warning("CLIP_BACKEND=%s runs on the CPU (the installed onnxruntime has no CUDA provider)", name)
+        log.warning("CLIP_BACKEND=%s runs on the CPU (only PyTorch uses CUDA here)", name)
     folder = cache_folder(request.cache_dir, request.model_id, request.model_dir) / name
     fresh = False
     if not (folder / "export.json").is_file():
@@ -221,7 +271,7 @@ def exported(request: Request, name: str, bounds: Bounds) -> Backend:
         build(request, name, folder)
         fresh = True
     try:
-        backend, fidelity = load_checked(name, folder, request.processor)
+        backend, fidelity = load_checked(name, folder, request)
     except Exception as exc:  # noqa: BLE001 - any failure to load a cached export means: build it again
         if fresh:
             raise BackendRefused(f"{refuse}: the export does not load ({exc}); {fallback}") from exc
@@ -242,18 +292,27 @@ def exported(request: Request, name: str, bounds: Bounds) -> Backend:
     return backend
 
 
-def load_checked(name: str, folder: Path, processor: Any) -> tuple[Backend, Fidelity]:
-    backend = OnnxBackend(name, folder)
+def load_checked(name: str, folder: Path, request: Request) -> tuple[Backend, Fidelity]:
+    backend = make_backend(name, folder, request)
     with np.load(folder / "reference.npz") as stored:
         reference = Vectors(images=stored["images"], texts=stored["texts"])
-    return backend, compare(reference, probe(backend, processor))
+    return backend, compare(reference, probe(backend, request.processor))
+
+
+def make_backend(name: str, folder: Path, request: Request) -> Backend:
+    if name.startswith("openvino"):
+        return OpenVinoBackend(name, folder)
+    if name == "torch-bf16":
+        return TorchBf16Backend(request.load_reference())
+    return OnnxBackend(name, folder)
 
 
 # ---------------------------------------------------------------- export
 
 
 def build(request: Request, name: str, folder: Path) -> None:
-    """Export (and for onnx-int8 quantise) into a temporary sibling folder, then rename it into place."""
+    """Export (and for onnx-int8 quantise, for openvino convert) into a temporary sibling folder, then rename
+    it into place. torch-bf16 exports nothing: its folder holds the fp32 reference it is checked against."""
     folder.parent.mkdir(parents=True, exist_ok=True)
     temp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=folder.parent))
     try:
@@ -261,10 +320,13 @@ def build(request: Request, name: str, folder: Path) -> None:
         reference = probe(TorchBackend(model, "cpu"), request.processor)
         np.savez(temp / "reference.npz", images=reference.images, texts=reference.texts)
         log.info("exporting %s to %s for CLIP_BACKEND=%s (once per model)", request.model_id, folder, name)
-        export_onnx(model, request.processor, temp)
+        if name != "torch-bf16":
+            export_onnx(model, request.processor, temp)
         if name == "onnx-int8":
             quantise(temp)
-        fidelity = compare(reference, probe(OnnxBackend(name, temp), request.processor))
+        if name.startswith("openvino"):
+            to_openvino(temp, compress=name == "openvino-bf16")
+        fidelity = compare(reference, probe(make_backend(name, temp, request), request.processor))
         meta = {"backend": name, "model_id": request.model_id, "format": EXPORT_FORMAT,
                 "versions": versions(), "fidelity": asdict(fidelity)}
         (temp / "export.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
@@ -333,11 +395,24 @@ def quantise(folder: Path) -> None:
         os.replace(target, source)
 
 
+def to_openvino(folder: Path, compress: bool) -> None:
+    """The ONNX towers as OpenVINO IR (xml + bin), read by the runtime's ONNX reader. fp32 weights stay fp32
+    (save_model would halve them to fp16 by default, which moves fp32 results); the bf16 backend computes in
+    bf16 anyway, so its weights are stored as fp16 (half the disk)."""
+    import openvino as ov
+
+    core = ov.Core()
+    for tower in ("image", "text"):
+        source = folder / f"{tower}.onnx"
+        ov.save_model(core.read_model(source), folder / f"{tower}.xml", compress_to_fp16=compress)
+        source.unlink()
+
+
 def versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
     found = {}
-    for package in ("torch", "transformers", "onnx", "onnxruntime"):
+    for package in ("torch", "transformers", "onnx", "onnxruntime", "openvino"):
         try:
             found[package] = version(package)
         except PackageNotFoundError:

@@ -19,7 +19,9 @@ from runners import clip_backends
 from runners.clip import ClipEncoder
 from runners.clip_backends import FAITHFUL, BackendRefused, Bounds, cache_folder, installed, model_hash
 
-EXPORTED = ("onnx", "onnx-int8")
+EXPORTED = ("openvino", "onnx", "openvino-bf16", "torch-bf16", "onnx-int8")
+RUNTIME = {"openvino": "openvino", "openvino-bf16": "openvino", "onnx": "onnxruntime", "onnx-int8": "onnxruntime",
+           "torch-bf16": "torch"}  # the package each backend's export records
 LIBRARY_SEED = 8_000_000  # never seen in training (0..47) nor by test_clip.py (7_000_000+)
 
 
@@ -59,9 +61,10 @@ def top5(encoder: ClipEncoder, library: list) -> list[list[int]]:
 def test_backend_ranks_the_library_as_pytorch_fp32(
     name: str, tiny_clip_dir: Path, cache: Path, library: list, torch_encoder: ClipEncoder
 ) -> None:
-    """fp32 ONNX: the same top-5, in the same order, for every caption query. int8 is opt-in because it does
-    not: on this tiny 64-wide model it keeps every top-1 but swaps neighbours lower down, so it is held to that."""
-    assert installed(name), f"{name}: onnxruntime/onnx are pinned in requirements.txt"
+    """fp32 OpenVINO and ONNX: the same top-5, in the same order, for every caption query. The low-precision
+    backends are opt-in because they need not: int8 on this tiny 64-wide model keeps every top-1 but swaps
+    neighbours lower down, so they are held to that."""
+    assert installed(name), f"{name}: its runtime is pinned in requirements.txt"
     encoder = ClipEncoder(str(tiny_clip_dir), "cpu", backend=name, backend_cache=cache)
     assert encoder.backend.name == name and encoder._model is None  # the export's model is not kept
     got, want = top5(encoder, library), top5(torch_encoder, library)
@@ -71,11 +74,12 @@ def test_backend_ranks_the_library_as_pytorch_fp32(
         assert [g[0] for g in got] == [w[0] for w in want]
         assert all(len(set(g) & set(w)) >= 4 for g, w in zip(got, want, strict=True)), (got, want)
     meta = json.loads((cache_folder(cache, encoder.model_id, tiny_clip_dir) / name / "export.json").read_text())
-    assert meta["fidelity"]["top1_agreement"] == 1.0 and meta["versions"]["onnxruntime"]
+    assert meta["fidelity"]["top1_agreement"] == 1.0 and meta["versions"][RUNTIME[name]]
 
 
-def test_fp32_vectors_match_pytorch(tiny_clip_dir: Path, cache: Path, torch_encoder: ClipEncoder) -> None:
-    encoder = ClipEncoder(str(tiny_clip_dir), "cpu", backend="onnx", backend_cache=cache)
+@pytest.mark.parametrize("name", FAITHFUL)
+def test_fp32_vectors_match_pytorch(name: str, tiny_clip_dir: Path, cache: Path, torch_encoder: ClipEncoder) -> None:
+    encoder = ClipEncoder(str(tiny_clip_dir), "cpu", backend=name, backend_cache=cache)
     texts = ["红色的圆形" * 30, "a", "一张蓝色的正方形的图片"]  # different lengths: dynamic token axis
     images = [draw_shape("triangle", "green", size=s, seed=5) for s in (64, 200)]
     np.testing.assert_allclose(encoder.encode_texts(texts), torch_encoder.encode_texts(texts), atol=1e-4)
@@ -83,16 +87,25 @@ def test_fp32_vectors_match_pytorch(tiny_clip_dir: Path, cache: Path, torch_enco
     assert encoder.encode_texts([]).shape == (0, encoder.dim)
 
 
-def test_auto_picks_fp32_onnx_on_cpu_from_settings(
+def test_auto_picks_fp32_openvino_on_cpu_from_settings(
     tiny_clip_dir: Path, tmp_path: Path, settings_env: Callable[..., Settings], caplog: pytest.LogCaptureFixture
 ) -> None:
-    assert Settings(_env_file=None).clip_backend == "torch"  # type: ignore[call-arg]  # the default
+    assert Settings(_env_file=None).clip_backend == "auto"  # type: ignore[call-arg]  # the default
     settings_env(CLIP_MODEL=tiny_clip_dir, DEVICE="cpu", CLIP_BACKEND="auto", CLIP_BACKEND_CACHE=tmp_path)
     with caplog.at_level(logging.INFO, logger="runners.clip_backends"):
         encoder = ClipEncoder.from_settings()
-    assert encoder.backend.name == "onnx"  # faithful and faster; never the int8 one by default
-    assert "top-1 agreement 100.0%" in caplog.text  # the measured agreement is logged
-    assert list(tmp_path.glob("*/onnx/export.json"))
+    assert encoder.backend.name == "openvino"  # faithful and the fastest; never a low-precision one by default
+    assert "CLIP_BACKEND=openvino vs PyTorch fp32" in caplog.text and "top-1 agreement 100.0%" in caplog.text
+    assert [p.parent.name for p in tmp_path.glob("*/*/export.json")] == ["openvino"]
+
+
+def test_auto_skips_a_backend_that_is_not_installed(
+    tiny_clip_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(clip_backends.NEEDS, "openvino", ("openvino_not_installed",))
+    with pytest.raises(BackendRefused, match="openvino_not_installed not installed.*CLIP_BACKEND=torch"):
+        ClipEncoder(str(tiny_clip_dir), "cpu", backend="openvino", backend_cache=tmp_path)
+    assert ClipEncoder(str(tiny_clip_dir), "cpu", backend="auto", backend_cache=tmp_path).backend.name == "onnx"
 
 
 def test_cache_is_reused(
@@ -136,14 +149,25 @@ def test_damaged_cache_is_exported_again(
     assert not list(tmp_path.glob("*/.onnx-*")), "temporary export folders are cleaned up"
 
 
-def test_explicit_backend_past_the_bound_is_refused(tiny_clip_dir: Path, tmp_path: Path) -> None:
-    impossible = Bounds(min_top1=1.0, min_cosine=1.0)  # fp32 ONNX differs from PyTorch in the last bits
+@pytest.mark.parametrize("name", ["onnx", "openvino"])
+def test_explicit_backend_past_the_bound_is_refused(name: str, tiny_clip_dir: Path, tmp_path: Path) -> None:
+    impossible = Bounds(min_top1=1.0, min_cosine=1.0)  # fp32 exports differ from PyTorch in the last bits
     with pytest.raises(BackendRefused) as refused:
-        ClipEncoder(str(tiny_clip_dir), "cpu", backend="onnx", backend_cache=tmp_path, bounds=impossible)
+        ClipEncoder(str(tiny_clip_dir), "cpu", backend=name, backend_cache=tmp_path, bounds=impossible)
     message = str(refused.value)
-    assert "CLIP_BACKEND=onnx refused" in message and "top-1 agreement 100.0%" in message
+    assert f"CLIP_BACKEND={name} refused" in message and "top-1 agreement 100.0%" in message
     assert "lowest cosine 0.9999" in message and "CLIP_BACKEND_MIN_COSINE=1.0" in message
     assert "CLIP_BACKEND=torch" in message  # the setting that falls back
+
+
+def test_bf16_is_refused_where_fp32_openvino_passes(tiny_clip_dir: Path, tmp_path: Path) -> None:
+    """The bf16 backends move vectors measurably (cosine about 0.9999 on this model); fp32 does not."""
+    strict = Bounds(min_top1=1.0, min_cosine=0.99999)
+    assert ClipEncoder(str(tiny_clip_dir), "cpu", backend="openvino", backend_cache=tmp_path,
+                       bounds=strict).backend.name == "openvino"
+    for name in ("openvino-bf16", "torch-bf16"):
+        with pytest.raises(BackendRefused, match=rf"CLIP_BACKEND={name} refused.*lowest cosine 0\.99"):
+            ClipEncoder(str(tiny_clip_dir), "cpu", backend=name, backend_cache=tmp_path, bounds=strict)
 
 
 def test_auto_falls_back_to_pytorch_with_a_warning(
@@ -189,3 +213,15 @@ def test_unknown_backend_is_rejected(settings_env: Callable[..., Settings]) -> N
 
     with pytest.raises(ValidationError):
         settings_env(CLIP_BACKEND="tensorrt")
+
+
+def test_damaged_openvino_cache_is_exported_again(
+    tiny_clip_dir: Path, tmp_path: Path, torch_encoder: ClipEncoder
+) -> None:
+    ClipEncoder(str(tiny_clip_dir), "cpu", backend="openvino", backend_cache=tmp_path)
+    folder = next(tmp_path.glob("*/openvino"))
+    (folder / "image.bin").write_bytes(b"not openvino weights")
+    encoder = ClipEncoder(str(tiny_clip_dir), "cpu", backend="openvino", backend_cache=tmp_path)
+    assert encoder.backend.name == "openvino" and (folder / "image.bin").stat().st_size > 1000
+    images = [draw_shape("circle", "blue", seed=11)]
+    np.testing.assert_allclose(encoder.encode_images(images), torch_encoder.encode_images(images), atol=1e-4)
