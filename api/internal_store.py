@@ -101,18 +101,35 @@ def op_vectors(store: VectorStore, body: dict[str, Any]) -> dict[str, Any]:
 
 
 def op_search(store: VectorStore, body: dict[str, Any]) -> dict[str, Any]:
-    vector = decode_vectors(body, 1)[0]
+    """A vector (`vectors` + `dim`), a `text`, or both (hybrid)."""
+    vector = decode_vectors(body, 1)[0] if "vectors" in body else None
+    text = body.get("text")
+    if vector is None and text is None:
+        raise ValueError("a search needs a vector, a text or both")
     hits = store.search(vector, int(body["limit"]), filter_from_json(body.get("where")),
-                        offset=int(body.get("offset", 0)), dedup=bool(body.get("dedup", False)))
+                        offset=int(body.get("offset", 0)), dedup=bool(body.get("dedup", False)),
+                        text=None if text is None else str(text))
     return {"hits": [[h.id, h.score, h.payload] for h in hits]}
 
 
 def op_set_payloads(store: VectorStore, body: dict[str, Any]) -> dict[str, Any]:
-    payloads = body["payloads"]
-    if not isinstance(payloads, dict) or not all(isinstance(v, dict) for v in payloads.values()):
-        raise ValueError("payloads must be an object of id -> fields")
-    store.set_payloads({str(k): v for k, v in payloads.items()})
+    store.set_payloads(fields_by_id(body["payloads"]))
     return {}
+
+
+def op_set_descriptions(store: VectorStore, body: dict[str, Any]) -> dict[str, Any]:
+    store.set_descriptions(fields_by_id(body["described"]))
+    return {}
+
+
+def op_described_counts(store: VectorStore, body: dict[str, Any]) -> dict[str, Any]:
+    return {"counts": store.described_counts()}
+
+
+def fields_by_id(value: Any) -> dict[str, dict[str, Any]]:
+    if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
+        raise ValueError("expected an object of id -> fields")
+    return {str(k): v for k, v in value.items()}
 
 
 def op_count(store: VectorStore, body: dict[str, Any]) -> dict[str, Any]:
@@ -135,6 +152,8 @@ OPS: dict[str, Callable[[VectorStore, dict[str, Any]], dict[str, Any]]] = {
     "vectors": op_vectors,
     "search": op_search,
     "set_payloads": op_set_payloads,
+    "set_descriptions": op_set_descriptions,
+    "described_counts": op_described_counts,
     "count": op_count,
     "finish": op_finish,
 }

@@ -16,8 +16,20 @@ import numpy as np
 POINT_NAMESPACE = uuid.UUID("6f9c3d2e-8a41-5b7c-9e0d-2a1b3c4d5e6f")
 
 PAYLOAD_FIELDS = ("path", "content_hash", "size", "mtime", "width", "height", "indexed_at", "model_id", "folders")
+# What the indexer's describe stage writes (set_descriptions): the VLM's description of the photo, the
+# text visible in it, its tags (a string or a list of strings) and which model + prompt wrote them.
+DESCRIPTION_FIELDS = ("description", "visible_text", "tags", "described_by")
+# The fields whose words make a point's "text" sparse vector (store/text_terms.py), in this order.
+TEXT_FIELDS = ("description", "visible_text", "tags")
+TEXT_VECTOR = "text"  # the named sparse vector (Modifier.IDF) beside the unnamed dense CLIP vector
+RRF_K = 60  # Reciprocal Rank Fusion constant of hybrid search: score = sum of 1 / (RRF_K + rank)
+# Hybrid search fuses the first max(HYBRID_DEPTH, offset + limit) points of each ranking: a point that
+# one ranking puts first and the other at rank 40 still gets both shares (with only offset + limit,
+# a top-10 query would fuse two lists of 10 and mostly just interleave them). Pages within the first
+# HYBRID_DEPTH points are cut from the same fused list, so they never overlap or skip.
+HYBRID_DEPTH = 100
 # Payload fields that hold a list of strings (every other field is a flat value).
-LIST_FIELDS = frozenset({"folders"})
+LIST_FIELDS = frozenset({"folders", "tags"})
 DEDUP_FETCH_FACTOR = 4  # with dedup, ask the engine for this many times the hits needed, then more
 
 
@@ -82,7 +94,9 @@ class Point:
 @dataclass
 class Hit:
     id: str
-    score: float  # cosine similarity
+    # Vector search: the cosine similarity. Text search: the BM25 score. Hybrid: the RRF score, the
+    # sum over the two rankings of 1 / (RRF_K + position), the best at position 0 (as Qdrant counts).
+    score: float
     payload: dict[str, Any]
 
 
@@ -146,7 +160,8 @@ def filter_indexes() -> dict[str, str]:
 # Payload indexes: created with the collection and, idempotently, on every ensure_collection() of an
 # existing one: those the search filters need, plus content_hash, the key dedup groups by (no filter
 # tests it today; it has been indexed since the filters came, so existing collections keep it).
-INDEXED_FIELDS = {**filter_indexes(), "content_hash": "keyword"}
+# described_by is indexed for described_counts() (a facet needs a keyword index).
+INDEXED_FIELDS = {**filter_indexes(), "content_hash": "keyword", "described_by": "keyword"}
 
 
 class VectorStore(Protocol):
@@ -167,14 +182,30 @@ class VectorStore(Protocol):
     def vectors(self, ids: Sequence[str]) -> dict[str, np.ndarray]:
         """Stored vectors of the given ids (missing ids are left out)."""
 
-    def search(self, vector: np.ndarray, limit: int, where: SearchFilter | None = None, offset: int = 0,
-               dedup: bool = False) -> list[Hit]:
-        """Nearest points by cosine similarity, best first, that match `where`, skipping the first
-        `offset`. `dedup`: only the best point of each content_hash counts (paging counts the
-        collapsed list). Empty list if the collection is missing."""
+    def search(self, vector: np.ndarray | None, limit: int, where: SearchFilter | None = None, offset: int = 0,
+               dedup: bool = False, text: str | None = None) -> list[Hit]:
+        """Points that match `where`, best first, skipping the first `offset`. `dedup`: only the best
+        point of each content_hash counts (paging counts the collapsed list). Empty list if the
+        collection is missing. What ranks them:
+        - `vector` only: cosine similarity to it (Hit.score is the cosine);
+        - `text` only: BM25 of the query's words in the points' descriptions (TEXT_FIELDS); points with
+          none of its words (undescribed ones included) are left out;
+        - both: one query, the vector ranking and the text ranking fused by Reciprocal Rank Fusion
+          (RRF_K); `where` applies to both rankings. A text with no words (or a collection without
+          the text vector) leaves the vector ranking as it is.
+        Raise StoreError when neither is given."""
 
     def set_payloads(self, payloads: dict[str, dict[str, Any]]) -> None:
         """Add or replace these payload fields of existing points (id -> fields), keeping their vectors."""
+
+    def set_descriptions(self, described: dict[str, dict[str, Any]]) -> None:
+        """Write these description fields (DESCRIPTION_FIELDS; id -> fields) of existing points, keeping
+        their other payload and their dense vector, and make each point's text vector from the given
+        TEXT_FIELDS (it replaces the point's earlier one). Ids that no longer exist are skipped. Adds
+        the text vector to a collection made before it existed."""
+
+    def described_counts(self) -> dict[str, int]:
+        """Number of points per `described_by` value ({} when none is described or the collection is missing)."""
 
     def count(self) -> int:
         """Number of points; 0 when the collection is missing."""
@@ -225,6 +256,18 @@ def require_same_model(stored: CollectionInfo, model_id: str, dim: int, where: s
         f"{where} holds {stored.dim}-dimensional vectors made by {made_by}, but the current model is "
         f"{model_id!r} ({dim} dimensions). Re-create the collection (indexer --recreate) to re-embed "
         "the library with the current model, or point QDRANT_COLLECTION at another collection.")
+
+
+def description_text(fields: dict[str, Any]) -> str:
+    """The words of a point's description: its TEXT_FIELDS joined (tags may be a list of strings)."""
+    parts: list[str] = []
+    for key in TEXT_FIELDS:
+        value = fields.get(key)
+        if isinstance(value, (list, tuple)):
+            parts.extend(str(v) for v in value)
+        elif value is not None:
+            parts.append(str(value))
+    return "\n".join(parts)
 
 
 def search_pages(query: Callable[[int, int], list[Hit]], limit: int, offset: int, dedup: bool) -> list[Hit]:

@@ -37,8 +37,11 @@ from store.base import (
     SearchFilter,
     StoreError,
     as_vector,
+    clean_payload,
+    description_text,
     search_pages,
 )
+from store.text_terms import query_terms, terms
 
 SCROLL_PAGE = 512  # points per scroll request
 RETRIEVE_CHUNK = 1024  # ids per retrieve request
@@ -80,19 +83,60 @@ class EngineStore(ABC):
                     out[str(record.id)] = vector
         return out
 
-    def search(self, vector: np.ndarray, limit: int, where: SearchFilter | None = None, offset: int = 0,
-               dedup: bool = False) -> list[Hit]:
-        query_vector = as_vector(vector)
+    def search(self, vector: np.ndarray | None, limit: int, where: SearchFilter | None = None, offset: int = 0,
+               dedup: bool = False, text: str | None = None) -> list[Hit]:
+        if vector is None and text is None:
+            raise StoreError("a search needs a vector, a text or both")
+        dense = None if vector is None else as_vector(vector)
         condition = self.filter_of(where)
-
-        def query(n: int, skip: int) -> list[Hit]:
-            found = self._query(query_vector, condition, n, skip)
-            return [Hit(id=str(p.id), score=float(p.score), payload=dict(p.payload or {})) for p in found]
-
         try:
-            return search_pages(query, limit, offset, dedup)
+            words = query_terms(text) if text is not None and self._has_text_vector() else {}
+            if dense is None and not words:
+                return []  # no words, or no point was ever described
+
+            def query(n: int, skip: int) -> Sequence[Any]:
+                if dense is None:
+                    return self._query_text(words, condition, n, skip)
+                if text is None:
+                    return self._query(dense, condition, n, skip)
+                return self._query_hybrid(dense, words or None, condition, n, skip)
+
+            return search_pages(lambda n, skip: [_hit(p) for p in query(n, skip)], limit, offset, dedup)
         except CollectionMissingError:
             return []
+
+    def set_descriptions(self, described: dict[str, dict[str, Any]]) -> None:
+        if not described:
+            return
+        self._ensure_text_vector()
+        present = {str(record.id) for record in self._retrieve(list(described), vectors=False)}
+        updates = [(pid, clean_payload(fields), terms(description_text(fields)))
+                   for pid, fields in described.items() if pid in present]  # a photo deleted meanwhile: skip
+        if updates:
+            self._describe(updates)
+
+    def described_counts(self) -> dict[str, int]:
+        try:
+            if "described_by" in self._index_names():
+                return self._facet("described_by")
+            counts: dict[str, int] = {}  # a collection from before the index: read every payload
+            for _, payload in self.payloads():
+                value = payload.get("described_by")
+                if value is not None:
+                    counts[str(value)] = counts.get(str(value), 0) + 1
+            return counts
+        except CollectionMissingError:
+            return {}
+
+    def _ensure_text_vector(self) -> None:
+        """Add the text vector (and the payload indexes, described_by's included) to a collection made
+        before they existed; once per handle."""
+        if getattr(self, "_text_ready", False):
+            return
+        if not self._has_text_vector():
+            self._add_text_vector()
+        self._ensure_indexes()
+        self._text_ready = True
 
     def count(self) -> int:
         """Number of points; 0 when the collection is missing."""
@@ -155,13 +199,45 @@ class EngineStore(ABC):
         and the offset of the next page (None after the last)."""
 
     @abstractmethod
-    def _retrieve(self, ids: list[str]) -> Sequence[Any]:
-        """The records (with .id and .vector, no payload) of these ids; missing ids are left out."""
+    def _retrieve(self, ids: list[str], vectors: bool = True) -> Sequence[Any]:
+        """The records (with .id and, if `vectors`, .vector; no payload) of these ids; missing ids are
+        left out."""
 
     @abstractmethod
     def _query(self, vector: list[float], condition: Any, limit: int, offset: int) -> Sequence[Any]:
         """Nearest points (with .id, .score, .payload) that match `condition` (a filter_of() result),
         best first, skipping the first `offset`."""
+
+    @abstractmethod
+    def _query_text(self, words: dict[int, float], condition: Any, limit: int, offset: int) -> Sequence[Any]:
+        """Points whose text vector shares terms with `words` (a query_terms() result), by BM25 score
+        (the engine's IDF-weighted dot product), that match `condition`, skipping the first `offset`."""
+
+    @abstractmethod
+    def _query_hybrid(self, vector: list[float], words: dict[int, float] | None, condition: Any, limit: int,
+                      offset: int) -> Sequence[Any]:
+        """One query: a dense prefetch (nearest to `vector`) and, unless `words` is None, a text prefetch
+        (as _query_text), each of the first max(HYBRID_DEPTH, offset + limit) points matching
+        `condition`, fused by RRF (k = RRF_K); the fused list, filtered by `condition` again,
+        skipping `offset`."""
+
+    @abstractmethod
+    def _has_text_vector(self) -> bool:
+        """Whether the collection has the text sparse vector (collections made before it have not)."""
+
+    @abstractmethod
+    def _add_text_vector(self) -> None:
+        """Add the text sparse vector (Modifier.IDF) to an existing collection; StoreError when the
+        engine cannot (the message says to re-create the collection)."""
+
+    @abstractmethod
+    def _describe(self, updates: list[tuple[str, dict[str, Any], dict[int, float]]]) -> None:
+        """For each (id, payload fields, text terms) of existing points: set those payload fields and
+        replace the point's text vector by the terms ({}: an empty one), keeping the dense vector."""
+
+    @abstractmethod
+    def _facet(self, key: str) -> dict[str, int]:
+        """Exact number of points per value of the keyword-indexed payload `key`."""
 
     @abstractmethod
     def _count(self) -> int:
@@ -190,6 +266,10 @@ class EngineStore(ABC):
     @abstractmethod
     def _filter(self, must: list[Any] | None, must_not: list[Any] | None) -> Any:
         """The filter that holds all of `must` and none of `must_not` (None: no such conditions)."""
+
+
+def _hit(point: Any) -> Hit:
+    return Hit(id=str(point.id), score=float(point.score), payload=dict(point.payload or {}))
 
 
 def default_vector(vector: Any) -> np.ndarray | None:

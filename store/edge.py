@@ -32,6 +32,9 @@ from typing import Any
 import qdrant_edge as qe
 
 from store.base import (
+    HYBRID_DEPTH,
+    RRF_K,
+    TEXT_VECTOR,
     CollectionInfo,
     IndexTuning,
     Point,
@@ -65,6 +68,7 @@ FLUSH_EVERY_POINTS = 8192
 MIN_FREE_BYTES = 64 * 2**20
 BYTES_PER_VALUE = 4  # float32
 POINT_OVERHEAD = 1024  # payload, id tracker, WAL record framing (generous)
+FACET_LIMIT = 10_000  # distinct values counted by described_counts (one per describing model + prompt)
 
 
 class EdgeStore(EngineStore):
@@ -81,6 +85,7 @@ class EdgeStore(EngineStore):
         self._shard: qe.EdgeShard | None = None
         self._unflushed = 0
         self._lock = threading.RLock()
+        self._text = False  # the shard is known to have the text vector
 
     # --- locations -------------------------------------------------------------------------------
 
@@ -210,11 +215,12 @@ class EdgeStore(EngineStore):
         with self._guard("scroll"):
             return shard.scroll(qe.ScrollRequest(offset=offset, limit=limit, with_payload=True, with_vector=False))
 
-    def _retrieve(self, ids: list[str]) -> Sequence[Any]:
+    def _retrieve(self, ids: list[str], vectors: bool = True) -> Sequence[Any]:
         shard = self._require_open()
         wanted: list[int | uuid.UUID | str] = list(ids)
         with self._guard("retrieve"):
-            return shard.retrieve(wanted, with_payload=False, with_vector=True)
+            # with_vector=True would also return the text vector: name the dense one.
+            return shard.retrieve(wanted, with_payload=False, with_vector=[""] if vectors else False)
 
     def _query(self, vector: list[float], condition: Any, limit: int, offset: int) -> Sequence[Any]:
         shard = self._require_open()
@@ -223,6 +229,65 @@ class EdgeStore(EngineStore):
                                   params=self._search_params())
         with self._guard("search"):
             return shard.query(request)
+
+    def _query_text(self, words: dict[int, float], condition: Any, limit: int, offset: int) -> Sequence[Any]:
+        shard = self._require_open()
+        request = qe.QueryRequest(limit=limit, offset=offset or None,
+                                  query=qe.Query.Nearest(_sparse(words), using=TEXT_VECTOR), filter=condition,
+                                  with_payload=True, with_vector=False)
+        with self._guard("text search"):
+            return shard.query(request)
+
+    def _query_hybrid(self, vector: list[float], words: dict[int, float] | None, condition: Any, limit: int,
+                      offset: int) -> Sequence[Any]:
+        shard = self._require_open()
+        depth = max(HYBRID_DEPTH, offset + limit)
+        prefetches = [qe.Prefetch(limit=depth, query=qe.Query.Nearest(vector), filter=condition,
+                                  params=self._search_params())]
+        if words is not None:
+            prefetches.append(qe.Prefetch(limit=depth, query=qe.Query.Nearest(_sparse(words), using=TEXT_VECTOR),
+                                          filter=condition))
+        request = qe.QueryRequest(limit=limit, offset=offset or None, prefetches=prefetches,
+                                  query=qe.Fusion.Rrf(k=RRF_K),  # type: ignore[arg-type]  # stubs: Fusion only
+                                  filter=condition, with_payload=True, with_vector=False)
+        with self._guard("hybrid search"):
+            return shard.query(request)
+
+    def _has_text_vector(self) -> bool:
+        """The engine has no call that lists a shard's vectors; its edge_config.json (which it rewrites when
+        a vector is added) does."""
+        if not self._text:
+            self._require_open()  # CollectionMissingError when there is no collection
+            try:
+                config = json.loads((self.shard_path / "edge_config.json").read_text(encoding="utf-8"))
+            except (OSError, ValueError) as exc:
+                raise StoreError(f"cannot read the configuration of {self.shard_path}: {exc}") from exc
+            self._text = TEXT_VECTOR in (config.get("sparse_vectors") or {})
+        return self._text
+
+    def _add_text_vector(self) -> None:
+        shard = self._require_open()
+        self._check_space(0)
+        with self._guard("add the text vector"):
+            shard.update(qe.UpdateOperation.create_sparse_vector(TEXT_VECTOR, modifier=qe.Modifier.Idf))
+        self._text = True
+
+    def _describe(self, updates: list[tuple[str, dict[str, Any], dict[int, float]]]) -> None:
+        shard = self._require_open()
+        self._check_space(len(updates) * POINT_OVERHEAD * 4)  # payload and text vector, WAL and segment
+        with self._guard("set descriptions"):
+            for pid, fields, _ in updates:
+                shard.update(qe.UpdateOperation.set_payload([pid], fields))
+            shard.update(qe.UpdateOperation.update_vectors(
+                [qe.PointVectors(pid, {TEXT_VECTOR: _sparse(words)}) for pid, _, words in updates]))
+        self._written(len(updates))
+
+    def _facet(self, key: str) -> dict[str, int]:
+        shard = self._require_open()
+        with self._guard("count values"):
+            found = shard.facet(qe.FacetRequest(key, limit=FACET_LIMIT, exact=True))
+        # The engine keeps reporting a value whose last point was changed, with count 0.
+        return {str(hit.value): int(hit.count) for hit in found if hit.count > 0}
 
     def _count(self) -> int:
         shard = self._require_open()
@@ -316,16 +381,21 @@ class EdgeStore(EngineStore):
             raise
         _fsync_dir(self.folder)
 
-    def _config(self, dim: int) -> qe.EdgeConfig:
+    def _config(self, dim: int, text: bool = False) -> qe.EdgeConfig:
         """The engine stores this config; loading an older shard with it applies the new HNSW and
-        quantization settings from the next optimize() (the indexer's finish) on."""
+        quantization settings from the next optimize() (the indexer's finish) on. `text`: with the
+        text sparse vector (a new shard). Shards are loaded without it: the engine refuses to load a
+        shard made before the text vector with a config that has it ("incompatible"), and loads one
+        that has it with a config that lacks it, keeping the vector (set_descriptions adds it to an
+        old shard)."""
         t = self.tuning
         quantization = (qe.ScalarQuantizationConfig(type=qe.ScalarType.Int8, quantile=0.99, always_ram=True)
                         if t.quantization else None)
         return qe.EdgeConfig(
             vectors=qe.EdgeVectorParams(size=dim, distance=qe.Distance.Cosine),
             hnsw_config=qe.HnswIndexConfig(m=t.m, ef_construct=t.ef_construct, full_scan_threshold=t.full_scan_kb),
-            quantization_config=quantization)
+            quantization_config=quantization,
+            sparse_vectors={TEXT_VECTOR: qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf)} if text else None)
 
     def _search_params(self) -> qe.SearchParams:
         t = self.tuning
@@ -373,6 +443,7 @@ class EdgeStore(EngineStore):
         half-dropped collection). Refuses with StoreLockedError while another process holds it."""
         shard = self._shard
         self._shard = None
+        self._text = False
         if shard is None and self.shard_path.exists():
             try:
                 shard = self._load(None)  # takes the lock, or says who holds it
@@ -405,13 +476,18 @@ class EdgeStore(EngineStore):
                              f"(QDRANT_PATH): {exc}") from exc
         self._check_space(0)
         with self._guard("create"):
-            shard = qe.EdgeShard.create(str(self.shard_path), self._config(dim))
+            shard = qe.EdgeShard.create(str(self.shard_path), self._config(dim, text=True))
+        self._text = True
         try:
             self._write_meta(model_id, dim)
         except BaseException:
             shard.close()
             raise
         self._shard = shard
+
+
+def _sparse(words: dict[int, float]) -> qe.SparseVector:
+    return qe.SparseVector(list(words), list(words.values()))
 
 
 def _point_bytes(dim: int) -> int:

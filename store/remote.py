@@ -182,10 +182,11 @@ class RemoteStore:
             out.update(zip(found, decode_vectors(body, len(found)), strict=True))
         return out
 
-    def search(self, vector: np.ndarray, limit: int, where: SearchFilter | None = None, offset: int = 0,
-               dedup: bool = False) -> list[Hit]:
-        body = self.call("search", {**encode_vectors([vector]), "limit": limit, "offset": offset,
-                                    "dedup": dedup, "where": filter_to_json(where)})
+    def search(self, vector: np.ndarray | None, limit: int, where: SearchFilter | None = None, offset: int = 0,
+               dedup: bool = False, text: str | None = None) -> list[Hit]:
+        dense = {} if vector is None else encode_vectors([vector])
+        body = self.call("search", {**dense, "limit": limit, "offset": offset, "dedup": dedup,
+                                    "where": filter_to_json(where), "text": text})
         return [Hit(id=str(pid), score=float(score), payload=dict(payload)) for pid, score, payload in body["hits"]]
 
     def set_payloads(self, payloads: dict[str, dict[str, Any]]) -> None:
@@ -193,6 +194,15 @@ class RemoteStore:
         for start in range(0, len(items), PAYLOAD_CHUNK):
             chunk = items[start:start + PAYLOAD_CHUNK]
             self.call("set_payloads", {"payloads": {pid: clean_payload(fields) for pid, fields in chunk}})
+
+    def set_descriptions(self, described: dict[str, dict[str, Any]]) -> None:
+        items = list(described.items())
+        for start in range(0, len(items), PAYLOAD_CHUNK):
+            chunk = items[start:start + PAYLOAD_CHUNK]
+            self.call("set_descriptions", {"described": {pid: clean_payload(fields) for pid, fields in chunk}})
+
+    def described_counts(self) -> dict[str, int]:
+        return {str(k): int(v) for k, v in self.call("described_counts")["counts"].items()}
 
     def count(self) -> int:
         return int(self.call("count")["count"])

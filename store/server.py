@@ -16,6 +16,9 @@ from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
 from store.base import (
+    HYBRID_DEPTH,
+    RRF_K,
+    TEXT_VECTOR,
     CollectionInfo,
     CollectionMissingError,
     IndexTuning,
@@ -29,6 +32,7 @@ from store.base import (
 from store.common import EngineStore
 
 UPSERT_CHUNK = 256
+FACET_LIMIT = 10_000  # distinct values counted by described_counts (one per describing model + prompt)
 
 
 class ServerStore(EngineStore):
@@ -41,6 +45,7 @@ class ServerStore(EngineStore):
         self.shards = shards
         self.replication_factor = replication_factor
         self.tuning = tuning or IndexTuning()
+        self._text = False  # the collection is known to have the text vector
         options = getattr(client, "init_options", {}) or {}
         # qdrant-client's local mode (tests) searches exactly and warns about search_params.
         self.local = bool(options.get("path") or options.get("location") == ":memory:")
@@ -88,11 +93,13 @@ class ServerStore(EngineStore):
         if current is not None:
             with self._guard("drop the collection"):
                 self.client.delete_collection(self.collection)
+            self._text = False
         try:
             with self._guard("create the collection"):
                 self.client.create_collection(
                     self.collection,
                     vectors_config=models.VectorParams(size=dim, distance=models.Distance.COSINE),
+                    sparse_vectors_config={TEXT_VECTOR: models.SparseVectorParams(modifier=models.Modifier.IDF)},
                     hnsw_config=models.HnswConfigDiff(m=self.tuning.m, ef_construct=self.tuning.ef_construct,
                                                       full_scan_threshold=self.tuning.full_scan_kb),
                     quantization_config=self._quantization(),
@@ -161,15 +168,73 @@ class ServerStore(EngineStore):
             return self.client.scroll(self.collection, limit=limit, offset=offset,
                                       with_payload=True, with_vectors=False)
 
-    def _retrieve(self, ids: list[str]) -> Sequence[Any]:
+    def _retrieve(self, ids: list[str], vectors: bool = True) -> Sequence[Any]:
         with self._guard("retrieve points"):
-            return self.client.retrieve(self.collection, ids=ids, with_payload=False, with_vectors=True)
+            # with_vectors=True would also return the text vector: name the dense one.
+            return self.client.retrieve(self.collection, ids=ids, with_payload=False,
+                                        with_vectors=[""] if vectors else False)
 
     def _query(self, vector: list[float], condition: Any, limit: int, offset: int) -> Sequence[Any]:
         with self._guard("search"):
             return self.client.query_points(self.collection, query=vector, limit=limit, offset=offset or None,
                                             query_filter=condition, with_payload=True, with_vectors=False,
                                             search_params=None if self.local else self._search_params()).points
+
+    def _query_text(self, words: dict[int, float], condition: Any, limit: int, offset: int) -> Sequence[Any]:
+        with self._guard("text search"):
+            return self.client.query_points(self.collection, query=_sparse(words), using=TEXT_VECTOR, limit=limit,
+                                            offset=offset or None, query_filter=condition, with_payload=True,
+                                            with_vectors=False).points
+
+    def _query_hybrid(self, vector: list[float], words: dict[int, float] | None, condition: Any, limit: int,
+                      offset: int) -> Sequence[Any]:
+        depth = max(HYBRID_DEPTH, offset + limit)
+        params = None if self.local else self._search_params()
+        prefetch = [models.Prefetch(query=vector, limit=depth, filter=condition, params=params)]
+        if words is not None:
+            prefetch.append(models.Prefetch(query=_sparse(words), using=TEXT_VECTOR, limit=depth, filter=condition))
+        with self._guard("hybrid search"):
+            return self.client.query_points(self.collection, prefetch=prefetch,
+                                            query=models.RrfQuery(rrf=models.Rrf(k=RRF_K)), limit=limit,
+                                            offset=offset or None, query_filter=condition, with_payload=True,
+                                            with_vectors=False).points
+
+    def _has_text_vector(self) -> bool:
+        if not self._text:
+            with self._guard("read the collection"):
+                sparse = self.client.get_collection(self.collection).config.params.sparse_vectors or {}
+            self._text = TEXT_VECTOR in sparse
+        return self._text
+
+    def _add_text_vector(self) -> None:
+        config = models.SparseVectorNameConfig(sparse=models.SparseVectorConfig(modifier=models.Modifier.IDF))
+        try:
+            with self._guard("add the text vector"):
+                self.client.create_vector_name(self.collection, TEXT_VECTOR, config, wait=True)
+        except CollectionMissingError:
+            raise
+        except StoreError as exc:
+            raise StoreError(
+                f"{exc}. {self._where()} was made before descriptions could be searched and this Qdrant "
+                "cannot add the text vector to it (Qdrant server 1.17 or newer can): re-create the "
+                "collection (python -m indexer --recreate), which re-embeds the library.") from exc
+        self._text = True
+
+    def _describe(self, updates: list[tuple[str, dict[str, Any], dict[int, float]]]) -> None:
+        for start in range(0, len(updates), UPSERT_CHUNK):
+            chunk = updates[start:start + UPSERT_CHUNK]
+            operations: list[Any] = [
+                models.SetPayloadOperation(set_payload=models.SetPayload(payload=fields, points=[pid]))
+                for pid, fields, _ in chunk]
+            operations.append(models.UpdateVectorsOperation(update_vectors=models.UpdateVectors(points=[
+                models.PointVectors(id=pid, vector={TEXT_VECTOR: _sparse(words)}) for pid, _, words in chunk])))
+            with self._guard("set descriptions"):  # one request per chunk
+                self.client.batch_update_points(self.collection, update_operations=operations, wait=True)
+
+    def _facet(self, key: str) -> dict[str, int]:
+        with self._guard("count values"):
+            found = self.client.facet(self.collection, key, limit=FACET_LIMIT, exact=True)
+        return {str(hit.value): int(hit.count) for hit in found.hits if hit.count > 0}
 
     def _count(self) -> int:
         with self._guard("count points"):
@@ -230,6 +295,10 @@ class ServerStore(EngineStore):
             f"cannot reach the Qdrant server at {self.location} (QDRANT_URL) to {what}: {exc}. "
             "Start the server or fix QDRANT_URL, or unset QDRANT_URL to use the embedded store "
             "in QDRANT_PATH.")
+
+
+def _sparse(words: dict[int, float]) -> models.SparseVector:
+    return models.SparseVector(indices=list(words), values=list(words.values()))
 
 
 def _response_text(exc: UnexpectedResponse) -> str:

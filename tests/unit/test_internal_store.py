@@ -81,6 +81,9 @@ def test_malformed_calls_are_400_and_unknown_ops_404(served: ServedEdge) -> None
     assert_refused(client.post(UPSERT, content=b"{not json"), 400, "invalid_argument")
     bad = {**upsert_body(), "vectors": "AAAA"}  # 3 bytes for one 8-d vector
     assert_refused(client.post(UPSERT, json=bad), 400, "invalid_argument")
+    assert_refused(client.post("/internal/store/set_descriptions", json={"described": ["x"]}), 400,
+                   "invalid_argument")
+    assert_refused(client.post("/internal/store/search", json={"limit": 5}), 400, "invalid_argument")
     assert served.store.count() == 0
 
 

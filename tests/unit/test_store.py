@@ -164,8 +164,8 @@ def test_payloads_roundtrip_all_fields(store: VectorStore, monkeypatch: pytest.M
 
 def test_payload_rejects_nested_values(store: VectorStore) -> None:
     store.ensure_collection(MODEL, DIM)
-    with pytest.raises(StoreError, match="tags"):
-        store.upsert([Point(id=point_id("x.jpg"), vector=unit_vectors(1)[0], payload={"tags": ["a"]})])
+    with pytest.raises(StoreError, match="labels"):  # LIST_FIELDS (folders, tags) are the only lists
+        store.upsert([Point(id=point_id("x.jpg"), vector=unit_vectors(1)[0], payload={"labels": ["a"]})])
 
 
 def test_vectors_roundtrip(store: VectorStore) -> None:
