@@ -11,7 +11,7 @@ from PIL import Image
 from shapes import draw_shape
 
 from config import DEFAULT_DESCRIBE_PROMPT, Settings
-from runners.describe import Description, Describer, described_by_of, describer_id, parse_answer
+from runners.describe import Describer, Description, described_by_of, describer_id, parse_answer
 from runners.vlm import VisionLanguageModel
 
 # ---------------------------------------------------------------- parse_answer: JSON answers

@@ -24,7 +24,7 @@ from config import DEFAULT_DESCRIBE_PROMPT
 from indexer.describe import DescribeStage, Options
 from indexer.pipeline import Summary
 from runners.clip import ClipEncoder
-from runners.describe import Description, Describer
+from runners.describe import Describer, Description
 from runners.vlm import VisionLanguageModel
 from store.base import DESCRIPTION_FIELDS, Point, point_id
 
