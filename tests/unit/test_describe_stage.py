@@ -148,6 +148,10 @@ def test_renamed_copied_and_touched_files_keep_their_description_without_the_mod
     assert after[f"moved/{Path(renamed).name}"] == before[renamed]
     assert after[f"moved/copy-{Path(copied).name}"] == after[copied] == before[copied]
     assert after[touched] == before[touched]
+    # Their text vectors came along: a search by the words of each one's description finds it by its new name.
+    for rel in (f"moved/{Path(renamed).name}", f"moved/copy-{Path(copied).name}", touched):
+        hits = store.search(None, 50, text=after[rel]["description"])
+        assert rel in {hit.payload["path"] for hit in hits} and renamed not in {hit.payload["path"] for hit in hits}
 
 
 def test_a_point_that_lost_its_description_copies_it_from_the_same_content(
