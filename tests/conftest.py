@@ -107,3 +107,27 @@ def tiny_vlm(tiny_qwen_dir: Path) -> VisionLanguageModel:
     """VisionLanguageModel(tiny_qwen_dir) on CPU with default VQA_* settings, shared by the whole session."""
     settings = Settings(_env_file=None, vqa_model=str(tiny_qwen_dir), device="cpu")  # type: ignore[call-arg]
     return VisionLanguageModel(tiny_qwen_dir, settings)
+
+
+# ---------------------------------------------------------------- tiny describer (indexer's describe stage)
+#     tiny_describer_dir  the committed tiny Qwen2.5-VL trained to describe draw_described images as JSON
+#     tiny_describer      runners.vlm.VisionLanguageModel on it (CPU, no quantisation), loaded once per session
+
+
+@pytest.fixture(scope="session")
+def tiny_describer_dir() -> Path:
+    """The trained tiny describer (rebuild with tests/fixtures/make_tiny_describer.py). Asked
+    config.DEFAULT_DESCRIBE_PROMPT about a shapes.draw_described image it answers
+    {"description": "红色的圆形", "visible_text": "发票", "tags": ["红色", "圆形"]} (colour and word reliable,
+    shape weak)."""
+    folder = FIXTURES / "tiny_describer"
+    if not (folder / "config.json").is_file():
+        pytest.fail(f"{folder} is missing: run .venv/bin/python tests/fixtures/make_tiny_describer.py")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_describer(tiny_describer_dir: Path) -> VisionLanguageModel:
+    """VisionLanguageModel(tiny_describer_dir) on CPU with default VQA_* settings, shared by the whole session."""
+    settings = Settings(_env_file=None, vqa_model=str(tiny_describer_dir), device="cpu")  # type: ignore[call-arg]
+    return VisionLanguageModel(tiny_describer_dir, settings)

@@ -109,3 +109,45 @@ def make_library(folder: str | Path, n_per_class: int = 2, seed: int = 0) -> dic
                 image.save(path)
             library[rel] = (shape, color)
     return library
+
+
+# ---------------------------------------------------------------- described images (visible text)
+# The tiny describer (tests/fixtures/make_tiny_describer.py) reads one of these words from a band at the bottom
+# of the image. The words are pasted from glyph bitmaps committed in tests/fixtures/words/ (rendered once from
+# WenQuanYi Zen Hei by `make_tiny_describer.py --render-words`), so drawing needs no system font.
+WORDS: tuple[str, ...] = ("发票", "出口", "SALE", "TAXI")
+WORD_FILES = {"发票": "fapiao", "出口": "chukou", "SALE": "sale", "TAXI": "taxi"}
+WORDS_DIR = Path(__file__).resolve().parent / "fixtures" / "words"
+BAND = 0.3  # the word band's share of the image height
+
+
+def word_mask(word: str) -> Image.Image:
+    """The committed glyph bitmap of `word`: mode L, ink 255 on 0, cropped to the ink."""
+    if word not in WORD_FILES:
+        raise ValueError(f"unknown word {word!r}; known: {', '.join(WORDS)}")
+    with Image.open(WORDS_DIR / f"{WORD_FILES[word]}.png") as mask:
+        return mask.convert("L")
+
+
+def draw_described(shape: str, color: str, word: str = "", seed: int = 0, size: int = 128) -> Image.Image:
+    """A `size`x`size` RGB image: draw_shape's `color` `shape` in the upper part and a pale band along the
+    bottom holding `word` (one of WORDS) in large dark letters, or nothing when `word` is "". Position, scale
+    and tints vary with `seed`; the same arguments always give the same pixels."""
+    band = round(size * BAND)
+    top = size - band
+    picture = draw_shape(shape, color, top, seed)
+    image = Image.new("RGB", (size, size), picture.getpixel((0, 0)))  # type: ignore[arg-type]
+    rng = random.Random(f"described/{shape}/{color}/{word}/{size}/{seed}")
+    image.paste(picture, (rng.randint(0, size - top), 0))
+    paper = rng.randint(225, 255)
+    image.paste(_jitter((paper, paper, paper), rng, 8), (0, top, size, size))
+    if word:
+        mask = word_mask(word)
+        height = round(band * rng.uniform(0.7, 0.85))
+        width = min(round(mask.width * height / mask.height), round(size * 0.9))
+        mask = mask.resize((width, height), Image.Resampling.LANCZOS)
+        ink = rng.randint(0, 50)
+        x = rng.randint(2, size - width - 2)  # never touching the edge
+        y = top + rng.randint(0, band - height)
+        image.paste(_jitter((ink, ink, ink), rng, 10), (x, y, x + width, y + height), mask)
+    return image
