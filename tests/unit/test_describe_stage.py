@@ -18,13 +18,13 @@ import pytest
 from helpers.indexing import index
 from helpers.stores import Backend
 from PIL import Image
-from shapes import CLASSES, draw_shape
+from shapes import CLASSES, COLOR_ZH, draw_described, draw_shape
 
 from config import DEFAULT_DESCRIBE_PROMPT
 from indexer.describe import DescribeStage, Options
 from indexer.pipeline import Summary
 from runners.clip import ClipEncoder
-from runners.describe import Describer, Description
+from runners.describe import Describer, Description, describer_id
 from runners.vlm import VisionLanguageModel
 from store.base import DESCRIPTION_FIELDS, Point, point_id
 
@@ -314,3 +314,37 @@ def test_cli_text_summary_and_failures(settings_env: Any, random_clip_dir: Path,
     assert run(["--library", str(library), "--no-progress", "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert (summary["described"], summary["describe_failed"]) == (len(shapes), 1)
+
+
+# ---------------------------------------------------------------- the tiny describer: JSON answers, end to end
+
+
+def test_cli_describe_with_the_tiny_describer_fills_the_fields_and_text_search_finds_them(
+        settings_env: Any, random_clip_dir: Path, tiny_describer_dir: Path, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from indexer.__main__ import run
+    from store.edge import EdgeStore
+
+    library = tmp_path / "lib"
+    library.mkdir()
+    cases = {"invoice.png": ("circle", "red", "发票"), "exit.jpg": ("square", "green", "出口"),
+             "sale.png": ("triangle", "blue", "SALE"), "cab.png": ("circle", "yellow", "TAXI"),
+             "plain.png": ("square", "purple", "")}
+    for i, (name, (shape, colour, word)) in enumerate(cases.items()):
+        draw_described(shape, colour, word, seed=3 * 10**9 + i, size=128).save(library / name)
+    cli_settings(settings_env, random_clip_dir, tiny_describer_dir, tmp_path, DESCRIBE_MAX_NEW_TOKENS="128")
+    assert run(["--library", str(library), "--no-progress", "--json", "--describe"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert (summary["added"], summary["described"], summary["describe_failed"]) == (len(cases), len(cases), 0)
+
+    store = EdgeStore(tmp_path / "qdrant", "images")
+    try:
+        stored = descriptions(store)
+        for name, (_, colour, word) in cases.items():  # the model's JSON, parsed into the three fields
+            assert stored[name]["visible_text"] == word, stored[name]
+            assert COLOR_ZH[colour] in stored[name]["description"] and COLOR_ZH[colour] in stored[name]["tags"]
+        assert store.described_counts() == {describer_id(str(tiny_describer_dir), DEFAULT_DESCRIBE_PROMPT): 5}
+        for query, name in [("发票", "invoice.png"), ("出口", "exit.jpg"), ("sale", "sale.png"), ("绿色", "exit.jpg")]:
+            assert store.search(None, 3, text=query)[0].payload["path"] == name, query
+    finally:
+        store.close()
