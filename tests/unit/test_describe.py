@@ -119,3 +119,16 @@ def test_describes_a_batch_and_lists_the_photo_the_model_refuses(tiny_vlm: Visio
     for answer in (got[0], got[2]):
         assert isinstance(answer, Description) and answer.description == "红色" and answer.tags == []
     assert isinstance(got[1], str) and "aspect ratio 300:1" in got[1]
+
+
+def test_the_indexer_and_the_describer_import_neither_bentoml_nor_torch() -> None:
+    """The indexer stays a plain program: BentoML never, torch only once a model is loaded."""
+    import subprocess
+    import sys
+
+    code = ("import sys, indexer.__main__, indexer.describe, runners.describe; "
+            "print(sorted(m for m in ('bentoml', 'torch', 'transformers') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[2],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
