@@ -18,7 +18,7 @@ from PIL import Image
 from config import Settings, get_settings
 from indexer.pipeline import ImageEncoder, Indexer, Options, Summary, encode_each
 from store import open_store_for_writing
-from store.base import CollectionInfo, ModelMismatchError, StoreError, StoreLockedError
+from store.base import CollectionInfo, ModelMismatchError, StoreError, StoreLockedError, VectorStore
 
 log = logging.getLogger("indexer")
 
@@ -35,6 +35,9 @@ def parse_args(argv: list[str] | None, settings: Settings) -> argparse.Namespace
                         help="decode threads (INDEX_WORKERS=%(default)s)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+    parser.add_argument("--describe", action="store_true", default=settings.index_describe,
+                        help="after indexing, describe every photo not yet described by VQA_MODEL with "
+                             "DESCRIBE_PROMPT (INDEX_DESCRIBE; DESCRIBE_BATCH_SIZE per batch)")
     parser.add_argument("--watch", action="store_true",
                         help="keep running: index files as they are added, changed, moved or removed "
                              "(WATCH_INTERVAL_S, WATCH_SETTLE_S); SIGTERM or Ctrl-C ends it")
@@ -99,6 +102,9 @@ def print_summary(summary: Summary, as_json: bool, out: TextIO | None = None) ->
     print(f"scanned {summary.scanned} | added {summary.added} | updated {summary.updated} | "
           f"removed {summary.removed} | unchanged {summary.unchanged} | failed {summary.failed} "
           f"(vectors reused: {summary.reused}; payloads completed: {summary.payload_updated})", file=out)
+    if summary.described or summary.describe_failed or "describe" in summary.seconds:
+        print(f"described {summary.described} (copied from the same content: {summary.descriptions_reused}) | "
+              f"describe failed {summary.describe_failed}", file=out)
     for path, reason in summary.failures:
         print(f"  failed: {printable(path)}: {reason}", file=out)
     print("seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in summary.seconds.items()), file=out)
@@ -107,6 +113,18 @@ def print_summary(summary: Summary, as_json: bool, out: TextIO | None = None) ->
 def printable(name: str) -> str:
     """A name on one line: control characters (newline, tab...) as Python escapes."""
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in name)
+
+
+def describe(store: VectorStore, library: Path, settings: Settings, options: Options, summary: Summary) -> None:
+    """The describe stage after the embedding run; VQA_MODEL is loaded only if a photo needs the model."""
+    from indexer.describe import DescribeStage
+    from indexer.describe import Options as DescribeOptions
+    from runners.describe import Describer, described_by_of
+
+    stage_options = DescribeOptions(batch_size=settings.describe_batch_size, workers=options.workers,
+                                    progress=options.progress, max_pixels=settings.vqa_max_pixels)
+    DescribeStage(store, library, described_by_of(settings), lambda: Describer.from_settings(settings), summary,
+                  stage_options).run()
 
 
 def run(argv: list[str] | None = None) -> int:
@@ -138,6 +156,8 @@ def run(argv: list[str] | None = None) -> int:
         if args.watch:
             from indexer.watch import watch_until_signal
 
+            if args.describe:
+                log.warning("--watch does not describe photos: run `python -m indexer --describe` for that")
             try:
                 watch_until_signal(store, encoder, args.library, options, settings.watch_interval_s,
                                    settings.watch_settle_s, settings.watch_events)
@@ -145,6 +165,8 @@ def run(argv: list[str] | None = None) -> int:
                 store.close()
             return 0
         summary = Indexer(store, encoder, options).run(args.library)
+        if args.describe:
+            describe(store, args.library, settings, options, summary)
         store.close()
     # exit 2, as the README says (BackendRefused: an explicit CLIP_BACKEND that cannot be used)
     except (ModelMismatchError, ModelNotFoundError, StoreLockedError, BackendRefused) as exc:

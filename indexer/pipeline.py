@@ -19,7 +19,7 @@ from indexer.decode import Decoded, decode_entry
 from indexer.plan import Plan, make_plan
 from indexer.scan import FileEntry, scan_library
 from runners.clip import encode_isolated
-from store.base import Point, VectorStore, folders_of, point_id
+from store.base import DESCRIPTION_FIELDS, Point, VectorStore, folders_of, point_id
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +41,11 @@ class Summary:
     failed: int = 0
     reused: int = 0  # vectors taken over from a renamed/copied file or a touched file
     payload_updated: int = 0  # unchanged files whose payload gained new fields (no re-embedding)
+    # The describe stage (indexer/describe.py, `--describe`): points that got a description this run, of
+    # them those copied from a point with the same content (no model call), and photos it could not describe.
+    described: int = 0
+    descriptions_reused: int = 0
+    describe_failed: int = 0
     failures: list[tuple[str, str]] = field(default_factory=list)  # (path, reason); paths are always text
     seconds: dict[str, float] = field(default_factory=dict)  # time spent per stage
 
@@ -204,7 +209,7 @@ class Indexer:
         if not batch:
             return
         vectors = self.timed("write", self.store.vectors, sorted({src for _, src in batch}))
-        points, written = [], []
+        points, written, descriptions = [], [], {}
         for item, source in batch:
             if source not in vectors:  # gone meanwhile: embed it after all
                 self.retry_embed(item)
@@ -212,7 +217,11 @@ class Indexer:
             src = self.plan.existing[source]
             points.append(self.point(item, vectors[source], int(src.get("width", 0)), int(src.get("height", 0))))
             written.append((item, source))
+            if src.get("described_by"):  # the same content: its description holds too (an upsert drops it)
+                descriptions[points[-1].id] = {key: src.get(key) for key in DESCRIPTION_FIELDS}
         self.timed("write", self.store.upsert, points)
+        if descriptions:  # a kill before this leaves them undescribed: the describe stage copies them back
+            self.timed("write", self.store.set_descriptions, descriptions)
         for item, source in written:  # counted once written, as in flush_embed
             self.count_write(item, same_content=source == point_id(item.entry.rel_path))
             self.summary.reused += 1
@@ -256,10 +265,10 @@ class _NoBar:
     def close(self) -> None: ...
 
 
-def progress_bar(total: int, enabled: bool) -> Any:
+def progress_bar(total: int, enabled: bool, stage: str = "indexing") -> Any:
     if not enabled or total == 0:
         return _NoBar()
     from tqdm import tqdm
 
-    return tqdm(total=total, unit="img", desc="indexing", dynamic_ncols=True)
+    return tqdm(total=total, unit="img", desc=stage, dynamic_ncols=True)
 
