@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 import aiohttp
+import numpy as np
 import pytest
 from bentoml.exceptions import InvalidArgument, NotFound, ServiceUnavailable
 from qdrant_client import QdrantClient
@@ -16,6 +17,7 @@ from api.errors import ApiError, bad_request, handles_errors
 from api.health import health_report
 from api.runner_calls import RUNNER_UNAVAILABLE, from_runner, runner_info, runner_ready
 from api.store_calls import StoreCalls
+from store.base import Point, point_id
 from store.server import ServerStore
 
 
@@ -82,12 +84,17 @@ def test_health_report_sums_gpu_memory_and_says_degraded() -> None:
     assert report == {"status": "healthy", "clip_model_loaded": True, "vqa_model_loaded": True,
                       "image_library_size": 0, "device": "cuda", "gpu_memory_allocated_gb": 4.0,
                       "gpu_memory_reserved_gb": 6.0, "clip_model": "clip-a", "index_model": None,
-                      "vqa_model": "qwen", "vqa_quantization": "4bit",
+                      "vqa_model": "qwen", "vqa_quantization": "4bit", "described_images": 0, "descriptions_by": {},
                       "vqa_batches": {"generate_calls": 2, "answers": 5}}
     store.ensure_collection("clip-a", 4)
     down = asyncio.run(health_report(clip, FakeRunner(TimeoutError()), calls, "clip-a", "qwen"))
     assert (down["status"], down["vqa_model_loaded"], down["index_model"]) == ("degraded", False, "clip-a")
     assert down["gpu_memory_allocated_gb"] == 1.0 and down["vqa_batches"] == {"generate_calls": None, "answers": None}
+    store.upsert([Point(point_id(name), np.ones(4, dtype=np.float32), {"path": name}) for name in ("a.jpg", "b.jpg")])
+    store.set_descriptions({point_id("a.jpg"): {"description": "红色的圆形", "visible_text": "", "tags": [],
+                                                "described_by": "qwen#abc"}})
+    described = asyncio.run(health_report(clip, vqa, calls, "clip-a", "qwen"))
+    assert (described["described_images"], described["descriptions_by"]) == (1, {"qwen#abc": 1})
 
 
 def test_one_renderer_for_api_methods_and_starlette_routes() -> None:
