@@ -15,6 +15,7 @@ import argparse
 import concurrent.futures
 import io
 import multiprocessing
+import os
 import sys
 import tempfile
 import threading
@@ -66,8 +67,10 @@ def timed_search(http: httpx.Client, url: str) -> float:
     return (time.perf_counter() - started) * 1000
 
 
-def heavy_client(url: str, seconds: float) -> tuple[int, int]:
-    """One process pulling top-10 base64 answers until `seconds` pass: (answers, bytes)."""
+def heavy_client(url: str, seconds: float, nice: int = 0) -> tuple[int, int]:
+    """One process pulling top-10 base64 answers until `seconds` pass: (answers, bytes). `nice` lowers its
+    CPU priority, so that the clients sharing the server's 2 cores stand for clients on other machines."""
+    os.nice(nice)
     answers = size = 0
     deadline = time.monotonic() + seconds
     with httpx.Client(timeout=120) as http:
@@ -100,11 +103,23 @@ def probe(url: str, seconds: float) -> tuple[list[float], list[float]]:
     return livez, light
 
 
+def under_load(url: str, clients: int, seconds: float, nice: int) -> tuple[list[float], list[float], int, int]:
+    """/livez and light-search times while `clients` processes (at `nice`) pull base64 answers."""
+    with concurrent.futures.ProcessPoolExecutor(clients, mp_context=multiprocessing.get_context("spawn")) as pool:
+        heavy = [pool.submit(heavy_client, url, seconds + 2, nice) for _ in range(clients)]
+        time.sleep(2)  # let the heavy clients get going
+        busy_livez, busy_light = probe(url, seconds)
+        answers, size = map(sum, zip(*(f.result() for f in heavy), strict=True))
+    return busy_livez, busy_light, answers, size
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--photos", type=int, default=80)
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=20)
+    parser.add_argument("--client-nice", type=int, default=10,
+                        help="also measure with the heavy clients at this nice level (0: only at equal priority)")
     parser.add_argument("--keep-log", type=Path, help="copy the server's log here (with PYTHONASYNCIODEBUG=1 "
                         "it names every callback that held the event loop over 100 ms)")
     args = parser.parse_args()
@@ -119,32 +134,31 @@ def main() -> None:
         try:
             server.wait_ready()
             idle_livez, idle_light = probe(server.url, 8)
-            with concurrent.futures.ProcessPoolExecutor(args.clients, mp_context=multiprocessing.get_context("spawn")) \
-                    as pool:
-                heavy = [pool.submit(heavy_client, server.url, args.seconds + 2) for _ in range(args.clients)]
-                time.sleep(2)  # let the heavy clients get going
-                busy_livez, busy_light = probe(server.url, args.seconds)
-                answers, size = map(sum, zip(*(f.result() for f in heavy), strict=True))
+            loads = {nice: under_load(server.url, args.clients, args.seconds, nice)
+                     for nice in sorted({0, args.client_nice})}
         finally:
             server.stop()
             if args.keep_log:
                 args.keep_log.write_bytes((tmp / "server.log").read_bytes())
-    rows = [
-        ("heavy load", f"{args.clients} processes pulling top-10 base64 answers: {answers} answers, "
-                       f"{size / 1e6 / (args.seconds + 2):.0f} MB/s"),
-        ("/livez p50 / p99, idle", f"{median(idle_livez):.1f} / {percentile(idle_livez, 0.99):.1f} ms"),
-        ("/livez p50 / p99, under load", f"{median(busy_livez):.1f} / {percentile(busy_livez, 0.99):.1f} ms "
+    rows = [("/livez p50 / p99, idle", f"{median(idle_livez):.1f} / {percentile(idle_livez, 0.99):.1f} ms"),
+            ("light search p50, idle", f"{median(idle_light):.1f} ms")]
+    for nice, (busy_livez, busy_light, answers, size) in loads.items():
+        who = "clients at the server's priority" if nice == 0 else f"clients at nice {nice}"
+        rows += [
+            (f"heavy load, {who}", f"{args.clients} processes pulling top-10 base64 answers: {answers} answers, "
+                                   f"{size / 1e6 / (args.seconds + 2):.0f} MB/s"),
+            (f"/livez p50 / p99, {who}", f"{median(busy_livez):.1f} / {percentile(busy_livez, 0.99):.1f} ms "
                                          "(target p99 <= 100 ms)"),
-        ("light search p50, idle / under load", f"{median(idle_light):.1f} / {median(busy_light):.1f} ms: "
-                                                f"{median(busy_light) / median(idle_light):.1f}x (target <= 3x)"),
-    ]
+            (f"light search p50, {who}", f"{median(busy_light):.1f} ms: "
+                                         f"{median(busy_light) / median(idle_light):.1f}x idle (target <= 3x)")]
     body = ("### Event loop under base64 answers of 12-MP photos (issue 12)\n\n"
             f"`.venv/bin/python bench/event_loop.py --photos {args.photos} --clients {args.clients} "
             f"--seconds {args.seconds:g}` (CPU, tiny CLIP model; the figures are about the API process):\n\n"
             + table(rows) + "\n\nBefore the answers were streamed (issue 12's own measurement, 80 photos of 4.7 MB, 8 "
             "clients): `/livez` up to 4.6 s, the light search 20 ms idle, 184 ms p50 under load. The 2 cores are "
-            "shared by the API process, both runners and the 8 client processes (~430 MB/s over loopback), so what "
-            "remains is mostly CPU contention: the loop itself stays responsive (`/livez` p50).")
+            "shared by the API process, both runners and the client processes, so at equal priority what remains is "
+            "mostly CPU contention; with the clients niced (standing for clients on other machines) the figures are "
+            "the server's own.")
     print(body)
     record("event-loop", body)
 

@@ -225,8 +225,10 @@ async function runSearch(search, append = false) {
 
 const MODE_NAMES = { vector: "the photos (CLIP)", text: "description words", hybrid: "photos and descriptions" };
 
+// The mode is named once descriptions take part, or when the user picked one ("Rank by").
 function summaryText(search, count, mode) {
-  const ranked = MODE_NAMES[mode] ? ` · ranked by ${MODE_NAMES[mode]}` : "";
+  const named = MODE_NAMES[mode] && (mode !== "vector" || search.fields.mode);
+  const ranked = named ? ` · ranked by ${MODE_NAMES[mode]}` : "";
   if (count === 0) return `No photos found ${search.label}${ranked}.`;
   return `${count} ${count === 1 ? "photo" : "photos"} ${search.label}, best match first${ranked}`;
 }
