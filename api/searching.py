@@ -97,6 +97,9 @@ class Searching:
             yield (fields[:-1] + ', "image_base64": "').encode()
             for start in range(0, len(data), B64_PIECE):
                 yield base64.b64encode(data[start:start + B64_PIECE])
+                # Let other requests in between pieces: a send that fits the socket buffer does not
+                # yield, so without this one answer's whole file went out in one go of the loop.
+                await asyncio.sleep(0)
             yield b'"}'
         yield b"]}"
 

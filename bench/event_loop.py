@@ -118,6 +118,7 @@ def main() -> None:
     parser.add_argument("--photos", type=int, default=80)
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=20)
+    parser.add_argument("--no-record", action="store_true")
     parser.add_argument("--client-nice", type=int, default=10,
                         help="also measure with the heavy clients at this nice level (0: only at equal priority)")
     parser.add_argument("--keep-log", type=Path, help="copy the server's log here (with PYTHONASYNCIODEBUG=1 "
@@ -160,7 +161,8 @@ def main() -> None:
             "mostly CPU contention; with the clients niced (standing for clients on other machines) the figures are "
             "the server's own.")
     print(body)
-    record("event-loop", body)
+    if not args.no_record:
+        record("event-loop", body)
 
 
 if __name__ == "__main__":
