@@ -163,8 +163,8 @@ def main() -> None:
     cpu = f"{os.cpu_count()} CPUs"
     body = "\n".join([
         HEADING, "",
-        f"`.venv/bin/python bench/clip_backends.py` ({cpu}, shared with other jobs while it ran, so absolute "
-        "figures are noisy; all backends in one run, rounds interleaving them, medians). Chinese-CLIP ViT-B/16 at real "
+        f"`.venv/bin/python bench/clip_backends.py` ({cpu}, load average {os.getloadavg()[0]:.1f} "
+        "at the end; all backends in one run, rounds interleaving them, medians). Chinese-CLIP ViT-B/16 at real "
         "size from its published config, random weights. Image tower at batch 16 (224 px pixel values in), text "
         f"tower one query at a time; top-1 agreement with PyTorch fp32 over {len(base['top1'])} hard queries "
         f"(near-duplicate noisy scenes, and texts against them). Indexer: {args.photos} generated 12-MP JPEGs "
