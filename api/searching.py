@@ -24,6 +24,7 @@ from api.errors import ApiError, bad_request, not_found
 from api.runner_calls import from_runner
 from api.search import SearchPage, result_item
 from api.store_calls import StoreCalls
+from api.stream_slots import StreamSlots
 from config import Settings
 from core.images import DRAFT_SIZE, BadImage, clip_view, load_image
 from core.library import Library, NotInLibrary
@@ -67,6 +68,7 @@ class Searching:
         self.model_id = model_id
         self.settings = settings
         self.files = ThreadPoolExecutor(4, thread_name_prefix="files")
+        self.stream_slots = StreamSlots(settings.search_stream_slots)
         self.described_at = -DESCRIBED_TTL_S
         self.described_count = 0
 
@@ -89,17 +91,25 @@ class Searching:
             if not isinstance(file, LibraryBytes):
                 yield json.dumps(item, ensure_ascii=False).encode()
                 continue
-            data = await self.off_loop(self.read_file, file.rel)
             fields = json.dumps({k: v for k, v in item.items() if k != "image_base64"}, ensure_ascii=False)
-            if data is None:
-                yield (fields[:-1] + ', "image_base64": null}').encode()
-                continue
-            yield (fields[:-1] + ', "image_base64": "').encode()
-            for start in range(0, len(data), B64_PIECE):
-                yield base64.b64encode(data[start:start + B64_PIECE])
-                # Let other requests in between pieces: a send that fits the socket buffer does not
-                # yield, so without this one answer's whole file went out in one go of the loop.
-                await asyncio.sleep(0)
+            turn = self.stream_slots.turn()
+            try:
+                await turn.take()
+                data = await self.off_loop(self.read_file, file.rel)
+                if data is None:
+                    yield (fields[:-1] + ', "image_base64": null}').encode()
+                    continue
+                yield (fields[:-1] + ', "image_base64": "').encode()
+                for start in range(0, len(data), B64_PIECE):
+                    await turn.take()
+                    piece = base64.b64encode(data[start:start + B64_PIECE])
+                    turn.lend()
+                    yield piece
+                    # Let other requests in between pieces: a send that fits the socket buffer does not
+                    # yield, so without this one answer's whole file went out in one go of the loop.
+                    await asyncio.sleep(0)
+            finally:
+                turn.release()
             yield b'"}'
         yield b"]}"
 
