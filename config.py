@@ -120,7 +120,7 @@ class Settings(BaseSettings):
     max_query_chars: int = Field(default=512, ge=1)
     service_timeout_s: int = Field(default=120, ge=1)
     search_max_response_mb: float = Field(default=64.0, gt=0)  # the largest base64 answer (400 past it)
-    search_stream_slots: int = Field(default=2, ge=0)  # base64 files streamed at once (0: no limit)
+    search_stream_slots: int = Field(default=1, ge=0)  # base64 files streamed at once (0: no limit)
     search_max_window: int = Field(default=1000, ge=1)  # the largest offset + top_k of a search page
     thumbnail_cache: Path = Path("./data/thumbnails")  # GET /images/... thumbnails, made once per file version
 

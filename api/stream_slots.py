@@ -3,9 +3,10 @@ at once by the API process; the others wait for a turn, which costs nothing whil
 
 Why: the event loop runs every ready stream a little on each pass, so eight answers of 12-MP photos streaming
 side by side make each pass long, and a light request (/livez, a search without images) waits several passes
-(bench/event_loop.py: a light search 5.7x its idle time with 8 such clients, 2.5x with 2 slots, for 11 % less
-base64 throughput). A client that stops reading must not keep its turn: a holder whose piece is not taken
-within `patience_s` gives its slot up, and queues again when its client reads on.
+(bench/event_loop.py on 2 cores: a light search 5.7x its idle time with 8 such clients and no limit, 2.9x with 2
+slots, 2.6x with 1, which also sent the most: 406 MB/s). A client that stops reading must not keep its turn: a
+holder whose piece is not taken within `patience_s` gives its slot up and queues again (at the back: the
+semaphore wakes in order) when its client reads on.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import asyncio
 class StreamSlots:
     """At most `count` holders at once (count 0: no limit)."""
 
-    def __init__(self, count: int, patience_s: float = 1.0) -> None:
+    def __init__(self, count: int, patience_s: float = 0.25) -> None:
         self.count = count
         self.patience_s = patience_s
         self._free: asyncio.Semaphore | None = None  # made on first use, inside the serving event loop
