@@ -26,7 +26,7 @@ from core.images import BadImage, load_image
 from core.library import Library, NotInLibrary
 from indexer.decode import content_hash
 from indexer.pipeline import Summary, progress_bar
-from store.base import DESCRIPTION_FIELDS, VectorStore
+from store.base import VectorStore, description_of
 
 log = logging.getLogger(__name__)
 STAGE = "describe"  # its name on the progress bar and in the summary's seconds
@@ -79,6 +79,7 @@ class DescribeStage:
         copies = {pid: current[h] for pid in todo if (h := payloads[pid].get("content_hash")) in current}
         photos = group_by_content(payloads, [pid for pid in todo if pid not in copies])
         bar = progress_bar(len(todo), self.options.progress, STAGE)
+        pool = ThreadPoolExecutor(self.options.workers, thread_name_prefix="describe-decode")
         try:
             for chunk in chunks(list(copies.items()), self.options.batch_size):
                 self.store.set_descriptions(dict(chunk))
@@ -86,19 +87,20 @@ class DescribeStage:
                 self.summary.descriptions_reused += len(chunk)
                 bar.update(len(chunk))
             for batch in chunks(photos, self.options.batch_size):
-                self.describe_batch(batch)
+                self.describe_batch(batch, pool)
                 bar.update(sum(len(photo.ids) for photo in batch))
             if todo:
                 self.store.finish()
         finally:
+            pool.shutdown()
             bar.close()
             self.summary.seconds[STAGE] = round(time.perf_counter() - start, 3)
         return self.summary
 
-    def describe_batch(self, batch: list[Photo]) -> None:
-        """Decode, describe and write one batch; each photo that fails is listed, its batch-mates go on."""
-        with ThreadPoolExecutor(self.options.workers, thread_name_prefix="describe-decode") as pool:
-            decoded = list(pool.map(self.decode, batch))
+    def describe_batch(self, batch: list[Photo], pool: ThreadPoolExecutor) -> None:
+        """Decode (on `pool`), describe and write one batch; each photo that fails is listed, its batch-mates
+        go on."""
+        decoded = list(pool.map(self.decode, batch))
         ready = [(photo, image) for photo, image in zip(batch, decoded, strict=True) if isinstance(image, Image.Image)]
         for photo, reason in zip(batch, decoded, strict=True):
             if isinstance(reason, str):
@@ -153,7 +155,7 @@ def current_descriptions(payloads: dict[str, dict[str, Any]], described_by: str)
     for _, payload in sorted(payloads.items()):
         digest = payload.get("content_hash")
         if digest and payload.get("described_by") == described_by and digest not in found:
-            found[digest] = {key: payload.get(key) for key in DESCRIPTION_FIELDS}
+            found[digest] = description_of(payload)
     return found
 
 

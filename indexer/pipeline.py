@@ -19,7 +19,7 @@ from indexer.decode import Decoded, decode_entry
 from indexer.plan import Plan, make_plan
 from indexer.scan import FileEntry, scan_library
 from runners.clip import encode_isolated
-from store.base import DESCRIPTION_FIELDS, Point, VectorStore, folders_of, point_id
+from store.base import Point, VectorStore, description_of, folders_of, point_id
 
 log = logging.getLogger(__name__)
 
@@ -218,7 +218,7 @@ class Indexer:
             points.append(self.point(item, vectors[source], int(src.get("width", 0)), int(src.get("height", 0))))
             written.append((item, source))
             if src.get("described_by"):  # the same content: its description holds too (an upsert drops it)
-                descriptions[points[-1].id] = {key: src.get(key) for key in DESCRIPTION_FIELDS}
+                descriptions[points[-1].id] = description_of(src)
         self.timed("write", self.store.upsert, points)
         if descriptions:  # a kill before this leaves them undescribed: the describe stage copies them back
             self.timed("write", self.store.set_descriptions, descriptions)

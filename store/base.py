@@ -258,6 +258,11 @@ def require_same_model(stored: CollectionInfo, model_id: str, dim: int, where: s
         "the library with the current model, or point QDRANT_COLLECTION at another collection.")
 
 
+def description_of(payload: dict[str, Any]) -> dict[str, Any]:
+    """A point's DESCRIPTION_FIELDS, as set_descriptions takes them (to copy one point's description to another)."""
+    return {key: payload.get(key) for key in DESCRIPTION_FIELDS}
+
+
 def description_text(fields: dict[str, Any]) -> str:
     """The words of a point's description: its TEXT_FIELDS joined (tags may be a list of strings)."""
     parts: list[str] = []

@@ -129,14 +129,12 @@ class EngineStore(ABC):
             return {}
 
     def _ensure_text_vector(self) -> None:
-        """Add the text vector (and the payload indexes, described_by's included) to a collection made
-        before they existed; once per handle."""
-        if getattr(self, "_text_ready", False):
-            return
+        """Add the text vector, and the payload indexes (described_by's), to a collection made before they
+        existed. A collection made with the text vector got every index at creation; the backends cache
+        _has_text_vector(), so this costs one check per handle."""
         if not self._has_text_vector():
             self._add_text_vector()
-        self._ensure_indexes()
-        self._text_ready = True
+            self._ensure_indexes()
 
     def count(self) -> int:
         """Number of points; 0 when the collection is missing."""

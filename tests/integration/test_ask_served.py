@@ -13,6 +13,7 @@ import httpx
 import openai
 import pytest
 from helpers.browser import launched, open_ui, tab, wait_until
+from helpers.events import events
 from playwright.sync_api import Route, expect
 from serving import Server, run_indexer, running, service_env
 from shapes import make_library
@@ -36,14 +37,6 @@ def server(tmp_path_factory: pytest.TempPathFactory, tiny_clip_dir: Path) -> Ite
 
 def post(server: Server, path: str, **kwargs: Any) -> httpx.Response:
     return httpx.post(f"{server.url}{path}", timeout=120, **kwargs)
-
-
-def events(text: str) -> list[tuple[str, dict[str, Any]]]:
-    found = []
-    for block in text.strip().split("\n\n"):
-        lines = dict(line.split(": ", 1) for line in block.split("\n"))
-        found.append((lines["event"], json.loads(lines["data"])))
-    return found
 
 
 def test_ask_with_one_photo_answers_what_vqa_answers_for_it(server: Server) -> None:

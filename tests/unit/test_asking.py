@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from helpers.events import events
 from PIL import Image
 from qdrant_client import QdrantClient
 from starlette.responses import Response
@@ -111,14 +112,6 @@ def body_of(response: Response) -> str:
         return "".join([c if isinstance(c, str) else c.decode() async for c in response.body_iterator])  # type: ignore[attr-defined]
 
     return asyncio.run(read())
-
-
-def events(text: str) -> list[tuple[str, dict[str, Any]]]:
-    found = []
-    for block in text.strip().split("\n\n"):
-        lines = dict(line.split(": ", 1) for line in block.split("\n"))
-        found.append((lines["event"], json.loads(lines["data"])))
-    return found
 
 
 @pytest.mark.parametrize(("answer", "count", "cited"), [
