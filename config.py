@@ -88,6 +88,8 @@ class Settings(BaseSettings):
     # f32 everywhere, or bf16 where the CPU computes it natively (checked by the same fidelity gate).
     vqa_openvino_precision: Literal["f32", "bf16"] = "f32"
     vqa_openvino_cache: Path = Path("./data/vlm-openvino")  # exports, keyed by model files and export settings
+    # The exporter's own environment (optimum-intel needs transformers < 5.6); relative to the project folder.
+    vqa_export_env: Path = Path(".venv-vlm-export")
     # Fidelity gate: share of the fixed probe answers that must equal PyTorch fp32's (first 16 tokens, greedy).
     vqa_fidelity_min_match: float = Field(default=0.75, ge=0, le=1)
     vqa_torch_cpu_dtype: Literal["fp32", "bf16"] = "fp32"  # PyTorch on a CPU; bf16 only pays on AMX/AVX512-BF16

@@ -51,9 +51,11 @@ def cgroup_room() -> int | None:
         return None
     for line in lines:
         _, controllers, path = line.split(":", 2)
-        if controllers == "":
-            base = Path("/sys/fs/cgroup") / path.lstrip("/")
-            room = room_in(base / "memory.max", base / "memory.current")
+        if controllers == "":  # v2: mounted at /sys/fs/cgroup, or at its unified/ beside v1 (hybrid)
+            found = [room_in(base / "memory.max", base / "memory.current")
+                     for base in (Path("/sys/fs/cgroup") / path.lstrip("/"), Path("/sys/fs/cgroup/unified") /
+                                  path.lstrip("/"))]
+            room = min((r for r in found if r is not None), default=None)
         elif "memory" in controllers.split(","):
             base = Path("/sys/fs/cgroup/memory") / path.lstrip("/")
             room = room_in(base / "memory.limit_in_bytes", base / "memory.usage_in_bytes")

@@ -109,7 +109,8 @@ class VQARunner:
             log.info("VQA_ENABLED=false: no VQA model loaded")
             return
         self.model = VisionLanguageModel.from_settings(SETTINGS)
-        log.info("VQA model %s loaded on %s (%s)", SETTINGS.vqa_model, self.model.device, self.model.quantization)
+        log.info("VQA model %s loaded: %s %s on %s", SETTINGS.vqa_model, self.model.runtime, self.model.precision,
+                 self.model.device)
 
     def __is_ready__(self) -> bool:
         return self.model is not None or not SETTINGS.vqa_enabled
@@ -190,9 +191,9 @@ class VQARunner:
         """Empty when VQA is disabled."""
         if self.model is None:
             return {}
-        return {"model_id": self.model.model_id, "device": self.model.device,
-                "quantization": self.model.quantization, "generate_calls": self.calls,
-                "generated_items": self.items, **gpu_memory(self.model.device)}
+        return {"model_id": self.model.model_id, "device": self.model.device, "runtime": self.model.runtime,
+                "precision": self.model.precision, "quantization": self.model.quantization,
+                "generate_calls": self.calls, "generated_items": self.items, **gpu_memory(self.model.device)}
 
 
 def as_result(answer: Any) -> ChatResult:
