@@ -15,6 +15,7 @@ GIB = 1024**3
 # What a runtime holds beside its weights: allocator pools, the tokenizer, the Python process (measured with
 # the real Qwen2.5-VL-3B architecture on this project's CPU box: runtime peak minus weights, less activations).
 RUNTIME_OVERHEAD = int(0.6 * GIB)
+ACTIVATION_BYTES = 320
 BYTES_PER_PARAM = {"fp32": 4.0, "bf16": 2.0, "fp16": 2.0, "int8": 1.0, "nf4": 0.55, "int4": 0.55}
 SAFETENSORS_DTYPE_BYTES = {"F64": 8, "F32": 4, "BF16": 2, "F16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
                            "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
@@ -94,17 +95,17 @@ def parameter_count(model_dir: Path) -> int:
 
 
 def activation_bytes(model_dir: Path, max_pixels: int) -> int:
-    """The largest transient of a 1-image prefill: the vision tower's full-attention scores over every patch
-    of an image at the pixel budget (patches² x heads x 4 bytes), which dominates at Qwen2.5-VL's sizes."""
+    """The transient memory of a 1-image prefill: linear in the image's patches and the vision tower's width
+    (attention runs in blocks, so no patches x patches matrix is held), ACTIVATION_BYTES per patch and unit of
+    width, calibrated with the real Qwen2.5-VL-3B at a 1-MP photo (bench/vlm_cpu.py)."""
     try:
         config = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return 0
     vision = config.get("vision_config", {})
     patch = int(vision.get("patch_size", 14))
-    heads = int(vision.get("num_heads", 16))
-    patches = max_pixels // (patch * patch)
-    return patches * patches * heads * 4
+    width = int(vision.get("hidden_size", 1280))
+    return (max_pixels // (patch * patch)) * width * ACTIVATION_BYTES
 
 
 def torch_need(model_dir: Path, precision: str, max_pixels: int) -> int:

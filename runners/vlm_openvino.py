@@ -50,7 +50,7 @@ class OpenVinoEngine:
 
         scheduler = openvino_genai.SchedulerConfig()
         scheduler.cache_size = KV_CACHE_GIB
-        compute = settings.vqa_openvino_precision
+        compute = cpu_precision(settings.vqa_openvino_precision)
         # Pinned: the CPU plugin would pick bf16 by itself on AMX / AVX-512-BF16 CPUs.
         properties = {"INFERENCE_PRECISION_HINT": compute}
         pipeline = openvino_genai.ContinuousBatchingPipeline(str(export_dir), scheduler, "CPU", properties)
@@ -125,6 +125,18 @@ class OpenVinoEngine:
                 handle.stop()
         while self.pipeline.has_non_finished_requests():
             self.pipeline.step()
+
+
+def cpu_precision(asked: str) -> str:
+    """`asked` when the CPU computes it natively, else f32 (bf16 needs AMX or AVX-512 BF16), with a warning."""
+    import openvino as ov
+
+    capabilities = ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    if asked == "bf16" and "BF16" not in capabilities:
+        log.warning("VQA_OPENVINO_PRECISION=bf16 but this CPU has no native bf16 (%s): computing in f32",
+                    ", ".join(capabilities))
+        return "f32"
+    return asked
 
 
 def running(handle: Any) -> bool:

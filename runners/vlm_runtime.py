@@ -76,9 +76,13 @@ def openvino_vlm(folder: Path, settings: Settings, make_export: bool) -> VisionL
                    openvino_need(export, folder, max_pixels(settings), KV_CACHE_GIB * 1024**3),
                    f"{helps}; or set VQA_ENABLED=false to serve search only")
     inputs = VlmInputs.load(folder, settings)
-    vlm = VisionLanguageModel(inputs, OpenVinoEngine.load(export, inputs, settings, weights), settings.vqa_model)
-    fidelity = compare(vlm_export.reference_answers(export), probe_answers(vlm))
-    described = f"OpenVINO {weights} ({settings.vqa_openvino_precision} compute): {fidelity.describe()}"
+    try:
+        vlm = VisionLanguageModel(inputs, OpenVinoEngine.load(export, inputs, settings, weights), settings.vqa_model)
+        fidelity = compare(vlm_export.reference_answers(export), probe_answers(vlm))
+    except Exception as exc:  # noqa: BLE001 - a damaged or foreign export fails in many ways: all mean "refused"
+        raise RuntimeRefused(f"the OpenVINO export in {export} does not load ({type(exc).__name__}: {exc})") from exc
+    engine = vlm.engine
+    described = f"OpenVINO {weights} ({getattr(engine, 'compute', '?')} compute): {fidelity.describe()}"
     if not fidelity.passes(settings.vqa_fidelity_min_match):
         raise RuntimeRefused(f"{described}, below VQA_FIDELITY_MIN_MATCH={settings.vqa_fidelity_min_match}")
     log.info("VQA runtime %s", described)
