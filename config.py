@@ -1,6 +1,7 @@
 """One typed settings object, read from environment variables and `.env`.
 
-Every setting is documented in README.md ("Settings"). Import `get_settings()`;
+Every setting is documented by its field's description (docs/settings.md is generated from them:
+`python scripts/settings_doc.py > docs/settings.md`). Import `get_settings()`;
 it is cached so every module in a process sees the same values.
 """
 
@@ -29,119 +30,222 @@ DEFAULT_DESCRIBE_PROMPT = (
 
 
 class Settings(BaseSettings):
+    """Every field is a setting: its environment variable is the field name in capitals. Each field's
+    description is its documentation: docs/settings.md is generated from them (scripts/settings_doc.py)."""
+
     model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
 
     # Models
-    clip_model: str = DEFAULT_CLIP_MODEL
-    vqa_model: str = DEFAULT_VQA_MODEL
-    model_source: Literal["modelscope", "huggingface"] = "modelscope"
-    model_cache_dir: Path | None = None
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    # CLIP encoding backend (runners/clip_backends.py): auto = PyTorch on CUDA; on CPU fp32 OpenVINO (else fp32
-    # ONNX Runtime, else PyTorch), each only with identical probe rankings; faster than PyTorch eager fp32 on
-    # the CPU measured here (BENCHMARKS.md, "Real size: CLIP"). Low-precision backends are opt-in.
-    clip_backend: Literal["auto", "torch", "openvino", "onnx", "openvino-bf16", "torch-bf16", "onnx-int8"] = "auto"
-    clip_backend_cache: Path = Path("./data/clip-backends")  # exports, keyed by model id and file hashes
-    clip_backend_min_top1: float = Field(default=0.9, ge=0, le=1)  # probe top-1 agreement with PyTorch fp32
-    clip_backend_min_cosine: float = Field(default=0.99, ge=-1, le=1)  # lowest probe cosine with PyTorch fp32
+    clip_model: str = Field(default=DEFAULT_CLIP_MODEL, description="CLIP model id or local folder.")
+    vqa_model: str = Field(default=DEFAULT_VQA_MODEL, description="VQA model id or local folder.")
+    model_source: Literal["modelscope", "huggingface"] = Field(
+        default="modelscope", description="Where a model id is downloaded from: `modelscope` or `huggingface`.")
+    model_cache_dir: Path | None = Field(
+        default=None, description="Model cache folder; unset: the source's own (ModelScope's `~/.cache/modelscope/hub`"
+        " or Hugging Face's cache).")
+    device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="`auto`, `cpu` or `cuda`.")
+    clip_backend: Literal["auto", "torch", "openvino", "onnx", "openvino-bf16", "torch-bf16", "onnx-int8"] = Field(
+        default="auto",
+        description="How CLIP vectors are computed (runners/clip_backends.py; docs/cpu.md, \"CLIP backends\"): "
+        "`auto` = PyTorch on CUDA; on CPU fp32 OpenVINO (else fp32 ONNX Runtime, else PyTorch), each only with "
+        "identical probe rankings; faster than PyTorch eager fp32 on the CPU measured here (BENCHMARKS.md, "
+        "\"Real size: CLIP\"). The low-precision backends (`openvino-bf16`, `torch-bf16`, `onnx-int8`) are opt-in.")
+    clip_backend_cache: Path = Field(
+        default=Path("./data/clip-backends"),
+        description="Folder of the CLIP backends' exports (ONNX, OpenVINO IR) and their probe references, keyed by "
+        "model id and file hashes.")
+    clip_backend_min_top1: float = Field(
+        default=0.9, ge=0, le=1,
+        description="Least share of probe queries whose top-1 result equals PyTorch fp32's (`auto`: 1.0).")
+    clip_backend_min_cosine: float = Field(
+        default=0.99, ge=-1, le=1, description="Least cosine of any probe vector with PyTorch fp32's.")
 
     # Image library and vector store
-    image_library: Path = Path("./images")
-    qdrant_path: Path = Path("./data/qdrant")
-    qdrant_url: str | None = None
-    qdrant_api_key: str | None = None
-    qdrant_collection: str = "images"
-    qdrant_shards: int = Field(default=1, ge=1)
-    qdrant_replication_factor: int = Field(default=1, ge=1)
-    qdrant_quantization: Literal["int8", "none"] = "int8"  # int8 copies searched, float vectors rescore
-    qdrant_hnsw_ef: int = Field(default=512, ge=1)  # search beam width: higher = better recall, slower
-
-    # The service's own address, written for the indexer to its address file in QDRANT_PATH (used only
-    # when `bentoml serve` does not hand the API worker its listening socket; api/internal_store.py).
-    service_url: str = "http://127.0.0.1:3000"
+    image_library: Path = Field(default=Path("./images"), description="Root folder of the photos.")
+    qdrant_path: Path = Field(default=Path("./data/qdrant"), description="The embedded vector store's folder.")
+    qdrant_url: str | None = Field(
+        default=None, description="Qdrant server URL; set, it switches to the server backend (`qdrant-client`).")
+    qdrant_api_key: str | None = Field(default=None, description="Qdrant server API key.")
+    qdrant_collection: str = Field(default="images", description="Collection name.")
+    qdrant_shards: int = Field(
+        default=1, ge=1, description="Shards of the collection, used when the indexer creates it on a server.")
+    qdrant_replication_factor: int = Field(
+        default=1, ge=1,
+        description="Replication factor of the collection, used when the indexer creates it on a server.")
+    qdrant_quantization: Literal["int8", "none"] = Field(
+        default="int8",
+        description="`int8`: the collection also keeps int8 copies of the vectors in RAM; HNSW is built and searched "
+        "on them and the best candidates are rescored with the float vectors (scores stay exact cosines). `none`: "
+        "float vectors only. Applies when the indexer creates or optimizes a collection.")
+    qdrant_hnsw_ef: int = Field(
+        default=512, ge=1,
+        description="Search-time HNSW beam width: higher finds more of the true nearest neighbours, slower; around "
+        "1M points use 1536 for recall@10 ≥ 0.95 (15 ms a query on 2 CPU cores) (recall and latency per value at "
+        "10k / 100k / 1M points: BENCHMARKS.md, \"Search latency at scale\").")
+    service_url: str = Field(
+        default="http://127.0.0.1:3000",
+        description="The service's address written to its address file in QDRANT_PATH for the indexer, only when "
+        "`bentoml serve` does not hand the API worker its listening socket (it does: the real port, `--port`, is "
+        "found by itself; a wildcard host becomes 127.0.0.1; api/internal_store.py).")
 
     # Indexer
-    index_batch_size: int = Field(default=32, ge=1, le=4096)
-    index_workers: int = Field(default=4, ge=1, le=64)
-    watch_interval_s: float = Field(default=2.0, gt=0)  # `--watch`: how often the library is listed
-    watch_settle_s: float = Field(default=2.0, ge=0)  # `--watch`: a file unchanged this long is indexed
-    watch_events: bool = True  # `--watch`: filesystem events wake it early (false: polling only)
-    # The describe stage (`--describe`, indexer/describe.py): VQA_MODEL asked DESCRIBE_PROMPT about each photo
-    index_describe: bool = False  # true: every run (not --watch) describes what is not described yet
-    describe_prompt: str = DEFAULT_DESCRIBE_PROMPT  # changing it re-describes every photo on the next run
-    describe_batch_size: int = Field(default=8, ge=1, le=1024)  # photos per generate call and per write
-    describe_max_new_tokens: int = Field(default=256, ge=1)  # capped at VQA_MAX_NEW_TOKENS_CAP
+    index_batch_size: int = Field(
+        default=32, ge=1, le=4096,
+        description="Images per embedding and upsert batch (through a running service, sent in requests of at most "
+        "256 points).")
+    index_workers: int = Field(default=4, ge=1, le=64, description="Decode threads of the indexer.")
+    watch_interval_s: float = Field(
+        default=2.0, gt=0, description="`python -m indexer --watch`: seconds between two listings of the library.")
+    watch_settle_s: float = Field(
+        default=2.0, ge=0,
+        description="`--watch`: a changed file is indexed once its size and mtime stayed the same this long.")
+    watch_events: bool = Field(
+        default=True,
+        description="`--watch`: filesystem events (inotify, FSEvents, ReadDirectoryChangesW) wake it before the "
+        "next listing; `false`: polling only.")
+    index_describe: bool = Field(
+        default=False,
+        description="`true`: every `python -m indexer` run (not `--watch`) also runs the describe stage "
+        "(indexer/describe.py: VQA_MODEL asked DESCRIBE_PROMPT about each photo), as `--describe` does.")
+    describe_prompt: str = Field(
+        default=DEFAULT_DESCRIBE_PROMPT,
+        description="What the describe stage asks `VQA_MODEL` about each photo; changing it re-describes every "
+        "photo on the next `--describe` run.")
+    describe_batch_size: int = Field(
+        default=8, ge=1, le=1024,
+        description="Photos per batch of the describe stage (one generate call, one write).")
+    describe_max_new_tokens: int = Field(
+        default=256, ge=1,
+        description="Longest description answer in tokens (capped at `VQA_MAX_NEW_TOKENS_CAP`).")
 
     # CLIP runner (adaptive batching)
-    clip_adaptive_batching: bool = True  # false: one encode call per request (for comparison)
-    clip_max_batch_size: int = Field(default=64, ge=2)  # BentoML needs 2 or more
-    clip_max_latency_ms: int = Field(default=20_000, ge=1)
+    clip_adaptive_batching: bool = Field(
+        default=True,
+        description="`false`: one encode call per request (only to measure what batching gains: "
+        "`bench/search_batching.py`).")
+    clip_max_batch_size: int = Field(
+        default=64, ge=2, description="Adaptive batching of the CLIP runner: largest batch (BentoML needs 2 or more).")
+    clip_max_latency_ms: int = Field(
+        default=20_000, ge=1, description="Adaptive batching of the CLIP runner: longest wait in milliseconds.")
 
     # VQA runner
-    vqa_enabled: bool = True  # false: the VQA runner loads no model and VQA endpoints answer 503
-    vqa_quantization: Literal["4bit", "8bit", "none"] = "4bit"  # bitsandbytes, CUDA only (VQA_RUNTIME=torch)
-    # VLM runtime (runners/vlm_runtime.py): auto = PyTorch on CUDA; on a CPU OpenVINO when an export of VQA_MODEL
-    # is cached and passes the fidelity gate, else PyTorch (logged, saying why). openvino: export when missing.
-    vqa_runtime: Literal["auto", "torch", "openvino"] = "auto"
-    vqa_openvino_weights: Literal["int8", "int4"] = "int8"  # weight precision of the OpenVINO export
-    # OpenVINO CPU compute precision, pinned (the CPU plugin picks bf16 by itself on AMX/AVX-512-BF16 CPUs):
-    # f32 everywhere, or bf16 where the CPU computes it natively (checked by the same fidelity gate).
-    vqa_openvino_precision: Literal["f32", "bf16"] = "f32"
-    vqa_openvino_cache: Path = Path("./data/vlm-openvino")  # exports, keyed by model files and export settings
-    # The exporter's own environment (optimum-intel needs transformers < 5.6); relative to the project folder.
-    vqa_export_env: Path = Path(".venv-vlm-export")
-    # Fidelity gate: share of the fixed probe answers that must equal PyTorch fp32's (first 16 tokens, greedy).
-    vqa_fidelity_min_match: float = Field(default=0.75, ge=0, le=1)
-    vqa_torch_cpu_dtype: Literal["fp32", "bf16"] = "fp32"  # PyTorch on a CPU; bf16 only pays on AMX/AVX512-BF16
-    # Memory guard: refuse to start when the runtime's estimated need is over the available memory (cgroup
-    # limit or MemAvailable). false: load anyway (the kernel may kill the process).
-    vqa_memory_guard: bool = True
-    vqa_min_pixels: int | None = Field(default=None, ge=1)
-    # Pixels per image or video frame at most: caps the model's own bound (Qwen2.5-VL's allows 12.8 M, ~15k
-    # visual tokens for a phone photo); 1280*28*28 is Qwen's suggested balance. 0: the model's own bound.
-    vqa_max_pixels: int = Field(default=1280 * 28 * 28, ge=0)
-    vqa_max_new_tokens: int = Field(default=512, ge=1)
-    vqa_max_new_tokens_cap: int = Field(default=2048, ge=1)
-    vqa_video_fps: float = Field(default=1.0, gt=0)
-    vqa_video_max_frames: int = Field(default=16, ge=2)
-    vqa_max_batch_size: int = Field(default=8, ge=2)  # BentoML needs 2 or more
-    vqa_max_latency_ms: int = Field(default=60_000, ge=1)
-    vqa_max_images: int = Field(default=8, ge=1)
-    vqa_max_text_chars: int = Field(default=16_000, ge=1)  # all text of one chat request; more gets 400
+    vqa_enabled: bool = Field(
+        default=True, description="`false`: the VQA runner loads no model and VQA endpoints answer 503.")
+    vqa_quantization: Literal["4bit", "8bit", "none"] = Field(
+        default="4bit", description="On CUDA (bitsandbytes, `VQA_RUNTIME=torch`): `4bit`, `8bit` or `none`.")
+    vqa_runtime: Literal["auto", "torch", "openvino"] = Field(
+        default="auto",
+        description="The VQA runtime (runners/vlm_runtime.py; docs/cpu.md): `auto` is PyTorch on CUDA; on a CPU, "
+        "OpenVINO when an export of VQA_MODEL (`python -m runners.vlm_export`) is cached and passes the fidelity "
+        "gate, else PyTorch (logged, saying why). `openvino`: export when missing.")
+    vqa_openvino_weights: Literal["int8", "int4"] = Field(
+        default="int8", description="Weight precision of the OpenVINO export: `int8` or `int4`.")
+    vqa_openvino_precision: Literal["f32", "bf16"] = Field(
+        default="f32",
+        description="OpenVINO CPU compute precision, pinned (the CPU plugin picks bf16 by itself on "
+        "AMX/AVX-512-BF16 CPUs): `f32` everywhere, or `bf16` where the CPU computes it natively (checked by the "
+        "same fidelity gate).")
+    vqa_openvino_cache: Path = Field(
+        default=Path("./data/vlm-openvino"),
+        description="Where OpenVINO exports are kept, keyed by the model's files and the export settings.")
+    vqa_export_env: Path = Field(
+        default=Path(".venv-vlm-export"),
+        description="The exporter's own environment (optimum-intel needs transformers < 5.6); relative to the "
+        "project folder.")
+    vqa_fidelity_min_match: float = Field(
+        default=0.75, ge=0, le=1,
+        description="Fidelity gate: share of the fixed probe answers that must equal PyTorch fp32's (first 16 "
+        "tokens, greedy) for OpenVINO to serve.")
+    vqa_torch_cpu_dtype: Literal["fp32", "bf16"] = Field(
+        default="fp32",
+        description="PyTorch on a CPU: `fp32` or `bf16` (opt-in; pays only on CPUs with AMX or AVX-512 BF16).")
+    vqa_memory_guard: bool = Field(
+        default=True,
+        description="Refuse to start when the VQA runtime's estimated memory need is over the available memory "
+        "(cgroup limit or MemAvailable). `false`: load anyway (the kernel may kill the process).")
+    vqa_min_pixels: int | None = Field(
+        default=None, ge=1,
+        description="Pixels per image or video frame at least: smaller images are raised (unset: the model's own "
+        "minimum).")
+    vqa_max_pixels: int = Field(
+        default=1280 * 28 * 28, ge=0,
+        description="Pixels per image or video frame at most: caps the model's own bound (Qwen2.5-VL's allows "
+        "12.8 M, ~15k visual tokens for a phone photo); 1280*28*28 is Qwen's suggested balance. 0: the model's "
+        "own bound.")
+    vqa_max_new_tokens: int = Field(default=512, ge=1, description="Default answer length in tokens.")
+    vqa_max_new_tokens_cap: int = Field(
+        default=2048, ge=1, description="Largest answer length in tokens a request may ask for.")
+    vqa_video_fps: float = Field(default=1.0, gt=0, description="Video sampling: frames per second.")
+    vqa_video_max_frames: int = Field(default=16, ge=2, description="Video sampling: at most this many frames.")
+    vqa_max_batch_size: int = Field(
+        default=8, ge=2, description="Adaptive batching of the VQA runner: largest batch (BentoML needs 2 or more).")
+    vqa_max_latency_ms: int = Field(
+        default=60_000, ge=1, description="Adaptive batching of the VQA runner: longest wait in milliseconds.")
+    vqa_max_images: int = Field(default=8, ge=1, description="Images per chat request.")
+    vqa_max_text_chars: int = Field(
+        default=16_000, ge=1,
+        description="Characters of text in all messages of one chat request together (400 beyond).")
 
-    # Asking the library (/ask, api/asking.py): at most this many retrieved photos go to the VQA model
-    ask_max_images: int = Field(default=6, ge=1)
-    # Sent after the numbered photos, before the question; "" sends only the photos and the question
-    ask_instruction: str = DEFAULT_ASK_INSTRUCTION
+    # Asking the library (/ask, api/asking.py)
+    ask_max_images: int = Field(
+        default=6, ge=1,
+        description="The most retrieved photos `/ask` gives the VQA model (`top_k` 1 … this).")
+    ask_instruction: str = Field(
+        default=DEFAULT_ASK_INSTRUCTION,
+        description="Sent after the numbered photos, before the question; `\"\"`: only the numbered photos and the "
+        "question (one photo: what `/vqa` sends).")
 
     # Security and load limits of the HTTP API
-    api_key: SecretStr | None = None  # when set, every endpoint but /livez and /readyz needs it
-    public_metrics: bool = False  # /metrics without the API key
-    public_docs: bool = False  # /docs.json and the Swagger UI without the API key
-    max_upload_mb: float = Field(default=20.0, gt=0)
-    # Decoding an image (width x height x bytes a pixel for its mode, and its RGB copy) may take at most
-    # this much memory; over it, JPEGs decode at a reduced scale and anything else answers 400 (core/images.py).
-    image_max_decode_mb: float = Field(default=200.0, gt=0)
-    max_concurrency: int = Field(default=64, ge=1)  # requests in flight in the API; more get 429
-    vqa_max_queue: int = Field(default=32, ge=1)  # VQA requests in flight; more get 503
-    request_timeout_s: float = Field(default=110.0, gt=0)  # 504 past this (before the first byte)
-    # Receipt deadlines, from a request's first byte: its headers, then headers and body together
-    # (408 and the connection closed past them; api/receipt_deadline.py).
-    request_header_timeout_s: float = Field(default=10.0, gt=0)
-    request_body_timeout_s: float = Field(default=60.0, gt=0)
-    retry_after_s: int = Field(default=2, ge=1)
+    api_key: SecretStr | None = Field(
+        default=None,
+        description="When set, every endpoint but /livez, /readyz and the web page's static files needs "
+        "`Authorization: Bearer <key>` (docs/security.md).")
+    public_metrics: bool = Field(default=False, description="`/metrics` without the API key when `API_KEY` is set.")
+    public_docs: bool = Field(
+        default=False, description="`/docs.json` and the Swagger UI without the API key when `API_KEY` is set.")
+    max_upload_mb: float = Field(default=20.0, gt=0, description="Largest request body in MB (413 beyond).")
+    image_max_decode_mb: float = Field(
+        default=200.0, gt=0,
+        description="Most memory one image's decode may take (width x height x the bytes a pixel takes for its "
+        "mode, and its RGB copy); over it a JPEG decodes at a reduced scale, anything else answers 400 "
+        "(core/images.py).")
+    max_concurrency: int = Field(default=64, ge=1, description="Requests in flight in the API (429 beyond).")
+    vqa_max_queue: int = Field(default=32, ge=1, description="VQA requests in flight (503 beyond).")
+    request_timeout_s: float = Field(
+        default=110.0, gt=0, description="504 when no response has started by then (seconds).")
+    request_header_timeout_s: float = Field(
+        default=10.0, gt=0,
+        description="408 and the connection closed when a request's headers have not arrived by then, from its "
+        "first byte (api/receipt_deadline.py).")
+    request_body_timeout_s: float = Field(
+        default=60.0, gt=0,
+        description="408 and the connection closed when a request's headers and body together have not arrived "
+        "by then, from its first byte.")
+    retry_after_s: int = Field(default=2, ge=1, description="The `Retry-After` of 429/503 answers (seconds).")
 
     # Search API
-    search_max_top_k: int = Field(default=100, ge=1)
-    max_query_chars: int = Field(default=512, ge=1)
-    service_timeout_s: int = Field(default=120, ge=1)
-    search_max_response_mb: float = Field(default=64.0, gt=0)  # the largest base64 answer (400 past it)
-    search_stream_slots: int = Field(default=1, ge=0)  # base64 files streamed at once (0: no limit)
-    search_max_window: int = Field(default=1000, ge=1)  # the largest offset + top_k of a search page
-    thumbnail_cache: Path = Path("./data/thumbnails")  # GET /images/... thumbnails, made once per file version
+    search_max_top_k: int = Field(default=100, ge=1, description="Largest `top_k`.")
+    max_query_chars: int = Field(default=512, ge=1, description="Longest query or question in characters.")
+    service_timeout_s: int = Field(
+        default=120, ge=1, description="BentoML's own request timeout of the services (a backstop; seconds).")
+    search_max_response_mb: float = Field(
+        default=64.0, gt=0,
+        description="Largest search answer with base64 images (`include_image: true`), counted from the file sizes "
+        "in the index before any file is read; 400 `response_too_large` past it.")
+    search_stream_slots: int = Field(
+        default=1, ge=0,
+        description="Base64 files of search answers the API process encodes and sends at once; the others wait "
+        "their turn, so light requests stay fast under heavy downloads (a client that stops reading gives its "
+        "turn up after 0.25 s); 0: no limit.")
+    search_max_window: int = Field(default=1000, ge=1, description="Largest `offset + top_k` of a search page.")
+    thumbnail_cache: Path = Field(
+        default=Path("./data/thumbnails"),
+        description="Folder of the cached thumbnails of `GET /images/...`, made once per file version.")
 
     # Operations
-    log_format: Literal["json", "text"] = "json"  # the one-line-per-request log (api/logs.py)
+    log_format: Literal["json", "text"] = Field(
+        default="json",
+        description="The one-line-per-request log on stderr (api/logs.py): `json` or `text` (`key=value`).")
 
 
 @lru_cache(maxsize=1)

@@ -53,7 +53,7 @@ ASK_TOP_K = min(DEFAULT_TOP_K, SETTINGS.ask_max_images)
 @bentoml.asgi_app(asgi.routes(), path="/")
 @bentoml.service(
     name="multimodal_server",
-    workers=1,  # the one process that holds the embedded store (see README, "Processes")
+    workers=1,  # the one process that holds the embedded store (see docs/deployment.md, "Processes")
     traffic={"timeout": SETTINGS.service_timeout_s},
 )
 class MultimodalServer:

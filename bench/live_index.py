@@ -142,7 +142,7 @@ def report(args: argparse.Namespace, s: Searcher, summary: dict, wall: float, vi
         + ", ".join(f"{k} {v:.1f} s" for k, v in summary["seconds"].items())
         + f"). A new image was ranked first by an image search {visible:.2f} s after the indexer exited "
         "(the writes are searchable as soon as they are applied; the run's end only flushes, and the "
-        "HNSW build of these points waits for the service's next start, see README \"Vector store\").",
+        "HNSW build of these points waits for the service's next start, see docs/indexing.md \"Vector store\").",
     ])
     print(body)
     record("live_index", body)

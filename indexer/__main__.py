@@ -1,4 +1,4 @@
-"""`python -m indexer`: fill the Qdrant collection from the image library (see README)."""
+"""`python -m indexer`: fill the Qdrant collection from the image library (see docs/indexing.md)."""
 
 from __future__ import annotations
 

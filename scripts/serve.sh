@@ -4,7 +4,7 @@
 # incremental (unchanged files are skipped). Skip it with --no-index. Extra arguments go to `bentoml serve`.
 # Indexing first (the HNSW index is built at the end of a run while nothing serves) is the fast path,
 # not a requirement: `python -m indexer` can also run while this serves, even on the embedded store
-# (it then writes through the service; see README, "Indexing a photo library").
+# (it then writes through the service; see docs/indexing.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh

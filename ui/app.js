@@ -1,5 +1,5 @@
 // The web page of the multimodal server: search, look, ask. Plain JS, no build step, no CDN.
-// API: /health, /text2image_search, /image2image_search, /vqa/stream, /ask/stream, /images/... (README, "Web page").
+// API: /health, /text2image_search, /image2image_search, /vqa/stream, /ask/stream, /images/... (docs/api.md).
 "use strict";
 
 const KEY_STORE = "mms-api-key";
