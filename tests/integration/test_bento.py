@@ -58,8 +58,9 @@ def test_bento_holds_the_service_and_not_the_tests(built: tuple[str, Path, dict[
     assert tag.startswith("multimodal_server:")
     src = bento / "src"
     files = {str(p.relative_to(src)) for p in src.rglob("*") if p.is_file()}
-    for module in ("service.py", "config.py", "README.md", "ui/index.html", "api/limits.py", "api/metrics.py",
-                   "api/logs.py", "core/images.py", "core/telemetry.py", "core/bentoml_compat.py", "core/files.py",
+    for module in ("service.py", "config.py", "README.md", "docs/api.md", "ui/index.html", "api/limits.py",
+                   "api/metrics.py", "api/logs.py", "core/images.py", "core/telemetry.py", "core/bentoml_compat.py",
+                   "core/files.py",
                    "runners/clip.py", "runners/clip_service.py", "runners/vlm_service.py", "indexer/__main__.py",
                    "store/edge.py"):
         assert module in files
