@@ -87,10 +87,10 @@ class MultimodalServer:
     def build_pending_index(self) -> None:
         """Build the HNSW index of points that indexer runs wrote through the service, when there are
         many: now, before serving, since the build holds the GIL (store/edge.py, finish)."""
-        pending = getattr(self.store, "unindexed_points", None)
         try:
-            if pending is not None and pending() > BUILD_INDEX_AT_START_POINTS:
-                log.warning("building the search index of %d new points before serving", pending())
+            pending = self.store.unindexed_points()
+            if pending > BUILD_INDEX_AT_START_POINTS:
+                log.warning("building the search index of %d new points before serving", pending)
                 self.store.finish()
         except StoreError as exc:
             log.warning("cannot build the search index now (%s); searches scan the new points exactly", exc)
