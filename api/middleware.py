@@ -72,7 +72,7 @@ def validation_error(details: list[Any]) -> tuple[str, str]:
     return "invalid_argument", "; ".join(parts) or "invalid input"
 
 
-def describe(status: int, content_type: str, body: bytes, method: str, path: str, allow: str | None
+def error_fields(status: int, content_type: str, body: bytes, method: str, path: str, allow: str | None
              ) -> tuple[str, str] | None:
     """(code, message) for an error response, or None when it already has our shape."""
     data: Any = None
@@ -244,7 +244,7 @@ class ErrorShaper:
             found: tuple[str, str] | None = self.inspector.problem
             status = 400
         else:
-            found = describe(status, headers.get("content-type", ""), bytes(self.body), self.scope["method"],
+            found = error_fields(status, headers.get("content-type", ""), bytes(self.body), self.scope["method"],
                              self.scope["path"], headers.get("allow"))
         if found is None:
             body = bytes(self.body)
