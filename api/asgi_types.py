@@ -61,11 +61,13 @@ def routes_of(app: Any) -> Sequence[Any]:
 
 def match_route(routes: Sequence[Any], scope: Scope) -> str | None:
     """The path template of the route in `routes` (a mounted app's routes included) that `scope` would
-    reach, without running it: for a request refused before the app routed it; None when none would."""
+    reach, without running it: for a request refused before the app routed it; None when none would.
+    As Starlette's router: the first full match, else the first partial one (a wrong method: 405)."""
+    found: dict[Match, list[tuple[Any, Scope]]] = {Match.FULL: [], Match.PARTIAL: [], Match.NONE: []}
     for route in routes:
         match, child = route.matches(scope)
-        if match is Match.NONE:
-            continue
+        found[match].append((route, child))
+    for route, child in (found[Match.FULL] + found[Match.PARTIAL])[:1]:
         inner = routes_of(getattr(route, "app", None)) if hasattr(route, "routes") else ()
         return match_route(inner, {**scope, **child}) if inner else str(route.path)
     return None
