@@ -106,7 +106,7 @@ class Settings(BaseSettings):
     index_describe: bool = Field(
         default=False,
         description="`true`: every `python -m indexer` run (not `--watch`) also runs the describe stage "
-        "(indexer/describe.py: VQA_MODEL asked DESCRIBE_PROMPT about each photo), as `--describe` does.")
+        "(indexer/describe_stage.py: VQA_MODEL asked DESCRIBE_PROMPT about each photo), as `--describe` does.")
     describe_prompt: str = Field(
         default=DEFAULT_DESCRIBE_PROMPT,
         description="What the describe stage asks `VQA_MODEL` about each photo; changing it re-describes every "

@@ -70,16 +70,22 @@ def bandwidth_gbs() -> float:
     return best
 
 
-def matmul_gflops(dtype_name: str) -> float:
+def matmul_gflops(dtype_name: str, side: int = 1024) -> float:
     import torch
 
     dtype = getattr(torch, dtype_name)
-    a, b = torch.randn(2048, 2048, dtype=dtype), torch.randn(2048, 2048, dtype=dtype)
+    a, b = torch.randn(side, side, dtype=dtype), torch.randn(side, side, dtype=dtype)
     torch.matmul(a, b)
     started = time.perf_counter()
-    for _ in range(5):
+    for _ in range(3):
         torch.matmul(a, b)
-    return 5 * 2 * 2048**3 / (time.perf_counter() - started) / 1e9
+    return 3 * 2 * side**3 / (time.perf_counter() - started) / 1e9
+
+
+def native_bf16() -> bool:
+    from runners.vlm_torch import cpu_has_native_bf16
+
+    return cpu_has_native_bf16()
 
 
 # ----------------------------------------------------------------------------------- one runtime, measured
@@ -292,10 +298,14 @@ def main() -> None:
     model = build_real_qwen(args.folder / f"model-{args.layers or 'real'}", args.layers, save_bf16=True)
     exports = args.folder / f"openvino-{args.layers or 'real'}"
     machine: dict[str, Any] = {"cpu": cpu_name(), "isa": instruction_sets(), "bandwidth_gbs": bandwidth_gbs(),
-                               "fp32_gflops": matmul_gflops("float32"), "bf16_gflops": matmul_gflops("bfloat16"),
+                               "fp32_gflops": matmul_gflops("float32"), "bf16_gflops": matmul_gflops("bfloat16", 256),
                                "note": args.note}
     figures: dict[str, dict[str, Any]] = {}
     for runtime in RUNTIMES:
+        if runtime == "torch-bf16" and not native_bf16():
+            figures[runtime] = {"error": f"not run: no native bf16 here (bf16 matmul {machine['bf16_gflops']:.1f} "
+                                         f"GFLOP/s against fp32 {machine['fp32_gflops']:.0f})"}
+            continue
         made = ""
         if runtime.startswith("openvino"):
             weights = runtime.split("-")[1]
