@@ -167,7 +167,7 @@ def run(argv: list[str] | None = None) -> int:
         if args.describe:
             describe(store, args.library, settings, options, summary)
         store.close()
-    # exit 2, as the README says (BackendRefused: an explicit CLIP_BACKEND that cannot be used)
+    # exit 2, as docs/indexing.md says (BackendRefused: an explicit CLIP_BACKEND that cannot be used)
     except (ModelMismatchError, ModelNotFoundError, StoreLockedError, BackendRefused) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
