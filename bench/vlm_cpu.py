@@ -5,9 +5,10 @@ and memory do not depend on their values), through the classes the service runs 
     .venv/bin/python bench/vlm_cpu.py [--folder /tmp/vlm-cpu-bench] [--layers N] [--no-record]
 
 Per runtime, each in its own process: resident memory after load and at peak; prefill (the first token of a
-streamed answer about a 1000x1000 photo + question); decode tokens/s (its other 31 tokens); the 32-token answer; describe photos/s at batch 1 (prefill + 100 tokens,
-from the two measured figures). Per OpenVINO weight format: export seconds, exporter peak memory, disk. Plus this
-CPU's instruction sets and measured limits (memory bandwidth, fp32 matmul GFLOP/s) for the physical bounds.
+streamed answer about a 1000x1000 photo + question); decode tokens/s (its other 31 tokens); the 32-token answer;
+describe photos/s at batch 1 (prefill + 100 tokens, from the two measured figures). Per OpenVINO weight format:
+export seconds, exporter peak memory, disk. Plus this CPU's instruction sets and measured limits (memory
+bandwidth, fp32 matmul GFLOP/s) for the physical bounds.
 Random weights never stop by themselves: end tokens are suppressed so every answer has its full length.
 `--layers N` shrinks both towers to N blocks (a smoke run of this script; figures then are not real size).
 """
