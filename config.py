@@ -47,6 +47,9 @@ class Settings(BaseSettings):
 
     # Image library and vector store
     image_library: Path = Path("./images")
+    # The largest library file read into memory (API and indexer alike); a larger one is refused as not a
+    # library file (core/library.py), so a huge or endless file cannot exhaust memory.
+    library_max_file_mb: float = Field(default=256.0, gt=0)
     qdrant_path: Path = Path("./data/qdrant")
     qdrant_url: str | None = None
     qdrant_api_key: str | None = None
@@ -100,6 +103,10 @@ class Settings(BaseSettings):
 
     # Security and load limits of the HTTP API
     api_key: SecretStr | None = None  # when set, every endpoint but /livez and /readyz needs it
+    # Host names (the Host header, port ignored) the API answers, comma-separated; "*" any. Unset: any, except
+    # that a service bound to a loopback address without API_KEY answers loopback names only (localhost,
+    # 127.0.0.1, [::1]): a web page cannot reach it through DNS rebinding (docs/security.md).
+    allowed_hosts: str | None = None
     public_metrics: bool = False  # /metrics without the API key
     public_docs: bool = False  # /docs.json and the Swagger UI without the API key
     max_upload_mb: float = Field(default=20.0, gt=0)

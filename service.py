@@ -23,6 +23,7 @@ from api.asking import DEFAULT_TOP_K, Asking
 from api.errors import ApiError, bad_request, handles_errors
 from api.health import health_report
 from api.internal_store import InternalStore, listening_url
+from api.limits import api_key_problem
 from api.metrics import index_size_text
 from api.runner_calls import runner_ready
 from api.searching import Searching, query_text
@@ -40,6 +41,8 @@ from store.remote import service_file_path
 
 log = logging.getLogger("service")
 SETTINGS = get_settings()
+if problem := api_key_problem(SETTINGS.api_key.get_secret_value() if SETTINGS.api_key else None):
+    raise SystemExit(f"error: {problem} (the service does not start: every request would answer 401)")
 # At start-up, build the HNSW index of the embedded store when more points than this are outside it
 # (written by indexer runs through the service, whose end only flushes: api/internal_store.py).
 # Fewer are searched exactly in a few ms (store/edge.py, unindexed_points).
