@@ -98,6 +98,10 @@ class Settings(BaseSettings):
 
     # Asking the library (/ask, api/asking.py): at most this many retrieved photos go to the VQA model
     ask_max_images: int = Field(default=6, ge=1)
+    # A photo that hybrid or text ranking found (by its description or the text drawn on it) goes to the
+    # model, and so can be cited, only when CLIP alone ranks it among this many best photos for the query:
+    # the picture must support it, not only its words (docs/security.md). 0: no such check.
+    ask_clip_support: int = Field(default=10, ge=0)
     # Sent after the numbered photos, before the question; "" sends only the photos and the question
     ask_instruction: str = DEFAULT_ASK_INSTRUCTION
 

@@ -41,8 +41,24 @@ from store.remote import service_file_path
 
 log = logging.getLogger("service")
 SETTINGS = get_settings()
+
+
+def refuse_without_space(folder: Path) -> None:
+    """Stop the service, with the reason in the log, when the embedded store's disk is (almost) full: opening
+    the store then could kill the worker with SIGBUS, silently and over and over (store/edge.py)."""
+    from store.edge import free_space_problem
+
+    problem = free_space_problem(folder)
+    if problem:
+        log.critical("the service cannot start: %s", problem)
+        raise SystemExit(f"error: {problem}")
+
+
+# Checked at start, in `bentoml serve` itself (which then exits with the message) and again in each worker.
 if problem := api_key_problem(SETTINGS.api_key.get_secret_value() if SETTINGS.api_key else None):
     raise SystemExit(f"error: {problem} (the service does not start: every request would answer 401)")
+if not SETTINGS.qdrant_url:
+    refuse_without_space(SETTINGS.qdrant_path)
 # At start-up, build the HNSW index of the embedded store when more points than this are outside it
 # (written by indexer runs through the service, whose end only flushes: api/internal_store.py).
 # Fewer are searched exactly in a few ms (store/edge.py, unindexed_points).
@@ -67,6 +83,8 @@ class MultimodalServer:
         self.settings = SETTINGS
         self.library = Library(SETTINGS.image_library)
         self.model_id = model_id_of(SETTINGS.clip_model)
+        if not SETTINGS.qdrant_url:
+            refuse_without_space(SETTINGS.qdrant_path)  # a worker restarted after the disk filled up
         self.store = open_store(SETTINGS)
         self.store_calls = StoreCalls(self.store, SETTINGS.retry_after_s)
         self.searching = Searching(self.clip, self.store_calls, self.library, self.model_id, SETTINGS)

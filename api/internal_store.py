@@ -44,6 +44,7 @@ from store.remote import (
     encode_vectors,
     error_code,
     filter_from_json,
+    trust_problem,
 )
 
 log = logging.getLogger("service")
@@ -180,6 +181,10 @@ class InternalStore:
             log.warning("cannot write %s (%s): `python -m indexer` cannot run while the service does", path, exc)
             return
         self.token, self.file = token, path
+        problem = trust_problem(os.stat(path), os.stat(path.parent))
+        if problem:  # e.g. a group-writable QDRANT_PATH (umask 002): say so now, not at the first indexer run
+            log.warning("an indexer will refuse the address file %s: %s (chmod go-w %s; docs/security.md)",
+                        path, problem, path.parent)
 
     def withdraw(self) -> None:
         """Remove the address file at shutdown, unless another service has replaced it since."""

@@ -66,6 +66,25 @@ FLUSH_EVERY_POINTS = 8192
 # StoreError while less than this, plus an estimate of what the write needs, is free. Searching
 # is never refused.
 MIN_FREE_BYTES = 64 * 2**20
+
+
+def free_space_problem(folder: Path) -> str | None:
+    """Why the embedded store in `folder` (or the disk it will be created on) must not be opened now, or
+    None: less than MIN_FREE_BYTES free. The engine maps its files into memory, and a write into a mapped
+    file on a full disk kills the process with SIGBUS, with nothing in the log; the service checks this at
+    start, as the indexer checks before its writes."""
+    probe = Path(folder)
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        free = shutil.disk_usage(probe).free
+    except OSError:
+        return None  # opening will tell
+    if free >= MIN_FREE_BYTES:
+        return None
+    return (f"not enough free disk space for the vector store in {folder} (QDRANT_PATH): {free / 2**20:.0f} MiB "
+            f"free, at least {MIN_FREE_BYTES / 2**20:.0f} MiB needed to open it safely. Free some space (or move "
+            "QDRANT_PATH) and start the service again")
 BYTES_PER_VALUE = 4  # float32
 POINT_OVERHEAD = 1024  # payload, id tracker, WAL record framing (generous)
 FACET_LIMIT = 10_000  # distinct values counted by described_counts (one per describing model + prompt)
@@ -470,7 +489,8 @@ class EdgeStore(EngineStore):
 
     def _create(self, model_id: str, dim: int) -> None:
         try:
-            self.folder.mkdir(parents=True, exist_ok=True)
+            # never group-writable, whatever the umask: an indexer trusts the service file in it only then
+            self.folder.mkdir(mode=0o755, parents=True, exist_ok=True)
         except OSError as exc:
             raise StoreError(f"cannot create the vector store folder {self.folder} "
                              f"(QDRANT_PATH): {exc}") from exc
