@@ -194,10 +194,16 @@ def test_a_folder_1000_levels_deep_is_scanned_and_watched(tmp_path: Path) -> Non
     (deep / "deep.jpg").write_bytes(jpeg())
     (root / "top.jpg").write_bytes(jpeg())
     rel = "d/" * 1000 + "deep.jpg"
-    assert [e.rel_path for e in scan_library(root)] == sorted([rel, "top.jpg"])
-    listed = snapshot(root)
-    assert listed is not None and set(listed) == {rel, "top.jpg"}
-    assert decode_entry(next(e for e in scan_library(root) if e.rel_path == rel)).error is None
+    try:
+        assert [e.rel_path for e in scan_library(root)] == sorted([rel, "top.jpg"])
+        listed = snapshot(root)
+        assert listed is not None and set(listed) == {rel, "top.jpg"}
+        assert decode_entry(next(e for e in scan_library(root) if e.rel_path == rel)).error is None
+    finally:  # pytest's own clean-up (shutil.rmtree) recurses too: take the tree down here, bottom up
+        (deep / "deep.jpg").unlink()
+        while deep != root:
+            deep.rmdir()
+            deep = deep.parent
 
 
 # -- D12: thumbnails, HEAD and Range ---------------------------------------------------------------------
