@@ -10,6 +10,11 @@ and answered with ETag / Last-Modified / Cache-Control; a matching If-None-Match
 gets 304. The path is the file's raw name, percent-encoded (a name that is not UTF-8 too: see
 core/library.py). Only library files (core/library.py, the rule the indexer uses) are served: anything else,
 `..`, absolute paths, hidden files, symlinks leading out or to hidden files, answers 404 as a missing file does.
+
+Each answer comes from one descriptor (core/library.py Library.open: no link followed, a regular file,
+checked on that descriptor), so a file swapped after the check is never served. HEAD reads no image data
+and renders nothing; a single byte `Range` answers 206 with Content-Range (416 past the end). A cached
+thumbnail of 0 bytes is made again; a cache that cannot be written warns once (docs/security.md, D12).
 """
 
 from __future__ import annotations
