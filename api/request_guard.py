@@ -19,19 +19,11 @@ the limits (docs/security.md):
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from api.asgi_types import PROBES, App, Message, Receive, Scope, Send
 from api.errors import ApiError
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-App = Callable[[Scope, Receive, Send], Awaitable[None]]
-
-PROBES = frozenset({"/livez", "/readyz", "/healthz"})
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 
 
