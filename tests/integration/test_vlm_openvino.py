@@ -58,7 +58,7 @@ def ov_cache(tmp_path_factory: pytest.TempPathFactory, tiny_qwen_dir: Path) -> P
     return cache
 
 
-def settings_for(model: Path, cache: Path, **overrides: object) -> Settings:
+def settings_for(model: Path, cache: Path, **overrides: Any) -> Settings:
     return Settings(_env_file=None, vqa_model=str(model), device="cpu", vqa_openvino_cache=cache,  # type: ignore[call-arg]
                     **overrides)
 
