@@ -40,7 +40,9 @@ from core.files import write_atomically
 from store.base import CollectionInfo, Point, StoreError, VectorStore
 from store.remote import (
     TOKEN_HEADER,
+    decode_records,
     decode_vectors,
+    encode_records,
     encode_vectors,
     error_code,
     filter_from_json,
@@ -90,6 +92,19 @@ def op_payloads(store: VectorStore, body: dict[str, Any]) -> dict[str, Any]:
         raise StoreError("this store cannot be read page by page")
     items, next_offset = page(body.get("offset"), max(1, min(int(body.get("limit", 512)), 4096)))
     return {"items": items, "next": None if next_offset is None else str(next_offset)}
+
+
+def op_records(store: VectorStore, body: dict[str, Any]) -> dict[str, Any]:
+    """A page of whole points (python -m indexer --export / --verify through the service)."""
+    records, next_offset = store.records_page(body.get("offset"), max(1, min(int(body.get("limit", 256)), 4096)))
+    dim = next((len(r.vector) for r in records if r.vector is not None), 0)
+    return {**encode_records(records, dim), "next": None if next_offset is None else str(next_offset)}
+
+
+def op_restore(store: VectorStore, body: dict[str, Any]) -> dict[str, Any]:
+    """Write whole points as they are (python -m indexer --import through the service)."""
+    store.restore(decode_records(body))
+    return {}
 
 
 def op_vectors(store: VectorStore, body: dict[str, Any]) -> dict[str, Any]:
@@ -150,6 +165,8 @@ OPS: dict[str, Callable[[VectorStore, dict[str, Any]], dict[str, Any]]] = {
     "delete": op_delete,
     "payloads": op_payloads,
     "vectors": op_vectors,
+    "records": op_records,
+    "restore": op_restore,
     "search": op_search,
     "set_payloads": op_set_payloads,
     "set_descriptions": op_set_descriptions,

@@ -32,9 +32,12 @@ import numpy as np
 
 from store.base import (
     INDEXED_FIELDS,
+    TEXT_VECTOR,
     CollectionMissingError,
     Hit,
+    Record,
     SearchFilter,
+    StoreDamagedError,
     StoreError,
     as_vector,
     clean_payload,
@@ -44,6 +47,9 @@ from store.base import (
 from store.text_terms import query_terms, terms
 
 SCROLL_PAGE = 512  # points per scroll request
+# A cosine lies in [-1, 1]; float32 rounding takes it a hair past. A score beyond this (garbled vector
+# files gave ~7e37) means the store is damaged: the search is refused rather than answered wrongly.
+COSINE_SLACK = 1e-3
 RETRIEVE_CHUNK = 1024  # ids per retrieve request
 
 
@@ -68,6 +74,24 @@ class EngineStore(ABC):
         except CollectionMissingError:
             return [], None
         return [(str(record.id), dict(record.payload or {})) for record in records], next_offset
+
+    def records_page(self, offset: Any, limit: int) -> tuple[list[Record], Any]:
+        try:
+            records, next_offset = self._scroll(offset, limit, vectors=True)
+        except CollectionMissingError:
+            return [], None
+        return [Record(str(r.id), default_vector(r.vector), text_vector(r.vector), dict(r.payload or {}))
+                for r in records], next_offset
+
+    def restore(self, records: Sequence[Record]) -> None:
+        if not records:
+            return
+        for record in records:
+            if record.vector is None:
+                raise StoreError(f"point {record.id} has no CLIP vector: it cannot be restored as it is")
+        if any(r.text is not None for r in records):
+            self._ensure_text_vector()
+        self._restore(records)
 
     def vectors(self, ids: Sequence[str]) -> dict[str, np.ndarray]:
         out: dict[str, np.ndarray] = {}
@@ -101,9 +125,20 @@ class EngineStore(ABC):
                     return self._query(dense, condition, n, skip)
                 return self._query_hybrid(dense, words or None, condition, n, skip)
 
-            return search_pages(lambda n, skip: [_hit(p) for p in query(n, skip)], limit, offset, dedup)
+            hits = search_pages(lambda n, skip: [_hit(p) for p in query(n, skip)], limit, offset, dedup)
         except CollectionMissingError:
             return []
+        if text is None:
+            self._check_cosines(hits)
+        return hits
+
+    def _check_cosines(self, hits: list[Hit]) -> None:
+        """Refuse scores a cosine cannot give (see COSINE_SLACK): the store's vector files are damaged."""
+        bad = [h.score for h in hits if not abs(h.score) <= 1 + COSINE_SLACK]  # NaN fails the test too
+        if bad:
+            raise StoreDamagedError(
+                f"the vector store answered a similarity of {bad[0]:.3g}, which a cosine cannot be: its vector "
+                "files are damaged. Run `python -m indexer --verify` to see what is damaged and how to repair it.")
 
     def set_descriptions(self, described: dict[str, dict[str, Any]]) -> None:
         if not described:
@@ -192,9 +227,14 @@ class EngineStore(ABC):
         (KeyboardInterrupt, SystemExit)."""
 
     @abstractmethod
-    def _scroll(self, offset: Any, limit: int) -> tuple[Sequence[Any], Any]:
-        """One page of records (with .id and .payload, no vectors) from `offset` (None: the start),
-        and the offset of the next page (None after the last)."""
+    def _scroll(self, offset: Any, limit: int, vectors: bool = False) -> tuple[Sequence[Any], Any]:
+        """One page of records (with .id and .payload; with `vectors`, .vector: every vector by name,
+        the dense one under "") from `offset` (None: the start), and the offset of the next page
+        (None after the last)."""
+
+    @abstractmethod
+    def _restore(self, records: Sequence[Record]) -> None:
+        """Upsert whole points: dense vector (never None here), text sparse vector if any, payload."""
 
     @abstractmethod
     def _retrieve(self, ids: list[str], vectors: bool = True) -> Sequence[Any]:
@@ -268,6 +308,14 @@ class EngineStore(ABC):
 
 def _hit(point: Any) -> Hit:
     return Hit(id=str(point.id), score=float(point.score), payload=dict(point.payload or {}))
+
+
+def text_vector(vector: Any) -> dict[int, float] | None:
+    """A record's text sparse vector as term -> weight (None when it has none)."""
+    sparse = vector.get(TEXT_VECTOR) if isinstance(vector, dict) else None
+    if sparse is None:
+        return None
+    return {int(i): float(v) for i, v in zip(sparse.indices, sparse.values, strict=True)}
 
 
 def default_vector(vector: Any) -> np.ndarray | None:

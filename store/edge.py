@@ -38,6 +38,7 @@ from store.base import (
     CollectionInfo,
     IndexTuning,
     Point,
+    Record,
     StoreError,
     StoreLockedError,
     as_vector,
@@ -210,10 +211,18 @@ class EdgeStore(EngineStore):
 
     # --- the engine's primitives (see store/common.py) ---------------------------------------------
 
-    def _scroll(self, offset: Any, limit: int) -> tuple[Sequence[Any], Any]:
+    def _scroll(self, offset: Any, limit: int, vectors: bool = False) -> tuple[Sequence[Any], Any]:
         shard = self._require_open()
         with self._guard("scroll"):
-            return shard.scroll(qe.ScrollRequest(offset=offset, limit=limit, with_payload=True, with_vector=False))
+            return shard.scroll(qe.ScrollRequest(offset=offset, limit=limit, with_payload=True, with_vector=vectors))
+
+    def _restore(self, records: Sequence[Record]) -> None:
+        shard = self._require_open()
+        self._check_space(2 * len(records) * _point_bytes(len(records[0].vector)))  # type: ignore[arg-type]
+        with self._guard("restore points"):
+            batch = [qe.Point(r.id, _vectors_of(r), clean_payload(r.payload)) for r in records]
+            shard.update(qe.UpdateOperation.upsert_points(batch))
+        self._written(len(batch))
 
     def _retrieve(self, ids: list[str], vectors: bool = True) -> Sequence[Any]:
         shard = self._require_open()
@@ -484,6 +493,13 @@ class EdgeStore(EngineStore):
             shard.close()
             raise
         self._shard = shard
+
+
+def _vectors_of(record: Record) -> dict[str, Any]:
+    vectors: dict[str, Any] = {"": as_vector(record.vector)}
+    if record.text is not None:
+        vectors[TEXT_VECTOR] = _sparse(record.text)
+    return vectors
 
 
 def _sparse(words: dict[int, float]) -> qe.SparseVector:

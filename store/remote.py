@@ -35,6 +35,7 @@ from store.base import (
     Hit,
     ModelMismatchError,
     Point,
+    Record,
     SearchFilter,
     StoreError,
     StoreLockedError,
@@ -119,6 +120,29 @@ def decode_vectors(body: dict[str, Any], n: int) -> np.ndarray:
     return np.frombuffer(raw, dtype="<f4").astype(np.float32).reshape(n, dim)
 
 
+def encode_records(records: Sequence[Record], dim: int) -> dict[str, Any]:
+    """Whole points on the wire: ids, payloads, text vectors as [indices, values] (or null), dense vectors
+    as encode_vectors (a record without one travels as zeros, flagged in `no_vector`)."""
+    dense = [r.vector if r.vector is not None else np.zeros(dim, np.float32) for r in records]
+    return {"ids": [r.id for r in records], "payloads": [r.payload for r in records],
+            "texts": [None if r.text is None else [list(r.text), list(r.text.values())] for r in records],
+            "no_vector": [i for i, r in enumerate(records) if r.vector is None],
+            **(encode_vectors(dense) if records else {"vectors": "", "dim": dim})}
+
+
+def decode_records(body: dict[str, Any]) -> list[Record]:
+    """encode_records' fields back; ValueError (or KeyError/TypeError) when they do not fit together."""
+    ids, payloads, texts = list(body["ids"]), list(body["payloads"]), list(body["texts"])
+    if not (len(ids) == len(payloads) == len(texts)) or not all(isinstance(p, dict) for p in payloads):
+        raise ValueError("ids, payloads and texts must be lists of the same length, payloads objects")
+    vectors = decode_vectors(body, len(ids)) if ids else np.zeros((0, 0), np.float32)
+    missing = {int(i) for i in body.get("no_vector") or ()}
+    return [Record(str(pid), None if n in missing else vectors[n],
+                   None if text is None else {int(i): float(v) for i, v in zip(text[0], text[1], strict=True)},
+                   dict(payload))
+            for n, (pid, payload, text) in enumerate(zip(ids, payloads, texts, strict=True))]
+
+
 def filter_to_json(where: SearchFilter | None) -> dict[str, Any] | None:
     return None if where is None else {**dataclasses.asdict(where), "exclude_ids": list(where.exclude_ids)}
 
@@ -173,6 +197,17 @@ class RemoteStore:
             offset = page["next"]
             if offset is None or not page["items"]:
                 return
+
+    def records_page(self, offset: Any, limit: int) -> tuple[list[Record], Any]:
+        page = self.call("records", {"offset": offset, "limit": limit})
+        return decode_records(page), page["next"]
+
+    def restore(self, records: Sequence[Record]) -> None:
+        for start in range(0, len(records), UPSERT_CHUNK):
+            chunk = [Record(r.id, r.vector, r.text, clean_payload(r.payload))
+                     for r in records[start:start + UPSERT_CHUNK]]
+            dim = next((len(r.vector) for r in chunk if r.vector is not None), 0)
+            self.call("restore", encode_records(chunk, dim))
 
     def vectors(self, ids: Sequence[str]) -> dict[str, np.ndarray]:
         out: dict[str, np.ndarray] = {}
