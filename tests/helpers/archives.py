@@ -12,9 +12,12 @@ from indexer.archive import export_archive
 from store.base import IndexTuning, SearchFilter, VectorStore
 
 
-def fill(store: VectorStore, n: int = 40, seed: int = 0) -> list[str]:
-    store.ensure_collection(MODEL, DIM)
+def fill(store: VectorStore, n: int = 40, seed: int = 0, model: str = MODEL) -> list[str]:
+    """`n` points, three in four described, in a collection of `model`; their ids."""
+    store.ensure_collection(model, DIM)
     points = make_points(n, seed=seed)
+    for p in points:
+        p.payload["model_id"] = model
     store.upsert(points)
     # Descriptions of distinct lengths: distinct BM25 scores, so rankings have no ties to break.
     store.set_descriptions({p.id: {"description": ("red car" if i % 3 else "small dog") + " more" * (4 * i),
@@ -64,3 +67,13 @@ def everything_from(file: Path) -> dict[str, tuple[list[float], dict[int, float]
     with archive.open_archive(file) as fh:
         _, records = archive.read_archive(fh, str(file))
         return {r.id: (r.vector.tolist(), r.text, r.payload) for r in records}  # type: ignore[union-attr]
+
+
+def same_points(a: VectorStore, b: VectorStore) -> bool:
+    """The same points, payloads and text vectors; dense vectors equal to float32 rounding (a Cosine
+    collection normalises each vector it is given again, which may move its last bit)."""
+    left, right = everything(a), everything(b)
+    if left.keys() != right.keys():
+        return False
+    return all(left[k][1:] == right[k][1:] and np.allclose(left[k][0], right[k][0], rtol=0, atol=1e-6)
+               for k in left)
