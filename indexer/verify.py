@@ -15,16 +15,14 @@ from typing import Any
 
 import numpy as np
 
-from store.base import Record, StoreError, VectorStore, description_text, point_id
+from store.base import RECOVERY, Record, StoreError, VectorStore, description_text, point_id
 
 PAGE = 512
 NORM_SLACK = 1e-3  # |norm - 1| allowed (float32 rounding is ~1e-7)
 EXAMPLES = 5
-RECOVERY = (
-    "The way back: restore the collection from an archive (`python -m indexer --import FILE` into an empty "
-    "QDRANT_PATH, or a new QDRANT_COLLECTION), or keep the descriptions and re-embed: `python -m indexer "
-    "--export keep.jsonl.gz`, `python -m indexer --recreate`, then `python -m indexer --import keep.jsonl.gz "
-    "--drop-vectors` (docs/backup-and-migration.md).")
+# The store still opens, so its descriptions can be kept before re-embedding.
+REPAIR = ("To keep the descriptions and re-embed: `python -m indexer --export keep.jsonl.gz`, "
+          "`python -m indexer --recreate`, then `python -m indexer --import keep.jsonl.gz --drop-vectors`.")
 
 
 @dataclass
@@ -51,7 +49,7 @@ class Report:
                f"({self.counted} counted by the store)"]
         for problem, total in self.totals.items():
             out.append(f"  {problem}: {total} (e.g. {', '.join(self.problems[problem])})")
-        out.append(RECOVERY)
+        out += [RECOVERY, REPAIR]
         return out
 
 

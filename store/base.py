@@ -75,7 +75,16 @@ class ModelMismatchError(StoreError):
 
 
 class StoreDamagedError(StoreError):
-    """The store answered something it cannot hold (a score cosine cannot give): its files are damaged."""
+    """The store's files are damaged: it cannot be opened or read, or it answers what it cannot hold (a
+    score a cosine cannot give). The message names the store and RECOVERY."""
+
+
+# How to get a damaged collection back (docs/backup-and-migration.md), said by every damage message.
+RECOVERY = (
+    "The way back: restore the collection from an archive (`python -m indexer --import FILE` into an empty "
+    "QDRANT_PATH or a new QDRANT_COLLECTION), or index again: `python -m indexer --recreate` re-embeds the "
+    "library, and `python -m indexer --import FILE --drop-vectors` then puts an archive's descriptions back "
+    "(without an archive, `--describe` makes them again). See docs/backup-and-migration.md.")
 
 
 class CollectionMissingError(StoreError):

@@ -18,27 +18,34 @@ that needs it, and held until close().
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import threading
+import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import qdrant_edge as qe
 
+from core.files import write_atomically
 from store.base import (
     HYBRID_DEPTH,
+    RECOVERY,
     RRF_K,
     TEXT_VECTOR,
     CollectionInfo,
     IndexTuning,
     Point,
     Record,
+    StoreDamagedError,
     StoreError,
     StoreLockedError,
     as_vector,
@@ -70,6 +77,11 @@ MIN_FREE_BYTES = 64 * 2**20
 BYTES_PER_VALUE = 4  # float32
 POINT_OVERHEAD = 1024  # payload, id tracker, WAL record framing (generous)
 FACET_LIMIT = 10_000  # distinct values counted by described_counts (one per describing model + prompt)
+# What the engine says when a file of the shard is damaged (truncated or garbled): seen by damaging each
+# kind of file (tests/integration/test_damaged_store.py). Any failure to open an existing shard that is
+# neither "in use" nor "disk full" counts as damage too.
+DAMAGE_SIGNS = ("is not readable", "out of bounds", "Gridstore", "InvalidData", "Failed to deserialize",
+                "Failed to read segment", "Illegal segment", "corrupt", "unexpected end of file")
 
 
 class EdgeStore(EngineStore):
@@ -122,8 +134,15 @@ class EdgeStore(EngineStore):
                 self._ensure_indexes()
                 return
             try:
-                self._drop()
-                self._create(model_id, dim)
+                with self._creation_lock():
+                    # Another process may have made it while this one waited for the lock: use it.
+                    current = self.info()
+                    if current is not None and not recreate:
+                        require_same_model(current, model_id, dim, self._where())
+                        self._open()
+                    else:
+                        self._drop()
+                        self._create(model_id, dim)
             except OSError as exc:  # the meta file or the folder (the engine's own errors are StoreError)
                 raise StoreError(f"cannot create {self._where()}: {exc}") from exc
             self._ensure_indexes()
@@ -205,6 +224,7 @@ class EdgeStore(EngineStore):
                 with self._guard("flush"):
                     shard.flush()
             finally:
+                self._release()
                 with self._guard("close"):
                     shard.close()
             self._unflushed = 0
@@ -334,8 +354,9 @@ class EdgeStore(EngineStore):
             return None  # KeyboardInterrupt, SystemExit
         text = str(exc)
         if "WouldBlock" in text or "Resource temporarily unavailable" in text:
+            holder = self._holder()
             return StoreLockedError(
-                f"the vector store folder {self.folder} is in use: another process has the "
+                f"the vector store folder {self.folder} is in use: {holder or 'another process'} has the "
                 f"{self.collection!r} collection open (an embedded Qdrant store allows one process "
                 "at a time). A running service (bentoml serve) takes the indexer's writes itself "
                 "when its address file (.<collection>.service.json) is there; otherwise stop the "
@@ -345,7 +366,56 @@ class EdgeStore(EngineStore):
                 f"Qdrant Edge {what} failed on {self.shard_path}: the disk is full (or a file size limit "
                 f"was reached): {text}. Free some space (or move QDRANT_PATH) and run the indexer again: "
                 "it goes on where it stopped.")
+        if what == "open" or any(s in text for s in DAMAGE_SIGNS):
+            return StoreDamagedError(
+                f"the vector store folder {self.folder} (QDRANT_PATH) is damaged: its collection "
+                f"{self.collection!r} cannot be {'opened' if what == 'open' else 'read'} ({text}). {RECOVERY}")
         return StoreError(f"Qdrant Edge {what} failed on {self.shard_path}: {text}")
+
+    @contextmanager
+    def _creation_lock(self) -> Iterator[None]:
+        """Hold `.<collection>.create.lock` (an flock) while the collection is dropped or created: two
+        processes creating it on an empty folder at once would otherwise each take the other's fresh
+        shard for an unfinished one and drop it, losing its points. The second waits (creation takes
+        well under a second), then finds the collection made and opens it (or is told who holds it)."""
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot create the vector store folder {self.folder} (QDRANT_PATH): {exc}") from exc
+        fd = os.open(self.folder / f".{self.collection}.create.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
+    @property
+    def holder_path(self) -> Path:
+        """Who has the shard open: {"pid", "command", "since"}, written when this process opens it."""
+        return self.folder / f".{self.collection}.holder.json"
+
+    def _claim(self) -> None:
+        record = {"pid": os.getpid(), "command": " ".join(sys.argv)[:300] or "python",
+                  "since": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+        try:
+            write_atomically(self.holder_path, json.dumps(record).encode("utf-8"))
+        except OSError:
+            pass  # only the "in use" message is less precise
+
+    def _release(self) -> None:
+        try:
+            if json.loads(self.holder_path.read_text(encoding="utf-8")).get("pid") == os.getpid():
+                self.holder_path.unlink()
+        except (OSError, ValueError, AttributeError):
+            pass
+
+    def _holder(self) -> str:
+        """ "process 1234 (python -m indexer), since ..." from the holder file, or "" when it says nothing."""
+        try:
+            record = json.loads(self.holder_path.read_text(encoding="utf-8"))
+            return f"process {int(record['pid'])} ({record['command']}, since {record['since']})"
+        except (OSError, ValueError, KeyError, TypeError):
+            return ""
 
     def _check_space(self, need: int) -> None:
         """Raise StoreError when a write of about `need` bytes could fill the disk (see MIN_FREE_BYTES)."""
@@ -424,6 +494,7 @@ class EdgeStore(EngineStore):
                 if info is None:
                     raise self._missing()
                 self._shard = self._load(info.dim)
+                self._claim()
             return self._shard
 
     def _open_if_exists(self) -> qe.EdgeShard | None:
@@ -471,6 +542,7 @@ class EdgeStore(EngineStore):
         else:
             trash = None
         if shard is not None:
+            self._release()
             with self._guard("close"):
                 shard.close()
         if trash is not None:
@@ -493,6 +565,7 @@ class EdgeStore(EngineStore):
             shard.close()
             raise
         self._shard = shard
+        self._claim()
 
 
 def _vectors_of(record: Record) -> dict[str, Any]:
