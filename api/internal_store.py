@@ -222,12 +222,25 @@ class InternalStore:
             raise bad_request("the body must be a JSON object")
         try:
             result = await self.calls.call(op, self.store, body)
+            if op is op_finish and self.calls.damaged:  # an indexer repaired it (--recreate, --import)?
+                await self.calls.call(self.recheck)
         except StoreError as exc:
             code = error_code(exc)
             raise ApiError(STATUS[code], code, str(exc)) from exc
         except (ValueError, KeyError, TypeError) as exc:
             raise bad_request(f"malformed {request.path_params['op']} call: {exc}") from exc
         return JSONResponse(result)
+
+    def recheck(self) -> None:
+        """Clear the service's "damaged" mark when the store passes its probe again."""
+        check = getattr(self.store, "check", None)
+        if check is not None:
+            try:
+                check()
+            except StoreError:
+                return
+        log.warning("the vector store passes its check again: the service is no longer degraded")
+        self.calls.damaged = None
 
     def check_caller(self, request: Request) -> None:
         """404 off loopback, behind a proxy or while the path is off; 403 without the right token."""

@@ -32,7 +32,9 @@ import numpy as np
 
 from store.base import (
     INDEXED_FIELDS,
+    RECOVERY,
     TEXT_VECTOR,
+    CollectionInfo,
     CollectionMissingError,
     Hit,
     Record,
@@ -132,13 +134,25 @@ class EngineStore(ABC):
             self._check_cosines(hits)
         return hits
 
+    def check(self) -> None:
+        """A quick health probe (service start): count the points, then run the nearest search of one
+        fixed direction and of its opposite, so a vector garbled into huge values (it scores first in
+        one of the two) or an unreadable vector file raises StoreDamagedError. --verify reads everything."""
+        info = self.info()
+        if info is None or info.dim <= 0 or self.count() == 0:
+            return
+        probe = np.random.default_rng(0).standard_normal(info.dim).astype(np.float32)
+        probe /= np.linalg.norm(probe)
+        for direction in (probe, -probe):
+            self.search(direction, 1)
+
     def _check_cosines(self, hits: list[Hit]) -> None:
         """Refuse scores a cosine cannot give (see COSINE_SLACK): the store's vector files are damaged."""
         bad = [h.score for h in hits if not abs(h.score) <= 1 + COSINE_SLACK]  # NaN fails the test too
         if bad:
             raise StoreDamagedError(
-                f"the vector store answered a similarity of {bad[0]:.3g}, which a cosine cannot be: its vector "
-                "files are damaged. Run `python -m indexer --verify` to see what is damaged and how to repair it.")
+                f"{self._where()} answered a similarity of {bad[0]:.3g}, which a cosine cannot be: its vector "
+                f"files are damaged (`python -m indexer --verify` lists the damaged points). {RECOVERY}")
 
     def set_descriptions(self, described: dict[str, dict[str, Any]]) -> None:
         if not described:
@@ -216,6 +230,10 @@ class EngineStore(ABC):
             f"{self._where()} does not exist yet: run the indexer (python -m indexer) first")
 
     # --- the engine's primitives -----------------------------------------------------------------
+
+    @abstractmethod
+    def info(self) -> CollectionInfo | None:
+        """The model record (VectorStore.info)."""
 
     @abstractmethod
     def _where(self) -> str:
