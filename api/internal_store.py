@@ -52,7 +52,8 @@ log = logging.getLogger("service")
 
 PREFIX = "/internal/"
 FORWARDED = (b"x-forwarded-for", b"x-forwarded-host", b"x-real-ip", b"forwarded")
-STATUS = {"model_mismatch": 409, "collection_missing": 404, "store_locked": 423, "store_error": 500}
+STATUS = {"model_mismatch": 409, "collection_missing": 404, "store_locked": 423, "store_full": 507,
+          "store_damaged": 503, "store_error": 500}
 
 
 def is_internal_path(path: str) -> bool:

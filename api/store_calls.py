@@ -12,8 +12,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from api.errors import unavailable
-from store.base import StoreDamagedError, StoreError, VectorStore
+from api.errors import ApiError, unavailable
+from store.base import StoreDamagedError, StoreError, StoreFullError, VectorStore
 
 log = logging.getLogger("service")
 # An absolute path (not the path part of a URL: "host:6333/x" and "//" are left alone).
@@ -46,6 +46,10 @@ class StoreCalls:
         except StoreDamagedError as exc:
             self.mark_damaged(exc)
             raise unavailable("store_damaged", DAMAGED, self.retry_after_s) from exc
+        except StoreFullError as exc:
+            log.warning("store error: %s", exc)
+            raise ApiError(507, "insufficient_storage", "the vector store's disk is full: nothing was written; "
+                           "free some space and try again") from exc
         except StoreError as exc:
             log.warning("store error: %s", exc)
             raise unavailable("store_unavailable", self.public(str(exc)), self.retry_after_s) from exc

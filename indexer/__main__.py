@@ -182,6 +182,11 @@ def run(argv: list[str] | None = None) -> int:
         except StoreError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
+        except OSError as exc:  # the archive's disk is full, or its folder cannot be written
+            where = args.export or "the spool file (TMPDIR) of the archive read from stdin"
+            print(f"error: cannot write {where}: {exc.strerror or exc}. Nothing was left half-written; "
+                  "free some space (or choose another place) and run it again.", file=sys.stderr)
+            return 1
     problem = library_problem(args.library)
     if problem and not args.watch:  # watch mode waits for a library that is not mounted yet
         print(f"error: image library {args.library} {problem} (set IMAGE_LIBRARY or --library)", file=sys.stderr)

@@ -74,6 +74,10 @@ class ModelMismatchError(StoreError):
     """The collection's vectors were made by another model (or another dimension)."""
 
 
+class StoreFullError(StoreError):
+    """The store's disk is full (or would be after this write): nothing was written; free space and rerun."""
+
+
 class StoreDamagedError(StoreError):
     """The store's files are damaged: it cannot be opened or read, or it answers what it cannot hold (a
     score a cosine cannot give). The message names the store and RECOVERY."""

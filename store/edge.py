@@ -47,6 +47,7 @@ from store.base import (
     Record,
     StoreDamagedError,
     StoreError,
+    StoreFullError,
     StoreLockedError,
     as_vector,
     clean_payload,
@@ -362,7 +363,7 @@ class EdgeStore(EngineStore):
                 "when its address file (.<collection>.service.json) is there; otherwise stop the "
                 "process that holds the folder, or use a Qdrant server via QDRANT_URL.")
         if any(s in text for s in ("No space left", "os error 28", "File too large", "os error 27")):
-            return StoreError(
+            return StoreFullError(
                 f"Qdrant Edge {what} failed on {self.shard_path}: the disk is full (or a file size limit "
                 f"was reached): {text}. Free some space (or move QDRANT_PATH) and run the indexer again: "
                 "it goes on where it stopped.")
@@ -417,6 +418,22 @@ class EdgeStore(EngineStore):
         except (OSError, ValueError, KeyError, TypeError):
             return ""
 
+    def space_problem(self, points: int) -> str | None:
+        """Why writing `points` new points, and the index build after them, will not fit on the disk
+        (None when it will): the indexer warns before its run, so a long run does not stop midway."""
+        info = self.info()
+        dim = info.dim if info else 512
+        need = MIN_FREE_BYTES + 2 * points * _point_bytes(dim) + (self.count() + points) * _point_bytes(dim)
+        try:
+            free = shutil.disk_usage(self.folder if self.folder.exists() else self.folder.parent).free
+        except OSError:
+            return None
+        if free >= need:
+            return None
+        return (f"the disk of the vector store ({self.folder}, QDRANT_PATH) has {free / 2**20:.0f} MiB free; "
+                f"writing {points} points and building their index needs about {need / 2**20:.0f} MiB. The run "
+                "stops cleanly when the disk fills (run it again once space is freed: it goes on where it stopped).")
+
     def _check_space(self, need: int) -> None:
         """Raise StoreError when a write of about `need` bytes could fill the disk (see MIN_FREE_BYTES)."""
         try:
@@ -424,7 +441,7 @@ class EdgeStore(EngineStore):
         except OSError:
             return  # the write itself will tell
         if free < MIN_FREE_BYTES + need:
-            raise StoreError(
+            raise StoreFullError(
                 f"not enough free disk space for the vector store in {self.folder} (QDRANT_PATH): "
                 f"{free / 2**20:.0f} MiB free, {(MIN_FREE_BYTES + need) / 2**20:.0f} MiB wanted. Free some "
                 "space (or move QDRANT_PATH) and run the indexer again: it goes on where it stopped.")

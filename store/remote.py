@@ -37,7 +37,9 @@ from store.base import (
     Point,
     Record,
     SearchFilter,
+    StoreDamagedError,
     StoreError,
+    StoreFullError,
     StoreLockedError,
     clean_payload,
 )
@@ -54,6 +56,8 @@ ERRORS: dict[str, type[StoreError]] = {
     "model_mismatch": ModelMismatchError,
     "collection_missing": CollectionMissingError,
     "store_locked": StoreLockedError,
+    "store_full": StoreFullError,
+    "store_damaged": StoreDamagedError,
 }
 
 
