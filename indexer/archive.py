@@ -5,8 +5,8 @@ gzip stream on stdin is recognised by its magic bytes):
 
     {"format": "images-archive", "version": 1, "model_id": ..., "dim": ..., "described_by": {...},
      "index": {...}, "collection": ..., "exported_at": ...}                      the header
-    {"id": ..., "vector": <base64 of float32 little-endian>, "text": [[term ids], [weights]] | null,
-     "payload": {...}}                                                          one line per point
+    {"id": ..., "vector": <base64 of float32 little-endian>, "payload": {...},
+     "text": {"terms": <base64 of uint32 LE>, "weights": <base64 of float32 LE>} | null}   one line per point
     {"end": true, "count": N, "sha256": <hex of every line above, newlines included>}   the trailer
 
 Both directions stream in pages of PAGE points (memory does not grow with the collection). Import
@@ -29,7 +29,6 @@ import dataclasses
 import gzip
 import hashlib
 import json
-import math
 import os
 import shutil
 import sys
@@ -143,8 +142,21 @@ def _output(target: str) -> Iterator[IO[bytes]]:
 def record_to_json(record: Record) -> dict[str, Any]:
     vector = None if record.vector is None else base64.b64encode(
         np.ascontiguousarray(record.vector, dtype="<f4").tobytes()).decode("ascii")
-    text = None if record.text is None else [list(record.text), list(record.text.values())]
+    text = None if record.text is None else {
+        "terms": _b64(np.fromiter(record.text.keys(), dtype="<u4", count=len(record.text))),
+        "weights": _b64(np.fromiter(record.text.values(), dtype="<f4", count=len(record.text)))}
     return {"id": record.id, "vector": vector, "text": text, "payload": record.payload}
+
+
+def _b64(array: np.ndarray) -> str:
+    return base64.b64encode(np.ascontiguousarray(array).tobytes()).decode("ascii")
+
+
+def _unb64(value: Any, dtype: str) -> np.ndarray:
+    raw = base64.b64decode(str(value), validate=True)
+    if len(raw) % 4:
+        raise ValueError("a base64 array whose length is not a whole number of values")
+    return np.frombuffer(raw, dtype=dtype)
 
 
 def _line(data: dict[str, Any]) -> bytes:
@@ -261,10 +273,10 @@ def record_from_json(item: dict[str, Any], dim: int, name: str, line_no: int) ->
             vector = np.frombuffer(raw, dtype="<f4").astype(np.float32)
         text = None
         if item.get("text") is not None:
-            indices, values = item["text"]
-            text = {int(i): float(v) for i, v in zip(indices, values, strict=True)}
-            if not all(math.isfinite(v) for v in text.values()):
-                raise ValueError("a text vector weight is not finite")
+            terms, weights = _unb64(item["text"]["terms"], "<u4"), _unb64(item["text"]["weights"], "<f4")
+            if len(terms) != len(weights) or not np.isfinite(weights).all():
+                raise ValueError("a text vector whose terms and weights do not pair up, or are not finite")
+            text = dict(zip(terms.tolist(), weights.tolist(), strict=True))
     except (KeyError, TypeError, ValueError) as exc:
         raise ArchiveError(f"{where}: a malformed point ({exc}): the archive is damaged") from exc
     return Record(pid, vector, text, payload)
