@@ -28,7 +28,7 @@ def create_and_fill(folder: str, seed: int, start: Any, out: Any) -> None:
         store.upsert(points)
         store.close()
         out.put((seed, "ok", ""))
-    except Exception as exc:  # reported to the test, which checks what kind
+    except Exception as exc:  # noqa: BLE001 - reported to the test, which checks what kind
         out.put((seed, type(exc).__name__, str(exc)))
 
 
