@@ -209,6 +209,9 @@ def run(argv: list[str] | None = None) -> int:
         # The model (seconds to import and load) is loaded only once a file needs embedding.
         encoder = LazyEncoder(model_id, info.dim, load) if info and not args.recreate else load()
         store.ensure_collection(encoder.model_id, encoder.dim, recreate=args.recreate)
+        check = getattr(store, "check", None)  # a damaged store is named now, not left answering wrongly
+        if check is not None:
+            check()
         options = Options(batch_size=args.batch_size, workers=args.workers, progress=not args.no_progress)
         if args.watch:
             from indexer.watch import watch_until_signal

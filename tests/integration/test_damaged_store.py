@@ -127,7 +127,7 @@ def test_an_unavailable_store_message_carries_no_server_path(tmp_path: Path) -> 
         calls.thread.shutdown()
 
 
-@pytest.mark.parametrize("kind", ["garbled WAL", "garbled segment state"])
+@pytest.mark.parametrize("kind", ["garbled WAL", "garbled segment state", "garbled vectors"])
 def test_the_indexer_names_the_damaged_folder_and_the_way_back(kind: str, sound: Path, tiny_clip_dir: Path,
                                                                settings_env: Callable[..., Any], tmp_path: Path,
                                                                capsys: pytest.CaptureFixture[str]) -> None:
@@ -142,7 +142,8 @@ def test_the_indexer_names_the_damaged_folder_and_the_way_back(kind: str, sound:
     settings_env(CLIP_MODEL=tiny_clip_dir, QDRANT_PATH=folder, QDRANT_URL=None)
     assert run(["--library", str(library), "--no-progress"]) == 1
     err = capsys.readouterr().err
-    assert f"the vector store folder {folder} (QDRANT_PATH) is damaged" in err
+    assert (f"the vector store folder {folder} (QDRANT_PATH) is damaged" in err
+            or f"collection 'images' in {folder} answered a similarity of" in err)
     assert "--import FILE" in err and "--recreate" in err
     assert run(["--library", str(library), "--no-progress", "--recreate"]) == 0  # the way back works
     assert run(["--verify"]) == 0
