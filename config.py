@@ -66,7 +66,7 @@ class Settings(BaseSettings):
     watch_interval_s: float = Field(default=2.0, gt=0)  # `--watch`: how often the library is listed
     watch_settle_s: float = Field(default=2.0, ge=0)  # `--watch`: a file unchanged this long is indexed
     watch_events: bool = True  # `--watch`: filesystem events wake it early (false: polling only)
-    # The describe stage (`--describe`, indexer/describe.py): VQA_MODEL asked DESCRIBE_PROMPT about each photo
+    # The describe stage (`--describe`, indexer/describe_stage.py): VQA_MODEL asked DESCRIBE_PROMPT about each photo
     index_describe: bool = False  # true: every run (not --watch) describes what is not described yet
     describe_prompt: str = DEFAULT_DESCRIBE_PROMPT  # changing it re-describes every photo on the next run
     describe_batch_size: int = Field(default=8, ge=1, le=1024)  # photos per generate call and per write

@@ -17,7 +17,7 @@ import bentoml
 from pydantic import BeforeValidator, Field
 from starlette.responses import StreamingResponse
 
-from api import asgi, search
+from api import asgi, search_fields
 from api.asking import DEFAULT_TOP_K, Asking
 from api.errors import ApiError, bad_request, handles_errors
 from api.health import health_report
@@ -45,7 +45,7 @@ SETTINGS = get_settings()
 BUILD_INDEX_AT_START_POINTS = 20_000
 
 
-Text = Annotated[str, BeforeValidator(search.as_text)]  # a typed `2024` stays text (see as_text)
+Text = Annotated[str, BeforeValidator(search_fields.as_text)]  # a typed `2024` stays text (see as_text)
 ASK_TOP_K = min(DEFAULT_TOP_K, SETTINGS.ask_max_images)
 
 
@@ -98,10 +98,10 @@ class MultimodalServer:
     def build_pending_index(self) -> None:
         """Build the HNSW index of points that indexer runs wrote through the service, when there are
         many: now, before serving, since the build holds the GIL (store/edge.py, finish)."""
-        pending = getattr(self.store, "unindexed_points", None)
         try:
-            if pending is not None and pending() > BUILD_INDEX_AT_START_POINTS:
-                log.warning("building the search index of %d new points before serving", pending())
+            pending = self.store.unindexed_points()
+            if pending > BUILD_INDEX_AT_START_POINTS:
+                log.warning("building the search index of %d new points before serving", pending)
                 self.store.finish()
         except StoreError as exc:
             log.warning("cannot build the search index now (%s); searches scan the new points exactly", exc)
@@ -115,32 +115,32 @@ class MultimodalServer:
 
     @bentoml.api(route="/text2image_search")
     @handles_errors
-    @search.with_search_fields
+    @search_fields.with_search_fields
     async def text2image_search(
         self,
         text_query: Annotated[Text, Field(description="what to look for, in Chinese or English")],
         top_k: Annotated[int, Field(ge=1, le=SETTINGS.search_max_top_k)] = 5,
-        include_image: search.IncludeImage = True,
-        mode: search.SearchMode = None,
+        include_image: search_fields.IncludeImage = True,
+        mode: search_fields.SearchMode = None,
         **fields: Any,
     ) -> dict[str, Any]:
         """Find the library images that best match a text, best first: by CLIP similarity, by the words of
         their VLM-written descriptions, or both fused (`mode`)."""
         query = query_text(text_query, self.settings.max_query_chars)
-        page = search.search_page(top_k, max_window=self.settings.search_max_window, **fields)
+        page = search_fields.search_page(top_k, max_window=self.settings.search_max_window, **fields)
         results, ran = await self.searching.by_text(query, top_k, page, include_image, mode)
         return await self.searching.answer(  # type: ignore[return-value]
             {"status": "success", "query": text_query, "mode": ran, "results": results})
 
     @bentoml.api(route="/image2image_search")
     @handles_errors
-    @search.with_search_fields
+    @search_fields.with_search_fields
     async def image2image_search(
         self,
         image: Annotated[Path, Field(description="an image file to find similar ones to")] = NO_FILE,
         image_id: Annotated[Text | None, Field(description="a library-relative path, instead of an upload")] = None,
         top_k: Annotated[int, Field(ge=1, le=SETTINGS.search_max_top_k)] = 5,
-        include_image: search.IncludeImage = True,
+        include_image: search_fields.IncludeImage = True,
         **fields: Any,
     ) -> dict[str, Any]:
         """Find the library images most like an uploaded image or a library image (`image_id`, whose
@@ -148,7 +148,7 @@ class MultimodalServer:
         if (image is None) == (not image_id):
             raise bad_request("send exactly one of image or image_id")
         rel = self.searching.library_id(image_id) if image_id else None
-        page = search.search_page(top_k, max_window=self.settings.search_max_window,
+        page = search_fields.search_page(top_k, max_window=self.settings.search_max_window,
                                   exclude=(point_id(rel),) if rel else (), **fields)
         if rel is not None:
             results, query = await self.searching.by_image_id(rel, top_k, page, include_image), rel
@@ -190,38 +190,38 @@ class MultimodalServer:
 
     @bentoml.api(route="/ask")
     @handles_errors
-    @search.with_search_fields
+    @search_fields.with_search_fields
     async def ask(
         self,
         question: Annotated[Text, Field(description="the question, answered from the photos the search finds")],
-        query: Annotated[search.OptionalText, Field(description="the text to search with (default: the question)")]
-        = None,
+        query: Annotated[search_fields.OptionalText,
+                         Field(description="the text to search with (default: the question)")] = None,
         top_k: Annotated[int, Field(ge=1, le=SETTINGS.ask_max_images, description="photos given to the model")]
         = ASK_TOP_K,
-        mode: search.SearchMode = None,
+        mode: search_fields.SearchMode = None,
         **fields: Any,
     ) -> dict[str, Any]:
         """Answer a question from the library: the photos that match it (the search of /text2image_search)
         go to the VQA model numbered; `cited` holds the 1-based numbers of the sources the answer names."""
         asked, searched = self.asking.question(question, query)
-        page = search.search_page(top_k, max_window=self.settings.search_max_window, **fields)
+        page = search_fields.search_page(top_k, max_window=self.settings.search_max_window, **fields)
         return await self.asking.ask(asked, searched, top_k, page, mode)
 
     @bentoml.api(route="/ask/stream")
     @handles_errors
-    @search.with_search_fields
+    @search_fields.with_search_fields
     async def ask_stream(
         self,
         question: Text,
-        query: search.OptionalText = None,
+        query: search_fields.OptionalText = None,
         top_k: Annotated[int, Field(ge=1, le=SETTINGS.ask_max_images)] = ASK_TOP_K,
-        mode: search.SearchMode = None,
+        mode: search_fields.SearchMode = None,
         **fields: Any,
     ) -> str:
         """As /ask, as server-sent events: `sources` first, then `delta` ({"text"}) pieces of the answer,
         then `done` ({"answer", "cited"}); `error` ({"code", "message"}) if the model fails after the start."""
         asked, searched = self.asking.question(question, query)
-        page = search.search_page(top_k, max_window=self.settings.search_max_window, **fields)
+        page = search_fields.search_page(top_k, max_window=self.settings.search_max_window, **fields)
         return await self.asking.ask_stream(asked, searched, top_k, page, mode)  # type: ignore[return-value]
 
     async def health(self) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from api import openai
 from api.errors import ApiError, bad_request
 from api.json_body import parse_json
-from api.search import SearchPage, described_fields, image_urls, search_page
+from api.search_fields import SearchPage, described_fields, image_urls, search_page
 from api.searching import Searching
 from api.vqa_requests import VqaRequests
 from config import Settings
@@ -105,7 +105,7 @@ def last_user_text(messages: list[dict[str, Any]]) -> str:
 
 
 @dataclass(frozen=True)
-class Photo:
+class RetrievedPhoto:
     """A retrieved photo: what the answer shows as its source, and the bytes the model sees."""
 
     source: dict[str, Any]
@@ -132,13 +132,13 @@ class Asking:
                 raise bad_request(f"{name} is longer than {limit} characters")
         return asked, searched
 
-    async def retrieve(self, query: str, top_k: int, page: SearchPage, mode: str | None = None) -> list[Photo]:
+    async def retrieve(self, query: str, top_k: int, page: SearchPage, mode: str | None = None) -> list[RetrievedPhoto]:
         """The photos to answer from, best first: the search of /text2image_search in the same `mode`."""
         hits, _ = await self.searching.text_hits(query, top_k, page, mode)
-        photos: list[Photo] = await self.searching.off_loop(self.readable, hits)
+        photos: list[RetrievedPhoto] = await self.searching.off_loop(self.readable, hits)
         return photos
 
-    def readable(self, hits: list[Hit]) -> list[Photo]:
+    def readable(self, hits: list[Hit]) -> list[RetrievedPhoto]:
         """The hits whose file is still a readable image of the library; the others (deleted or changed
         since indexing) are left out, so the numbers the model sees are the sources' numbers."""
         photos = []
@@ -152,10 +152,10 @@ class Asking:
                 continue
             source = {"image": rel, "score": round(float(hit.score), 6), **described_fields(hit.payload),
                       **image_urls(rel)}
-            photos.append(Photo(source, data))
+            photos.append(RetrievedPhoto(source, data))
         return photos
 
-    def chat_request(self, photos: list[Photo], question: str, **sampling: Any) -> ChatRequest:
+    def chat_request(self, photos: list[RetrievedPhoto], question: str, **sampling: Any) -> ChatRequest:
         content = photo_content([p.data for p in photos], question, self.settings.ask_instruction)
         return ChatRequest(messages=[{"role": "user", "content": content}], deadline=self.vqa.deadline(), **sampling)
 
@@ -180,7 +180,7 @@ class Asking:
         return StreamingResponse(self.events(question, photos), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 
-    async def events(self, question: str, photos: list[Photo]) -> AsyncIterator[str]:
+    async def events(self, question: str, photos: list[RetrievedPhoto]) -> AsyncIterator[str]:
         sources = [p.source for p in photos]
         yield sse("sources", {"sources": sources})
         answer = ""
@@ -192,7 +192,8 @@ class Asking:
             yield sse("delta", {"text": piece})
         yield sse("done", {"answer": answer, "cited": cited_photos(answer, len(sources))})
 
-    async def answer_pieces(self, question: str, photos: list[Photo], **sampling: Any) -> AsyncIterator[str | ApiError]:
+    async def answer_pieces(self, question: str, photos: list[RetrievedPhoto],
+                            **sampling: Any) -> AsyncIterator[str | ApiError]:
         """The answer as it is generated (NO_MATCH without photos); a refusal of the model as its ApiError."""
         if not photos:
             yield NO_MATCH
@@ -230,7 +231,8 @@ class Asking:
         result = {**result, "text": result["text"] + sources_markdown([p.source for p in photos], cited)}
         return JSONResponse(openai.completion(LIBRARY_MODEL, result))
 
-    async def chat_events(self, question: str, photos: list[Photo], sampling: dict[str, Any]) -> AsyncIterator[str]:
+    async def chat_events(self, question: str, photos: list[RetrievedPhoto],
+                          sampling: dict[str, Any]) -> AsyncIterator[str]:
         chat_id = f"chatcmpl-{uuid.uuid4().hex}"
         yield openai.chunk(chat_id, LIBRARY_MODEL, {"role": "assistant", "content": ""})
         answer = ""

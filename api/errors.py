@@ -15,6 +15,14 @@ from starlette.responses import JSONResponse
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
+# The one code of each HTTP status, where a refusal's code is not more specific (an ApiError names its own;
+# these name the statuses that BentoML, Starlette and uvicorn answer by themselves). 408 is
+# "request_timeout" (what the receipt deadline has always sent), 504 "timeout" (the limits' deadline).
+CODES = {400: "invalid_argument", 401: "unauthorized", 403: "permission_denied", 404: "not_found",
+         405: "method_not_allowed", 408: "request_timeout", 409: "conflict", 413: "payload_too_large",
+         415: "unsupported_media_type", 422: "invalid_argument", 429: "too_many_requests",
+         503: "unavailable", 504: "timeout"}
+
 
 class ApiError(Exception):
     """Raised by request handling; becomes an error response with this status, code and message."""

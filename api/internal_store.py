@@ -3,8 +3,10 @@
 With the embedded store (no QDRANT_URL) the store folder is locked to the service's process, so an
 indexer run while the service serves sends its VectorStore calls here (store/remote.py, RemoteStore)
 and they run on the service's own store thread (api/store_calls.py), one at a time between searches.
-The ops are exactly the VectorStore methods the indexer uses; `finish` only flushes (the HNSW build
-holds the GIL for seconds, so it waits for the service's next start: store/edge.py, unindexed_points).
+One generic call: <op> is a VectorStore method named in REMOTE_METHODS (any other name: 404), the body
+its arguments (store/remote.py, decode_call: a malformed call is a 400), the answer {"result": ...}.
+An indexer's finish() only flushes here (the HNSW build holds the GIL for seconds, so it waits for the
+service's next start: store/edge.py, unindexed_points).
 
 Who may call (every refusal in the error shape; none of it is in /docs.json):
 - only a client on this machine (loopback, or the service's own listening address), with no
@@ -27,7 +29,7 @@ import os
 import secrets
 import socket
 import sys
-from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -37,16 +39,8 @@ from starlette.responses import JSONResponse, Response
 from api.errors import ApiError, bad_request, handles_errors, not_found
 from api.store_calls import StoreCalls
 from core.files import write_atomically
-from store.base import CollectionInfo, Point, StoreError, VectorStore
-from store.remote import (
-    TOKEN_HEADER,
-    decode_records,
-    decode_vectors,
-    encode_records,
-    encode_vectors,
-    error_code,
-    filter_from_json,
-)
+from store.base import StoreError, VectorStore
+from store.remote import REMOTE_METHODS, TOKEN_HEADER, decode_call, error_code, to_wire
 
 log = logging.getLogger("service")
 
@@ -58,123 +52,6 @@ STATUS = {"model_mismatch": 409, "collection_missing": 404, "store_locked": 423,
 
 def is_internal_path(path: str) -> bool:
     return path.startswith(PREFIX)
-
-
-# --- the ops: plain functions of the store and the JSON body, run on the store thread ----------------
-
-
-def op_info(store: VectorStore, body: dict[str, Any]) -> dict[str, Any]:
-    info: CollectionInfo | None = store.info()
-    return {"info": None if info is None else {"model_id": info.model_id, "dim": info.dim}}
-
-
-def op_ensure_collection(store: VectorStore, body: dict[str, Any]) -> dict[str, Any]:
-    store.ensure_collection(str(body["model_id"]), int(body["dim"]), recreate=bool(body.get("recreate", False)))
-    return {}
-
-
-def op_upsert(store: VectorStore, body: dict[str, Any]) -> dict[str, Any]:
-    ids, payloads = list(body["ids"]), list(body["payloads"])
-    if len(ids) != len(payloads) or not all(isinstance(p, dict) for p in payloads):
-        raise ValueError("ids and payloads must be lists of the same length, payloads objects")
-    vectors = decode_vectors(body, len(ids))
-    store.upsert([Point(str(i), v, p) for i, v, p in zip(ids, vectors, payloads, strict=True)])
-    return {}
-
-
-def op_delete(store: VectorStore, body: dict[str, Any]) -> dict[str, Any]:
-    store.delete([str(i) for i in body["ids"]])
-    return {}
-
-
-def op_payloads(store: VectorStore, body: dict[str, Any]) -> dict[str, Any]:
-    page = getattr(store, "payload_page", None)
-    if page is None:
-        raise StoreError("this store cannot be read page by page")
-    items, next_offset = page(body.get("offset"), max(1, min(int(body.get("limit", 512)), 4096)))
-    return {"items": items, "next": None if next_offset is None else str(next_offset)}
-
-
-def op_records(store: VectorStore, body: dict[str, Any]) -> dict[str, Any]:
-    """A page of whole points (python -m indexer --export / --verify through the service)."""
-    records, next_offset = store.records_page(body.get("offset"), max(1, min(int(body.get("limit", 256)), 4096)))
-    dim = next((len(r.vector) for r in records if r.vector is not None), 0)
-    return {**encode_records(records, dim), "next": None if next_offset is None else str(next_offset)}
-
-
-def op_restore(store: VectorStore, body: dict[str, Any]) -> dict[str, Any]:
-    """Write whole points as they are (python -m indexer --import through the service)."""
-    store.restore(decode_records(body))
-    return {}
-
-
-def op_vectors(store: VectorStore, body: dict[str, Any]) -> dict[str, Any]:
-    found = store.vectors([str(i) for i in body["ids"]])
-    ids = list(found)
-    if not ids:
-        return {"ids": [], "vectors": "", "dim": 0}
-    return {"ids": ids, **encode_vectors([found[i] for i in ids])}
-
-
-def op_search(store: VectorStore, body: dict[str, Any]) -> dict[str, Any]:
-    """A vector (`vectors` + `dim`), a `text`, or both (hybrid)."""
-    vector = decode_vectors(body, 1)[0] if "vectors" in body else None
-    text = body.get("text")
-    if vector is None and text is None:
-        raise ValueError("a search needs a vector, a text or both")
-    hits = store.search(vector, int(body["limit"]), filter_from_json(body.get("where")),
-                        offset=int(body.get("offset", 0)), dedup=bool(body.get("dedup", False)),
-                        text=None if text is None else str(text))
-    return {"hits": [[h.id, h.score, h.payload] for h in hits]}
-
-
-def op_set_payloads(store: VectorStore, body: dict[str, Any]) -> dict[str, Any]:
-    store.set_payloads(fields_by_id(body["payloads"]))
-    return {}
-
-
-def op_set_descriptions(store: VectorStore, body: dict[str, Any]) -> dict[str, Any]:
-    store.set_descriptions(fields_by_id(body["described"]))
-    return {}
-
-
-def op_described_counts(store: VectorStore, body: dict[str, Any]) -> dict[str, Any]:
-    return {"counts": store.described_counts()}
-
-
-def fields_by_id(value: Any) -> dict[str, dict[str, Any]]:
-    if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
-        raise ValueError("expected an object of id -> fields")
-    return {str(k): v for k, v in value.items()}
-
-
-def op_count(store: VectorStore, body: dict[str, Any]) -> dict[str, Any]:
-    return {"count": store.count()}
-
-
-def op_finish(store: VectorStore, body: dict[str, Any]) -> dict[str, Any]:
-    """Durable writes, no HNSW build: that holds the GIL (the whole service) for seconds."""
-    flush = getattr(store, "flush", None)
-    flush() if flush is not None else store.finish()
-    return {}
-
-
-OPS: dict[str, Callable[[VectorStore, dict[str, Any]], dict[str, Any]]] = {
-    "info": op_info,
-    "ensure_collection": op_ensure_collection,
-    "upsert": op_upsert,
-    "delete": op_delete,
-    "payloads": op_payloads,
-    "vectors": op_vectors,
-    "records": op_records,
-    "restore": op_restore,
-    "search": op_search,
-    "set_payloads": op_set_payloads,
-    "set_descriptions": op_set_descriptions,
-    "described_counts": op_described_counts,
-    "count": op_count,
-    "finish": op_finish,
-}
 
 
 # --- the route -----------------------------------------------------------------------------------
@@ -212,8 +89,8 @@ class InternalStore:
     @handles_errors
     async def handle(self, request: Request) -> Response:
         self.check_caller(request)
-        op = OPS.get(request.path_params.get("op", ""))
-        if op is None:
+        method = request.path_params.get("op", "")
+        if method not in REMOTE_METHODS:
             raise not_found("no such store operation")
         try:
             body = json.loads(await request.body() or b"{}")
@@ -222,18 +99,22 @@ class InternalStore:
         if not isinstance(body, dict):
             raise bad_request("the body must be a JSON object")
         try:
-            result = await self.calls.call(op, self.store, body)
-            if op is op_finish and self.calls.damaged:  # an indexer repaired it (--recreate, --import)?
+            result = await self.calls.call(partial(self.run, method, body))
+            if method == "flush" and self.calls.damaged:  # the end of an indexer run: repaired it?
                 await self.calls.call(self.recheck)
         except StoreError as exc:
             code = error_code(exc)
             raise ApiError(STATUS[code], code, str(exc)) from exc
         except (ValueError, KeyError, TypeError) as exc:
-            raise bad_request(f"malformed {request.path_params['op']} call: {exc}") from exc
-        return JSONResponse(result)
+            raise bad_request(f"malformed {method} call: {exc}") from exc
+        return JSONResponse({"result": to_wire(result)})
+
+    def run(self, method: str, body: dict[str, Any]) -> Any:
+        """VectorStore.<method> of the service's store with the call's arguments (on the store thread)."""
+        return getattr(self.store, method)(**decode_call(method, body))
 
     def recheck(self) -> None:
-        """Clear the service's "damaged" mark when the store passes its probe again."""
+        """Clear the service's "damaged" mark when the store passes its probe again (--recreate, --import)."""
         check = getattr(self.store, "check", None)
         if check is not None:
             try:

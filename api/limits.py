@@ -6,20 +6,13 @@ from __future__ import annotations
 import asyncio
 import hmac
 import tempfile
-from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from api.errors import ApiError
+from api.asgi_types import METRICS_PATH, PROBES, App, Message, Receive, Scope, Send, StatusWatch
+from api.errors import CODES, ApiError
 from api.internal_store import is_internal_path
 from api.ui import is_ui_path
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-App = Callable[[Scope, Receive, Send], Awaitable[None]]
-
-PROBES = frozenset({"/livez", "/readyz", "/healthz"})
 SPOOL_BYTES = 1024 * 1024  # a received body over this waits in a temporary file, not in memory
 CHUNK = 64 * 1024
 DOCS = ("/docs.json", "/", "/assets", "/static_content", "/schema.json")
@@ -105,7 +98,7 @@ class Limits:
     def open_path(self, path: str) -> bool:
         if is_ui_path(path) or is_internal_path(path):
             return True  # the indexer's write path checks its own, stronger, credentials (api/internal_store.py)
-        if path == "/metrics":
+        if path == METRICS_PATH:
             return self.public_metrics
         return self.public_docs and (path in DOCS or path.startswith(("/assets/", "/static_content/")))
 
@@ -121,20 +114,14 @@ class Limits:
 
     async def limited(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Run the app with a deadline for the first response byte."""
-        started = False
-
-        async def watched_send(message: Message) -> None:
-            nonlocal started
-            started = True
-            await send(message)
-
-        task = asyncio.ensure_future(self.app(scope, receive, watched_send))
+        watch = StatusWatch(send)
+        task = asyncio.ensure_future(self.app(scope, receive, watch))
         done, _ = await asyncio.wait({task}, timeout=self.timeout_s)
-        while not done and started:  # streaming: the deadline is for the first byte only
+        while not done and watch.started:  # streaming: the deadline is for the first byte only
             done, _ = await asyncio.wait({task})
         if not done:
             task.cancel()
-            late = ApiError(504, "timeout", f"no answer within {self.timeout_s:g} s: retry later")
+            late = ApiError(504, CODES[504], f"no answer within {self.timeout_s:g} s: retry later")
             return await late.response()(scope, receive, send)
         task.result()
 

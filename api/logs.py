@@ -5,7 +5,8 @@ HTTP request gets an id: the caller's `X-Request-ID` when it is sane (1-128 char
 digits and `-_.:`), else a new random one. The id is sent back in the `X-Request-ID` response header
 and is logged, with method, path, status and duration, as one line on stderr per request on the
 `mms.requests` logger: a JSON object (LOG_FORMAT=json, the default) or `key=value` text
-(LOG_FORMAT=text). Probes (/livez, /readyz, /healthz) and /metrics get the header but no line.
+(LOG_FORMAT=text), with the route it reached (its path template, e.g. `/images/{path:path}`, read from the
+app). Probes (/livez, /readyz, /healthz: api/asgi_types.py, PROBES) and /metrics get the header but no line.
 """
 
 from __future__ import annotations
@@ -16,20 +17,14 @@ import re
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable, MutableMapping
 from datetime import UTC, datetime
-from typing import Any
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-App = Callable[[Scope, Receive, Send], Awaitable[None]]
+from api.asgi_types import METRICS_PATH, PROBES, App, Message, Receive, Scope, Send, StatusWatch, route_of
 
 HEADER = b"x-request-id"
 SANE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
-QUIET = frozenset({"/livez", "/readyz", "/healthz", "/metrics"})
-FIELDS = ("request_id", "method", "path", "status", "duration_ms", "client")
+QUIET = PROBES | {METRICS_PATH}
+FIELDS = ("request_id", "method", "path", "status", "duration_ms", "client", "route")
 
 log = logging.getLogger("mms.requests")
 
@@ -78,25 +73,25 @@ class RequestLog:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         rid = incoming_id(scope) or uuid.uuid4().hex
-        status = {"code": 500}  # an app that raises before answering
         started = time.perf_counter()
 
-        async def with_id(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                status["code"] = int(message["status"])
-                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != HEADER]
-                message["headers"] = [*headers, (HEADER, rid.encode("latin-1"))]
-            await send(message)
+        def with_id(message: Message) -> Message:
+            headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != HEADER]
+            message["headers"] = [*headers, (HEADER, rid.encode("latin-1"))]
+            return message
 
+        watch = StatusWatch(send, on_start=with_id)
         try:
-            await self.app(scope, receive, with_id)
+            await self.app(scope, receive, watch)
         finally:
             if scope.get("path") not in QUIET:
-                self.write(scope, rid, status["code"], time.perf_counter() - started)
+                self.write(scope, rid, watch.status, time.perf_counter() - started)
 
     @staticmethod
     def write(scope: Scope, rid: str, status: int, seconds: float) -> None:
         client = scope.get("client")
+        route = route_of(scope)  # the endpoint's path template, read from the app (none when unrouted)
         log.info("request", extra={
             "request_id": rid, "method": scope.get("method"), "path": scope.get("path"), "status": status,
-            "duration_ms": round(seconds * 1000, 2), "client": client[0] if client else None})
+            "duration_ms": round(seconds * 1000, 2), "client": client[0] if client else None,
+            **({"route": route} if route else {})})

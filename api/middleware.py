@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Awaitable, Callable, MutableMapping
 from http import HTTPStatus
 from typing import Any
 from urllib.parse import unquote_plus, unquote_to_bytes
@@ -39,7 +38,8 @@ from python_multipart.multipart import MultipartParser, QuerystringParser, parse
 from starlette.datastructures import MutableHeaders
 from starlette.responses import Response
 
-from api.errors import ApiError
+from api.asgi_types import METRICS_PATH, PROBES, App, Message, Receive, Scope, Send, StatusWatch
+from api.errors import CODES, ApiError
 from api.json_body import TOO_DEEP, too_deep
 from api.openapi import fix_spec
 from api.ui import UI_POLICY, is_ui_path
@@ -47,21 +47,11 @@ from core.bentoml_compat import MAX_FIELD_BYTES, MAX_PARTS, upload_name_problem 
 
 log = logging.getLogger("service")
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-
 JSON = "application/json"
 FORMS = ("multipart/form-data", "application/x-www-form-urlencoded")
 SUPPORTED = f"{JSON}, {FORMS[0]} or {FORMS[1]}"
-UNTOUCHED = ("/readyz", "/livez", "/healthz", "/metrics")
+UNTOUCHED = PROBES | {METRICS_PATH}
 INTERNAL = "an unexpected error occurred; the server log has the details"
-CODES = {400: "invalid_argument", 401: "unauthorized", 403: "permission_denied", 404: "not_found",
-         405: "method_not_allowed", 408: "timeout", 409: "conflict", 413: "payload_too_large",
-         415: "unsupported_media_type", 422: "invalid_argument", 429: "too_many_requests",
-         503: "unavailable", 504: "timeout"}
 
 
 def is_shaped(body: Any) -> bool:
@@ -82,7 +72,7 @@ def validation_error(details: list[Any]) -> tuple[str, str]:
     return "invalid_argument", "; ".join(parts) or "invalid input"
 
 
-def describe(status: int, content_type: str, body: bytes, method: str, path: str, allow: str | None
+def error_fields(status: int, content_type: str, body: bytes, method: str, path: str, allow: str | None
              ) -> tuple[str, str] | None:
     """(code, message) for an error response, or None when it already has our shape."""
     data: Any = None
@@ -254,7 +244,7 @@ class ErrorShaper:
             found: tuple[str, str] | None = self.inspector.problem
             status = 400
         else:
-            found = describe(status, headers.get("content-type", ""), bytes(self.body), self.scope["method"],
+            found = error_fields(status, headers.get("content-type", ""), bytes(self.body), self.scope["method"],
                              self.scope["path"], headers.get("allow"))
         if found is None:
             body = bytes(self.body)
@@ -278,7 +268,7 @@ class SecurityHeaders:
 
     NOSNIFF = (b"x-content-type-options", b"nosniff")
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: App) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -290,20 +280,15 @@ class SecurityHeaders:
             added.append((b"content-security-policy", UI_POLICY.encode("ascii")))
         names = {name for name, _ in added}
 
-        started = False
+        def with_headers(message: Message) -> Message:
+            kept = [(k, v) for k, v in message.get("headers", []) if k.lower() not in names]
+            return {**message, "headers": kept + added}
 
-        async def send_with_headers(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-                kept = [(k, v) for k, v in message.get("headers", []) if k.lower() not in names]
-                message = {**message, "headers": kept + added}
-            await send(message)
-
+        send_with_headers = StatusWatch(send, on_start=with_headers)
         try:
             await self.app(scope, receive, send_with_headers)
         except Exception:
-            if started:
+            if send_with_headers.started:
                 raise
             log.exception("unhandled error on %s %s", scope["method"], scope["path"])
             await ApiError(500, "internal_error", INTERNAL).response()(scope, receive, send_with_headers)
@@ -312,7 +297,7 @@ class SecurityHeaders:
 class ApiContractMiddleware:
     """See the module docstring. `service` is the BentoML service (its API routes, file fields and spec)."""
 
-    def __init__(self, app: ASGIApp, service: Any, version: str = "dev") -> None:
+    def __init__(self, app: App, service: Any, version: str = "dev") -> None:
         self.app = app
         self.service = service
         self.version = version

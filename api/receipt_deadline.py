@@ -19,6 +19,8 @@ import json
 import logging
 from typing import Any
 
+from api.errors import CODES
+
 log = logging.getLogger("service")
 
 
@@ -98,7 +100,7 @@ def timeout_response(part: str, limit: float) -> bytes:
     """A raw HTTP 408 in the API's error shape (written straight to the socket: the request never
     reached, or never finished reaching, the app)."""
     body = json.dumps({"status": "error", "error": {
-        "code": "request_timeout", "message": f"the request {part} did not arrive within {limit:g} s"}}).encode()
+        "code": CODES[408], "message": f"the request {part} did not arrive within {limit:g} s"}}).encode()
     head = (f"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
             "connection: close\r\nx-content-type-options: nosniff\r\n\r\n").encode("ascii")
     return head + body

@@ -22,7 +22,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from api.errors import ApiError, bad_request, not_found
 from api.runner_calls import from_runner
-from api.search import SearchPage, result_item
+from api.search_fields import SearchPage, result_item
 from api.store_calls import StoreCalls
 from api.stream_slots import StreamSlots
 from config import Settings

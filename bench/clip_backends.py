@@ -83,13 +83,13 @@ def rankings(encoder: ClipEncoder, library: list[Image.Image], queries: list[Ima
 
 def index_rate(encoder: ClipEncoder, library: Path, work: Path) -> float:
     """Photos per second of one indexing run (decode + embed + write) into a fresh embedded store."""
-    from indexer.pipeline import Indexer, Options
+    from indexer.pipeline import Indexer, IndexOptions
     from store.edge import EdgeStore
 
     store = EdgeStore(work, "images")
     store.ensure_collection(encoder.model_id, encoder.dim, recreate=True)
     started = time.perf_counter()
-    summary = Indexer(store, encoder, Options(progress=False)).run(library)
+    summary = Indexer(store, encoder, IndexOptions(progress=False)).run(library)
     elapsed = time.perf_counter() - started
     store.close()
     assert summary.added == summary.scanned and summary.failed == 0, summary

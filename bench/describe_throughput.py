@@ -61,7 +61,8 @@ def main() -> None:
         settings = Settings(_env_file=None, vqa_model=str(folder), device="cpu",  # type: ignore[call-arg]
                             vqa_quantization="none")
         vlm = VisionLanguageModel.load(folder, settings)
-        vlm.model.generation_config.min_new_tokens = args.new_tokens  # random weights stop anywhere
+        # random weights stop anywhere
+        vlm.engine.model.generation_config.min_new_tokens = args.new_tokens  # type: ignore[attr-defined]
         describer = Describer(vlm, DEFAULT_DESCRIBE_PROMPT, args.new_tokens)
         images = photos(args.photos)
         one = rate(describer, images, 1)

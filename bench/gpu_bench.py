@@ -70,7 +70,7 @@ def release() -> None:
 
 def bench_vlm(folder: Path, device: str, quantization: str, new_tokens: int, repeats: int) -> dict[str, Any]:
     from config import Settings
-    from runners.vlm import VisionLanguageModel, VQAItem, item_messages
+    from runners.vlm import VisionLanguageModel, VQAItem, first_error, item_messages
 
     settings = Settings(device=device, vqa_max_new_tokens=new_tokens)  # type: ignore[arg-type]
     release()
@@ -81,12 +81,12 @@ def bench_vlm(folder: Path, device: str, quantization: str, new_tokens: int, rep
     memory = gpu_gib()
     images = [draw_shape(s, c, size=448, seed=i) for i, (s, c) in enumerate(CLASSES[:8])]
     convs = [item_messages(VQAItem(images=[img], question=QUESTION)) for img in images]
-    vlm.generate(convs[:1], 2)  # warm-up (kernels, allocator)
+    first_error(vlm.generate_each(convs[:1], 2))  # warm-up (kernels, allocator)
 
     first = []
     for _ in range(repeats):  # prefill + one token: time to the first token of an answer
         started = time.perf_counter()
-        vlm.generate(convs[:1], 1)
+        first_error(vlm.generate_each(convs[:1], 1))
         sync()
         first.append(time.perf_counter() - started)
 
@@ -96,7 +96,7 @@ def bench_vlm(folder: Path, device: str, quantization: str, new_tokens: int, rep
         runs = []
         for _ in range(repeats):
             started = time.perf_counter()
-            out = vlm.generate(convs[:batch], new_tokens)
+            out = first_error(vlm.generate_each(convs[:batch], new_tokens))
             sync()
             elapsed = time.perf_counter() - started
             count = sum(g.completion_tokens for g in out)
@@ -106,7 +106,7 @@ def bench_vlm(folder: Path, device: str, quantization: str, new_tokens: int, rep
     result = {"quantization": quantization, "load_s": round(load_s, 2), "gpu_allocated_gib": memory["allocated_gib"],
               "gpu_peak_gib": gpu_gib()["peak_gib"], "first_token_ms": round(1000 * median(first), 1),
               "tok_s_b1": round(rates[1], 1), "tok_s_b8": round(rates[8], 1),
-              "tokens_b1": tokens[1], "tokens_b8": tokens[8], "dtype": str(vlm.model.dtype)}
+              "tokens_b1": tokens[1], "tokens_b8": tokens[8], "dtype": vlm.precision}
     del vlm
     release()
     return result

@@ -35,6 +35,8 @@ from _report import median, record, table
 from gpu_bench import bench_clip, gpu_gib, release, sync
 from vqa_pixels import SIZES, photo
 
+from runners.vlm import first_error
+
 PHOTO = SIZES["1 MP"]
 
 
@@ -47,9 +49,9 @@ def describe_conversation(image: Any) -> list[dict[str, Any]]:
 
 def timed_generate(vlm: Any, conversations: list[Any], tokens: int) -> float:
     """Seconds for one generate of exactly `tokens` new tokens per conversation."""
-    vlm.model.generation_config.min_new_tokens = tokens  # random weights could end an answer at any token
+    vlm.engine.model.generation_config.min_new_tokens = tokens  # random weights could end an answer at any token
     started = time.perf_counter()
-    results = vlm.generate(conversations, tokens)
+    results = first_error(vlm.generate_each(conversations, tokens))
     sync()
     elapsed = time.perf_counter() - started
     counts = {g.completion_tokens for g in results}
@@ -93,14 +95,15 @@ def measure(vlm: Any, args: argparse.Namespace) -> dict[str, Any]:
     memory = gpu_gib()
     image = photo(*PHOTO)
     convs = [describe_conversation(image) for _ in range(args.batch)]
-    prompt_tokens = vlm.generate(convs[:1], 1)[0].prompt_tokens  # also warms up kernels and the allocator
-    vlm.generate(convs, 2)
+    # also warms up kernels and the allocator
+    prompt_tokens = first_error(vlm.generate_each(convs[:1], 1))[0].prompt_tokens
+    first_error(vlm.generate_each(convs, 2))
     sizes = (1, args.batch)
     first = {b: median([timed_generate(vlm, convs[:b], 1) for _ in range(args.repeats)]) for b in sizes}
     full = {b: median([timed_generate(vlm, convs[:b], args.new_tokens) for _ in range(args.repeats)])
             for b in sizes}
     figures: dict[str, Any] = {"prompt_tokens": prompt_tokens, "gpu_allocated_gib": memory["allocated_gib"],
-                               "dtype": str(vlm.model.dtype), "first_token_ms": round(1000 * first[1], 1)}
+                               "dtype": str(vlm.engine.model.dtype), "first_token_ms": round(1000 * first[1], 1)}
     for b in sizes:
         decode_s = max(full[b] - first[b], 1e-9)  # the other new_tokens - 1 steps of every row
         figures[f"first_token_ms_b{b}"] = round(1000 * first[b], 1)

@@ -69,13 +69,13 @@ def build_medium_clip(folder: Path) -> Path:
 
 
 def run_project(encoder: Any, library: Path, work: Path) -> tuple[float, dict[str, float]]:
-    from indexer.pipeline import Indexer, Options
+    from indexer.pipeline import Indexer, IndexOptions
     from store.edge import EdgeStore
 
     store = EdgeStore(work, "images")
     store.ensure_collection(encoder.model_id, encoder.dim, recreate=True)
     started = time.perf_counter()
-    summary = Indexer(store, encoder, Options(progress=False)).run(library)
+    summary = Indexer(store, encoder, IndexOptions(progress=False)).run(library)
     elapsed = time.perf_counter() - started
     store.close()
     assert summary.added == summary.scanned and summary.failed == 0, summary

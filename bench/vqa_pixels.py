@@ -43,7 +43,7 @@ def prefill(model: object, image: Image.Image) -> tuple[int, float]:
     conversation = [{"role": "user", "content": [{"type": "image", "image": image},
                                                  {"type": "text", "text": "What is in the photo?"}]}]
     started = time.perf_counter()
-    result = model.generate([conversation], max_new_tokens=1)[0]  # type: ignore[attr-defined]
+    result = model.generate_each([conversation], 1)[0]  # type: ignore[attr-defined]
     return result.prompt_tokens, time.perf_counter() - started
 
 

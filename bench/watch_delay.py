@@ -29,7 +29,7 @@ from _report import median, percentile, record, table  # noqa: E402
 from index_vs_seed import TINY, make_photos  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from indexer.pipeline import Indexer, Options, Summary  # noqa: E402
+from indexer.pipeline import Indexer, IndexOptions, Summary  # noqa: E402
 from indexer.watch import Events, Watcher, follow  # noqa: E402
 from runners.clip import ClipEncoder  # noqa: E402
 from store.edge import EdgeStore  # noqa: E402
@@ -61,7 +61,7 @@ def measure(work: Path, encoder: ClipEncoder, n_library: int, n_copies: int, int
     make_photos(library, n_library, seed=1)
     store = EdgeStore(work / "qdrant", "images")
     store.ensure_collection(encoder.model_id, encoder.dim)
-    options = Options(progress=False, keep_if_empty=True)
+    options = IndexOptions(progress=False, keep_if_empty=True)
     Indexer(store, encoder, options).run(library)
     new = make_photos(work / "new", n_copies, seed=2)
     vectors = {p.name: encoder.encode_images([_open(p)])[0] for p in new}

@@ -139,7 +139,7 @@ WORKAROUNDS: tuple[Workaround, ...] = (
         "form values JSON-decoded",
         "none filed; _bentoml_impl/serde.py MultipartSerde.parse_request (json.loads on every value)",
         "a form text such as `2024` or `true` arrives as a number or a boolean; a `str` field refuses it",
-        "api/search.py as_text (the `Text` annotation in service.py) turns it back into the text sent"),
+        "api/search_fields.py as_text (the `Text` annotation in service.py) turns it back into the text sent"),
     Workaround(
         "deeply nested form values",
         "none filed; _bentoml_impl/serde.py MultipartSerde.parse_request (catches JSONDecodeError only)",

@@ -7,7 +7,9 @@ whole folder, so a metric recorded in a runner process shows up there too. prome
 on first use, never at import time, so that it starts in multiprocess mode in BentoML's workers
 (BentoML's own advice; see core/bentoml_compat.py, PROMETHEUS_ALIAS).
 
-- `mms_search_requests_total{endpoint, status}`: search requests by route and HTTP status;
+- `mms_requests_total{endpoint, status}`: requests by route (its path template, read from the app: every
+  endpoint) and HTTP status;
+- `mms_search_requests_total{endpoint, status}`: the same for the search routes only;
 - `mms_vqa_requests_total{endpoint, status}`: the same for /vqa, /vqa/stream and /v1/chat/completions;
 - `mms_vqa_generated_tokens_total{endpoint}`: tokens of the answers whose count is known (not streamed);
 - `mms_runner_batch_size{runner, method}`: items per call of the runners' batching APIs (recorded in
@@ -29,6 +31,8 @@ class Metrics:
     def __init__(self) -> None:
         from prometheus_client import Counter, Histogram
 
+        self.requests = Counter("mms_requests", "Requests by endpoint (route path template) and HTTP status",
+                                ["endpoint", "status"])
         self.searches = Counter("mms_search_requests", "Search requests by endpoint and HTTP status",
                                 ["endpoint", "status"])
         self.vqa = Counter("mms_vqa_requests", "Visual question answering requests by endpoint and HTTP status",

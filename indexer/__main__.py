@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 
 from config import Settings, get_settings
-from indexer.pipeline import ImageEncoder, Indexer, Options, Summary, encode_each
+from indexer.pipeline import ImageEncoder, Indexer, IndexOptions, Summary, encode_each
 from store import open_store_for_writing
 from store.base import CollectionInfo, ModelMismatchError, StoreError, StoreLockedError, VectorStore
 
@@ -155,10 +155,9 @@ def printable(name: str) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in name)
 
 
-def describe(store: VectorStore, library: Path, settings: Settings, options: Options, summary: Summary) -> None:
+def describe(store: VectorStore, library: Path, settings: Settings, options: IndexOptions, summary: Summary) -> None:
     """The describe stage after the embedding run; VQA_MODEL is loaded only if a photo needs the model."""
-    from indexer.describe import DescribeStage
-    from indexer.describe import Options as DescribeOptions
+    from indexer.describe_stage import DescribeOptions, DescribeStage
     from runners.describe import Describer, described_by_of
 
     stage_options = DescribeOptions(batch_size=settings.describe_batch_size, workers=options.workers,
@@ -212,7 +211,7 @@ def run(argv: list[str] | None = None) -> int:
         check = getattr(store, "check", None)  # a damaged store is named now, not left answering wrongly
         if check is not None:
             check()
-        options = Options(batch_size=args.batch_size, workers=args.workers, progress=not args.no_progress)
+        options = IndexOptions(batch_size=args.batch_size, workers=args.workers, progress=not args.no_progress)
         if args.watch:
             from indexer.watch import watch_until_signal
 

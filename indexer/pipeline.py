@@ -41,7 +41,7 @@ class Summary:
     failed: int = 0
     reused: int = 0  # vectors taken over from a renamed/copied file or a touched file
     payload_updated: int = 0  # unchanged files whose payload gained new fields (no re-embedding)
-    # The describe stage (indexer/describe.py, `--describe`): points that got a description this run, of
+    # The describe stage (indexer/describe_stage.py, `--describe`): points that got a description this run, of
     # them those copied from a point with the same content (no model call), and photos it could not describe.
     described: int = 0
     descriptions_reused: int = 0
@@ -54,7 +54,7 @@ class Summary:
 
 
 @dataclass
-class Options:
+class IndexOptions:
     batch_size: int = 32
     workers: int = 4
     draft_size: int | None = DRAFT_SIZE  # JPEGs decode at a reduced scale no smaller than this
@@ -68,10 +68,10 @@ class Options:
 class Indexer:
     """One indexing run of `root` into `store` with `encoder`."""
 
-    def __init__(self, store: VectorStore, encoder: ImageEncoder, options: Options | None = None) -> None:
+    def __init__(self, store: VectorStore, encoder: ImageEncoder, options: IndexOptions | None = None) -> None:
         self.store = store
         self.encoder = encoder
-        self.options = options or Options()
+        self.options = options or IndexOptions()
         self.summary = Summary()
         self.to_embed: list[Decoded] = []
         self.to_reuse: list[tuple[Decoded, str]] = []

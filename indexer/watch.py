@@ -33,7 +33,7 @@ from types import FrameType
 from typing import Any
 
 from core.library import NotInLibrary, is_hidden, is_image_name, library_name
-from indexer.pipeline import ImageEncoder, Indexer, Options, Summary
+from indexer.pipeline import ImageEncoder, Indexer, IndexOptions, Summary
 from store.base import VectorStore
 
 log = logging.getLogger("indexer.watch")
@@ -287,7 +287,7 @@ def next_wait(watcher: Watcher, events: Events, interval_s: float) -> float:
     return min(interval_s, max(0.0, due - watcher.settler.clock()) + 0.01)
 
 
-def watch(store: VectorStore, encoder: ImageEncoder, root: Path, options: Options, interval_s: float,
+def watch(store: VectorStore, encoder: ImageEncoder, root: Path, options: IndexOptions, interval_s: float,
           settle_s: float, stop: threading.Event, events: bool = True) -> None:
     """Watch and index until `stop` is set; a pass under way ends after its current batch."""
     pass_options = replace(options, progress=False, keep_if_empty=True, stop=stop.is_set)
@@ -300,7 +300,7 @@ def watch(store: VectorStore, encoder: ImageEncoder, root: Path, options: Option
     follow(watcher, Events(root, interval_s, events), interval_s, stop)
 
 
-def watch_until_signal(store: VectorStore, encoder: ImageEncoder, root: Path, options: Options,
+def watch_until_signal(store: VectorStore, encoder: ImageEncoder, root: Path, options: IndexOptions,
                        interval_s: float, settle_s: float, events: bool = True) -> None:
     """`watch` in the main thread, ended by SIGTERM or SIGINT (Ctrl-C) after the current batch."""
     stop = threading.Event()

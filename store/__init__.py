@@ -78,7 +78,7 @@ def open_store_for_writing(settings: Settings) -> VectorStore:
 
     found = read_service_file(service_file_path(settings.qdrant_path, settings.qdrant_collection))
     if found is not None and found.collection == settings.qdrant_collection:
-        remote = RemoteStore.from_file(found)
+        remote = RemoteStore.from_file(found, settings.request_timeout_s)  # waits past the service's own
         try:
             remote.info()  # the service answers: write through it
             return remote

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -207,6 +206,10 @@ class VectorStore(Protocol):
     def payloads(self) -> Iterator[tuple[str, dict[str, Any]]]:
         """Every point's id and payload (no vectors)."""
 
+    def payload_page(self, offset: Any, limit: int) -> tuple[list[tuple[str, dict[str, Any]]], Any]:
+        """One page of payloads() from `offset` (None: the start) and the next page's offset (None after
+        the last): how an indexer writing through a service reads them (store/remote.py)."""
+
     def vectors(self, ids: Sequence[str]) -> dict[str, np.ndarray]:
         """Stored vectors of the given ids (missing ids are left out)."""
 
@@ -249,10 +252,18 @@ class VectorStore(Protocol):
     def finish(self) -> None:
         """Make writes durable and build the search index (end of an indexer run)."""
 
+    def flush(self) -> None:
+        """Make writes durable without building the search index: the end of an indexer run written
+        through a service, whose store must not hold the GIL for seconds (store/edge.py, finish)."""
+
+    def unindexed_points(self) -> int:
+        """Points outside the search index (written since the last finish()); 0 where the engine
+        indexes in the background (a Qdrant server)."""
+
     def close(self) -> None: ...
 
 
-# --- helpers shared by the backends -------------------------------------------------------------
+# --- payload helpers (the backends and the indexer's write path) ---------------------------------
 
 
 def clean_payload(payload: dict[str, Any]) -> dict[str, Any]:
@@ -275,25 +286,6 @@ def clean_payload(payload: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def as_vector(vector: Any) -> list[float]:
-    """A float32 vector as the list of floats the Qdrant APIs take."""
-    arr = np.asarray(vector, dtype=np.float32)
-    if arr.ndim != 1:
-        raise StoreError(f"a vector must be one-dimensional, got shape {arr.shape}")
-    return arr.tolist()  # type: ignore[no-any-return]
-
-
-def require_same_model(stored: CollectionInfo, model_id: str, dim: int, where: str) -> None:
-    """Raise ModelMismatchError when the collection was made by another model or dimension."""
-    if stored.model_id == model_id and stored.dim == dim:
-        return
-    made_by = f"{stored.model_id!r}" if stored.model_id else "an unrecorded model"
-    raise ModelMismatchError(
-        f"{where} holds {stored.dim}-dimensional vectors made by {made_by}, but the current model is "
-        f"{model_id!r} ({dim} dimensions). Re-create the collection (indexer --recreate) to re-embed "
-        "the library with the current model, or point QDRANT_COLLECTION at another collection.")
-
-
 def description_of(payload: dict[str, Any]) -> dict[str, Any]:
     """A point's DESCRIPTION_FIELDS, as set_descriptions takes them (to copy one point's description to another)."""
     return {key: payload.get(key) for key in DESCRIPTION_FIELDS}
@@ -309,44 +301,3 @@ def description_text(fields: dict[str, Any]) -> str:
         elif value is not None:
             parts.append(str(value))
     return "\n".join(parts)
-
-
-def search_pages(query: Callable[[int, int], list[Hit]], limit: int, offset: int, dedup: bool) -> list[Hit]:
-    """Run a backend's `query(limit, offset)` for one page. With dedup, fetch from the top, more and
-    more, until the collapsed list covers the page or the matches run out, so that page n+1 starts
-    right after page n."""
-    if limit <= 0:
-        return []
-    if not dedup:
-        return query(limit, offset)
-    wanted = offset + limit
-    fetch = wanted * DEDUP_FETCH_FACTOR
-    while True:
-        hits = query(fetch, 0)
-        unique = best_per_content(hits)
-        if len(unique) >= wanted or len(hits) < fetch:
-            return unique[offset:wanted]
-        fetch *= DEDUP_FETCH_FACTOR
-
-
-def best_per_content(hits: list[Hit]) -> list[Hit]:
-    """The first (best) hit of each content_hash, in order; hits without a hash are all kept. Equal
-    scores (identical copies have identical vectors) are ordered by path first, so the copy kept, and
-    so every page, is the same whatever number of hits the engine was asked for."""
-    seen: set[str] = set()
-    out = []
-    for hit in sorted(hits, key=lambda h: (-h.score, str(h.payload.get("path", h.id)))):
-        key = str(hit.payload.get("content_hash") or f"id:{hit.id}")
-        if key not in seen:
-            seen.add(key)
-            out.append(hit)
-    return out
-
-
-def same_payload_groups(payloads: dict[str, dict[str, Any]]) -> list[tuple[list[str], dict[str, Any]]]:
-    """(ids, fields) groups of points that get the same fields, so each group is one update."""
-    groups: dict[str, tuple[list[str], dict[str, Any]]] = {}
-    for pid, fields in payloads.items():
-        clean = clean_payload(fields)
-        groups.setdefault(json.dumps(clean, sort_keys=True), ([], clean))[0].append(pid)
-    return list(groups.values())

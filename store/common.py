@@ -3,8 +3,9 @@
 EdgeStore (qdrant-edge-py, store/edge.py) and ServerStore (qdrant-client, store/server.py) both
 subclass EngineStore. It holds the search filter building, the scroll loop (payloads), the chunked
 retrieve loop (vectors), the search paging and dedup glue (search), the missing-collection answers
-(empty results, count 0) and the payload-index set-up. Each backend supplies only its engine's
-primitives, the abstract methods below: scroll one page, retrieve some ids, run one query, count,
+(empty results, count 0), the payload-index set-up and the settings both engines share (FACET_LIMIT,
+search params, int8 quantization, sparse vectors). Each backend supplies only its engine's
+primitives, the abstract methods below: scroll one page, retrieve some ids, run one Query, count,
 list / create payload indexes, make a match / range / has-id condition and a filter of them, and
 turn an engine error into a StoreError (used by _guard, around every engine call). A primitive
 raises CollectionMissingError when the collection does not exist and StoreError for any other
@@ -23,28 +24,32 @@ A new kind of test (other than MATCH / AT_LEAST / AT_MOST) would need one more p
 
 from __future__ import annotations
 
+import json
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from store.base import (
+    DEDUP_FETCH_FACTOR,
+    HYBRID_DEPTH,
     INDEXED_FIELDS,
     RECOVERY,
     TEXT_VECTOR,
     CollectionInfo,
     CollectionMissingError,
     Hit,
+    IndexTuning,
+    ModelMismatchError,
     Record,
     SearchFilter,
     StoreDamagedError,
     StoreError,
-    as_vector,
     clean_payload,
     description_text,
-    search_pages,
 )
 from store.text_terms import query_terms, terms
 
@@ -53,6 +58,7 @@ SCROLL_PAGE = 512  # points per scroll request
 # files gave ~7e37) means the store is damaged: the search is refused rather than answered wrongly.
 COSINE_SLACK = 1e-3
 RETRIEVE_CHUNK = 1024  # ids per retrieve request
+FACET_LIMIT = 10_000  # distinct values counted by described_counts (one per describing model + prompt)
 
 
 class EngineStore(ABC):
@@ -120,14 +126,10 @@ class EngineStore(ABC):
             if dense is None and not words:
                 return []  # no words, or no point was ever described
 
-            def query(n: int, skip: int) -> Sequence[Any]:
-                if dense is None:
-                    return self._query_text(words, condition, n, skip)
-                if text is None:
-                    return self._query(dense, condition, n, skip)
-                return self._query_hybrid(dense, words or None, condition, n, skip)
-
-            hits = search_pages(lambda n, skip: [_hit(p) for p in query(n, skip)], limit, offset, dedup)
+            # A text with no words beside a vector still fuses (one ranking): the scores stay RRF scores.
+            plan = Query(dense, words or None, fused=dense is not None and text is not None)
+            hits = search_pages(lambda n, skip: [_hit(p) for p in self._query(plan, condition, n, skip)],
+                                limit, offset, dedup)
         except CollectionMissingError:
             return []
         if text is None:
@@ -135,9 +137,9 @@ class EngineStore(ABC):
         return hits
 
     def check(self) -> None:
-        """A quick health probe (service start): count the points, then run the nearest search of one
-        fixed direction and of its opposite, so a vector garbled into huge values (it scores first in
-        one of the two) or an unreadable vector file raises StoreDamagedError. --verify reads everything."""
+        """A quick health probe (service and indexer start): count the points, then run the nearest search
+        of one fixed direction and of its opposite, so a vector garbled into huge values (it scores first
+        in one of the two) or an unreadable vector file raises StoreDamagedError. --verify reads everything."""
         info = self.info()
         if info is None or info.dim <= 0 or self.count() == 0:
             return
@@ -184,6 +186,10 @@ class EngineStore(ABC):
         if not self._has_text_vector():
             self._add_text_vector()
             self._ensure_indexes()
+
+    def unindexed_points(self) -> int:
+        """None here: the engine indexes in the background (EdgeStore counts its own)."""
+        return 0
 
     def count(self) -> int:
         """Number of points; 0 when the collection is missing."""
@@ -260,22 +266,9 @@ class EngineStore(ABC):
         left out."""
 
     @abstractmethod
-    def _query(self, vector: list[float], condition: Any, limit: int, offset: int) -> Sequence[Any]:
-        """Nearest points (with .id, .score, .payload) that match `condition` (a filter_of() result),
-        best first, skipping the first `offset`."""
-
-    @abstractmethod
-    def _query_text(self, words: dict[int, float], condition: Any, limit: int, offset: int) -> Sequence[Any]:
-        """Points whose text vector shares terms with `words` (a query_terms() result), by BM25 score
-        (the engine's IDF-weighted dot product), that match `condition`, skipping the first `offset`."""
-
-    @abstractmethod
-    def _query_hybrid(self, vector: list[float], words: dict[int, float] | None, condition: Any, limit: int,
-                      offset: int) -> Sequence[Any]:
-        """One query: a dense prefetch (nearest to `vector`) and, unless `words` is None, a text prefetch
-        (as _query_text), each of the first max(HYBRID_DEPTH, offset + limit) points matching
-        `condition`, fused by RRF (k = RRF_K); the fused list, filtered by `condition` again,
-        skipping `offset`."""
+    def _query(self, plan: Query, condition: Any, limit: int, offset: int) -> Sequence[Any]:
+        """Points (with .id, .score, .payload) that match `condition` (a filter_of() result), best first,
+        skipping the first `offset`, ranked as `plan` says (see Query)."""
 
     @abstractmethod
     def _has_text_vector(self) -> bool:
@@ -343,3 +336,105 @@ def default_vector(vector: Any) -> np.ndarray | None:
     if vector is None:
         return None
     return np.asarray(vector, dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class Query:
+    """What ranks a search, for a backend's one _query():
+    - `dense` only (not fused): nearest to the vector, by cosine;
+    - `words` only (not fused): BM25 of the text vector's terms (a query_terms() result);
+    - fused: one query, a dense prefetch and, unless `words` is None, a text prefetch, each of the first
+      max(HYBRID_DEPTH, offset + limit) points matching the condition, fused by RRF (k = RRF_K); the
+      fused list, filtered by the condition again."""
+
+    dense: list[float] | None
+    words: dict[int, float] | None
+    fused: bool
+
+    def depth(self, limit: int, offset: int) -> int:
+        """How many points each prefetch of a fused query ranks."""
+        return max(HYBRID_DEPTH, offset + limit)
+
+
+# --- the engines' shared settings: `lib` is qdrant_edge or qdrant_client.models (same class names) ----
+
+
+def search_params(lib: Any, tuning: IndexTuning) -> Any:
+    """The dense search's beam width and, with int8 vectors, the rescoring of `oversampling` x limit
+    candidates with the float vectors (so the final order and scores are exact cosines)."""
+    rescore = (lib.QuantizationSearchParams(rescore=True, oversampling=tuning.oversampling)
+               if tuning.quantization else None)
+    return lib.SearchParams(hnsw_ef=tuning.hnsw_ef, quantization=rescore)
+
+
+def int8_config(lib: Any, int8: Any) -> Any:
+    """Scalar quantization of the vectors to int8 (`int8`: the engine's ScalarType member), kept in RAM."""
+    return lib.ScalarQuantizationConfig(type=int8, quantile=0.99, always_ram=True)
+
+
+def sparse_vector(lib: Any, words: dict[int, float]) -> Any:
+    """The engine's sparse vector of text terms (term id -> weight)."""
+    return lib.SparseVector(indices=list(words), values=list(words.values()))
+
+
+# --- the backends' own helpers -------------------------------------------------------------------
+
+
+def as_vector(vector: Any) -> list[float]:
+    """A float32 vector as the list of floats the Qdrant APIs take."""
+    arr = np.asarray(vector, dtype=np.float32)
+    if arr.ndim != 1:
+        raise StoreError(f"a vector must be one-dimensional, got shape {arr.shape}")
+    return arr.tolist()  # type: ignore[no-any-return]
+
+
+def require_same_model(stored: CollectionInfo, model_id: str, dim: int, where: str) -> None:
+    """Raise ModelMismatchError when the collection was made by another model or dimension."""
+    if stored.model_id == model_id and stored.dim == dim:
+        return
+    made_by = f"{stored.model_id!r}" if stored.model_id else "an unrecorded model"
+    raise ModelMismatchError(
+        f"{where} holds {stored.dim}-dimensional vectors made by {made_by}, but the current model is "
+        f"{model_id!r} ({dim} dimensions). Re-create the collection (indexer --recreate) to re-embed "
+        "the library with the current model, or point QDRANT_COLLECTION at another collection.")
+
+
+def search_pages(query: Callable[[int, int], list[Hit]], limit: int, offset: int, dedup: bool) -> list[Hit]:
+    """Run a backend's `query(limit, offset)` for one page. With dedup, fetch from the top, more and
+    more, until the collapsed list covers the page or the matches run out, so that page n+1 starts
+    right after page n."""
+    if limit <= 0:
+        return []
+    if not dedup:
+        return query(limit, offset)
+    wanted = offset + limit
+    fetch = wanted * DEDUP_FETCH_FACTOR
+    while True:
+        hits = query(fetch, 0)
+        unique = best_per_content(hits)
+        if len(unique) >= wanted or len(hits) < fetch:
+            return unique[offset:wanted]
+        fetch *= DEDUP_FETCH_FACTOR
+
+
+def best_per_content(hits: list[Hit]) -> list[Hit]:
+    """The first (best) hit of each content_hash, in order; hits without a hash are all kept. Equal
+    scores (identical copies have identical vectors) are ordered by path first, so the copy kept, and
+    so every page, is the same whatever number of hits the engine was asked for."""
+    seen: set[str] = set()
+    out = []
+    for hit in sorted(hits, key=lambda h: (-h.score, str(h.payload.get("path", h.id)))):
+        key = str(hit.payload.get("content_hash") or f"id:{hit.id}")
+        if key not in seen:
+            seen.add(key)
+            out.append(hit)
+    return out
+
+
+def same_payload_groups(payloads: dict[str, dict[str, Any]]) -> list[tuple[list[str], dict[str, Any]]]:
+    """(ids, fields) groups of points that get the same fields, so each group is one update."""
+    groups: dict[str, tuple[list[str], dict[str, Any]]] = {}
+    for pid, fields in payloads.items():
+        clean = clean_payload(fields)
+        groups.setdefault(json.dumps(clean, sort_keys=True), ([], clean))[0].append(pid)
+    return list(groups.values())

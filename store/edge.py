@@ -37,7 +37,6 @@ import qdrant_edge as qe
 
 from core.files import write_atomically
 from store.base import (
-    HYBRID_DEPTH,
     RECOVERY,
     RRF_K,
     TEXT_VECTOR,
@@ -49,12 +48,19 @@ from store.base import (
     StoreError,
     StoreFullError,
     StoreLockedError,
-    as_vector,
     clean_payload,
+)
+from store.common import (
+    FACET_LIMIT,
+    EngineStore,
+    Query,
+    as_vector,
+    int8_config,
     require_same_model,
     same_payload_groups,
+    search_params,
+    sparse_vector,
 )
-from store.common import EngineStore
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +83,6 @@ FLUSH_EVERY_POINTS = 8192
 MIN_FREE_BYTES = 64 * 2**20
 BYTES_PER_VALUE = 4  # float32
 POINT_OVERHEAD = 1024  # payload, id tracker, WAL record framing (generous)
-FACET_LIMIT = 10_000  # distinct values counted by described_counts (one per describing model + prompt)
 # What the engine says when a file of the shard is damaged (truncated or garbled): seen by damaging each
 # kind of file (tests/integration/test_damaged_store.py). Any failure to open an existing shard that is
 # neither "in use" nor "disk full" counts as damage too.
@@ -185,25 +190,25 @@ class EdgeStore(EngineStore):
         for 20,000 on 2 busy cores, holding Python's GIL throughout (qdrant-edge-py does not release
         it), so a service never runs this while it serves: see unindexed_points()."""
         with self._lock:
-            if not self.flush():
+            if self._open_if_exists() is None:
                 return
+            self.flush()
             info = self.info()
             self._check_space(self.count() * _point_bytes(info.dim if info else 0))  # the optimizer copies them
             with self._guard("optimize"):
                 self._require_open().optimize()
 
-    def flush(self) -> bool:
-        """Make the writes so far durable (no index build); False when the collection does not exist.
+    def flush(self) -> None:
+        """Make the writes so far durable (no index build; nothing when the collection does not exist).
         This is the end of an indexer run written through a service (store/remote.py): the new points
         are searched exactly until the index is built (see unindexed_points)."""
         with self._lock:
             shard = self._open_if_exists()
             if shard is None:
-                return False
+                return
             with self._guard("flush"):
                 shard.flush()
             self._unflushed = 0
-            return True
 
     def unindexed_points(self) -> int:
         """Points outside the HNSW index (written since the last finish(), e.g. through a running
@@ -252,35 +257,24 @@ class EdgeStore(EngineStore):
             # with_vector=True would also return the text vector: name the dense one.
             return shard.retrieve(wanted, with_payload=False, with_vector=[""] if vectors else False)
 
-    def _query(self, vector: list[float], condition: Any, limit: int, offset: int) -> Sequence[Any]:
+    def _query(self, plan: Query, condition: Any, limit: int, offset: int) -> Sequence[Any]:
         shard = self._require_open()
-        request = qe.QueryRequest(limit=limit, offset=offset or None, query=qe.Query.Nearest(vector),
-                                  filter=condition, with_payload=True, with_vector=False,
-                                  params=self._search_params())
-        with self._guard("search"):
-            return shard.query(request)
-
-    def _query_text(self, words: dict[int, float], condition: Any, limit: int, offset: int) -> Sequence[Any]:
-        shard = self._require_open()
-        request = qe.QueryRequest(limit=limit, offset=offset or None,
-                                  query=qe.Query.Nearest(_sparse(words), using=TEXT_VECTOR), filter=condition,
-                                  with_payload=True, with_vector=False)
-        with self._guard("text search"):
-            return shard.query(request)
-
-    def _query_hybrid(self, vector: list[float], words: dict[int, float] | None, condition: Any, limit: int,
-                      offset: int) -> Sequence[Any]:
-        shard = self._require_open()
-        depth = max(HYBRID_DEPTH, offset + limit)
-        prefetches = [qe.Prefetch(limit=depth, query=qe.Query.Nearest(vector), filter=condition,
-                                  params=self._search_params())]
-        if words is not None:
-            prefetches.append(qe.Prefetch(limit=depth, query=qe.Query.Nearest(_sparse(words), using=TEXT_VECTOR),
-                                          filter=condition))
-        request = qe.QueryRequest(limit=limit, offset=offset or None, prefetches=prefetches,
-                                  query=qe.Fusion.Rrf(k=RRF_K),  # type: ignore[arg-type]  # stubs: Fusion only
-                                  filter=condition, with_payload=True, with_vector=False)
-        with self._guard("hybrid search"):
+        dense = None if plan.dense is None else qe.Query.Nearest(plan.dense)
+        text = None if plan.words is None else qe.Query.Nearest(_sparse(plan.words), using=TEXT_VECTOR)
+        params = search_params(qe, self.tuning)
+        if plan.fused:
+            depth = plan.depth(limit, offset)
+            prefetches = [qe.Prefetch(limit=depth, query=dense, filter=condition, params=params)]
+            if text is not None:
+                prefetches.append(qe.Prefetch(limit=depth, query=text, filter=condition))
+            request = qe.QueryRequest(limit=limit, offset=offset or None, prefetches=prefetches,
+                                      query=qe.Fusion.Rrf(k=RRF_K),  # type: ignore[arg-type]  # stubs: Fusion only
+                                      filter=condition, with_payload=True, with_vector=False)
+        else:
+            request = qe.QueryRequest(limit=limit, offset=offset or None, query=dense if dense is not None else text,
+                                      filter=condition, with_payload=True, with_vector=False,
+                                      params=None if dense is None else params)
+        with self._guard("hybrid search" if plan.fused else "search" if dense is not None else "text search"):
             return shard.query(request)
 
     def _has_text_vector(self) -> bool:
@@ -485,18 +479,12 @@ class EdgeStore(EngineStore):
         that has it with a config that lacks it, keeping the vector (set_descriptions adds it to an
         old shard)."""
         t = self.tuning
-        quantization = (qe.ScalarQuantizationConfig(type=qe.ScalarType.Int8, quantile=0.99, always_ram=True)
-                        if t.quantization else None)
+        quantization = int8_config(qe, qe.ScalarType.Int8) if t.quantization else None
         return qe.EdgeConfig(
             vectors=qe.EdgeVectorParams(size=dim, distance=qe.Distance.Cosine),
             hnsw_config=qe.HnswIndexConfig(m=t.m, ef_construct=t.ef_construct, full_scan_threshold=t.full_scan_kb),
             quantization_config=quantization,
             sparse_vectors={TEXT_VECTOR: qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf)} if text else None)
-
-    def _search_params(self) -> qe.SearchParams:
-        t = self.tuning
-        rescore = qe.QuantizationSearchParams(rescore=True, oversampling=t.oversampling) if t.quantization else None
-        return qe.SearchParams(hnsw_ef=t.hnsw_ef, quantization=rescore)
 
     def _load(self, dim: int | None) -> qe.EdgeShard:
         # With a config, the engine checks it against the segments: a dimension that differs from
@@ -593,7 +581,7 @@ def _vectors_of(record: Record) -> dict[str, Any]:
 
 
 def _sparse(words: dict[int, float]) -> qe.SparseVector:
-    return qe.SparseVector(list(words), list(words.values()))
+    return sparse_vector(qe, words)  # type: ignore[no-any-return]
 
 
 def _point_bytes(dim: int) -> int:

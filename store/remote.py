@@ -4,25 +4,34 @@ An embedded Qdrant Edge shard can be opened by one process only, and while `bent
 process is the service. So an indexer run then sends each VectorStore call to the service's internal
 write path (api/internal_store.py: POST /internal/store/<op>), which applies it on the service's own
 store thread, between searches. The indexer keeps its own process and CLIP model; only store calls
-cross over, in the same order as against a local store.
+cross over, in the same order as against a local store. Every call is one generic RPC: the method's
+name in the path (the service runs only the names in REMOTE_METHODS), its arguments by name in a JSON
+body, its result as {"result": ...}; both sides encode with to_wire() and decode with from_wire(),
+which checks each value against the VectorStore method's type hints (so a malformed call is a 400).
 
 How the indexer finds the service: at start-up the service writes `<QDRANT_PATH>/.<collection>.service.json`
 (mode 0600: only the service's user can read it) with its URL, a random token made at start-up, its
 pid and the collection. The write path answers only callers on the loopback interface that send that
 token (header X-Indexer-Token); the public API key is not enough.
 
-Wire format: JSON; vectors travel as base64 of their float32 bytes (a 512-d vector is 2,732 characters,
-about a third of its JSON list), ids and payloads as JSON.
+Wire format: JSON; arrays travel as base64 of their float32 bytes (a 512-d vector is 2,732 characters,
+about a third of its JSON list), dataclasses (Hit, SearchFilter...) as objects of their fields. A batch
+of points (upsert, the bulk of the traffic) travels as columns in the body: `ids`, `payloads`, and the
+vectors as one block (`vectors`, `dim`).
 """
 
 from __future__ import annotations
 
 import base64
 import dataclasses
+import inspect
 import json
 import time
+import typing
+import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +50,7 @@ from store.base import (
     StoreError,
     StoreFullError,
     StoreLockedError,
+    VectorStore,
     clean_payload,
 )
 
@@ -49,7 +59,15 @@ UPSERT_CHUNK = 256  # points per request: small, so searches wait at most one sh
 IDS_CHUNK = 1024  # ids per delete / vectors request
 PAYLOAD_CHUNK = 512  # points per set_payloads request and per payloads page
 BUSY_RETRIES = 30  # a 429/503 from the service (busy, or its store briefly unable) is retried this often
-TIMEOUT_S = 130.0  # past the service's own REQUEST_TIMEOUT_S (110 s by default)
+# A call waits this much longer than the service's REQUEST_TIMEOUT_S (config.py), so that the service
+# answers (a 504) before the indexer gives up on it.
+TIMEOUT_MARGIN_S = 20.0
+# The VectorStore methods an indexer may run in the service (the service refuses every other name).
+# An indexer's finish() only flushes there: the index build holds the GIL (the whole service) for seconds.
+REMOTE_METHODS = frozenset({
+    "info", "ensure_collection", "upsert", "delete", "payload_page", "vectors", "search", "set_payloads",
+    "set_descriptions", "described_counts", "count", "flush", "unindexed_points", "records_page", "restore",
+})
 
 # Error codes of the write path -> the StoreError the caller gets (any other code: StoreError).
 ERRORS: dict[str, type[StoreError]] = {
@@ -108,6 +126,82 @@ def read_service_file(path: Path) -> ServiceFile | None:
 # --- the wire format -----------------------------------------------------------------------------
 
 
+def to_wire(value: Any) -> Any:
+    """`value` as JSON values: arrays as {"$array": base64 of float32, "shape"}, dataclasses as their fields,
+    UUIDs as strings."""
+    if isinstance(value, np.ndarray):
+        arr = np.ascontiguousarray(value, dtype="<f4")
+        return {"$array": base64.b64encode(arr.tobytes()).decode("ascii"), "shape": list(arr.shape)}
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: to_wire(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        return {str(k): to_wire(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_wire(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, uuid.UUID):  # an engine's page offset
+        return str(value)
+    return value
+
+
+def from_wire(data: Any, hint: Any) -> Any:
+    """to_wire()'s JSON back as the type `hint` (a VectorStore method's type hint); ValueError
+    (pydantic's ValidationError) when it is not one."""
+    return _adapter(hint).validate_python(_arrays(data))
+
+
+def _arrays(data: Any) -> Any:
+    if isinstance(data, dict):
+        if "$array" in data:
+            return decode_array(data["$array"], [int(n) for n in data["shape"]])
+        return {k: _arrays(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_arrays(v) for v in data]
+    return data
+
+
+@cache
+def _adapter(hint: Any) -> Any:
+    from pydantic import ConfigDict, TypeAdapter
+
+    return TypeAdapter(hint, config=None if dataclasses.is_dataclass(hint) else
+                       ConfigDict(arbitrary_types_allowed=True))
+
+
+@cache
+def hints_of(method: str) -> dict[str, Any]:
+    """The type hints of VectorStore.<method>: its parameters' and, as "return", its result's."""
+    return typing.get_type_hints(getattr(VectorStore, method))
+
+
+def encode_call(arguments: dict[str, Any]) -> dict[str, Any]:
+    """A call's JSON body: its arguments by name; a batch of `points` as columns."""
+    body = {name: to_wire(value) for name, value in arguments.items() if name != "points"}
+    if "points" in arguments:
+        points = arguments["points"]
+        body.update(ids=[p.id for p in points], payloads=[clean_payload(p.payload) for p in points],
+                    **encode_vectors([p.vector for p in points]))
+    return body
+
+
+def decode_call(method: str, body: dict[str, Any]) -> dict[str, Any]:
+    """The keyword arguments of VectorStore.<method> from encode_call()'s body, each checked against its
+    type; ValueError / TypeError (a missing or unknown argument) when the body does not fit."""
+    hints = {name: hint for name, hint in hints_of(method).items() if name != "return"}
+    body = dict(body)
+    if "points" in hints and "points" not in body:
+        ids, payloads = list(body.pop("ids")), list(body.pop("payloads"))
+        vectors = decode_array(body.pop("vectors"), [len(ids), int(body.pop("dim"))])
+        body["points"] = [{"id": i, "vector": v, "payload": p} for i, v, p in zip(ids, vectors, payloads, strict=True)]
+    unknown = set(body) - set(hints)
+    if unknown:
+        raise TypeError(f"{method}() has no argument {sorted(unknown)[0]!r}")
+    arguments = {name: from_wire(value, hints[name]) for name, value in body.items()}
+    inspect.signature(getattr(VectorStore, method)).bind(None, **arguments)  # TypeError: one is missing
+    return arguments
+
+
 def encode_vectors(vectors: Sequence[np.ndarray] | np.ndarray) -> dict[str, Any]:
     arr = np.ascontiguousarray(np.asarray(vectors, dtype="<f4"))
     if arr.ndim != 2:
@@ -115,49 +209,12 @@ def encode_vectors(vectors: Sequence[np.ndarray] | np.ndarray) -> dict[str, Any]
     return {"vectors": base64.b64encode(arr.tobytes()).decode("ascii"), "dim": int(arr.shape[1])}
 
 
-def decode_vectors(body: dict[str, Any], n: int) -> np.ndarray:
-    """`n` float32 vectors from encode_vectors' fields; ValueError when the sizes do not add up."""
-    raw = base64.b64decode(str(body["vectors"]), validate=True)
-    dim = int(body["dim"])
-    if dim < 0 or len(raw) != n * dim * 4:
-        raise ValueError(f"{len(raw)} bytes of vectors for {n} vectors of {dim} dimensions")
-    return np.frombuffer(raw, dtype="<f4").astype(np.float32).reshape(n, dim)
-
-
-def encode_records(records: Sequence[Record], dim: int) -> dict[str, Any]:
-    """Whole points on the wire: ids, payloads, text vectors as [indices, values] (or null), dense vectors
-    as encode_vectors (a record without one travels as zeros, flagged in `no_vector`)."""
-    dense = [r.vector if r.vector is not None else np.zeros(dim, np.float32) for r in records]
-    return {"ids": [r.id for r in records], "payloads": [r.payload for r in records],
-            "texts": [None if r.text is None else [list(r.text), list(r.text.values())] for r in records],
-            "no_vector": [i for i, r in enumerate(records) if r.vector is None],
-            **(encode_vectors(dense) if records else {"vectors": "", "dim": dim})}
-
-
-def decode_records(body: dict[str, Any]) -> list[Record]:
-    """encode_records' fields back; ValueError (or KeyError/TypeError) when they do not fit together."""
-    ids, payloads, texts = list(body["ids"]), list(body["payloads"]), list(body["texts"])
-    if not (len(ids) == len(payloads) == len(texts)) or not all(isinstance(p, dict) for p in payloads):
-        raise ValueError("ids, payloads and texts must be lists of the same length, payloads objects")
-    vectors = decode_vectors(body, len(ids)) if ids else np.zeros((0, 0), np.float32)
-    missing = {int(i) for i in body.get("no_vector") or ()}
-    return [Record(str(pid), None if n in missing else vectors[n],
-                   None if text is None else {int(i): float(v) for i, v in zip(text[0], text[1], strict=True)},
-                   dict(payload))
-            for n, (pid, payload, text) in enumerate(zip(ids, payloads, texts, strict=True))]
-
-
-def filter_to_json(where: SearchFilter | None) -> dict[str, Any] | None:
-    return None if where is None else {**dataclasses.asdict(where), "exclude_ids": list(where.exclude_ids)}
-
-
-def filter_from_json(data: dict[str, Any] | None) -> SearchFilter | None:
-    if data is None:
-        return None
-    names = {f.name for f in dataclasses.fields(SearchFilter)}
-    fields = {k: v for k, v in data.items() if k in names}
-    fields["exclude_ids"] = tuple(str(i) for i in fields.get("exclude_ids") or ())
-    return SearchFilter(**fields)
+def decode_array(text: Any, shape: list[int]) -> np.ndarray:
+    """A float32 array of `shape` from the base64 of its bytes; ValueError when the sizes do not add up."""
+    raw = base64.b64decode(str(text), validate=True)
+    if any(size < 0 for size in shape) or len(raw) != int(np.prod(shape)) * 4:
+        raise ValueError(f"{len(raw)} bytes of float32 values for an array of shape {shape}")
+    return np.frombuffer(raw, dtype="<f4").astype(np.float32).reshape(shape)
 
 
 # --- the client ----------------------------------------------------------------------------------
@@ -166,88 +223,89 @@ def filter_from_json(data: dict[str, Any] | None) -> SearchFilter | None:
 class RemoteStore:
     """VectorStore whose calls run in the service that holds the embedded store (see the module docstring)."""
 
-    def __init__(self, url: str, token: str, client: httpx.Client | None = None) -> None:
+    def __init__(self, url: str, token: str, client: httpx.Client | None = None,
+                 request_timeout_s: float | None = None) -> None:
+        """`request_timeout_s`: the service's REQUEST_TIMEOUT_S (by default, that setting's default)."""
+        if request_timeout_s is None:
+            from config import Settings
+
+            request_timeout_s = float(Settings.model_fields["request_timeout_s"].default)
         self.url = url.rstrip("/")
-        self.client = client or httpx.Client(timeout=TIMEOUT_S, trust_env=False)  # loopback: no proxy
+        self.timeout_s = request_timeout_s + TIMEOUT_MARGIN_S
+        self.client = client or httpx.Client(timeout=self.timeout_s, trust_env=False)  # loopback: no proxy
         self.client.headers[TOKEN_HEADER] = token
 
     @classmethod
-    def from_file(cls, found: ServiceFile) -> RemoteStore:
-        return cls(found.url, found.token)
+    def from_file(cls, found: ServiceFile, request_timeout_s: float | None = None) -> RemoteStore:
+        return cls(found.url, found.token, request_timeout_s=request_timeout_s)
 
     def info(self) -> CollectionInfo | None:
-        data = self.call("info")["info"]
-        return None if data is None else CollectionInfo(model_id=str(data["model_id"]), dim=int(data["dim"]))
+        return self.call("info")  # type: ignore[no-any-return]
 
     def ensure_collection(self, model_id: str, dim: int, recreate: bool = False) -> None:
-        self.call("ensure_collection", {"model_id": model_id, "dim": dim, "recreate": recreate})
+        self.call("ensure_collection", model_id=model_id, dim=dim, recreate=recreate)
 
     def upsert(self, points: Sequence[Point]) -> None:
         for start in range(0, len(points), UPSERT_CHUNK):
-            chunk = points[start:start + UPSERT_CHUNK]
-            self.call("upsert", {"ids": [p.id for p in chunk], "payloads": [clean_payload(p.payload) for p in chunk],
-                                 **encode_vectors([p.vector for p in chunk])})
+            self.call("upsert", points=points[start:start + UPSERT_CHUNK])
 
     def delete(self, ids: Sequence[str]) -> None:
         for start in range(0, len(ids), IDS_CHUNK):
-            self.call("delete", {"ids": list(ids[start:start + IDS_CHUNK])})
+            self.call("delete", ids=list(ids[start:start + IDS_CHUNK]))
 
     def payloads(self) -> Iterator[tuple[str, dict[str, Any]]]:
         offset: Any = None
         while True:
-            page = self.call("payloads", {"offset": offset, "limit": PAYLOAD_CHUNK})
-            for pid, payload in page["items"]:
-                yield str(pid), dict(payload)
-            offset = page["next"]
-            if offset is None or not page["items"]:
+            page, offset = self.payload_page(offset, PAYLOAD_CHUNK)
+            yield from page
+            if offset is None or not page:
                 return
 
+    def payload_page(self, offset: Any, limit: int) -> tuple[list[tuple[str, dict[str, Any]]], Any]:
+        return self.call("payload_page", offset=offset, limit=limit)  # type: ignore[no-any-return]
+
     def records_page(self, offset: Any, limit: int) -> tuple[list[Record], Any]:
-        page = self.call("records", {"offset": offset, "limit": limit})
-        return decode_records(page), page["next"]
+        return self.call("records_page", offset=offset, limit=limit)  # type: ignore[no-any-return]
 
     def restore(self, records: Sequence[Record]) -> None:
         for start in range(0, len(records), UPSERT_CHUNK):
-            chunk = [Record(r.id, r.vector, r.text, clean_payload(r.payload))
-                     for r in records[start:start + UPSERT_CHUNK]]
-            dim = next((len(r.vector) for r in chunk if r.vector is not None), 0)
-            self.call("restore", encode_records(chunk, dim))
+            self.call("restore", records=[Record(r.id, r.vector, r.text, clean_payload(r.payload))
+                                          for r in records[start:start + UPSERT_CHUNK]])
 
     def vectors(self, ids: Sequence[str]) -> dict[str, np.ndarray]:
         out: dict[str, np.ndarray] = {}
         for start in range(0, len(ids), IDS_CHUNK):
-            body = self.call("vectors", {"ids": list(ids[start:start + IDS_CHUNK])})
-            found = [str(i) for i in body["ids"]]
-            out.update(zip(found, decode_vectors(body, len(found)), strict=True))
+            out.update(self.call("vectors", ids=list(ids[start:start + IDS_CHUNK])))
         return out
 
     def search(self, vector: np.ndarray | None, limit: int, where: SearchFilter | None = None, offset: int = 0,
                dedup: bool = False, text: str | None = None) -> list[Hit]:
-        dense = {} if vector is None else encode_vectors([vector])
-        body = self.call("search", {**dense, "limit": limit, "offset": offset, "dedup": dedup,
-                                    "where": filter_to_json(where), "text": text})
-        return [Hit(id=str(pid), score=float(score), payload=dict(payload)) for pid, score, payload in body["hits"]]
+        return self.call("search", vector=vector, limit=limit,  # type: ignore[no-any-return]
+                         where=where, offset=offset, dedup=dedup, text=text)
 
     def set_payloads(self, payloads: dict[str, dict[str, Any]]) -> None:
-        items = list(payloads.items())
-        for start in range(0, len(items), PAYLOAD_CHUNK):
-            chunk = items[start:start + PAYLOAD_CHUNK]
-            self.call("set_payloads", {"payloads": {pid: clean_payload(fields) for pid, fields in chunk}})
+        for chunk in _chunks(payloads, PAYLOAD_CHUNK):
+            self.call("set_payloads", payloads=chunk)
 
     def set_descriptions(self, described: dict[str, dict[str, Any]]) -> None:
-        items = list(described.items())
-        for start in range(0, len(items), PAYLOAD_CHUNK):
-            chunk = items[start:start + PAYLOAD_CHUNK]
-            self.call("set_descriptions", {"described": {pid: clean_payload(fields) for pid, fields in chunk}})
+        for chunk in _chunks(described, PAYLOAD_CHUNK):
+            self.call("set_descriptions", described=chunk)
 
     def described_counts(self) -> dict[str, int]:
-        return {str(k): int(v) for k, v in self.call("described_counts")["counts"].items()}
+        return self.call("described_counts")  # type: ignore[no-any-return]
 
     def count(self) -> int:
-        return int(self.call("count")["count"])
+        return self.call("count")  # type: ignore[no-any-return]
 
     def finish(self) -> None:
-        self.call("finish")
+        """Only flushes: the service builds the index at its next start (store/edge.py, unindexed_points)."""
+        self.flush()
+
+    def flush(self) -> None:
+        self.call("flush")
+
+    def unindexed_points(self) -> int:
+        return self.call("unindexed_points")  # type: ignore[no-any-return]
 
     def close(self) -> None:
         """Closes the connection only: the service's store stays open."""
@@ -255,11 +313,13 @@ class RemoteStore:
 
     # --- the HTTP call ---------------------------------------------------------------------------
 
-    def call(self, op: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
-        """POST one store call; the service's refusal comes back as the StoreError it was there."""
+    def call(self, method: str, **arguments: Any) -> Any:
+        """Run VectorStore.<method>(**arguments) in the service and return its result; the service's
+        refusal comes back as the StoreError it was there."""
+        body = encode_call(arguments)
         for attempt in range(BUSY_RETRIES + 1):
             try:
-                response = self.client.post(f"{self.url}/internal/store/{op}", json=body or {})
+                response = self.client.post(f"{self.url}/internal/store/{method}", json=body)
             except httpx.HTTPError as exc:
                 raise ServiceGoneError(
                     f"the service at {self.url}, which holds the vector store, stopped answering "
@@ -268,22 +328,29 @@ class RemoteStore:
             if response.status_code in (429, 503) and attempt < BUSY_RETRIES:
                 time.sleep(min(float(response.headers.get("Retry-After", "1") or 1), 5.0))
                 continue
-            return self.answer(op, response)
+            return from_wire(self.answer(method, response)["result"], hints_of(method)["return"])
         raise AssertionError("unreachable")
 
-    def answer(self, op: str, response: httpx.Response) -> dict[str, Any]:
+    def answer(self, method: str, response: httpx.Response) -> dict[str, Any]:
         try:
             data = response.json()
         except ValueError:
             data = None
-        if response.status_code == 200 and isinstance(data, dict):
+        if response.status_code == 200 and isinstance(data, dict) and "result" in data:
             return data
         error = data.get("error") if isinstance(data, dict) else None
         code = str(error.get("code")) if isinstance(error, dict) else ""
         message = str(error.get("message")) if isinstance(error, dict) else response.text[:200]
         if response.status_code in (401, 403, 404) and code not in ERRORS:
             raise StoreLockedError(
-                f"the service at {self.url} refused the indexer's {op} ({response.status_code}: {message}); "
+                f"the service at {self.url} refused the indexer's {method} ({response.status_code}: {message}); "
                 "it holds the vector store, so the indexer cannot open it itself. Restart the service "
                 "(it writes a new address file), or stop it and index on its own.")
         raise ERRORS.get(code, StoreError)(message)
+
+
+def _chunks(fields: dict[str, dict[str, Any]], size: int) -> Iterator[dict[str, dict[str, Any]]]:
+    """`fields` (id -> payload fields) in chunks of `size` ids, the fields as plain JSON values."""
+    items = list(fields.items())
+    for start in range(0, len(items), size):
+        yield {pid: clean_payload(values) for pid, values in items[start:start + size]}

@@ -16,7 +16,6 @@ from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
 from store.base import (
-    HYBRID_DEPTH,
     RRF_K,
     TEXT_VECTOR,
     CollectionInfo,
@@ -25,15 +24,21 @@ from store.base import (
     Point,
     Record,
     StoreError,
-    as_vector,
     clean_payload,
+)
+from store.common import (
+    FACET_LIMIT,
+    EngineStore,
+    Query,
+    as_vector,
+    int8_config,
     require_same_model,
     same_payload_groups,
+    search_params,
+    sparse_vector,
 )
-from store.common import EngineStore
 
 UPSERT_CHUNK = 256
-FACET_LIMIT = 10_000  # distinct values counted by described_counts (one per describing model + prompt)
 
 
 class ServerStore(EngineStore):
@@ -147,17 +152,14 @@ class ServerStore(EngineStore):
     def _quantization(self) -> models.ScalarQuantization | None:
         if not self.tuning.quantization:
             return None
-        return models.ScalarQuantization(scalar=models.ScalarQuantizationConfig(
-            type=models.ScalarType.INT8, quantile=0.99, always_ram=True))
-
-    def _search_params(self) -> models.SearchParams:
-        t = self.tuning
-        rescore = models.QuantizationSearchParams(rescore=True, oversampling=t.oversampling) if t.quantization else None
-        return models.SearchParams(hnsw_ef=t.hnsw_ef, quantization=rescore)
+        return models.ScalarQuantization(scalar=int8_config(models, models.ScalarType.INT8))
 
     def finish(self) -> None:
         """Nothing to do: writes used wait=True (applied and in the server's WAL), and the server's
         optimizers build the HNSW index in the background."""
+
+    def flush(self) -> None:
+        """Nothing to do: every write waited until the server had applied it (see finish)."""
 
     def close(self) -> None:
         self.client.close()
@@ -182,30 +184,24 @@ class ServerStore(EngineStore):
             return self.client.retrieve(self.collection, ids=ids, with_payload=False,
                                         with_vectors=[""] if vectors else False)
 
-    def _query(self, vector: list[float], condition: Any, limit: int, offset: int) -> Sequence[Any]:
-        with self._guard("search"):
-            return self.client.query_points(self.collection, query=vector, limit=limit, offset=offset or None,
+    def _query(self, plan: Query, condition: Any, limit: int, offset: int) -> Sequence[Any]:
+        params = None if self.local else search_params(models, self.tuning)
+        text = None if plan.words is None else _sparse(plan.words)
+        ranking: dict[str, Any]
+        if plan.fused:
+            depth = plan.depth(limit, offset)
+            prefetch = [models.Prefetch(query=plan.dense, limit=depth, filter=condition, params=params)]
+            if text is not None:
+                prefetch.append(models.Prefetch(query=text, using=TEXT_VECTOR, limit=depth, filter=condition))
+            ranking = {"prefetch": prefetch, "query": models.RrfQuery(rrf=models.Rrf(k=RRF_K))}
+        elif plan.dense is not None:
+            ranking = {"query": plan.dense, "search_params": params}
+        else:
+            ranking = {"query": text, "using": TEXT_VECTOR}
+        with self._guard("hybrid search" if plan.fused else "search" if plan.dense is not None else "text search"):
+            return self.client.query_points(self.collection, limit=limit, offset=offset or None,
                                             query_filter=condition, with_payload=True, with_vectors=False,
-                                            search_params=None if self.local else self._search_params()).points
-
-    def _query_text(self, words: dict[int, float], condition: Any, limit: int, offset: int) -> Sequence[Any]:
-        with self._guard("text search"):
-            return self.client.query_points(self.collection, query=_sparse(words), using=TEXT_VECTOR, limit=limit,
-                                            offset=offset or None, query_filter=condition, with_payload=True,
-                                            with_vectors=False).points
-
-    def _query_hybrid(self, vector: list[float], words: dict[int, float] | None, condition: Any, limit: int,
-                      offset: int) -> Sequence[Any]:
-        depth = max(HYBRID_DEPTH, offset + limit)
-        params = None if self.local else self._search_params()
-        prefetch = [models.Prefetch(query=vector, limit=depth, filter=condition, params=params)]
-        if words is not None:
-            prefetch.append(models.Prefetch(query=_sparse(words), using=TEXT_VECTOR, limit=depth, filter=condition))
-        with self._guard("hybrid search"):
-            return self.client.query_points(self.collection, prefetch=prefetch,
-                                            query=models.RrfQuery(rrf=models.Rrf(k=RRF_K)), limit=limit,
-                                            offset=offset or None, query_filter=condition, with_payload=True,
-                                            with_vectors=False).points
+                                            **ranking).points
 
     def _has_text_vector(self) -> bool:
         if not self._text:
@@ -313,7 +309,7 @@ def _vectors_of(record: Record) -> dict[str, Any]:
 
 
 def _sparse(words: dict[int, float]) -> models.SparseVector:
-    return models.SparseVector(indices=list(words), values=list(words.values()))
+    return sparse_vector(models, words)  # type: ignore[no-any-return]
 
 
 def _response_text(exc: UnexpectedResponse) -> str:

@@ -15,7 +15,8 @@ from PIL import Image
 from serving import ROOT
 from shapes import draw_shape
 
-from indexer.pipeline import Indexer, Options
+from indexer.pipeline import Indexer
+from indexer.pipeline import IndexOptions as Options
 from runners.clip import ClipEncoder
 from store.edge import EdgeStore
 

@@ -8,6 +8,7 @@ from typing import Any
 
 from runners.vlm import VisionLanguageModel, first_error
 from runners.vlm_inputs import Conversation, Generation, VQAItem, item_messages
+from runners.vlm_torch import TorchEngine
 
 
 def generate(vlm: VisionLanguageModel, conversations: Sequence[Conversation],
@@ -45,6 +46,12 @@ def stream_chat(vlm: VisionLanguageModel, conversation: Conversation, max_new_to
 
 def answer(vlm: VisionLanguageModel, image: Any, question: str, max_new_tokens: int | None = None) -> str:
     return answer_batch(vlm, [VQAItem(images=[image], question=question, max_new_tokens=max_new_tokens)])[0]
+
+
+def torch_engine(vlm: VisionLanguageModel) -> TorchEngine:
+    """The PyTorch runtime under `vlm` (its transformers model is `.model`)."""
+    assert isinstance(vlm.engine, TorchEngine), vlm.engine
+    return vlm.engine
 
 
 def build_inputs(vlm: VisionLanguageModel, conversations: Sequence[Conversation]) -> Any:

@@ -36,7 +36,8 @@ from qdrant_client.http.exceptions import ResponseHandlingException
 from serving import ROOT
 from shapes import draw_shape, make_library
 
-from indexer.pipeline import Indexer, Options, Summary
+from indexer.pipeline import Indexer, Summary
+from indexer.pipeline import IndexOptions as Options
 from runners.clip import ClipEncoder, model_id_of
 from store.base import PAYLOAD_FIELDS, Point, StoreError, point_id
 from store.edge import EdgeStore

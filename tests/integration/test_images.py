@@ -21,7 +21,7 @@ from PIL import Image
 from serving import Server, png, run_indexer, running, service_env
 from shapes import CLASSES, draw_shape, make_library
 
-from api.search import image_urls
+from api.search_fields import image_urls
 
 OLD = 1_000_000_000  # 2001-09-09: the mtime of the "old" files
 SEED = 6_200

@@ -22,10 +22,11 @@ import httpx
 import openai
 import pytest
 from fixtures.make_tiny_qwen import COLORS, SHAPES, draw_image
+from helpers.indexing import cli, cli_env, edge_contents
 from helpers.vlm_calls import generate
 from PIL import Image
 from serving import ROOT, Server, png, run_indexer, running, service_env
-from shapes import make_library
+from shapes import draw_described, make_library
 
 from config import Settings
 from runners.memory_guard import GIB, torch_need
@@ -57,7 +58,7 @@ def ov_cache(tmp_path_factory: pytest.TempPathFactory, tiny_qwen_dir: Path) -> P
     return cache
 
 
-def settings_for(model: Path, cache: Path, **overrides: object) -> Settings:
+def settings_for(model: Path, cache: Path, **overrides: Any) -> Settings:
     return Settings(_env_file=None, vqa_model=str(model), device="cpu", vqa_openvino_cache=cache,  # type: ignore[call-arg]
                     **overrides)
 
@@ -276,3 +277,31 @@ def test_refusals_and_concurrent_questions_share_batches(served: Server) -> None
     after = httpx.get(f"{served.url}/health", timeout=30).json()["vqa_batches"]
     assert answers == ["green"] * 6
     assert after["answers"] - before["answers"] == 6 and after["generate_calls"] - before["generate_calls"] < 6
+
+
+# ------------------------------------------------------------------------------------- describe stage
+
+
+def test_the_describe_stage_on_openvino_writes_what_pytorch_writes(tiny_clip_dir: Path, tiny_describer_dir: Path,
+                                                                   tmp_path: Path) -> None:
+    library = tmp_path / "photos"
+    library.mkdir()
+    for seed, (shape, color, word) in enumerate([("circle", "red", "发票"), ("square", "blue", ""),
+                                                 ("triangle", "green", "发票"), ("circle", "purple", "")]):
+        draw_described(shape, color, word, seed=300 + seed).save(library / f"{seed}.png")
+    described = {}
+    for runtime in ("torch", "openvino"):
+        env = {**cli_env(tiny_clip_dir, library, tmp_path / runtime / "qdrant"), "DEVICE": "cpu",
+               "VQA_MODEL": str(tiny_describer_dir), "VQA_RUNTIME": runtime,
+               "VQA_OPENVINO_CACHE": str(tmp_path / "vlm-openvino")}
+        if runtime == "openvino":  # the describer's export, made once
+            made = subprocess.run([sys.executable, "-m", "runners.vlm_export"], cwd=ROOT, env=env,
+                                  capture_output=True, text=True, timeout=900)
+            assert made.returncode == 0, made.stderr[-3000:]
+        done = cli(env, "--describe", "--json", timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert json.loads(done.stdout)["described"] == 4
+        described[runtime] = {path: {k: point[k] for k in ("description", "visible_text", "tags")}
+                              for path, point in edge_contents(tmp_path / runtime / "qdrant").items()}
+    assert described["openvino"] == described["torch"]
+    assert {v["visible_text"] for v in described["openvino"].values()} == {"发票", ""}

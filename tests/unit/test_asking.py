@@ -19,7 +19,7 @@ from starlette.responses import Response
 
 from api.asking import NO_MATCH, Asking, asks_library, cited_photos, photo_content, sources_markdown
 from api.errors import ApiError
-from api.search import SearchPage, search_page
+from api.search_fields import SearchPage, search_page
 from api.searching import Searching
 from api.store_calls import StoreCalls
 from api.vqa_requests import VqaRequests

@@ -126,7 +126,7 @@ def test_the_indexer_and_the_describer_import_neither_bentoml_nor_torch() -> Non
     import subprocess
     import sys
 
-    code = ("import sys, indexer.__main__, indexer.describe, runners.describe; "
+    code = ("import sys, indexer.__main__, indexer.describe_stage, runners.describe; "
             "print(sorted(m for m in ('bentoml', 'torch', 'transformers') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[2],
                           capture_output=True, text=True, timeout=120)

@@ -17,7 +17,8 @@ from qdrant_client import QdrantClient
 from shapes import draw_shape
 
 from core.images import BadImage, check_aspect, clip_view, decode_bytes, load_image
-from indexer.pipeline import Indexer, Options
+from indexer.pipeline import Indexer
+from indexer.pipeline import IndexOptions as Options
 from runners.clip import ClipEncoder, encode_isolated
 from store.server import ServerStore
 

@@ -22,10 +22,11 @@ from starlette.testclient import TestClient
 
 from api.errors import ApiError, handles_errors
 from api.images import ImageFiles
-from api.search import image_urls, library_folder
+from api.search_fields import image_urls, library_folder
 from core.library import Library, NotInLibrary, library_name, raw_name
 from indexer.__main__ import print_summary
-from indexer.pipeline import Indexer, Options, Summary
+from indexer.pipeline import Indexer, Summary
+from indexer.pipeline import IndexOptions as Options
 from indexer.scan import scan_library
 from store.base import point_id
 from store.edge import EdgeStore

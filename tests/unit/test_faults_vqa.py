@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 from fixtures.make_tiny_qwen import draw_clip, draw_image
-from helpers.vlm_calls import build_inputs, generate
+from helpers.vlm_calls import build_inputs, generate, torch_engine
 from PIL import Image
 from starlette.requests import Request
 
@@ -46,7 +46,7 @@ def endless(tiny_qwen_dir: Path) -> Iterator[VisionLanguageModel]:
     settings = Settings(_env_file=None, vqa_model=str(tiny_qwen_dir), device="cpu",  # type: ignore[call-arg]
                         vqa_max_new_tokens_cap=100_000)
     model = VisionLanguageModel.load(tiny_qwen_dir, settings)
-    model.engine.model.generation_config.suppress_tokens = sorted(model.inputs.eos_token_ids)
+    torch_engine(model).model.generation_config.suppress_tokens = sorted(model.inputs.eos_token_ids)
     yield model
 
 
@@ -98,14 +98,14 @@ def test_a_wide_video_and_a_bad_video_file_are_400(tiny_vlm: VisionLanguageModel
 def test_the_model_failing_on_one_item_fails_that_item_alone(tiny_vlm: VisionLanguageModel,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     culprit = tiny_vlm.prepare(ask(red(5), "Describe the image.")).features["input_ids"].shape[1]
-    real = tiny_vlm.engine.generate
+    real = torch_engine(tiny_vlm).generate
 
     def fails_on_the_culprit(inputs: Any, *args: Any, **kwargs: Any) -> Any:
         if int(inputs["attention_mask"].sum(dim=1).eq(culprit).sum()):
             raise RuntimeError("CUDA error: an illegal memory access was encountered")
         return real(inputs, *args, **kwargs)
 
-    monkeypatch.setattr(tiny_vlm.engine, "generate", fails_on_the_culprit)
+    monkeypatch.setattr(torch_engine(tiny_vlm), "generate", fails_on_the_culprit)
     conversations = [ask(draw_image("square", "blue", 80, FRESH + 6)), ask(red(5), "Describe the image."),
                      ask(draw_image("circle", "yellow", 96, FRESH + 7))]
     first, failed, last = tiny_vlm.generate_each(conversations)

@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from api.middleware import ApiContractMiddleware, FormInspector, describe
+from api.middleware import ApiContractMiddleware, FormInspector
+from api.middleware import error_fields as describe
 
 
 def test_describe_turns_bentoml_and_starlette_errors_into_code_and_message() -> None:

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from api.errors import ApiError
-from api.search import as_text, library_folder, parse_time, search_page
+from api.search_fields import as_text, library_folder, parse_time, search_page
 from store.base import SearchFilter
 
 WINDOW = 1000  # SEARCH_MAX_WINDOW's default

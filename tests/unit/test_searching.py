@@ -16,7 +16,7 @@ from qdrant_client import QdrantClient
 from starlette.responses import StreamingResponse
 
 from api.errors import ApiError
-from api.search import SearchPage, search_page
+from api.search_fields import SearchPage, search_page
 from api.searching import Searching, query_text
 from api.store_calls import StoreCalls
 from config import Settings

@@ -17,7 +17,8 @@ import pytest
 from PIL import Image
 from shapes import make_library
 
-from indexer.pipeline import Indexer, Options, Summary
+from indexer.pipeline import Indexer, Summary
+from indexer.pipeline import IndexOptions as Options
 from indexer.watch import Events, Settler, Watcher, snapshot, watch
 from store import memory_store
 from store.base import point_id

@@ -41,7 +41,7 @@ class ImageDescriber(Protocol):
 
 
 @dataclass
-class Photo:
+class SameContent:
     """One content to describe and every point that holds it (copies share one description)."""
 
     content_hash: str
@@ -50,7 +50,7 @@ class Photo:
 
 
 @dataclass
-class Options:
+class DescribeOptions:
     batch_size: int = 8
     workers: int = 4
     progress: bool = True
@@ -61,14 +61,14 @@ class DescribeStage:
     """Describe every point of `store` not described by `described_by`; the counts go into `summary`."""
 
     def __init__(self, store: VectorStore, root: Path, described_by: str, load: Callable[[], ImageDescriber],
-                 summary: Summary, options: Options | None = None) -> None:
+                 summary: Summary, options: DescribeOptions | None = None) -> None:
         self.store = store
         self.library = Library(root)
         self.described_by = described_by
         self.load = load
         self.describer: ImageDescriber | None = None
         self.summary = summary
-        self.options = options or Options()
+        self.options = options or DescribeOptions()
 
     def run(self) -> Summary:
         start = time.perf_counter()
@@ -97,7 +97,7 @@ class DescribeStage:
             self.summary.seconds[STAGE] = round(time.perf_counter() - start, 3)
         return self.summary
 
-    def describe_batch(self, batch: list[Photo], pool: ThreadPoolExecutor) -> None:
+    def describe_batch(self, batch: list[SameContent], pool: ThreadPoolExecutor) -> None:
         """Decode (on `pool`), describe and write one batch; each photo that fails is listed, its batch-mates
         go on."""
         decoded = list(pool.map(self.decode, batch))
@@ -127,7 +127,7 @@ class DescribeStage:
                                    f"the stage expected {self.described_by!r}")
         return self.describer
 
-    def decode(self, photo: Photo) -> Image.Image | str:
+    def decode(self, photo: SameContent) -> Image.Image | str:
         """The photo's image, or why it cannot be described: unreadable, changed since it was indexed
         (the next run's embedding sees the change and this stage then describes the new content), or not
         decodable (IMAGE_MAX_DECODE_MB bounds the decode as in the embedding run)."""
@@ -143,7 +143,7 @@ class DescribeStage:
             return str(exc)
         return image
 
-    def fail(self, photo: Photo, reason: str) -> None:
+    def fail(self, photo: SameContent, reason: str) -> None:
         for path in photo.paths:
             self.summary.describe_failed += 1
             self.summary.failures.append((path, f"cannot describe: {reason}"))
@@ -159,14 +159,14 @@ def current_descriptions(payloads: dict[str, dict[str, Any]], described_by: str)
     return found
 
 
-def group_by_content(payloads: dict[str, dict[str, Any]], ids: list[str]) -> list[Photo]:
+def group_by_content(payloads: dict[str, dict[str, Any]], ids: list[str]) -> list[SameContent]:
     """The points `ids` (in order) grouped by content hash, in the order each content first appears;
     a point without a hash is its own group."""
-    photos: dict[str, Photo] = {}
+    photos: dict[str, SameContent] = {}
     for pid in ids:
         payload = payloads[pid]
         digest = str(payload.get("content_hash") or "")
-        photo = photos.setdefault(digest or f"id:{pid}", Photo(digest, [], []))
+        photo = photos.setdefault(digest or f"id:{pid}", SameContent(digest, [], []))
         photo.ids.append(pid)
         photo.paths.append(str(payload.get("path", pid)))
     return list(photos.values())

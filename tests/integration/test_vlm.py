@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from fixtures.make_tiny_qwen import COLOR_ZH, COLORS, SHAPES, draw_clip, draw_image
 from helpers.video import write_clip
-from helpers.vlm_calls import answer, answer_batch, build_inputs, chat_batch, generate, stream
+from helpers.vlm_calls import answer, answer_batch, build_inputs, chat_batch, generate, stream, torch_engine
 from PIL import Image
 
 from config import Settings, get_settings
@@ -60,7 +60,7 @@ def test_loads_from_settings_without_quantization_on_cpu(vlm: VisionLanguageMode
     assert vlm.model_id == str(tiny_qwen_dir)
     assert vlm.settings.vqa_quantization == "4bit"  # the default, which applies to CUDA only
     assert vlm.quantization == "none"
-    assert not getattr(vlm.engine.model, "is_loaded_in_4bit", False)
+    assert not getattr(torch_engine(vlm).model, "is_loaded_in_4bit", False)
 
 
 def test_answers_colour_questions_on_fresh_images(vlm: VisionLanguageModel) -> None:
@@ -154,7 +154,7 @@ def test_four_bit_on_cpu_loads_and_generates(tiny_qwen_dir: Path) -> None:
 
     model = VisionLanguageModel.load(tiny_qwen_dir, settings(tiny_qwen_dir), quantization="4bit")
     assert model.quantization == "4bit"
-    assert any(isinstance(m, bnb.nn.Linear4bit) for m in model.engine.model.modules())
+    assert any(isinstance(m, bnb.nn.Linear4bit) for m in torch_engine(model).model.modules())
     cases = fresh_cases(12, seed=6)
     answers = answer_batch(model, [VQAItem(images=[img], question="What color is the shape?") for _, _, img in cases])
     assert sum(a == color for a, (_, color, _) in zip(answers, cases, strict=True)) >= 9, answers
