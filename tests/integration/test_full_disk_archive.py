@@ -21,7 +21,7 @@ from indexer.archive import import_archive
 from runners.clip import model_id_of
 from store.base import Record, StoreFullError
 from store.edge import MIN_FREE_BYTES, EdgeStore
-from store.remote import encode_records
+from store.remote import encode_call
 
 
 @pytest.fixture
@@ -83,7 +83,7 @@ def test_the_write_path_answers_507_on_a_full_disk(small_disk: Path, big_archive
         client = served.served.client()  # type: ignore[union-attr]
         records = [Record(pid, np.asarray(v[0], np.float32), v[1], v[2])
                    for pid, v in list(everything_from(big_archive).items())[:256]]
-        body = encode_records(records, 8)
+        body = encode_call({"records": records})
         answer = None
         for _ in range(20):
             answer = client.post("/internal/store/restore", json=body, headers={"X-Indexer-Token": "test-token"})
@@ -119,7 +119,7 @@ def test_a_run_that_will_not_fit_is_warned_of_before_it_starts(small_disk: Path,
                                                                caplog: pytest.LogCaptureFixture) -> None:
     from PIL import Image
 
-    from indexer.pipeline import Indexer, Options
+    from indexer.pipeline import Indexer, IndexOptions
     from runners.clip import ClipEncoder
 
     encoder = ClipEncoder(str(random_clip_dir), "cpu", model_id="random-clip")
@@ -132,7 +132,7 @@ def test_a_run_that_will_not_fit_is_warned_of_before_it_starts(small_disk: Path,
         Image.new("RGB", (40, 30), (i * 60, 0, 0)).save(library / f"{i}.png")
     leave_free(small_disk, MIN_FREE_BYTES + 1000)
     with caplog.at_level("WARNING"), pytest.raises(StoreFullError):
-        Indexer(store, encoder, Options(progress=False, workers=1)).run(library)
+        Indexer(store, encoder, IndexOptions(progress=False, workers=1)).run(library)
     warned = [r.getMessage() for r in caplog.records if "writing 3 points" in r.getMessage()]
     assert warned and "MiB free" in warned[0] and "run it again once space is freed" in warned[0]
     store.close()
