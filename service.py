@@ -9,7 +9,6 @@ rule for which files are the library's in core/library.py. No torch import here.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from pathlib import Path
 from typing import Annotated, Any
@@ -36,7 +35,7 @@ from runners.clip import model_id_of
 from runners.clip_service import ClipRunner
 from runners.vlm_service import VQARunner
 from store import open_store
-from store.base import StoreError, point_id
+from store.base import StoreDamagedError, StoreError, point_id
 from store.remote import service_file_path
 
 log = logging.getLogger("service")
@@ -91,8 +90,7 @@ class MultimodalServer:
         self.vqa_requests = VqaRequests(self.vqa, self.library, SETTINGS)
         self.asking = Asking(self.searching, self.vqa_requests, self.library, SETTINGS)
         info = self.store.info()
-        with contextlib.suppress(StoreError):
-            self.store.count()  # the embedded store: take its folder now, so an indexer is told at once
+        self.check_store()  # the embedded store: take its folder now, so an indexer is told at once
         if info is None:
             log.warning("collection %r is empty: run `python -m indexer` to index %s",
                         SETTINGS.qdrant_collection, self.library.root)
@@ -104,6 +102,19 @@ class MultimodalServer:
             self.build_pending_index()
             self.internal_store.advertise(service_file_path(SETTINGS.qdrant_path, SETTINGS.qdrant_collection),
                                           listening_url(SETTINGS.service_url), SETTINGS.qdrant_collection)
+
+    def check_store(self) -> None:
+        """Open the store and probe it (store/common.py, check): a damaged one is logged with the way
+        back and marks the service degraded (/health) and not ready (/readyz); searches answer 503."""
+        try:
+            self.store.count()
+            check = getattr(self.store, "check", None)
+            if check is not None:
+                check()
+        except StoreDamagedError as exc:
+            self.store_calls.mark_damaged(exc)
+        except StoreError as exc:
+            log.warning("the vector store cannot answer yet: %s", exc)
 
     def build_pending_index(self) -> None:
         """Build the HNSW index of points that indexer runs wrote through the service, when there are
@@ -119,6 +130,8 @@ class MultimodalServer:
     async def __is_ready__(self) -> bool:
         """/readyz: 503 until both runners have loaded their models (BentoML's own runner probe
         answers 500 while a runner's socket is not up yet)."""
+        if self.store_calls.damaged:
+            return False
         return all(await asyncio.gather(runner_ready(self.clip), runner_ready(self.vqa)))
 
     @bentoml.api(route="/text2image_search")

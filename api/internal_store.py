@@ -46,7 +46,8 @@ log = logging.getLogger("service")
 
 PREFIX = "/internal/"
 FORWARDED = (b"x-forwarded-for", b"x-forwarded-host", b"x-real-ip", b"forwarded")
-STATUS = {"model_mismatch": 409, "collection_missing": 404, "store_locked": 423, "store_error": 500}
+STATUS = {"model_mismatch": 409, "collection_missing": 404, "store_locked": 423, "store_full": 507,
+          "store_damaged": 503, "store_error": 500}
 
 
 def is_internal_path(path: str) -> bool:
@@ -103,6 +104,8 @@ class InternalStore:
             raise bad_request("the body must be a JSON object")
         try:
             result = await self.calls.call(partial(self.run, method, body))
+            if method == "flush" and self.calls.damaged:  # the end of an indexer run: repaired it?
+                await self.calls.call(self.recheck)
         except StoreError as exc:
             code = error_code(exc)
             raise ApiError(STATUS[code], code, str(exc)) from exc
@@ -113,6 +116,17 @@ class InternalStore:
     def run(self, method: str, body: dict[str, Any]) -> Any:
         """VectorStore.<method> of the service's store with the call's arguments (on the store thread)."""
         return getattr(self.store, method)(**decode_call(method, body))
+
+    def recheck(self) -> None:
+        """Clear the service's "damaged" mark when the store passes its probe again (--recreate, --import)."""
+        check = getattr(self.store, "check", None)
+        if check is not None:
+            try:
+                check()
+            except StoreError:
+                return
+        log.warning("the vector store passes its check again: the service is no longer degraded")
+        self.calls.damaged = None
 
     def check_caller(self, request: Request) -> None:
         """404 off loopback, behind a proxy or while the path is off; 403 without the right token."""

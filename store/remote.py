@@ -46,8 +46,11 @@ from store.base import (
     Hit,
     ModelMismatchError,
     Point,
+    Record,
     SearchFilter,
+    StoreDamagedError,
     StoreError,
+    StoreFullError,
     StoreLockedError,
     VectorStore,
     clean_payload,
@@ -65,7 +68,7 @@ TIMEOUT_MARGIN_S = 20.0
 # An indexer's finish() only flushes there: the index build holds the GIL (the whole service) for seconds.
 REMOTE_METHODS = frozenset({
     "info", "ensure_collection", "upsert", "delete", "payload_page", "vectors", "search", "set_payloads",
-    "set_descriptions", "described_counts", "count", "flush", "unindexed_points",
+    "set_descriptions", "described_counts", "count", "flush", "unindexed_points", "records_page", "restore",
 })
 
 # Error codes of the write path -> the StoreError the caller gets (any other code: StoreError).
@@ -73,6 +76,8 @@ ERRORS: dict[str, type[StoreError]] = {
     "model_mismatch": ModelMismatchError,
     "collection_missing": CollectionMissingError,
     "store_locked": StoreLockedError,
+    "store_full": StoreFullError,
+    "store_damaged": StoreDamagedError,
 }
 
 
@@ -303,6 +308,14 @@ class RemoteStore:
 
     def payload_page(self, offset: Any, limit: int) -> tuple[list[tuple[str, dict[str, Any]]], Any]:
         return self.call("payload_page", offset=offset, limit=limit)  # type: ignore[no-any-return]
+
+    def records_page(self, offset: Any, limit: int) -> tuple[list[Record], Any]:
+        return self.call("records_page", offset=offset, limit=limit)  # type: ignore[no-any-return]
+
+    def restore(self, records: Sequence[Record]) -> None:
+        for start in range(0, len(records), UPSERT_CHUNK):
+            self.call("restore", records=[Record(r.id, r.vector, r.text, clean_payload(r.payload))
+                                          for r in records[start:start + UPSERT_CHUNK]])
 
     def vectors(self, ids: Sequence[str]) -> dict[str, np.ndarray]:
         out: dict[str, np.ndarray] = {}
