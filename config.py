@@ -62,6 +62,11 @@ class Settings(BaseSettings):
 
     # Image library and vector store
     image_library: Path = Field(default=Path("./images"), description="Root folder of the photos.")
+    library_max_file_mb: float = Field(
+        default=256.0, gt=0,
+        description="The largest library file read into memory, by `/images`, `image_id`, base64 results, `/ask` "
+        "and the indexer alike; a larger one is refused as not a library file (core/library.py), so a huge or "
+        "endless file cannot exhaust memory (docs/security.md).")
     qdrant_path: Path = Field(default=Path("./data/qdrant"), description="The embedded vector store's folder.")
     qdrant_url: str | None = Field(
         default=None, description="Qdrant server URL; set, it switches to the server backend (`qdrant-client`).")
@@ -190,6 +195,11 @@ class Settings(BaseSettings):
     ask_max_images: int = Field(
         default=6, ge=1,
         description="The most retrieved photos `/ask` gives the VQA model (`top_k` 1 … this).")
+    ask_clip_support: int = Field(
+        default=10, ge=0,
+        description="A photo that hybrid or text ranking found (by its description or the text drawn on it) goes "
+        "to the model, and so can be cited, only when CLIP alone ranks it among this many best photos for the "
+        "query: the picture must support it, not only its words (docs/security.md). 0: no such check.")
     ask_instruction: str = Field(
         default=DEFAULT_ASK_INSTRUCTION,
         description="Sent after the numbered photos, before the question; `\"\"`: only the numbered photos and the "
@@ -199,7 +209,13 @@ class Settings(BaseSettings):
     api_key: SecretStr | None = Field(
         default=None,
         description="When set, every endpoint but /livez, /readyz and the web page's static files needs "
-        "`Authorization: Bearer <key>` (docs/security.md).")
+        "`Authorization: Bearer <key>` (docs/security.md); printable ASCII, no surrounding spaces, else the service "
+        "does not start.")
+    allowed_hosts: str | None = Field(
+        default=None,
+        description="Host names (the Host header, port ignored) the API answers, comma-separated; `*`: any. Unset: "
+        "any, except that a service bound to a loopback address without API_KEY answers loopback names only "
+        "(localhost, 127.0.0.1, [::1]): a web page cannot reach it through DNS rebinding (docs/security.md).")
     public_metrics: bool = Field(default=False, description="`/metrics` without the API key when `API_KEY` is set.")
     public_docs: bool = Field(
         default=False, description="`/docs.json` and the Swagger UI without the API key when `API_KEY` is set.")
