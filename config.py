@@ -63,6 +63,13 @@ class Settings(BaseSettings):
     # Indexer
     index_batch_size: int = Field(default=32, ge=1, le=4096)
     index_workers: int = Field(default=4, ge=1, le=64)
+    # Which engine decodes and embeds (`--engine`): local = this process; ray = a Ray cluster (RAY_ADDRESS, as
+    # Ray reads it; unset: a local Ray for the run) with Ray Data (indexer/ray_engine.py, docs/scaling.md)
+    index_engine: Literal["local", "ray"] = "local"
+    index_ray_embed_actors: int = Field(default=1, ge=1)  # Ray: CLIP actors, one model loaded in each
+    index_ray_describe_actors: int = Field(default=1, ge=1)  # Ray: describer actors (`--describe`), one VLM each
+    index_ray_writers: int = Field(default=2, ge=1)  # Ray: write tasks in flight (QDRANT_URL or a running service)
+    index_ray_gpus_per_actor: float | None = Field(default=None, ge=0)  # Ray: unset = 1 if the cluster has GPUs
     watch_interval_s: float = Field(default=2.0, gt=0)  # `--watch`: how often the library is listed
     watch_settle_s: float = Field(default=2.0, ge=0)  # `--watch`: a file unchanged this long is indexed
     watch_events: bool = True  # `--watch`: filesystem events wake it early (false: polling only)

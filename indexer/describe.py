@@ -40,6 +40,14 @@ class ImageDescriber(Protocol):
     def describe(self, images: list[Image.Image]) -> list[Any]: ...
 
 
+class DescribeEngine(Protocol):
+    """Describes the photos elsewhere (indexer/ray_engine.py, RayDescriber): yields each batch with its
+    outcomes (describe_decoded's), which the stage records as it records its own."""
+
+    def __call__(self, photos: list[Photo], root: Path, max_pixels: int, described_by: str, batch_size: int
+                 ) -> Iterator[tuple[list[Photo], list[dict[str, Any] | str]]]: ...
+
+
 @dataclass
 class Photo:
     """One content to describe and every point that holds it (copies share one description)."""
@@ -61,7 +69,9 @@ class DescribeStage:
     """Describe every point of `store` not described by `described_by`; the counts go into `summary`."""
 
     def __init__(self, store: VectorStore, root: Path, described_by: str, load: Callable[[], ImageDescriber],
-                 summary: Summary, options: Options | None = None) -> None:
+                 summary: Summary, options: Options | None = None, engine: DescribeEngine | None = None) -> None:
+        self.engine = engine
+        self.root = root
         self.store = store
         self.library = Library(root)
         self.described_by = described_by
@@ -77,9 +87,15 @@ class DescribeStage:
         pool = ThreadPoolExecutor(self.options.workers, thread_name_prefix="describe-decode")
         try:
             self.copy(copies, bar)
-            for batch in chunks(photos, self.options.batch_size):
-                self.describe_batch(batch, pool)
-                bar.update(sum(len(photo.ids) for photo in batch))
+            if self.engine is None:
+                for batch in chunks(photos, self.options.batch_size):
+                    self.describe_batch(batch, pool)
+                    bar.update(sum(len(photo.ids) for photo in batch))
+            else:
+                for batch, outcomes in self.engine(photos, self.root, self.options.max_pixels, self.described_by,
+                                                   self.options.batch_size):
+                    self.record(batch, outcomes)
+                    bar.update(sum(len(photo.ids) for photo in batch))
             if total:
                 self.store.finish()
         finally:
