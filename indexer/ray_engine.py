@@ -35,6 +35,7 @@ from indexer.decode import Decoded, decode_entry
 from indexer.describe import ImageDescriber, Photo, decode_photo, describe_decoded
 from indexer.pipeline import ImageEncoder, Indexer, embed_decoded, embedded_points
 from indexer.scan import FileEntry
+from store.base import StoreError
 
 if TYPE_CHECKING:
     from config import Settings
@@ -101,6 +102,19 @@ def decode_batch(batch: dict[str, Any], draft_size: int | None, known: frozenset
     return {"decoded": [decode_entry(entry, draft_size, needs_image) for entry in batch["entry"]]}
 
 
+@dataclass
+class Embedded:
+    """One file's outcome as it leaves the embed stage: one pickled column, so every block has the same schema."""
+
+    item: Decoded  # without its pixels
+    vector: np.ndarray | None
+    reason: str | None  # why it got no vector
+    embedded: bool  # it went through the model (else: reused content, a failure or a file gone)
+
+
+Row = tuple[Decoded, np.ndarray | None, str | None, bool]
+
+
 class EmbedActor:
     """One CLIP model per actor, kept loaded: embeds each decoded image (embed_decoded) and passes the rest on."""
 
@@ -111,24 +125,17 @@ class EmbedActor:
         items: list[Decoded] = list(batch["decoded"])
         todo = [item for item in items if item.image is not None]
         results = iter(embed_decoded(self.encoder, todo) if todo else [])
-        vectors: list[np.ndarray | None] = []
-        reasons: list[str | None] = []
-        embedded: list[bool] = []
+        out = []
         for item in items:
             vector, reason = next(results) if item.image is not None else (None, None)
-            embedded.append(item.image is not None)
-            vectors.append(vector)
-            reasons.append(reason)
+            out.append(Embedded(item, vector, reason, item.image is not None))
             item.image = None  # what leaves the actor is small: no pixels
-        return {"decoded": items, "vector": vectors, "reason": reasons, "embedded": embedded}
+        return {"result": out}
 
 
-def rows(batch: dict[str, Any]) -> Iterator[tuple[Decoded, np.ndarray | None, str | None, bool]]:
-    for item, vector, reason, embedded in zip(batch["decoded"], batch["vector"], batch["reason"],
-                                              batch["embedded"], strict=True):
-        # A column of Nones may come back as NaNs (Arrow): a reason is a string or nothing
-        vector = np.asarray(vector, dtype=np.float32) if isinstance(vector, np.ndarray | list) else None
-        yield item, vector, reason if isinstance(reason, str) else None, bool(embedded)
+def rows(batch: dict[str, Any]) -> Iterator[Row]:
+    for result in batch["result"]:
+        yield result.item, result.vector, result.reason, result.embedded
 
 
 @dataclass
@@ -136,7 +143,7 @@ class Written:
     """What one write task did: the files whose points it wrote, and every other row, for the driver."""
 
     written: list[Decoded]
-    passed: list[tuple[Decoded, np.ndarray | None, str | None, bool]]
+    passed: list[Row]
 
 
 def point_sink(open_writer: Callable[[], VectorStore], model_id: str, batch_size: int) -> Any:
@@ -159,7 +166,7 @@ def point_sink(open_writer: Callable[[], VectorStore], model_id: str, batch_size
             try:
                 for block in blocks:
                     batch = BlockAccessor.for_block(block).to_batch_format("numpy")
-                    todo: list[tuple[Decoded, np.ndarray | None, str | None, bool]] = []
+                    todo: list[Row] = []
                     for row in rows(batch):
                         (todo if row[3] else done.passed).append(row)
                     for start in range(0, len(todo), batch_size):
@@ -176,6 +183,21 @@ def point_sink(open_writer: Callable[[], VectorStore], model_id: str, batch_size
             self.results = list(write_result.write_returns)
 
     return Sink()
+
+
+def as_store_error(exc: BaseException) -> BaseException:
+    """A write task's StoreError (Ray wraps it) as the StoreError it is, so the run exits as a failed local
+    write does (exit 1, its message); any other failure as it is."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, StoreError):
+            return StoreError(f"a write failed, the run stops (rerun to complete it): {store_message(seen)}")
+        seen = seen.__cause__ or seen.__context__
+    return exc
+
+
+def store_message(exc: StoreError) -> str:
+    return str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
 
 
 # --- the engine (runs on the driver) ---------------------------------------------------------------
@@ -202,18 +224,22 @@ class RayEngine:
             indexer.timer["ray"] = time.perf_counter() - start
             return
         sink = point_sink(self.open_writer, indexer.encoder.model_id, self.options.batch_size)
-        indexer.timed("ray", lambda: dataset.write_datasink(sink, concurrency=self.options.writers))
+        try:  # writes are IO-bound: they take no CPU slot from the actors, `writers` of them at once
+            indexer.timed("ray", lambda: dataset.write_datasink(sink, ray_remote_args={"num_cpus": 0},
+                                                                concurrency=self.options.writers))
+        except Exception as exc:
+            raise as_store_error(exc) from exc
         written = [item for result in sink.results for item in result.written]
         passed = [row for result in sink.results for row in result.passed]
         indexer.count_written(written)
         self.hand_over(indexer, sorted(passed, key=lambda row: row[0].entry.rel_path))
 
-    def batches(self, dataset: Any) -> Iterator[list[tuple[Decoded, np.ndarray | None, str | None, bool]]]:
+    def batches(self, dataset: Any) -> Iterator[list[Row]]:
         for batch in dataset.iter_batches(batch_size=self.options.batch_size, batch_format="numpy"):
             yield list(rows(batch))
 
     @staticmethod
-    def hand_over(indexer: Indexer, batch: list[tuple[Decoded, np.ndarray | None, str | None, bool]]) -> None:
+    def hand_over(indexer: Indexer, batch: list[Row]) -> None:
         for item, vector, reason, embedded in batch:
             if embedded:
                 indexer.take_embedded(item, vector, reason)
