@@ -34,8 +34,9 @@ import numpy as np
 from indexer.decode import Decoded, decode_entry
 from indexer.describe import ImageDescriber, Photo, decode_photo, describe_decoded
 from indexer.pipeline import ImageEncoder, Indexer, embed_decoded, embedded_points
+from indexer.plan import Plan
 from indexer.scan import FileEntry
-from store.base import StoreError
+from store.base import StoreError, point_id
 
 if TYPE_CHECKING:
     from config import Settings
@@ -93,11 +94,28 @@ def gpus(options: RayOptions) -> float:
 # --- the stages (run on workers) ------------------------------------------------------------------
 
 
-def decode_batch(batch: dict[str, Any], draft_size: int | None, known: frozenset[str]) -> dict[str, Any]:
-    """Decode task: read, hash and decode each file (decode_entry); content the collection holds already
-    (`known` content hashes: the plan's reuse sources) is not decoded, its vector is reused."""
-    def needs_image(_entry: FileEntry, digest: str) -> bool:
-        return digest not in known
+@dataclass(frozen=True)
+class ReuseHints:
+    """What a decode task needs of the plan to skip decoding content whose vector is reused (Plan.reuse_source):
+    the content hashes other points hold, and each checked file's own point's hash."""
+
+    sources: frozenset[str]
+    own: dict[str, str]
+
+    @classmethod
+    def of(cls, plan: Plan, entries: list[FileEntry]) -> ReuseHints:
+        own = {entry.rel_path: str(plan.existing.get(point_id(entry.rel_path), {}).get("content_hash") or "")
+               for entry in entries}
+        return cls(frozenset(plan.by_hash), own)
+
+    def needs_image(self, entry: FileEntry, digest: str) -> bool:
+        return self.own.get(entry.rel_path) != digest and digest not in self.sources
+
+
+def decode_batch(batch: dict[str, Any], draft_size: int | None, hints: ReuseHints) -> dict[str, Any]:
+    """Decode task: read, hash and decode each file (decode_entry); content whose vector the plan reuses is
+    not decoded."""
+    needs_image = hints.needs_image
 
     return {"decoded": [decode_entry(entry, draft_size, needs_image) for entry in batch["entry"]]}
 
@@ -190,14 +208,13 @@ def as_store_error(exc: BaseException) -> BaseException:
     write does (exit 1, its message); any other failure as it is."""
     seen: BaseException | None = exc
     while seen is not None:
+        cause = getattr(seen, "cause", None)  # a RayTaskError holds the task's own exception here
+        if isinstance(cause, StoreError):
+            seen = cause
         if isinstance(seen, StoreError):
-            return StoreError(f"a write failed, the run stops (rerun to complete it): {store_message(seen)}")
+            return StoreError(f"a write failed, the run stops (rerun to complete it): {seen}")
         seen = seen.__cause__ or seen.__context__
     return exc
-
-
-def store_message(exc: StoreError) -> str:
-    return str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
 
 
 # --- the engine (runs on the driver) ---------------------------------------------------------------
@@ -251,11 +268,11 @@ class RayEngine:
         from ray.data import ActorPoolStrategy
 
         configure(self.options.progress)
-        known = frozenset(indexer.plan.by_hash)
+        hints = ReuseHints.of(indexer.plan, entries)
         size = self.options.batch_size
         return (ray.data.from_items([{"entry": entry} for entry in entries],
                                     override_num_blocks=max(1, min(len(entries) // size, 1000)))
-                .map_batches(partial(decode_batch, draft_size=indexer.options.draft_size, known=known),
+                .map_batches(partial(decode_batch, draft_size=indexer.options.draft_size, hints=hints),
                              batch_size=size)
                 .map_batches(EmbedActor, batch_size=size, fn_constructor_kwargs={"load": self.load},
                              compute=ActorPoolStrategy(size=self.options.embed_actors),

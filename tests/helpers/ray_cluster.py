@@ -14,6 +14,7 @@ from serving import ROOT
 
 from runners.clip import ClipEncoder
 from runners.describe import Describer
+from store.base import StoreError
 
 OBJECT_STORE = 80 * 1024**2  # per node: enough for a tiny library, keeps memory modest
 
@@ -60,3 +61,15 @@ class DescriberLoader:
         settings = Settings(_env_file=None, vqa_model=str(self.folder), device="cpu")  # type: ignore[call-arg]
         return Describer(VisionLanguageModel(self.folder, settings), DEFAULT_DESCRIBE_PROMPT,
                          max_new_tokens=self.max_new_tokens)
+
+
+class FailingWriter:
+    """A store whose writes are refused (a Qdrant server that errors), as the write tasks open it."""
+
+    def __call__(self) -> FailingWriter:
+        return self
+
+    def upsert(self, points: Any) -> None:
+        raise StoreError("the server refused the write (disk full)")
+
+    def close(self) -> None: ...
