@@ -53,7 +53,9 @@ class Settings(BaseSettings):
     qdrant_collection: str = "images"
     qdrant_shards: int = Field(default=1, ge=1)
     qdrant_replication_factor: int = Field(default=1, ge=1)
-    qdrant_quantization: Literal["int8", "none"] = "int8"  # int8 copies searched, float vectors rescore
+    # int8 (or 1-bit binary: 32x smaller, 4x oversampled) copies searched, float vectors rescore (docs/scaling.md)
+    qdrant_quantization: Literal["int8", "binary", "none"] = "int8"
+    qdrant_on_disk: bool = False  # float vectors memory-mapped from disk: collections larger than RAM (new ones)
     qdrant_hnsw_ef: int = Field(default=512, ge=1)  # search beam width: higher = better recall, slower
 
     # The service's own address, written for the indexer to its address file in QDRANT_PATH (used only
@@ -70,6 +72,7 @@ class Settings(BaseSettings):
     index_ray_describe_actors: int = Field(default=1, ge=1)  # Ray: describer actors (`--describe`), one VLM each
     index_ray_writers: int = Field(default=2, ge=1)  # Ray: write tasks in flight (QDRANT_URL or a running service)
     index_ray_gpus_per_actor: float | None = Field(default=None, ge=0)  # Ray: unset = 1 if the cluster has GPUs
+    index_ray_cpus_per_actor: float = Field(default=1.0, gt=0)  # Ray: CPUs (torch threads) each model actor holds
     watch_interval_s: float = Field(default=2.0, gt=0)  # `--watch`: how often the library is listed
     watch_settle_s: float = Field(default=2.0, ge=0)  # `--watch`: a file unchanged this long is indexed
     watch_events: bool = True  # `--watch`: filesystem events wake it early (false: polling only)

@@ -53,13 +53,15 @@ class RayOptions:
     describe_actors: int = 1  # describer actors (one VLM each)
     writers: int = 2  # write tasks in flight (workers that write: QDRANT_URL or a running service)
     gpus_per_actor: float | None = None  # None: 1 when the cluster has GPUs, else 0
+    cpus_per_actor: float = 1.0  # CPUs each model actor holds (its torch threads)
     progress: bool = True
 
     @classmethod
     def from_settings(cls, settings: Settings, batch_size: int, progress: bool) -> RayOptions:
         return cls(batch_size=batch_size, embed_actors=settings.index_ray_embed_actors,
                    describe_actors=settings.index_ray_describe_actors, writers=settings.index_ray_writers,
-                   gpus_per_actor=settings.index_ray_gpus_per_actor, progress=progress)
+                   gpus_per_actor=settings.index_ray_gpus_per_actor,
+                   cpus_per_actor=settings.index_ray_cpus_per_actor, progress=progress)
 
 
 def connect() -> bool:
@@ -276,7 +278,7 @@ class RayEngine:
                              batch_size=size)
                 .map_batches(EmbedActor, batch_size=size, fn_constructor_kwargs={"load": self.load},
                              compute=ActorPoolStrategy(size=self.options.embed_actors),
-                             num_gpus=gpus(self.options)))
+                             num_gpus=gpus(self.options), num_cpus=self.options.cpus_per_actor))
 
 
 # --- the describe stage on Ray ---------------------------------------------------------------------
@@ -321,6 +323,6 @@ class RayDescriber:
                                 fn_constructor_kwargs={"load": self.load, "root": root, "max_pixels": max_pixels,
                                                        "described_by": described_by},
                                 compute=ActorPoolStrategy(size=self.options.describe_actors),
-                                num_gpus=gpus(self.options)))
+                                num_gpus=gpus(self.options), num_cpus=self.options.cpus_per_actor))
         for batch in dataset.iter_batches(batch_size=batch_size, batch_format="numpy"):
             yield list(batch["photo"]), [json.loads(str(outcome)) for outcome in batch["outcome"]]

@@ -91,7 +91,8 @@ def open_store_for_writing(settings: Settings) -> VectorStore:
 
 
 def tuning_of(settings: Settings) -> IndexTuning:
-    return IndexTuning(quantization=settings.qdrant_quantization == "int8", hnsw_ef=settings.qdrant_hnsw_ef)
+    return IndexTuning(quantization=settings.qdrant_quantization != "none", hnsw_ef=settings.qdrant_hnsw_ef,
+                       quantization_type=settings.qdrant_quantization, on_disk=settings.qdrant_on_disk)
 
 
 def memory_store(collection: str = "images", tuning: IndexTuning | None = None) -> ServerStore:

@@ -389,17 +389,21 @@ class EdgeStore(EngineStore):
         that has it with a config that lacks it, keeping the vector (set_descriptions adds it to an
         old shard)."""
         t = self.tuning
-        quantization = (qe.ScalarQuantizationConfig(type=qe.ScalarType.Int8, quantile=0.99, always_ram=True)
-                        if t.quantization else None)
+        quantization: qe.ScalarQuantizationConfig | qe.BinaryQuantizationConfig | None = None
+        if t.quantization and t.quantization_type == "binary":
+            quantization = qe.BinaryQuantizationConfig(always_ram=True)
+        elif t.quantization:
+            quantization = qe.ScalarQuantizationConfig(type=qe.ScalarType.Int8, quantile=0.99, always_ram=True)
         return qe.EdgeConfig(
-            vectors=qe.EdgeVectorParams(size=dim, distance=qe.Distance.Cosine),
+            vectors=qe.EdgeVectorParams(size=dim, distance=qe.Distance.Cosine, on_disk=t.on_disk or None),
             hnsw_config=qe.HnswIndexConfig(m=t.m, ef_construct=t.ef_construct, full_scan_threshold=t.full_scan_kb),
             quantization_config=quantization,
             sparse_vectors={TEXT_VECTOR: qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf)} if text else None)
 
     def _search_params(self) -> qe.SearchParams:
         t = self.tuning
-        rescore = qe.QuantizationSearchParams(rescore=True, oversampling=t.oversampling) if t.quantization else None
+        rescore = (qe.QuantizationSearchParams(rescore=True, oversampling=t.rescore_oversampling())
+                   if t.quantization else None)
         return qe.SearchParams(hnsw_ef=t.hnsw_ef, quantization=rescore)
 
     def _load(self, dim: int | None) -> qe.EdgeShard:

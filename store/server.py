@@ -98,7 +98,8 @@ class ServerStore(EngineStore):
             with self._guard("create the collection"):
                 self.client.create_collection(
                     self.collection,
-                    vectors_config=models.VectorParams(size=dim, distance=models.Distance.COSINE),
+                    vectors_config=models.VectorParams(size=dim, distance=models.Distance.COSINE,
+                                                       on_disk=self.tuning.on_disk or None),
                     sparse_vectors_config={TEXT_VECTOR: models.SparseVectorParams(modifier=models.Modifier.IDF)},
                     hnsw_config=models.HnswConfigDiff(m=self.tuning.m, ef_construct=self.tuning.ef_construct,
                                                       full_scan_threshold=self.tuning.full_scan_kb),
@@ -143,15 +144,18 @@ class ServerStore(EngineStore):
             with self._guard("set payload"):
                 self.client.set_payload(self.collection, payload=fields, points=list(ids), wait=True)
 
-    def _quantization(self) -> models.ScalarQuantization | None:
+    def _quantization(self) -> models.ScalarQuantization | models.BinaryQuantization | None:
         if not self.tuning.quantization:
             return None
+        if self.tuning.quantization_type == "binary":
+            return models.BinaryQuantization(binary=models.BinaryQuantizationConfig(always_ram=True))
         return models.ScalarQuantization(scalar=models.ScalarQuantizationConfig(
             type=models.ScalarType.INT8, quantile=0.99, always_ram=True))
 
     def _search_params(self) -> models.SearchParams:
         t = self.tuning
-        rescore = models.QuantizationSearchParams(rescore=True, oversampling=t.oversampling) if t.quantization else None
+        rescore = (models.QuantizationSearchParams(rescore=True, oversampling=t.rescore_oversampling())
+                   if t.quantization else None)
         return models.SearchParams(hnsw_ef=t.hnsw_ef, quantization=rescore)
 
     def finish(self) -> None:
