@@ -89,7 +89,23 @@ class Settings(BaseSettings):
 
     # VQA runner
     vqa_enabled: bool = True  # false: the VQA runner loads no model and VQA endpoints answer 503
-    vqa_quantization: Literal["4bit", "8bit", "none"] = "4bit"
+    vqa_quantization: Literal["4bit", "8bit", "none"] = "4bit"  # bitsandbytes, CUDA only (VQA_RUNTIME=torch)
+    # VLM runtime (runners/vlm_runtime.py): auto = PyTorch on CUDA; on a CPU OpenVINO when an export of VQA_MODEL
+    # is cached and passes the fidelity gate, else PyTorch (logged, saying why). openvino: export when missing.
+    vqa_runtime: Literal["auto", "torch", "openvino"] = "auto"
+    vqa_openvino_weights: Literal["int8", "int4"] = "int8"  # weight precision of the OpenVINO export
+    # OpenVINO CPU compute precision, pinned (the CPU plugin picks bf16 by itself on AMX/AVX-512-BF16 CPUs):
+    # f32 everywhere, or bf16 where the CPU computes it natively (checked by the same fidelity gate).
+    vqa_openvino_precision: Literal["f32", "bf16"] = "f32"
+    vqa_openvino_cache: Path = Path("./data/vlm-openvino")  # exports, keyed by model files and export settings
+    # The exporter's own environment (optimum-intel needs transformers < 5.6); relative to the project folder.
+    vqa_export_env: Path = Path(".venv-vlm-export")
+    # Fidelity gate: share of the fixed probe answers that must equal PyTorch fp32's (first 16 tokens, greedy).
+    vqa_fidelity_min_match: float = Field(default=0.75, ge=0, le=1)
+    vqa_torch_cpu_dtype: Literal["fp32", "bf16"] = "fp32"  # PyTorch on a CPU; bf16 only pays on AMX/AVX512-BF16
+    # Memory guard: refuse to start when the runtime's estimated need is over the available memory (cgroup
+    # limit or MemAvailable). false: load anyway (the kernel may kill the process).
+    vqa_memory_guard: bool = True
     vqa_min_pixels: int | None = Field(default=None, ge=1)
     # Pixels per image or video frame at most: caps the model's own bound (Qwen2.5-VL's allows 12.8 M, ~15k
     # visual tokens for a phone photo); 1280*28*28 is Qwen's suggested balance. 0: the model's own bound.

@@ -35,5 +35,8 @@ async def health_report(clip: Any, vqa: Any, store: StoreCalls, model_id: str, v
         "descriptions_by": described,
         "vqa_model": vqa_model_id,
         "vqa_quantization": vqa_info.get("quantization"),
+        # VQA_RUNTIME as resolved: "torch" or "openvino", and its weight precision ("fp32", "bf16", "int8", ...)
+        "vqa_runtime": vqa_info.get("runtime"),
+        "vqa_precision": vqa_info.get("precision"),
         "vqa_batches": {"generate_calls": vqa_info.get("generate_calls"), "answers": vqa_info.get("generated_items")},
     }

@@ -151,7 +151,7 @@ def real_qwen_config(layers: int | None = None) -> Any:
     return config
 
 
-def build_real_qwen(folder: Path, layers: int | None = None, device: str = "cpu") -> Path:
+def build_real_qwen(folder: Path, layers: int | None = None, device: str = "cpu", save_bf16: bool = False) -> Path:
     """Qwen2.5-VL-3B at real size with random weights (speed does not depend on their values): built on
     `device` (bf16 on CUDA, ~7.5 GB saved; fp32 on the CPU), the tiny test tokenizer and chat template, and the
     tiny processor with the real model's pixel bounds. Built once per folder (a `done` marker)."""
@@ -166,6 +166,8 @@ def build_real_qwen(folder: Path, layers: int | None = None, device: str = "cpu"
     with torch.device(device):  # initialised where it runs: 3.75 B parameters on a CPU take minutes
         model: Any = Qwen2_5_VLForConditionalGeneration._from_config(real_qwen_config(layers), dtype=dtype)
     model.generation_config = GenerationConfig.from_pretrained(tiny)
+    if save_bf16:  # what checkpoints ship (Qwen's are bf16): half the disk, and what the exporter reads
+        model = model.to(torch.bfloat16)
     model.eval().save_pretrained(folder)
     del model
     if device == "cuda":

@@ -60,7 +60,7 @@ def main() -> None:
         folder = build_qwen(Path(tmp) / "qwen-small")
         settings = Settings(_env_file=None, vqa_model=str(folder), device="cpu",  # type: ignore[call-arg]
                             vqa_quantization="none")
-        vlm = VisionLanguageModel(folder, settings)
+        vlm = VisionLanguageModel.load(folder, settings)
         vlm.model.generation_config.min_new_tokens = args.new_tokens  # random weights stop anywhere
         describer = Describer(vlm, DEFAULT_DESCRIBE_PROMPT, args.new_tokens)
         images = photos(args.photos)

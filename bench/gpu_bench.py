@@ -75,7 +75,7 @@ def bench_vlm(folder: Path, device: str, quantization: str, new_tokens: int, rep
     settings = Settings(device=device, vqa_max_new_tokens=new_tokens)  # type: ignore[arg-type]
     release()
     started = time.perf_counter()
-    vlm = VisionLanguageModel(folder, settings, quantization=quantization)  # type: ignore[arg-type]
+    vlm = VisionLanguageModel.load(folder, settings, quantization=quantization)  # type: ignore[arg-type]
     sync()
     load_s = time.perf_counter() - started
     memory = gpu_gib()

@@ -66,7 +66,7 @@ def load_vlm(folder: Path, device: str, quantization: str, args: argparse.Namesp
                         vqa_max_new_tokens=args.new_tokens, vqa_max_new_tokens_cap=max(2048, args.new_tokens))
     release()
     started = time.perf_counter()
-    vlm = VisionLanguageModel(folder, settings, quantization=quantization)  # type: ignore[arg-type]
+    vlm = VisionLanguageModel.load(folder, settings, quantization=quantization)  # type: ignore[arg-type]
     sync()
     return vlm, time.perf_counter() - started
 

@@ -63,9 +63,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = build_qwen(Path(tmp) / "qwen")
         with_real_bounds(folder)
-        budget = VisionLanguageModel(folder, Settings(_env_file=None, device="cpu"))  # type: ignore[call-arg]
+        budget = VisionLanguageModel.load(folder, Settings(_env_file=None, device="cpu"))  # type: ignore[call-arg]
         own_settings = Settings(_env_file=None, device="cpu", vqa_max_pixels=0)  # type: ignore[call-arg]
-        own = VisionLanguageModel(folder, own_settings)
+        own = VisionLanguageModel.load(folder, own_settings)
         prefill(budget, photo(448, 448))  # warm up
         rows = []
         for name, (width, height) in SIZES.items():

@@ -18,14 +18,12 @@ local model folder with the installed torch and onnxruntime.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import logging
 import math
 import os
 import random
-import re
 import shutil
 import tempfile
 import warnings
@@ -36,6 +34,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from runners import export_cache
+from runners.export_cache import publish
 
 if TYPE_CHECKING:
     import torch
@@ -330,11 +331,7 @@ def build(request: Request, name: str, folder: Path) -> None:
         meta = {"backend": name, "model_id": request.model_id, "format": EXPORT_FORMAT,
                 "versions": versions(), "fidelity": asdict(fidelity)}
         (temp / "export.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-        try:
-            os.rename(temp, folder)
-        except OSError:  # another process renamed its own export into place first: use that one
-            if not (folder / "export.json").is_file():
-                raise
+        publish(temp, folder, "export.json")
     except BackendRefused:
         raise
     except Exception as exc:  # noqa: BLE001 - the exporter fails in many ways; all mean "cannot export"
@@ -422,17 +419,11 @@ def versions() -> dict[str, str]:
 
 def cache_folder(cache_dir: Path, model_id: str, model_dir: Path) -> Path:
     """<cache>/<readable model id>-<hash of model id, export format and every model file's bytes>."""
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", model_id).strip("_")[-60:] or "model"
-    return Path(cache_dir) / f"{slug}-{model_hash(model_id, model_dir)[:16]}"
+    return export_cache.cache_folder(cache_dir, model_id, model_dir, str(EXPORT_FORMAT))
 
 
 def model_hash(model_id: str, model_dir: Path) -> str:
-    digest = hashlib.sha256(f"{model_id}\0{EXPORT_FORMAT}\0".encode())
-    for path in sorted(p for p in Path(model_dir).rglob("*") if p.is_file() and not p.name.startswith(".")):
-        digest.update(path.relative_to(model_dir).as_posix().encode() + b"\0")
-        with path.open("rb") as handle:
-            digest.update(hashlib.file_digest(handle, "sha256").digest())
-    return digest.hexdigest()
+    return export_cache.model_hash(model_id, model_dir, str(EXPORT_FORMAT))
 
 
 # ---------------------------------------------------------------- the probe set

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import signal
 import tempfile
 import threading
 import uuid
@@ -24,6 +26,8 @@ from core.bentoml_compat import runner_options
 from core.images import BadImage, load_image
 from core.telemetry import observe_batch
 from runners.device import gpu_memory
+from runners.hub import ModelNotFoundError
+from runners.memory_guard import NotEnoughMemory
 from runners.vlm import ItemError
 
 if TYPE_CHECKING:
@@ -108,8 +112,13 @@ class VQARunner:
         if not SETTINGS.vqa_enabled:
             log.info("VQA_ENABLED=false: no VQA model loaded")
             return
-        self.model = VisionLanguageModel.from_settings(SETTINGS)
-        log.info("VQA model %s loaded on %s (%s)", SETTINGS.vqa_model, self.model.device, self.model.quantization)
+        try:
+            self.model = VisionLanguageModel.from_settings(SETTINGS)
+        except (NotEnoughMemory, ModelNotFoundError) as exc:
+            stop_server(f"the VQA model cannot be loaded: {exc}")
+            raise
+        log.info("VQA model %s loaded: %s %s on %s", SETTINGS.vqa_model, self.model.runtime, self.model.precision,
+                 self.model.device)
 
     def __is_ready__(self) -> bool:
         return self.model is not None or not SETTINGS.vqa_enabled
@@ -190,9 +199,16 @@ class VQARunner:
         """Empty when VQA is disabled."""
         if self.model is None:
             return {}
-        return {"model_id": self.model.model_id, "device": self.model.device,
-                "quantization": self.model.quantization, "generate_calls": self.calls,
-                "generated_items": self.items, **gpu_memory(self.model.device)}
+        return {"model_id": self.model.model_id, "device": self.model.device, "runtime": self.model.runtime,
+                "precision": self.model.precision, "quantization": self.model.quantization,
+                "generate_calls": self.calls, "generated_items": self.items, **gpu_memory(self.model.device)}
+
+
+def stop_server(message: str) -> None:
+    """A start-up error no restart can mend (too little memory, no such model): say so, and stop the whole
+    `bentoml serve` (this worker's parent) instead of letting it restart this worker forever."""
+    log.critical("%s; stopping the server", message)
+    os.kill(os.getppid(), signal.SIGTERM)
 
 
 def as_result(answer: Any) -> ChatResult:

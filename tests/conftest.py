@@ -104,9 +104,9 @@ def tiny_qwen_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_vlm(tiny_qwen_dir: Path) -> VisionLanguageModel:
-    """VisionLanguageModel(tiny_qwen_dir) on CPU with default VQA_* settings, shared by the whole session."""
+    """VisionLanguageModel.load(tiny_qwen_dir) on CPU with default VQA_* settings, shared by the whole session."""
     settings = Settings(_env_file=None, vqa_model=str(tiny_qwen_dir), device="cpu")  # type: ignore[call-arg]
-    return VisionLanguageModel(tiny_qwen_dir, settings)
+    return VisionLanguageModel.load(tiny_qwen_dir, settings)
 
 
 # ---------------------------------------------------------------- tiny describer (indexer's describe stage)
@@ -128,6 +128,6 @@ def tiny_describer_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_describer(tiny_describer_dir: Path) -> VisionLanguageModel:
-    """VisionLanguageModel(tiny_describer_dir) on CPU with default VQA_* settings, shared by the whole session."""
+    """VisionLanguageModel.load(tiny_describer_dir) on CPU with default VQA_* settings, shared by the whole session."""
     settings = Settings(_env_file=None, vqa_model=str(tiny_describer_dir), device="cpu")  # type: ignore[call-arg]
-    return VisionLanguageModel(tiny_describer_dir, settings)
+    return VisionLanguageModel.load(tiny_describer_dir, settings)

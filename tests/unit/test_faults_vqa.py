@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from fixtures.make_tiny_qwen import draw_clip, draw_image
+from helpers.vlm_calls import build_inputs, generate
 from PIL import Image
 from starlette.requests import Request
 
@@ -44,8 +45,8 @@ def endless(tiny_qwen_dir: Path) -> Iterator[VisionLanguageModel]:
     """The tiny model with its end tokens suppressed: every answer runs to its token limit."""
     settings = Settings(_env_file=None, vqa_model=str(tiny_qwen_dir), device="cpu",  # type: ignore[call-arg]
                         vqa_max_new_tokens_cap=100_000)
-    model = VisionLanguageModel(tiny_qwen_dir, settings)
-    model.model.generation_config.suppress_tokens = sorted(model.eos_token_ids)
+    model = VisionLanguageModel.load(tiny_qwen_dir, settings)
+    model.engine.model.generation_config.suppress_tokens = sorted(model.inputs.eos_token_ids)
     yield model
 
 
@@ -58,7 +59,7 @@ def test_a_bad_item_gets_its_own_error_and_its_batch_mates_their_own_answers(tin
     wide = ask(Image.new("RGB", (250, 1), (255, 0, 0)))
     forged = [{"role": "user", "content": [{"type": "image", "image": red()},
                                            {"type": "text", "text": f"{VISION} {COLOR_Q}"}]}]
-    alone = [tiny_vlm.generate([conversation])[0] for conversation in good]
+    alone = [generate(tiny_vlm, [conversation])[0] for conversation in good]
     results = tiny_vlm.generate_each([good[0], wide, good[1], forged])
     assert results[0] == alone[0] and results[2] == alone[1]
     assert results[0].text == "blue"  # type: ignore[union-attr]
@@ -68,11 +69,11 @@ def test_a_bad_item_gets_its_own_error_and_its_batch_mates_their_own_answers(tin
                                   "in a question or message"),
     ]
     with pytest.raises(ItemError, match="aspect ratio"):  # the plain API raises the item's own error
-        tiny_vlm.generate([good[0], wide])
+        generate(tiny_vlm, [good[0], wide])
 
 
 def test_every_special_token_is_refused_wherever_the_text_is(tiny_vlm: VisionLanguageModel) -> None:
-    tokens = tiny_vlm.added_tokens()
+    tokens = tiny_vlm.inputs.added_tokens()
     assert {"<|im_start|>", "<|im_end|>", "<|endoftext|>", "<|vision_start|>", "<|image_pad|>",
             "<|vision_end|>", "<|video_pad|>"} <= set(tokens)
     for token in tokens:
@@ -96,15 +97,15 @@ def test_a_wide_video_and_a_bad_video_file_are_400(tiny_vlm: VisionLanguageModel
 
 def test_the_model_failing_on_one_item_fails_that_item_alone(tiny_vlm: VisionLanguageModel,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    culprit = tiny_vlm.prepare_item(ask(red(5), "Describe the image."))["input_ids"].shape[1]
-    real = tiny_vlm._generate
+    culprit = tiny_vlm.prepare(ask(red(5), "Describe the image.")).features["input_ids"].shape[1]
+    real = tiny_vlm.engine.generate
 
     def fails_on_the_culprit(inputs: Any, *args: Any, **kwargs: Any) -> Any:
         if int(inputs["attention_mask"].sum(dim=1).eq(culprit).sum()):
             raise RuntimeError("CUDA error: an illegal memory access was encountered")
         return real(inputs, *args, **kwargs)
 
-    monkeypatch.setattr(tiny_vlm, "_generate", fails_on_the_culprit)
+    monkeypatch.setattr(tiny_vlm.engine, "generate", fails_on_the_culprit)
     conversations = [ask(draw_image("square", "blue", 80, FRESH + 6)), ask(red(5), "Describe the image."),
                      ask(draw_image("circle", "yellow", 96, FRESH + 7))]
     first, failed, last = tiny_vlm.generate_each(conversations)
@@ -117,8 +118,8 @@ def test_collated_items_are_the_processor_batch(tiny_vlm: VisionLanguageModel) -
                                                         question="Describe the image.")),
                      ask(draw_image("square", "green", (150, 90), FRESH + 10), "图形是什么颜色？"),
                      [{"role": "user", "content": "hi"}]]
-    batch = tiny_vlm.build_inputs(conversations)
-    collated = tiny_vlm.collate([tiny_vlm.prepare_item(c) for c in conversations])
+    batch = build_inputs(tiny_vlm, conversations)
+    collated = tiny_vlm.inputs.collate([tiny_vlm.prepare(c) for c in conversations])
     assert set(collated) == set(batch)
     for key in batch:
         assert batch[key].equal(collated[key]), key
@@ -139,7 +140,7 @@ def test_a_passed_deadline_is_a_timeout_without_generating(tiny_vlm: VisionLangu
 
 
 def test_a_deadline_stops_its_row_mid_generation(endless: VisionLanguageModel) -> None:
-    full = endless.generate([ask(red(14))], 40)[0]
+    full = generate(endless, [ask(red(14))], 40)[0]
     assert full.completion_tokens == 40 and full.finish_reason == "length"  # no end token: runs to the limit
     started = time.monotonic()
     late, short = endless.generate_each([ask(red(14)), ask(red(15))], [50_000, 5], deadlines=[time.time() + 1, None])
@@ -157,7 +158,7 @@ def test_closing_a_stream_frees_the_model(endless: VisionLanguageModel) -> None:
     next(stream)
     started = time.monotonic()
     stream.close()
-    assert endless.generate([ask(red(18))], 3)[0].completion_tokens == 3
+    assert generate(endless, [ask(red(18))], 3)[0].completion_tokens == 3
     assert time.monotonic() - started < 5
 
 

@@ -79,12 +79,14 @@ def test_health_report_sums_gpu_memory_and_says_degraded() -> None:
     calls = StoreCalls(store, retry_after_s=2)
     clip = FakeRunner({"device": "cuda", "gpu_memory_allocated_gb": 1.0, "gpu_memory_reserved_gb": 2.0})
     vqa = FakeRunner({"device": "cuda", "gpu_memory_allocated_gb": 3.0, "gpu_memory_reserved_gb": 4.0,
-                      "quantization": "4bit", "generate_calls": 2, "generated_items": 5})
+                      "quantization": "4bit", "runtime": "torch", "precision": "nf4", "generate_calls": 2,
+                      "generated_items": 5})
     report = asyncio.run(health_report(clip, vqa, calls, "clip-a", "qwen"))
     assert report == {"status": "healthy", "clip_model_loaded": True, "vqa_model_loaded": True,
                       "image_library_size": 0, "device": "cuda", "gpu_memory_allocated_gb": 4.0,
                       "gpu_memory_reserved_gb": 6.0, "clip_model": "clip-a", "index_model": None,
-                      "vqa_model": "qwen", "vqa_quantization": "4bit", "described_images": 0, "descriptions_by": {},
+                      "vqa_model": "qwen", "vqa_quantization": "4bit", "vqa_runtime": "torch", "vqa_precision": "nf4",
+                      "described_images": 0, "descriptions_by": {},
                       "vqa_batches": {"generate_calls": 2, "answers": 5}}
     store.ensure_collection("clip-a", 4)
     down = asyncio.run(health_report(clip, FakeRunner(TimeoutError()), calls, "clip-a", "qwen"))

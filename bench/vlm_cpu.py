@@ -1,0 +1,321 @@
+"""The VLM on a CPU (issue "Real size on the boxes people own"): PyTorch fp32 / bf16 against OpenVINO int8 / int4,
+side by side in one run, at real size (Qwen2.5-VL-3B's architecture from bench/_models.py, random weights: speed
+and memory do not depend on their values), through the classes the service runs (runners/vlm*.py).
+
+    .venv/bin/python bench/vlm_cpu.py [--folder /tmp/vlm-cpu-bench] [--layers N] [--no-record]
+
+Per runtime, each in its own process: resident memory after load and at peak; prefill (a one-token answer about a
+1000x1000 photo + question); decode tokens/s; a 32-token answer; describe photos/s at batch 1 (prefill + 100 tokens,
+from the two measured figures). Per OpenVINO weight format: export seconds, exporter peak memory, disk. Plus this
+CPU's instruction sets and measured limits (memory bandwidth, fp32 matmul GFLOP/s) for the physical bounds.
+Random weights never stop by themselves: end tokens are suppressed so every answer has its full length.
+`--layers N` shrinks both towers to N blocks (a smoke run of this script; figures then are not real size).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "bench"), str(ROOT / "tests")]
+
+from _models import build_real_qwen  # noqa: E402
+from _report import record, table  # noqa: E402
+
+RUNTIMES = ("torch-fp32", "torch-bf16", "openvino-int8", "openvino-int4")
+QUESTION = "What is in this photo?"
+DESCRIBE_TOKENS = 100  # about what DESCRIBE_PROMPT's JSON answer takes
+GIB = 1024**3
+
+
+# ----------------------------------------------------------------------------------------- the machine
+
+
+def instruction_sets() -> str:
+    flags = set()
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("flags"):
+            flags = set(line.split(":", 1)[1].split())
+            break
+    wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "avx_vnni")
+    return ", ".join(flag for flag in wanted if flag in flags) or "none of AVX2/AVX-512/AMX"
+
+
+def cpu_name() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "unknown"
+
+
+def bandwidth_gbs() -> float:
+    import numpy as np
+
+    data = np.ones(256 * 1024**2 // 8)  # 256 MiB: far past the caches
+    out = np.empty_like(data)
+    best = 0.0
+    for _ in range(5):
+        started = time.perf_counter()
+        np.copyto(out, data)
+        best = max(best, 2 * data.nbytes / (time.perf_counter() - started) / 1e9)  # read + write
+    return best
+
+
+def matmul_gflops(dtype_name: str) -> float:
+    import torch
+
+    dtype = getattr(torch, dtype_name)
+    a, b = torch.randn(2048, 2048, dtype=dtype), torch.randn(2048, 2048, dtype=dtype)
+    torch.matmul(a, b)
+    started = time.perf_counter()
+    for _ in range(5):
+        torch.matmul(a, b)
+    return 5 * 2 * 2048**3 / (time.perf_counter() - started) / 1e9
+
+
+# ----------------------------------------------------------------------------------- one runtime, measured
+
+
+def photo(seed: int, side: int = 1000) -> Any:
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 255, (side, side, 3), dtype=np.uint8))
+
+
+def rss_bytes() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def load(runtime: str, model: Path, exports: Path) -> Any:
+    """The runtime as the service builds it, with end tokens suppressed (random weights)."""
+    from config import Settings
+    from runners.vlm import VisionLanguageModel
+    from runners.vlm_inputs import VlmInputs
+
+    family, precision = runtime.split("-")
+    settings = Settings(_env_file=None, vqa_model=str(model), device="cpu",  # type: ignore[call-arg]
+                        vqa_torch_cpu_dtype="bf16" if precision == "bf16" else "fp32", vqa_openvino_precision="f32")
+    if family == "torch":
+        vlm = VisionLanguageModel.load(model, settings)
+        vlm.engine.model.generation_config.suppress_tokens = sorted(vlm.inputs.eos_token_ids)  # type: ignore[attr-defined]
+        return vlm
+    from runners.vlm_openvino import OpenVinoEngine
+
+    class EndlessEngine(OpenVinoEngine):
+        def config(self, limit: int, sampling: Any) -> Any:
+            config = super().config(limit, sampling)
+            config.ignore_eos = True
+            config.stop_token_ids = set()
+            return config
+
+    inputs = VlmInputs.load(model, settings)
+    engine = EndlessEngine.load(exports / precision, inputs, settings, precision)
+    return VisionLanguageModel(inputs, engine, str(model))
+
+
+def timed(vlm: Any, conversations: list[Any], tokens: int) -> tuple[float, Any]:
+    from runners.vlm_inputs import Generation
+
+    started = time.perf_counter()
+    results = vlm.generate_each(conversations, tokens)
+    seconds = time.perf_counter() - started
+    assert all(isinstance(r, Generation) and r.completion_tokens == tokens for r in results), results
+    return seconds, results
+
+
+def measure(runtime: str, model: Path, exports: Path) -> dict[str, Any]:
+    from runners.vlm_inputs import VQAItem, item_messages
+
+    started = time.perf_counter()
+    vlm = load(runtime, model, exports)
+    loaded = {"load_s": time.perf_counter() - started, "rss_after_load": rss_bytes()}
+    timed(vlm, [item_messages(VQAItem(images=[photo(1, 224)], question=QUESTION))], 2)  # first-call work
+    ask = [item_messages(VQAItem(images=[photo(2)], question=QUESTION))]
+    prefill, results = timed(vlm, ask, 1)
+    answer, _ = timed(vlm, ask, 32)
+    decode = 31 / max(answer - prefill, 1e-9)
+    return {**loaded, "prompt_tokens": results[0].prompt_tokens, "prefill_s": prefill, "answer32_s": answer,
+            "decode_tps": decode, "describe_pps": 1 / (prefill + DESCRIBE_TOKENS / decode),
+            "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+
+
+# ------------------------------------------------------------------------------------------ the run
+
+
+def tree_peak(proc: subprocess.Popen[Any]) -> list[int]:
+    """Poll the process tree's resident memory until it ends; the peak in a one-item list."""
+    import psutil
+
+    peak = [0]
+
+    def poll() -> None:
+        parent = psutil.Process(proc.pid)
+        while proc.poll() is None:
+            try:
+                rss = sum(p.memory_info().rss for p in [parent, *parent.children(recursive=True)])
+                peak[0] = max(peak[0], rss)
+            except psutil.Error:
+                pass
+            time.sleep(0.5)
+
+    threading.Thread(target=poll, daemon=True).start()
+    return peak
+
+
+def export(model: Path, out: Path, weights: str) -> dict[str, Any]:
+    from config import Settings
+    from runners.vlm_export import WORKER, exporter_python, folder_bytes
+
+    if not (out / "openvino_language_model.xml").is_file():
+        python = exporter_python(Settings(_env_file=None))  # type: ignore[call-arg]
+        started = time.perf_counter()
+        proc = subprocess.Popen([str(python), str(WORKER), str(model), str(out), "--weights", weights],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        peak = tree_peak(proc)
+        _, err = proc.communicate()
+        assert proc.returncode == 0, err[-3000:]
+        meta = {"export_s": time.perf_counter() - started, "export_peak": peak[0]}
+        (out / "bench.json").write_text(json.dumps(meta))
+    meta = json.loads((out / "bench.json").read_text())
+    return {**meta, "disk": folder_bytes(out) - (out / "bench.json").stat().st_size}
+
+
+def child(runtime: str, model: Path, exports: Path) -> dict[str, Any]:
+    done = subprocess.run([sys.executable, __file__, "--measure", runtime, "--model", str(model), "--exports",
+                           str(exports)], capture_output=True, text=True)
+    if done.returncode != 0:
+        return {"error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}"}
+    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+def report(figures: dict[str, dict[str, Any]], machine: dict[str, Any], layers: int | None) -> str:
+    base = figures["torch-fp32"]
+
+    def cell(name: str, key: str, fmt: str, ratio: bool = False, lower: bool = True) -> str:
+        value = figures[name].get(key)
+        if value is None:
+            return figures[name].get("error", "—") if key == "rss_after_load" else "—"
+        text = fmt.format(value)
+        if ratio and base.get(key) and name != "torch-fp32":
+            factor = base[key] / value if lower else value / base[key]
+            text += f" ({factor:.2f}x)"
+        return text
+
+    names = [n for n in RUNTIMES if n in figures]
+    rows = [
+        ("resident memory after load, GiB", [cell(n, "rss_after_load", "{:.2f}") for n in names]),
+        ("peak resident memory, GiB", [cell(n, "peak_rss", "{:.2f}") for n in names]),
+        ("prompt tokens (1000x1000 photo + question)", [cell(n, "prompt_tokens", "{}") for n in names]),
+        ("prefill s (one-token answer)", [cell(n, "prefill_s", "{:.1f}", True) for n in names]),
+        ("decode tokens/s", [cell(n, "decode_tps", "{:.2f}", True, lower=False) for n in names]),
+        ("32-token answer s", [cell(n, "answer32_s", "{:.1f}", True) for n in names]),
+        (f"describe photos/min (batch 1, {DESCRIBE_TOKENS} tokens)",
+         [cell(n, "describe_ppm", "{:.2f}", True, lower=False) for n in names]),
+        ("load s", [cell(n, "load_s", "{:.1f}") for n in names]),
+        ("export s / exporter peak GiB / disk GiB", [figures[n].get("export", "—") for n in names]),
+    ]
+    head = "| real-size Qwen2.5-VL-3B, random weights | " + " | ".join(names) + " |"
+    lines = [head, "|---" * (len(names) + 1) + "|"] + [f"| {label} | " + " | ".join(values) + " |"
+                                                     for label, values in rows]
+    size = "real size" if layers is None else f"SMOKE RUN: {layers} blocks per tower, not real size"
+    return (f"### VLM on a CPU ({size})\n\n`.venv/bin/python bench/vlm_cpu.py` — {machine['cpu']}, "
+            f"{os.cpu_count()} cores, instruction sets: {machine['isa']}. Ratios against PyTorch fp32, measured side "
+            f"by side in one run, each runtime in its own process. {machine['note']}\n\n" + "\n".join(lines) + "\n\n"
+            + machine["limits"] + "\n")
+
+
+def limits_text(machine: dict[str, Any], figures: dict[str, dict[str, Any]], params: dict[str, int]) -> str:
+    bw = machine["bandwidth_gbs"]
+    lm, vision = params["lm"], params["vision"]
+    tokens = figures["torch-fp32"].get("prompt_tokens") or 1300
+    flops = 2 * lm * tokens + 2 * vision * tokens * 4  # each visual token is 4 patches through the tower
+    bytes_per = {"torch-fp32": 4, "torch-bf16": 2, "openvino-int8": 1, "openvino-int4": 0.5}
+    rows = []
+    for name, per in bytes_per.items():
+        if name not in figures or "decode_tps" not in figures[name]:
+            continue
+        weight_gb = (lm + params["embed"]) * per / 1e9
+        rows.append((name, f"{weight_gb:.1f} GB a token read → at most {bw / weight_gb:.1f} tokens/s at "
+                           f"{bw:.0f} GB/s; measured {figures[name]['decode_tps']:.2f}"))
+    fp32 = machine["fp32_gflops"]
+    rows.append(("prefill", f"~{flops / 1e12:.1f} TFLOP for {tokens} prompt tokens; fp32 matmul here "
+                            f"{fp32:.0f} GFLOP/s → at least {flops / fp32 / 1e9:.0f} s in fp32 "
+                            f"(bf16 matmul here {machine['bf16_gflops']:.0f} GFLOP/s)"))
+    return "Physical limits on this machine:\n\n" + table(rows, ("bound", "figure"))
+
+
+def parameter_split(model: Path) -> dict[str, int]:
+    import struct
+
+    counts = {"lm": 0, "vision": 0, "embed": 0}
+    for path in model.glob("*.safetensors"):
+        with path.open("rb") as handle:
+            header = json.loads(handle.read(struct.unpack("<Q", handle.read(8))[0]))
+        for name, tensor in header.items():
+            if name == "__metadata__":
+                continue
+            count = 1
+            for dim in tensor["shape"]:
+                count *= int(dim)
+            key = "vision" if "visual" in name else "embed" if "embed_tokens" in name or "lm_head" in name else "lm"
+            counts[key] += count
+    return counts
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--folder", type=Path, default=Path("/tmp/vlm-cpu-bench"))
+    parser.add_argument("--layers", type=int)
+    parser.add_argument("--no-record", action="store_true")
+    parser.add_argument("--note", default="")
+    parser.add_argument("--measure", choices=RUNTIMES)
+    parser.add_argument("--model", type=Path)
+    parser.add_argument("--exports", type=Path)
+    args = parser.parse_args()
+    if args.measure:
+        print(json.dumps(measure(args.measure, args.model, args.exports)))
+        return
+    model = build_real_qwen(args.folder / f"model-{args.layers or 'real'}", args.layers, save_bf16=True)
+    exports = args.folder / f"openvino-{args.layers or 'real'}"
+    machine: dict[str, Any] = {"cpu": cpu_name(), "isa": instruction_sets(), "bandwidth_gbs": bandwidth_gbs(),
+                               "fp32_gflops": matmul_gflops("float32"), "bf16_gflops": matmul_gflops("bfloat16"),
+                               "note": args.note}
+    figures: dict[str, dict[str, Any]] = {}
+    for runtime in RUNTIMES:
+        made = ""
+        if runtime.startswith("openvino"):
+            weights = runtime.split("-")[1]
+            e = export(model, exports / weights, weights)
+            made = f"{e['export_s']:.0f} / {e['export_peak'] / GIB:.1f} / {e['disk'] / GIB:.2f}"
+        figures[runtime] = child(runtime, model, exports)
+        for key in ("rss_after_load", "peak_rss"):
+            if key in figures[runtime]:
+                figures[runtime][key] /= GIB
+        if "describe_pps" in figures[runtime]:
+            figures[runtime]["describe_ppm"] = figures[runtime]["describe_pps"] * 60
+        if made:
+            figures[runtime]["export"] = made
+        print(runtime, figures[runtime], flush=True)
+    machine["limits"] = limits_text(machine, figures, parameter_split(model))
+    text = report(figures, machine, args.layers)
+    print(text)
+    if not args.no_record:
+        record("vlm-cpu", text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,132 @@
+"""The OpenVINO export of VQA_MODEL, made once and cached: `python -m runners.vlm_export`.
+
+The export runs in the exporter's own pinned environment (scripts/setup-vlm-export.sh makes it the first time;
+optimum-intel needs transformers < 5.6, the service pins 5.24) through scripts/export_vlm_openvino.py. Beside the
+IR files it stores the fidelity reference: PyTorch fp32's answers to the probe (runners/vlm_fidelity.py), made
+here with the service's own code. Exports live in VQA_OPENVINO_CACHE/<model>-<key>/<weights>/, the key made of the
+model id and its files; they are built in a temporary sibling folder and renamed into place when complete.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from config import Settings, get_settings
+from runners.export_cache import cache_folder, publish
+
+log = logging.getLogger(__name__)
+
+EXPORT_FORMAT = 1  # bump when the export layout or the probe changes: old cache folders are not reused
+MARKER = "export.json"
+REFERENCE = "reference.json"
+STAT_ABOVE = 64 * 1024**2  # weight files keyed by size and mtime, not hashed at every start
+ROOT = Path(__file__).resolve().parents[1]
+SETUP = ROOT / "scripts" / "setup-vlm-export.sh"
+WORKER = ROOT / "scripts" / "export_vlm_openvino.py"
+
+
+class ExportFailed(RuntimeError):
+    """The exporter could not make the export (the message says why)."""
+
+
+def export_dir(settings: Settings, model_id: str, model_dir: Path, weights: str | None = None) -> Path:
+    salt = f"vlm-openvino/{EXPORT_FORMAT}"
+    base = cache_folder(settings.vqa_openvino_cache, model_id, model_dir, salt, STAT_ABOVE)
+    return base / (weights or settings.vqa_openvino_weights)
+
+
+def find_export(settings: Settings, model_id: str, model_dir: Path) -> Path | None:
+    """The finished export for VQA_OPENVINO_WEIGHTS, or None."""
+    folder = export_dir(settings, model_id, model_dir)
+    return folder if (folder / MARKER).is_file() else None
+
+
+def reference_answers(folder: Path) -> list[str]:
+    return list(json.loads((folder / REFERENCE).read_text(encoding="utf-8"))["answers"])
+
+
+def export(settings: Settings, model_id: str, model_dir: Path) -> Path:
+    """The export folder, made now when it is missing."""
+    folder = export_dir(settings, model_id, model_dir)
+    if (folder / MARKER).is_file():
+        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    temp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    try:
+        log.info("exporting %s to OpenVINO (%s weights) into %s: once per model", model_id, folder.name, folder)
+        started = time.monotonic()
+        run_exporter(settings, model_dir, temp, folder.name)
+        seconds = time.monotonic() - started
+        answers = torch_reference(settings, model_id, model_dir)
+        (temp / REFERENCE).write_text(json.dumps({"answers": answers}, ensure_ascii=False, indent=2) + "\n",
+                                      encoding="utf-8")
+        meta = {"model_id": model_id, "weights": folder.name, "format": EXPORT_FORMAT,
+                "export_seconds": round(seconds, 1), "bytes": folder_bytes(temp)}
+        (temp / MARKER).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        publish(temp, folder, MARKER)
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
+    return folder
+
+
+def exporter_python(settings: Settings) -> Path:
+    """The exporter environment's Python, the environment made first when missing (about 3 minutes)."""
+    env = settings.vqa_export_env if settings.vqa_export_env.is_absolute() else ROOT / settings.vqa_export_env
+    log.info("checking the OpenVINO exporter environment %s (made once by %s)", env, SETUP.name)
+    done = subprocess.run(["bash", str(SETUP), str(env)], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise ExportFailed(f"making the exporter environment {env} failed: {done.stderr.strip()[-2000:]}")
+    return env / "bin" / "python"
+
+
+def run_exporter(settings: Settings, model_dir: Path, out: Path, weights: str) -> None:
+    command = [str(exporter_python(settings)), str(WORKER), str(model_dir), str(out), "--weights", weights]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise ExportFailed(f"the OpenVINO export of {model_dir} failed: {done.stderr.strip()[-3000:]}")
+
+
+def torch_reference(settings: Settings, model_id: str, model_dir: Path) -> list[str]:
+    """PyTorch fp32's probe answers on the CPU, through the service's own code."""
+    from runners.vlm import VisionLanguageModel
+    from runners.vlm_fidelity import probe_answers
+
+    fp32 = settings.model_copy(update={"device": "cpu", "vqa_torch_cpu_dtype": "fp32"})
+    return probe_answers(VisionLanguageModel.load(model_dir, fp32, quantization="none", model_id=model_id))
+
+
+def folder_bytes(folder: Path) -> int:
+    return sum(path.stat().st_size for path in folder.rglob("*") if path.is_file())
+
+
+def main(argv: list[str] | None = None) -> int:
+    from runners.hub import resolve_model
+
+    parser = argparse.ArgumentParser(prog="python -m runners.vlm_export", description=__doc__.splitlines()[0])
+    parser.add_argument("--weights", choices=("int8", "int4"), help="default: VQA_OPENVINO_WEIGHTS")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    settings = get_settings()
+    if args.weights:
+        settings = settings.model_copy(update={"vqa_openvino_weights": args.weights})
+    model_dir = resolve_model(settings.vqa_model, settings.model_source, settings.model_cache_dir, "VQA_MODEL")
+    try:
+        folder = export(settings, settings.vqa_model, model_dir)
+    except ExportFailed as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    meta = json.loads((folder / MARKER).read_text(encoding="utf-8"))
+    print(json.dumps({"folder": str(folder), **meta}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

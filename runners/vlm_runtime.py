@@ -1,0 +1,96 @@
+"""Which runtime answers VQA (VQA_RUNTIME), checked before it serves: the memory guard and the fidelity gate.
+
+- `torch`: PyTorch (runners/vlm_torch.py).
+- `openvino`: the cached OpenVINO export (made now when missing: runners/vlm_export.py), on the CPU.
+- `auto` (the default): PyTorch on CUDA; on a CPU the OpenVINO export when one is cached, else PyTorch, logged
+  with the reason and the command that makes the export.
+Every OpenVINO load answers the fidelity probe (runners/vlm_fidelity.py); below VQA_FIDELITY_MIN_MATCH the
+runtime is refused and PyTorch is used, with a log line. Before any weights load, the memory guard
+(runners/memory_guard.py) compares the runtime's need with the available memory and stops start-up when it will
+not fit.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from config import Settings
+from runners.memory_guard import NotEnoughMemory, check_fits, openvino_need, torch_need
+from runners.vlm import VisionLanguageModel
+from runners.vlm_inputs import VlmInputs
+
+log = logging.getLogger(__name__)
+
+EXPORT_COMMAND = "python -m runners.vlm_export"
+
+
+class RuntimeRefused(RuntimeError):
+    """The OpenVINO runtime cannot serve (no export, export failed, fidelity below the bound)."""
+
+
+def open_vlm(settings: Settings) -> VisionLanguageModel:
+    """VQA_MODEL, resolved as every model is, on the runtime VQA_RUNTIME picks."""
+    from runners.device import pick_device
+    from runners.hub import resolve_model
+
+    folder = resolve_model(settings.vqa_model, settings.model_source, settings.model_cache_dir, "VQA_MODEL")
+    device = pick_device(settings.device)
+    if settings.vqa_runtime == "torch" or (settings.vqa_runtime == "auto" and device == "cuda"):
+        return torch_vlm(folder, settings, device)
+    try:
+        return openvino_vlm(folder, settings, make_export=settings.vqa_runtime == "openvino")
+    except RuntimeRefused as exc:
+        log.warning("VQA_RUNTIME=%s: %s; using PyTorch instead", settings.vqa_runtime, exc)
+    return torch_vlm(folder, settings, device)
+
+
+def torch_vlm(folder: Path, settings: Settings, device: str) -> VisionLanguageModel:
+    if device == "cpu" and settings.vqa_memory_guard:
+        precision = settings.vqa_torch_cpu_dtype
+        helps = ("use VQA_RUNTIME=openvino with VQA_OPENVINO_WEIGHTS=int8 (or int4, the smallest; "
+                 f"`{EXPORT_COMMAND}` makes the export), or VQA_ENABLED=false to serve search only")
+        check_fits(f"{settings.vqa_model} on PyTorch {precision}", torch_need(folder, precision, max_pixels(settings)),
+                   helps)
+    return VisionLanguageModel.load(folder, settings, model_id=settings.vqa_model)
+
+
+def openvino_vlm(folder: Path, settings: Settings, make_export: bool) -> VisionLanguageModel:
+    from runners import vlm_export
+    from runners.vlm_fidelity import compare, probe_answers
+    from runners.vlm_openvino import KV_CACHE_GIB, OpenVinoEngine
+
+    weights = settings.vqa_openvino_weights
+    export = vlm_export.find_export(settings, settings.vqa_model, folder)
+    if export is None and not make_export:
+        raise RuntimeRefused(f"no OpenVINO export of {settings.vqa_model} ({weights}) in {settings.vqa_openvino_cache}"
+                             f" (`{EXPORT_COMMAND}` makes it once)")
+    if export is None:
+        try:
+            export = vlm_export.export(settings, settings.vqa_model, folder)
+        except vlm_export.ExportFailed as exc:
+            raise RuntimeRefused(str(exc)) from exc
+    if settings.vqa_memory_guard:
+        helps = ("VQA_OPENVINO_WEIGHTS=int4 needs the least" if weights == "int8" else "this is the smallest runtime")
+        check_fits(f"{settings.vqa_model} on OpenVINO {weights}",
+                   openvino_need(export, folder, max_pixels(settings), KV_CACHE_GIB * 1024**3),
+                   f"{helps}; or set VQA_ENABLED=false to serve search only")
+    inputs = VlmInputs.load(folder, settings)
+    try:
+        vlm = VisionLanguageModel(inputs, OpenVinoEngine.load(export, inputs, settings, weights), settings.vqa_model)
+        fidelity = compare(vlm_export.reference_answers(export), probe_answers(vlm))
+    except Exception as exc:  # noqa: BLE001 - a damaged or foreign export fails in many ways: all mean "refused"
+        raise RuntimeRefused(f"the OpenVINO export in {export} does not load ({type(exc).__name__}: {exc})") from exc
+    engine = vlm.engine
+    described = f"OpenVINO {weights} ({getattr(engine, 'compute', '?')} compute): {fidelity.describe()}"
+    if not fidelity.passes(settings.vqa_fidelity_min_match):
+        raise RuntimeRefused(f"{described}, below VQA_FIDELITY_MIN_MATCH={settings.vqa_fidelity_min_match}")
+    log.info("VQA runtime %s", described)
+    return vlm
+
+
+def max_pixels(settings: Settings) -> int:
+    return settings.vqa_max_pixels or 12_845_056  # 0: the model's own bound (Qwen2.5-VL: 16384 * 28 * 28)
+
+
+__all__ = ["NotEnoughMemory", "RuntimeRefused", "open_vlm"]
