@@ -59,7 +59,7 @@ class DescriberLoader:
         from runners.vlm import VisionLanguageModel
 
         settings = Settings(_env_file=None, vqa_model=str(self.folder), device="cpu")  # type: ignore[call-arg]
-        return Describer(VisionLanguageModel(self.folder, settings), DEFAULT_DESCRIBE_PROMPT,
+        return Describer(VisionLanguageModel.load(self.folder, settings), DEFAULT_DESCRIBE_PROMPT,
                          max_new_tokens=self.max_new_tokens)
 
 
