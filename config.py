@@ -55,6 +55,8 @@ class Settings(BaseSettings):
     qdrant_replication_factor: int = Field(default=1, ge=1)
     # int8 (or 1-bit binary: 32x smaller, 4x oversampled) copies searched, float vectors rescore (docs/scaling.md)
     qdrant_quantization: Literal["int8", "binary", "none"] = "int8"
+    # Candidates rescored with the float vectors, as a multiple of top_k (unset: 2 for int8, 4 for binary)
+    qdrant_oversampling: float | None = Field(default=None, ge=1)
     qdrant_on_disk: bool = False  # float vectors memory-mapped from disk: collections larger than RAM (new ones)
     qdrant_hnsw_ef: int = Field(default=512, ge=1)  # search beam width: higher = better recall, slower
 

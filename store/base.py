@@ -59,8 +59,12 @@ class IndexTuning:
     quantization_type: str = "int8"
     on_disk: bool = False  # float vectors memory-mapped from disk (collections larger than RAM)
 
+    oversampling_set: bool = False  # QDRANT_OVERSAMPLING given: used as it is, for binary too
+
     def rescore_oversampling(self) -> float:
-        return max(self.oversampling, BINARY_OVERSAMPLING) if self.quantization_type == "binary" else self.oversampling
+        if self.quantization_type == "binary" and not self.oversampling_set:
+            return max(self.oversampling, BINARY_OVERSAMPLING)
+        return self.oversampling
 
 
 # Binary codes keep the sign of each dimension only: the best limit * this many candidates are rescored with

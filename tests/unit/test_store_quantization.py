@@ -47,6 +47,8 @@ def test_the_setting_picks_the_quantization(settings_env: Any) -> None:
     plain = tuning_of(settings_env(QDRANT_QUANTIZATION="none", QDRANT_ON_DISK="false"))
     assert not plain.quantization and not plain.on_disk
     assert BINARY.rescore_oversampling() == 4.0 and IndexTuning().rescore_oversampling() == 2.0
+    wider = tuning_of(settings_env(QDRANT_QUANTIZATION="binary", QDRANT_OVERSAMPLING="8"))
+    assert wider.rescore_oversampling() == 8.0
 
 
 def test_binary_shard_reopens_with_its_points(tmp_path: Path) -> None:
