@@ -77,11 +77,20 @@ class Settings(BaseSettings):
     qdrant_replication_factor: int = Field(
         default=1, ge=1,
         description="Replication factor of the collection, used when the indexer creates it on a server.")
-    qdrant_quantization: Literal["int8", "none"] = Field(
+    qdrant_quantization: Literal["int8", "binary", "none"] = Field(
         default="int8",
         description="`int8`: the collection also keeps int8 copies of the vectors in RAM; HNSW is built and searched "
-        "on them and the best candidates are rescored with the float vectors (scores stay exact cosines). `none`: "
+        "on them and the best candidates are rescored with the float vectors (scores stay exact cosines). `binary`: "
+        "1-bit copies (32x smaller than float32, coarser: 4x oversampled, then rescored; docs/scaling.md). `none`: "
         "float vectors only. Applies when the indexer creates or optimizes a collection.")
+    qdrant_oversampling: float | None = Field(
+        default=None, ge=1,
+        description="Candidates rescored with the float vectors, as a multiple of top_k (unset: 2 for int8, 4 for "
+        "binary).")
+    qdrant_on_disk: bool = Field(
+        default=False,
+        description="Float vectors memory-mapped from disk, for collections larger than RAM (applies to new "
+        "collections; the quantized copies stay in RAM).")
     qdrant_hnsw_ef: int = Field(
         default=512, ge=1,
         description="Search-time HNSW beam width: higher finds more of the true nearest neighbours, slower; around "
@@ -99,6 +108,20 @@ class Settings(BaseSettings):
         description="Images per embedding and upsert batch (through a running service, sent in requests of at most "
         "256 points).")
     index_workers: int = Field(default=4, ge=1, le=64, description="Decode threads of the indexer.")
+    index_engine: Literal["local", "ray"] = Field(
+        default="local",
+        description="Which engine decodes and embeds (`--engine`): `local` = this process; `ray` = a Ray cluster "
+        "(RAY_ADDRESS, as Ray reads it; unset: a local Ray for the run) with Ray Data (indexer/ray_engine.py, "
+        "docs/scaling.md).")
+    index_ray_embed_actors: int = Field(default=1, ge=1, description="Ray: CLIP actors, one model loaded in each.")
+    index_ray_describe_actors: int = Field(
+        default=1, ge=1, description="Ray: describer actors (`--describe`), one VQA model loaded in each.")
+    index_ray_writers: int = Field(
+        default=2, ge=1, description="Ray: write tasks in flight (with QDRANT_URL or through a running service).")
+    index_ray_gpus_per_actor: float | None = Field(
+        default=None, ge=0, description="Ray: GPUs each model actor holds (unset: 1 when the cluster has GPUs).")
+    index_ray_cpus_per_actor: float = Field(
+        default=1.0, gt=0, description="Ray: CPUs (torch threads) each model actor holds.")
     watch_interval_s: float = Field(
         default=2.0, gt=0, description="`python -m indexer --watch`: seconds between two listings of the library.")
     watch_settle_s: float = Field(

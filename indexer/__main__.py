@@ -10,15 +10,18 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 import numpy as np
 from PIL import Image
 
 from config import Settings, get_settings
-from indexer.pipeline import ImageEncoder, Indexer, IndexOptions, Summary, encode_each
+from indexer.pipeline import Engine, ImageEncoder, Indexer, IndexOptions, Summary, encode_each
 from store import open_store_for_writing
 from store.base import CollectionInfo, ModelMismatchError, StoreError, StoreLockedError, VectorStore
+
+if TYPE_CHECKING:
+    from indexer.ray_engine import RayOptions
 
 log = logging.getLogger("indexer")
 
@@ -33,6 +36,9 @@ def parse_args(argv: list[str] | None, settings: Settings) -> argparse.Namespace
                         help="images per embedding/upsert batch (INDEX_BATCH_SIZE=%(default)s)")
     parser.add_argument("--workers", type=int, default=settings.index_workers,
                         help="decode threads (INDEX_WORKERS=%(default)s)")
+    parser.add_argument("--engine", choices=("local", "ray"), default=settings.index_engine,
+                        help="local: this process; ray: a Ray cluster (RAY_ADDRESS, or a local Ray for the run) "
+                             "(INDEX_ENGINE=%(default)s)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     parser.add_argument("--describe", action="store_true", default=settings.index_describe,
@@ -155,15 +161,37 @@ def printable(name: str) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in name)
 
 
-def describe(store: VectorStore, library: Path, settings: Settings, options: IndexOptions, summary: Summary) -> None:
-    """The describe stage after the embedding run; VQA_MODEL is loaded only if a photo needs the model."""
-    from indexer.describe_stage import DescribeOptions, DescribeStage
+def describe(store: VectorStore, library: Path, settings: Settings, options: IndexOptions, summary: Summary,
+             ray: RayOptions | None = None) -> None:
+    """The describe stage after the embedding run; VQA_MODEL is loaded only if a photo needs the model
+    (with `ray`: in each describer actor of the cluster)."""
+    from indexer.describe_stage import DescribeEngine, DescribeOptions, DescribeStage
     from runners.describe import Describer, described_by_of
 
+    def load() -> Describer:
+        return Describer.from_settings(settings)
+
+    engine: DescribeEngine | None = None
+    if ray is not None:
+        from indexer.ray_engine import RayDescriber
+
+        engine = RayDescriber(load, ray)
     stage_options = DescribeOptions(batch_size=settings.describe_batch_size, workers=options.workers,
                                     progress=options.progress, max_pixels=settings.vqa_max_pixels)
-    DescribeStage(store, library, described_by_of(settings), lambda: Describer.from_settings(settings), summary,
-                  stage_options).run()
+    DescribeStage(store, library, described_by_of(settings), load, summary, stage_options, engine).run()
+
+
+def ray_engine(settings: Settings, store: VectorStore, load: Callable[[], ImageEncoder], options: RayOptions
+               ) -> Engine:
+    """The Ray engine. The embedded store held by this process has one writer, this driver; any other store
+    (QDRANT_URL, or a running service's write path) is opened by the write tasks, which write in parallel."""
+    from indexer.ray_engine import RayEngine
+    from store.edge import EdgeStore
+
+    def open_writer() -> VectorStore:
+        return open_store_for_writing(settings)
+
+    return RayEngine(load, options, None if isinstance(store, EdgeStore) else open_writer)
 
 
 def run(argv: list[str] | None = None) -> int:
@@ -215,6 +243,8 @@ def run(argv: list[str] | None = None) -> int:
         if args.watch:
             from indexer.watch import watch_until_signal
 
+            if args.engine == "ray":
+                log.warning("--watch runs in this process: --engine ray is for whole runs")
             if args.describe:
                 log.warning("--watch does not describe photos: run `python -m indexer --describe` for that")
             try:
@@ -223,9 +253,27 @@ def run(argv: list[str] | None = None) -> int:
             finally:
                 store.close()
             return 0
-        summary = Indexer(store, encoder, options).run(args.library)
-        if args.describe:
-            describe(store, args.library, settings, options, summary)
+        ray = None
+        if args.engine == "ray":  # Ray is imported by this engine only
+            from indexer.ray_engine import RayOptions
+
+            ray = RayOptions.from_settings(settings, args.batch_size, options.progress)
+        started = False
+        try:
+            engine = None
+            if ray is not None:
+                from indexer.ray_engine import connect
+
+                started = connect()
+                engine = ray_engine(settings, store, load, ray)
+            summary = Indexer(store, encoder, options, engine).run(args.library)
+            if args.describe:
+                describe(store, args.library, settings, options, summary, ray)
+        finally:
+            if started:
+                import ray as ray_module
+
+                ray_module.shutdown()
         store.close()
     # exit 2, as docs/indexing.md says (BackendRefused: an explicit CLIP_BACKEND that cannot be used)
     except (ModelMismatchError, ModelNotFoundError, StoreLockedError, BackendRefused) as exc:

@@ -40,6 +40,14 @@ class ImageDescriber(Protocol):
     def describe(self, images: list[Image.Image]) -> list[Any]: ...
 
 
+class DescribeEngine(Protocol):
+    """Describes the photos elsewhere (indexer/ray_engine.py, RayDescriber): yields each batch with its
+    outcomes (describe_decoded's), which the stage records as it records its own."""
+
+    def __call__(self, photos: list[SameContent], root: Path, max_pixels: int, described_by: str, batch_size: int
+                 ) -> Iterator[tuple[list[SameContent], list[dict[str, Any] | str]]]: ...
+
+
 @dataclass
 class SameContent:
     """One content to describe and every point that holds it (copies share one description)."""
@@ -61,7 +69,10 @@ class DescribeStage:
     """Describe every point of `store` not described by `described_by`; the counts go into `summary`."""
 
     def __init__(self, store: VectorStore, root: Path, described_by: str, load: Callable[[], ImageDescriber],
-                 summary: Summary, options: DescribeOptions | None = None) -> None:
+                 summary: Summary, options: DescribeOptions | None = None,
+                 engine: DescribeEngine | None = None) -> None:
+        self.engine = engine
+        self.root = root
         self.store = store
         self.library = Library(root)
         self.described_by = described_by
@@ -72,24 +83,21 @@ class DescribeStage:
 
     def run(self) -> Summary:
         start = time.perf_counter()
-        payloads = dict(self.store.payloads())
-        current = current_descriptions(payloads, self.described_by)
-        todo = sorted((pid for pid, p in payloads.items() if p.get("described_by") != self.described_by),
-                      key=lambda pid: str(payloads[pid].get("path", pid)))
-        copies = {pid: current[h] for pid in todo if (h := payloads[pid].get("content_hash")) in current}
-        photos = group_by_content(payloads, [pid for pid in todo if pid not in copies])
-        bar = progress_bar(len(todo), self.options.progress, STAGE)
+        copies, photos, total = self.todo()
+        bar = progress_bar(total, self.options.progress, STAGE)
         pool = ThreadPoolExecutor(self.options.workers, thread_name_prefix="describe-decode")
         try:
-            for chunk in chunks(list(copies.items()), self.options.batch_size):
-                self.store.set_descriptions(dict(chunk))
-                self.summary.described += len(chunk)
-                self.summary.descriptions_reused += len(chunk)
-                bar.update(len(chunk))
-            for batch in chunks(photos, self.options.batch_size):
-                self.describe_batch(batch, pool)
-                bar.update(sum(len(photo.ids) for photo in batch))
-            if todo:
+            self.copy(copies, bar)
+            if self.engine is None:
+                for batch in chunks(photos, self.options.batch_size):
+                    self.describe_batch(batch, pool)
+                    bar.update(sum(len(photo.ids) for photo in batch))
+            else:
+                for batch, outcomes in self.engine(photos, self.root, self.options.max_pixels, self.described_by,
+                                                   self.options.batch_size):
+                    self.record(batch, outcomes)
+                    bar.update(sum(len(photo.ids) for photo in batch))
+            if total:
                 self.store.finish()
         finally:
             pool.shutdown()
@@ -101,22 +109,37 @@ class DescribeStage:
         """Decode (on `pool`), describe and write one batch; each photo that fails is listed, its batch-mates
         go on."""
         decoded = list(pool.map(self.decode, batch))
-        ready = [(photo, image) for photo, image in zip(batch, decoded, strict=True) if isinstance(image, Image.Image)]
-        for photo, reason in zip(batch, decoded, strict=True):
-            if isinstance(reason, str):
-                self.fail(photo, reason)
-        if not ready:
-            return
-        results = self.model().describe([image for _, image in ready])
+        self.record(batch, describe_decoded(self.model, decoded, self.described_by))
+
+    def record(self, batch: list[SameContent], outcomes: list[dict[str, Any] | str]) -> None:
+        """Write the descriptions of one batch (each photo's fields go to every point holding it) and list
+        the photos that have none (both engines record here)."""
         written: dict[str, dict[str, Any]] = {}
-        for (photo, _), result in zip(ready, results, strict=True):
-            if isinstance(result, str):
-                self.fail(photo, result)
-                continue
-            written.update({pid: result.payload(self.described_by) for pid in photo.ids})
+        for photo, outcome in zip(batch, outcomes, strict=True):
+            if isinstance(outcome, str):
+                self.fail(photo, outcome)
+            else:
+                written.update({pid: outcome for pid in photo.ids})
         if written:
             self.store.set_descriptions(written)
             self.summary.described += len(written)
+
+    def todo(self) -> tuple[dict[str, dict[str, Any]], list[SameContent], int]:
+        """What this run must do: copies of current descriptions (id -> fields), the photos to describe,
+        and how many points that is in all."""
+        payloads = dict(self.store.payloads())
+        current = current_descriptions(payloads, self.described_by)
+        todo = sorted((pid for pid, p in payloads.items() if p.get("described_by") != self.described_by),
+                      key=lambda pid: str(payloads[pid].get("path", pid)))
+        copies = {pid: current[h] for pid in todo if (h := payloads[pid].get("content_hash")) in current}
+        return copies, group_by_content(payloads, [pid for pid in todo if pid not in copies]), len(todo)
+
+    def copy(self, copies: dict[str, dict[str, Any]], bar: Any) -> None:
+        for chunk in chunks(list(copies.items()), self.options.batch_size):
+            self.store.set_descriptions(dict(chunk))
+            self.summary.described += len(chunk)
+            self.summary.descriptions_reused += len(chunk)
+            bar.update(len(chunk))
 
     def model(self) -> ImageDescriber:
         """The describer, loaded when the first photo needs it (seconds to minutes for a real model)."""
@@ -128,25 +151,43 @@ class DescribeStage:
         return self.describer
 
     def decode(self, photo: SameContent) -> Image.Image | str:
-        """The photo's image, or why it cannot be described: unreadable, changed since it was indexed
-        (the next run's embedding sees the change and this stage then describes the new content), or not
-        decodable (IMAGE_MAX_DECODE_MB bounds the decode as in the embedding run)."""
-        try:
-            data = self.library.read_bytes(photo.paths[0])
-        except NotInLibrary as exc:
-            return f"cannot read: {exc.reason}"
-        if content_hash(data) != photo.content_hash:
-            return "changed since it was indexed: run the indexer again"
-        try:
-            image, _, _ = load_image(data, draft_size(self.options.max_pixels))
-        except BadImage as exc:
-            return str(exc)
-        return image
+        return decode_photo(self.library, photo, self.options.max_pixels)
 
     def fail(self, photo: SameContent, reason: str) -> None:
         for path in photo.paths:
             self.summary.describe_failed += 1
             self.summary.failures.append((path, f"cannot describe: {reason}"))
+
+
+def decode_photo(library: Library, photo: SameContent, max_pixels: int) -> Image.Image | str:
+    """The photo's image, or why it cannot be described: unreadable, changed since it was indexed
+    (the next run's embedding sees the change and this stage then describes the new content), or not
+    decodable (IMAGE_MAX_DECODE_MB bounds the decode as in the embedding run). Both engines decode here."""
+    try:
+        data = library.read_bytes(photo.paths[0])
+    except NotInLibrary as exc:
+        return f"cannot read: {exc.reason}"
+    if content_hash(data) != photo.content_hash:
+        return "changed since it was indexed: run the indexer again"
+    try:
+        image, _, _ = load_image(data, draft_size(max_pixels))
+    except BadImage as exc:
+        return str(exc)
+    return image
+
+
+def describe_decoded(model: Callable[[], ImageDescriber], decoded: list[Image.Image | str], described_by: str
+                     ) -> list[dict[str, Any] | str]:
+    """Each decoded photo's description fields, or why it has none (its decode's reason, or the model's).
+    `model()` gives the describer; it is asked for only when the batch holds an image. Both engines
+    describe here."""
+    ready = [i for i, image in enumerate(decoded) if isinstance(image, Image.Image)]
+    outcomes: list[dict[str, Any] | str] = [image if isinstance(image, str) else "" for image in decoded]
+    if ready:
+        results = model().describe([image for image in decoded if isinstance(image, Image.Image)])
+        for i, result in zip(ready, results, strict=True):
+            outcomes[i] = result if isinstance(result, str) else result.payload(described_by)
+    return outcomes
 
 
 def current_descriptions(payloads: dict[str, dict[str, Any]], described_by: str) -> dict[str, dict[str, Any]]:

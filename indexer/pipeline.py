@@ -65,16 +65,39 @@ class IndexOptions:
     stop: Callable[[], bool] | None = None
 
 
+class Engine(Protocol):
+    """The seam between the run (scan, plan, summary, deletes: Indexer) and the engine that decodes and embeds
+    the files to check: this process (LocalEngine) or a Ray cluster (indexer/ray_engine.py). An engine hands
+    each file's outcome back through `indexer.take` (decoded, to embed or reuse here) or
+    `indexer.take_embedded` (embedded elsewhere), or writes embedded points itself and reports them with
+    `indexer.count_written`."""
+
+    def process(self, indexer: Indexer, entries: list[FileEntry]) -> None: ...
+
+
+class LocalEngine:
+    """Decode in a thread pool, embed in this process (the default: imports nothing more)."""
+
+    def process(self, indexer: Indexer, entries: list[FileEntry]) -> None:
+        for decoded in indexer.decoded(entries):
+            indexer.take(decoded)
+            if indexer.options.stop is not None and indexer.options.stop():
+                break  # what was decoded is still written by the run: no batch is left half done
+
+
 class Indexer:
     """One indexing run of `root` into `store` with `encoder`."""
 
-    def __init__(self, store: VectorStore, encoder: ImageEncoder, options: IndexOptions | None = None) -> None:
+    def __init__(self, store: VectorStore, encoder: ImageEncoder, options: IndexOptions | None = None,
+                 engine: Engine | None = None) -> None:
         self.store = store
         self.encoder = encoder
         self.options = options or IndexOptions()
+        self.engine = engine or LocalEngine()
         self.summary = Summary()
         self.to_embed: list[Decoded] = []
         self.to_reuse: list[tuple[Decoded, str]] = []
+        self.embedded: list[tuple[Decoded, np.ndarray | None, str | None]] = []  # from an engine's embedders
         self.delete_ids: list[str] = []
         self.timer: dict[str, float] = {}
 
@@ -101,10 +124,8 @@ class Indexer:
         if problem:
             log.warning("%s", problem)
         self.timed("write", self.add_missing_fields, plan)
-        for decoded in self.decoded(plan.check):
-            self.take(decoded)
-            if self.options.stop is not None and self.options.stop():
-                break  # what was decoded is still written below: no batch is left half done
+        self.engine.process(self, plan.check)
+        self.flush_embedded()
         self.flush_reuse()  # may hand files back to embedding, so it goes first
         self.flush_embed()
         self.delete_ids += plan.stale_ids
@@ -196,16 +217,30 @@ class Indexer:
         batch, self.to_embed = self.to_embed, []
         if not batch:
             return
-        vectors, reasons = self.timed("embed", encode_each, self.encoder, [d.image for d in batch])
-        points, written = [], []
-        for item, vector, reason in zip(batch, vectors, reasons, strict=True):
-            if reason is None and np.all(np.isfinite(vector)):
-                points.append(self.point(item, vector, item.width, item.height))
-                written.append(item)
-            else:  # listed; its batch-mates are written as if it were not there
-                self.take(Decoded(item.entry, item.content_hash, error=f"cannot embed: {reason or 'no vector'}"))
+        embedded = self.timed("embed", embed_decoded, self.encoder, batch)
+        self.write_embedded([(item, vector, reason) for item, (vector, reason) in zip(batch, embedded, strict=True)])
+
+    def take_embedded(self, item: Decoded, vector: np.ndarray | None, reason: str | None) -> None:
+        """A file an engine embedded elsewhere: written here in batches, as flush_embed writes its own."""
+        self.embedded.append((item, vector, reason))
+        if len(self.embedded) >= self.options.batch_size:
+            self.flush_embedded()
+
+    def flush_embedded(self) -> None:
+        batch, self.embedded = self.embedded, []
+        if batch:
+            self.write_embedded(batch)
+
+    def write_embedded(self, results: list[tuple[Decoded, np.ndarray | None, str | None]]) -> None:
+        points, written, failed = embedded_points(results, self.encoder.model_id)
+        for item, reason in failed:  # listed; its batch-mates are written as if it were not there
+            self.take(Decoded(item.entry, item.content_hash, error=reason))
         self.timed("write", self.store.upsert, points)
-        for item in written:
+        self.count_written(written)
+
+    def count_written(self, items: list[Decoded]) -> None:
+        """Files whose freshly embedded points were written (by this process or by an engine's writers)."""
+        for item in items:
             self.count_write(item, same_content=False)
 
     def flush_reuse(self) -> None:
@@ -219,7 +254,8 @@ class Indexer:
                 self.retry_embed(item)
                 continue
             src = self.plan.existing[source]
-            points.append(self.point(item, vectors[source], int(src.get("width", 0)), int(src.get("height", 0))))
+            points.append(build_point(item, vectors[source], int(src.get("width", 0)), int(src.get("height", 0)),
+                                      self.encoder.model_id))
             written.append((item, source))
             if src.get("described_by"):  # the same content: its description holds too (an upsert drops it)
                 descriptions[points[-1].id] = description_of(src)
@@ -237,20 +273,43 @@ class Indexer:
         else:
             self.take(fresh)
 
-    def point(self, item: Decoded, vector: np.ndarray, width: int, height: int) -> Point:
-        entry = item.entry
-        payload = {
-            "path": entry.rel_path,
-            "content_hash": item.content_hash,
-            "size": entry.size,
-            "mtime": entry.mtime,
-            "width": width,
-            "height": height,
-            "indexed_at": time.time(),
-            "model_id": self.encoder.model_id,
-            "folders": folders_of(entry.rel_path),
-        }
-        return Point(point_id(entry.rel_path), np.asarray(vector, dtype=np.float32), payload)
+
+def build_point(item: Decoded, vector: np.ndarray, width: int, height: int, model_id: str) -> Point:
+    """The point of a decoded file (both engines build every point here)."""
+    entry = item.entry
+    payload = {
+        "path": entry.rel_path,
+        "content_hash": item.content_hash,
+        "size": entry.size,
+        "mtime": entry.mtime,
+        "width": width,
+        "height": height,
+        "indexed_at": time.time(),
+        "model_id": model_id,
+        "folders": folders_of(entry.rel_path),
+    }
+    return Point(point_id(entry.rel_path), np.asarray(vector, dtype=np.float32), payload)
+
+
+def embedded_points(results: list[tuple[Decoded, np.ndarray | None, str | None]], model_id: str
+                    ) -> tuple[list[Point], list[Decoded], list[tuple[Decoded, str]]]:
+    """The points of freshly embedded files, the files they are for, and the files that got no usable vector
+    (with the reason the summary lists)."""
+    points, written, failed = [], [], []
+    for item, vector, reason in results:
+        if reason is None and vector is not None and np.all(np.isfinite(vector)):
+            points.append(build_point(item, vector, item.width, item.height, model_id))
+            written.append(item)
+        else:
+            failed.append((item, f"cannot embed: {reason or 'no vector'}"))
+    return points, written, failed
+
+
+def embed_decoded(encoder: ImageEncoder, batch: list[Decoded]) -> list[tuple[np.ndarray | None, str | None]]:
+    """Each decoded file's vector (or why it has none): the embed stage of both engines."""
+    images = [d.image for d in batch if d.image is not None]  # an engine hands over decoded images only
+    vectors, reasons = encode_each(encoder, images)
+    return list(zip(vectors, reasons, strict=True))
 
 
 def encode_each(encoder: ImageEncoder, images: list[Image.Image]) -> tuple[np.ndarray, list[str | None]]:

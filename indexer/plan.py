@@ -41,7 +41,6 @@ def make_plan(entries: list[FileEntry], payloads: dict[str, dict[str, Any]], mod
     """`unreadable`: library-relative folders that could not be listed; their points are kept as they are.
     `hold`: library names whose points are kept as they are (files still being written)."""
     plan = Plan(existing=payloads)
-    plan.by_hash = {p["content_hash"]: pid for pid, p in sorted(payloads.items()) if p.get("content_hash")}
     on_disk = set()
     for entry in entries:
         pid = point_id(entry.rel_path)
@@ -51,6 +50,11 @@ def make_plan(entries: list[FileEntry], payloads: dict[str, dict[str, Any]], mod
             plan.unchanged.append(entry)
         else:
             plan.check.append(entry)
+    # A point whose file is checked in this run may get new content (and vector) in it: it is no source of
+    # vectors for other files, so what a copy or rename reuses does not depend on the order of the writes.
+    checked = {point_id(entry.rel_path) for entry in plan.check}
+    plan.by_hash = {p["content_hash"]: pid for pid, p in sorted(payloads.items())
+                    if p.get("content_hash") and pid not in checked}
     gone = set(payloads) - on_disk
     if unreadable:  # a point under a folder that could not be listed may still have its file
         gone = {pid for pid in gone if not any(in_folder(str(payloads[pid].get("path", "")), f) for f in unreadable)}

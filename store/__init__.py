@@ -9,6 +9,7 @@ does not need it. What both backends share is in store/common.py.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from store.base import (
@@ -91,7 +92,11 @@ def open_store_for_writing(settings: Settings) -> VectorStore:
 
 
 def tuning_of(settings: Settings) -> IndexTuning:
-    return IndexTuning(quantization=settings.qdrant_quantization == "int8", hnsw_ef=settings.qdrant_hnsw_ef)
+    tuning = IndexTuning(quantization=settings.qdrant_quantization != "none", hnsw_ef=settings.qdrant_hnsw_ef,
+                         quantization_type=settings.qdrant_quantization, on_disk=settings.qdrant_on_disk)
+    if settings.qdrant_oversampling:
+        return replace(tuning, oversampling=settings.qdrant_oversampling, oversampling_set=True)
+    return tuning
 
 
 def memory_store(collection: str = "images", tuning: IndexTuning | None = None) -> ServerStore:

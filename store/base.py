@@ -53,6 +53,22 @@ class IndexTuning:
     quantization: bool = True
     hnsw_ef: int = 512
     oversampling: float = 2.0
+    # "int8" (scalar: 4x smaller than float32) or "binary" (1 bit a dimension: 32x smaller, coarser, so more
+    # candidates are rescored: BINARY_OVERSAMPLING). Both kept in RAM; the float vectors rescore.
+    quantization_type: str = "int8"
+    on_disk: bool = False  # float vectors memory-mapped from disk (collections larger than RAM)
+
+    oversampling_set: bool = False  # QDRANT_OVERSAMPLING given: used as it is, for binary too
+
+    def rescore_oversampling(self) -> float:
+        if self.quantization_type == "binary" and not self.oversampling_set:
+            return max(self.oversampling, BINARY_OVERSAMPLING)
+        return self.oversampling
+
+
+# Binary codes keep the sign of each dimension only: the best limit * this many candidates are rescored with
+# the float vectors (Qdrant's guidance for binary quantization is 2-4x; bench/quantization.py measures it).
+BINARY_OVERSAMPLING = 4.0
 
 
 def folders_of(rel_path: str) -> list[str]:

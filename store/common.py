@@ -4,7 +4,7 @@ EdgeStore (qdrant-edge-py, store/edge.py) and ServerStore (qdrant-client, store/
 subclass EngineStore. It holds the search filter building, the scroll loop (payloads), the chunked
 retrieve loop (vectors), the search paging and dedup glue (search), the missing-collection answers
 (empty results, count 0), the payload-index set-up and the settings both engines share (FACET_LIMIT,
-search params, int8 quantization, sparse vectors). Each backend supplies only its engine's
+search params, int8/binary quantization, sparse vectors). Each backend supplies only its engine's
 primitives, the abstract methods below: scroll one page, retrieve some ids, run one Query, count,
 list / create payload indexes, make a match / range / has-id condition and a filter of them, and
 turn an engine error into a StoreError (used by _guard, around every engine call). A primitive
@@ -360,15 +360,19 @@ class Query:
 
 
 def search_params(lib: Any, tuning: IndexTuning) -> Any:
-    """The dense search's beam width and, with int8 vectors, the rescoring of `oversampling` x limit
-    candidates with the float vectors (so the final order and scores are exact cosines)."""
-    rescore = (lib.QuantizationSearchParams(rescore=True, oversampling=tuning.oversampling)
+    """The dense search's beam width and, with quantized vectors, the rescoring of the oversampled candidates
+    (IndexTuning.rescore_oversampling x limit) with the float vectors (so the final order and scores are exact
+    cosines)."""
+    rescore = (lib.QuantizationSearchParams(rescore=True, oversampling=tuning.rescore_oversampling())
                if tuning.quantization else None)
     return lib.SearchParams(hnsw_ef=tuning.hnsw_ef, quantization=rescore)
 
 
-def int8_config(lib: Any, int8: Any) -> Any:
-    """Scalar quantization of the vectors to int8 (`int8`: the engine's ScalarType member), kept in RAM."""
+def quantization_config(lib: Any, tuning: IndexTuning, int8: Any) -> Any:
+    """The quantized copy of the vectors, kept in RAM: QDRANT_QUANTIZATION=int8 is scalar quantization (`int8`:
+    the engine's ScalarType member), binary one bit a dimension."""
+    if tuning.quantization_type == "binary":
+        return lib.BinaryQuantizationConfig(always_ram=True)
     return lib.ScalarQuantizationConfig(type=int8, quantile=0.99, always_ram=True)
 
 

@@ -55,7 +55,7 @@ from store.common import (
     EngineStore,
     Query,
     as_vector,
-    int8_config,
+    quantization_config,
     require_same_model,
     same_payload_groups,
     search_params,
@@ -502,9 +502,9 @@ class EdgeStore(EngineStore):
         that has it with a config that lacks it, keeping the vector (set_descriptions adds it to an
         old shard)."""
         t = self.tuning
-        quantization = int8_config(qe, qe.ScalarType.Int8) if t.quantization else None
+        quantization = quantization_config(qe, t, qe.ScalarType.Int8) if t.quantization else None
         return qe.EdgeConfig(
-            vectors=qe.EdgeVectorParams(size=dim, distance=qe.Distance.Cosine),
+            vectors=qe.EdgeVectorParams(size=dim, distance=qe.Distance.Cosine, on_disk=t.on_disk or None),
             hnsw_config=qe.HnswIndexConfig(m=t.m, ef_construct=t.ef_construct, full_scan_threshold=t.full_scan_kb),
             quantization_config=quantization,
             sparse_vectors={TEXT_VECTOR: qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf)} if text else None)

@@ -31,7 +31,7 @@ from store.common import (
     EngineStore,
     Query,
     as_vector,
-    int8_config,
+    quantization_config,
     require_same_model,
     same_payload_groups,
     search_params,
@@ -104,7 +104,8 @@ class ServerStore(EngineStore):
             with self._guard("create the collection"):
                 self.client.create_collection(
                     self.collection,
-                    vectors_config=models.VectorParams(size=dim, distance=models.Distance.COSINE),
+                    vectors_config=models.VectorParams(size=dim, distance=models.Distance.COSINE,
+                                                       on_disk=self.tuning.on_disk or None),
                     sparse_vectors_config={TEXT_VECTOR: models.SparseVectorParams(modifier=models.Modifier.IDF)},
                     hnsw_config=models.HnswConfigDiff(m=self.tuning.m, ef_construct=self.tuning.ef_construct,
                                                       full_scan_threshold=self.tuning.full_scan_kb),
@@ -149,10 +150,13 @@ class ServerStore(EngineStore):
             with self._guard("set payload"):
                 self.client.set_payload(self.collection, payload=fields, points=list(ids), wait=True)
 
-    def _quantization(self) -> models.ScalarQuantization | None:
+    def _quantization(self) -> models.ScalarQuantization | models.BinaryQuantization | None:
         if not self.tuning.quantization:
             return None
-        return models.ScalarQuantization(scalar=int8_config(models, models.ScalarType.INT8))
+        config = quantization_config(models, self.tuning, models.ScalarType.INT8)
+        if isinstance(config, models.BinaryQuantizationConfig):
+            return models.BinaryQuantization(binary=config)
+        return models.ScalarQuantization(scalar=config)
 
     def finish(self) -> None:
         """Nothing to do: writes used wait=True (applied and in the server's WAL), and the server's
