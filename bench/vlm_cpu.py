@@ -170,18 +170,25 @@ def measure(runtime: str, model: Path, exports: Path) -> dict[str, Any]:
 
 
 def tree_peak(proc: subprocess.Popen[Any]) -> list[int]:
-    """Poll the process tree's resident memory until it ends; the peak in a one-item list."""
+    """Until the process ends, the largest high-water mark of resident memory (the kernel's VmHWM) of any process
+    in its tree (optimum-cli runs the export in a child); in a one-item list."""
     import psutil
 
     peak = [0]
+
+    def high_water(pid: int) -> int:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+        return 0
 
     def poll() -> None:
         parent = psutil.Process(proc.pid)
         while proc.poll() is None:
             try:
-                rss = sum(p.memory_info().rss for p in [parent, *parent.children(recursive=True)])
-                peak[0] = max(peak[0], rss)
-            except psutil.Error:
+                for member in [parent, *parent.children(recursive=True)]:
+                    peak[0] = max(peak[0], high_water(member.pid))
+            except (psutil.Error, OSError):
                 pass
             time.sleep(0.5)
 
