@@ -47,6 +47,9 @@ class Settings(BaseSettings):
 
     # Image library and vector store
     image_library: Path = Path("./images")
+    # The largest library file read into memory (API and indexer alike); a larger one is refused as not a
+    # library file (core/library.py), so a huge or endless file cannot exhaust memory.
+    library_max_file_mb: float = Field(default=256.0, gt=0)
     qdrant_path: Path = Path("./data/qdrant")
     qdrant_url: str | None = None
     qdrant_api_key: str | None = None
@@ -111,11 +114,19 @@ class Settings(BaseSettings):
 
     # Asking the library (/ask, api/asking.py): at most this many retrieved photos go to the VQA model
     ask_max_images: int = Field(default=6, ge=1)
+    # A photo that hybrid or text ranking found (by its description or the text drawn on it) goes to the
+    # model, and so can be cited, only when CLIP alone ranks it among this many best photos for the query:
+    # the picture must support it, not only its words (docs/security.md). 0: no such check.
+    ask_clip_support: int = Field(default=10, ge=0)
     # Sent after the numbered photos, before the question; "" sends only the photos and the question
     ask_instruction: str = DEFAULT_ASK_INSTRUCTION
 
     # Security and load limits of the HTTP API
     api_key: SecretStr | None = None  # when set, every endpoint but /livez and /readyz needs it
+    # Host names (the Host header, port ignored) the API answers, comma-separated; "*" any. Unset: any, except
+    # that a service bound to a loopback address without API_KEY answers loopback names only (localhost,
+    # 127.0.0.1, [::1]): a web page cannot reach it through DNS rebinding (docs/security.md).
+    allowed_hosts: str | None = None
     public_metrics: bool = False  # /metrics without the API key
     public_docs: bool = False  # /docs.json and the Swagger UI without the API key
     max_upload_mb: float = Field(default=20.0, gt=0)

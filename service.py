@@ -9,7 +9,6 @@ rule for which files are the library's in core/library.py. No torch import here.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from pathlib import Path
 from typing import Annotated, Any
@@ -23,6 +22,7 @@ from api.asking import DEFAULT_TOP_K, Asking
 from api.errors import ApiError, bad_request, handles_errors
 from api.health import health_report
 from api.internal_store import InternalStore, listening_url
+from api.limits import api_key_problem
 from api.metrics import index_size_text
 from api.runner_calls import runner_ready
 from api.searching import Searching, query_text
@@ -35,11 +35,29 @@ from runners.clip import model_id_of
 from runners.clip_service import ClipRunner
 from runners.vlm_service import VQARunner
 from store import open_store
-from store.base import StoreError, point_id
+from store.base import StoreDamagedError, StoreError, point_id
 from store.remote import service_file_path
 
 log = logging.getLogger("service")
 SETTINGS = get_settings()
+
+
+def refuse_without_space(folder: Path) -> None:
+    """Stop the service, with the reason in the log, when the embedded store's disk is (almost) full: opening
+    the store then could kill the worker with SIGBUS, silently and over and over (store/edge.py)."""
+    from store.edge import free_space_problem
+
+    problem = free_space_problem(folder)
+    if problem:
+        log.critical("the service cannot start: %s", problem)
+        raise SystemExit(f"error: {problem}")
+
+
+# Checked at start, in `bentoml serve` itself (which then exits with the message) and again in each worker.
+if problem := api_key_problem(SETTINGS.api_key.get_secret_value() if SETTINGS.api_key else None):
+    raise SystemExit(f"error: {problem} (the service does not start: every request would answer 401)")
+if not SETTINGS.qdrant_url:
+    refuse_without_space(SETTINGS.qdrant_path)
 # At start-up, build the HNSW index of the embedded store when more points than this are outside it
 # (written by indexer runs through the service, whose end only flushes: api/internal_store.py).
 # Fewer are searched exactly in a few ms (store/edge.py, unindexed_points).
@@ -64,14 +82,15 @@ class MultimodalServer:
         self.settings = SETTINGS
         self.library = Library(SETTINGS.image_library)
         self.model_id = model_id_of(SETTINGS.clip_model)
+        if not SETTINGS.qdrant_url:
+            refuse_without_space(SETTINGS.qdrant_path)  # a worker restarted after the disk filled up
         self.store = open_store(SETTINGS)
         self.store_calls = StoreCalls(self.store, SETTINGS.retry_after_s)
         self.searching = Searching(self.clip, self.store_calls, self.library, self.model_id, SETTINGS)
         self.vqa_requests = VqaRequests(self.vqa, self.library, SETTINGS)
         self.asking = Asking(self.searching, self.vqa_requests, self.library, SETTINGS)
         info = self.store.info()
-        with contextlib.suppress(StoreError):
-            self.store.count()  # the embedded store: take its folder now, so an indexer is told at once
+        self.check_store()  # the embedded store: take its folder now, so an indexer is told at once
         if info is None:
             log.warning("collection %r is empty: run `python -m indexer` to index %s",
                         SETTINGS.qdrant_collection, self.library.root)
@@ -83,6 +102,19 @@ class MultimodalServer:
             self.build_pending_index()
             self.internal_store.advertise(service_file_path(SETTINGS.qdrant_path, SETTINGS.qdrant_collection),
                                           listening_url(SETTINGS.service_url), SETTINGS.qdrant_collection)
+
+    def check_store(self) -> None:
+        """Open the store and probe it (store/common.py, check): a damaged one is logged with the way
+        back and marks the service degraded (/health) and not ready (/readyz); searches answer 503."""
+        try:
+            self.store.count()
+            check = getattr(self.store, "check", None)
+            if check is not None:
+                check()
+        except StoreDamagedError as exc:
+            self.store_calls.mark_damaged(exc)
+        except StoreError as exc:
+            log.warning("the vector store cannot answer yet: %s", exc)
 
     def build_pending_index(self) -> None:
         """Build the HNSW index of points that indexer runs wrote through the service, when there are
@@ -98,6 +130,8 @@ class MultimodalServer:
     async def __is_ready__(self) -> bool:
         """/readyz: 503 until both runners have loaded their models (BentoML's own runner probe
         answers 500 while a runner's socket is not up yet)."""
+        if self.store_calls.damaged:
+            return False
         return all(await asyncio.gather(runner_ready(self.clip), runner_ready(self.vqa)))
 
     @bentoml.api(route="/text2image_search")

@@ -18,6 +18,7 @@ from api.limits import Limits
 from api.logs import RequestLog
 from api.metrics import RequestMetrics
 from api.receipt_deadline import install as install_receipt_deadline
+from api.request_guard import RequestGuard
 from api.ui import ui_routes
 from config import Settings, get_settings
 
@@ -56,8 +57,9 @@ def routes() -> Starlette:
 
 def add_middlewares(service: Any, settings: Settings) -> None:
     """The middleware stack of the API service, outermost first: the security headers (nosniff on every
-    response, the web page's CSP), request id and log line, request counters, the limits (their refusals
-    are logged and counted too), then one error shape, a valid /docs.json and form bodies checked before
+    response, the web page's CSP), request id and log line, request counters, the request guard (Host
+    allowlist, ambiguous framing, redirects without the Host: api/request_guard.py), the limits (their
+    refusals are logged and counted too), then one error shape, a valid /docs.json and form bodies checked before
     BentoML acts on them. And the receipt deadline on the uvicorn server BentoML starts (uvicorn #157)."""
     from api.middleware import ApiContractMiddleware, SecurityHeaders
 
@@ -65,6 +67,8 @@ def add_middlewares(service: Any, settings: Settings) -> None:
     service.add_asgi_middleware(SecurityHeaders)
     service.add_asgi_middleware(RequestLog, log_format=settings.log_format)
     service.add_asgi_middleware(RequestMetrics)
+    service.add_asgi_middleware(RequestGuard, allowed_hosts=settings.allowed_hosts,
+                                api_key_set=bool(settings.api_key))
     service.add_asgi_middleware(
         Limits, api_key=settings.api_key.get_secret_value() if settings.api_key else None,
         public_metrics=settings.public_metrics, public_docs=settings.public_docs,

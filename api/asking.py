@@ -130,10 +130,37 @@ class Asking:
         return asked, searched
 
     async def retrieve(self, query: str, top_k: int, page: SearchPage, mode: str | None = None) -> list[RetrievedPhoto]:
-        """The photos to answer from, best first: the search of /text2image_search in the same `mode`."""
-        hits, _ = await self.searching.text_hits(query, top_k, page, mode)
+        """The photos to answer from, best first: the search of /text2image_search in the same `mode`, less
+        those whose picture does not support the query (`pictured`)."""
+        window = self.settings.ask_clip_support
+        more = window if mode != "vector" else 0  # room to refill what the rule below leaves out
+        hits, ran = await self.searching.text_hits(query, top_k + more, page, mode)
+        if ran != "vector":
+            hits = await self.pictured(query, top_k, page, hits)
+        hits = hits[:top_k]
         photos: list[RetrievedPhoto] = await self.searching.off_loop(self.readable, hits)
         return photos
+
+    async def pictured(self, query: str, top_k: int, page: SearchPage, hits: list[Hit]) -> list[Hit]:
+        """The rule against answers from photos that only *say* the query (issue 22 D11): words, in a
+        description or drawn on the photo itself, may lift a photo into the answer's sources, but only one
+        that CLIP's image-text ranking alone also puts among the ASK_CLIP_SUPPORT best photos for the query
+        (same filters, from the first page); any other is not given to the model, so it is never cited, and
+        the next supported photo of the ranking takes its place."""
+        window = self.settings.ask_clip_support
+        if not window or not hits:
+            return hits
+        vector = await self.searching.text_vector(query)
+        store = self.searching.store
+        support: list[Hit] = await store.run(store.store.search, vector, page.offset + max(window, top_k),
+                                             page.where, 0, False)
+        supported = {hit.id for hit in support}
+        kept = [hit for hit in hits if hit.id in supported]
+        for hit in hits:
+            if hit.id not in supported:
+                log.info("ask: leaving out %r: its words match the query but CLIP does not rank its picture "
+                         "among the %d best (ASK_CLIP_SUPPORT)", hit.payload.get("path"), window)
+        return kept
 
     def readable(self, hits: list[Hit]) -> list[RetrievedPhoto]:
         """The hits whose file is still a readable image of the library; the others (deleted or changed

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from api.errors import ApiError
 from api.runner_calls import runner_info
 from api.store_calls import StoreCalls
 
@@ -17,13 +18,24 @@ def summed(infos: list[dict[str, Any]], key: str) -> float | None:
 
 async def health_report(clip: Any, vqa: Any, store: StoreCalls, model_id: str, vqa_model_id: str) -> dict[str, Any]:
     clip_info, vqa_info = await asyncio.gather(runner_info(clip), runner_info(vqa))
-    info = await store.run(store.store.info)
-    described: dict[str, int] = await store.run(store.store.described_counts)
+    info, described, size, state = None, {}, None, "ok"
+    try:
+        info = await store.run(store.store.info)
+        described = await store.run(store.store.described_counts)
+        size = await store.run(store.store.count)
+    except ApiError:  # the store's state is part of the report, not a reason to fail it
+        pass
+    if store.damaged:
+        state = "damaged"
+    elif size is None:
+        state = "unavailable"
     return {
-        "status": "healthy" if clip_info and vqa_info else "degraded",
+        "status": "healthy" if clip_info and vqa_info and state == "ok" else "degraded",
+        # "ok"; "damaged" (searches refused, /readyz 503: python -m indexer --verify); "unavailable"
+        "store": state,
         "clip_model_loaded": bool(clip_info),
         "vqa_model_loaded": bool(vqa_info),
-        "image_library_size": await store.run(store.store.count),
+        "image_library_size": size,
         "device": vqa_info.get("device") or clip_info.get("device"),
         "gpu_memory_allocated_gb": summed([clip_info, vqa_info], "gpu_memory_allocated_gb"),
         "gpu_memory_reserved_gb": summed([clip_info, vqa_info], "gpu_memory_reserved_gb"),

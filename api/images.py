@@ -10,6 +10,11 @@ and answered with ETag / Last-Modified / Cache-Control; a matching If-None-Match
 gets 304. The path is the file's raw name, percent-encoded (a name that is not UTF-8 too: see
 core/library.py). Only library files (core/library.py, the rule the indexer uses) are served: anything else,
 `..`, absolute paths, hidden files, symlinks leading out or to hidden files, answers 404 as a missing file does.
+
+Each answer comes from one descriptor (core/library.py Library.open: no link followed, a regular file,
+checked on that descriptor), so a file swapped after the check is never served. HEAD reads no image data
+and renders nothing; a single byte `Range` answers 206 with Content-Range (416 past the end). A cached
+thumbnail of 0 bytes is made again; a cache that cannot be written warns once (docs/security.md, D12).
 """
 
 from __future__ import annotations
@@ -33,10 +38,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from api.errors import ApiError, bad_request, handles_errors, not_found
+from api.logs import escape_controls
 from config import get_settings
 from core.files import write_atomically
 from core.images import BadImage, load_image
-from core.library import Library, LibraryFile, NotInLibrary, library_name
+from core.library import Library, LibraryFile, NotInLibrary, OpenedFile, library_name
 
 log = logging.getLogger("service")
 
@@ -82,50 +88,121 @@ class ImageFiles:
         self.library = Library(library)
         self.cache = cache
         self.pool = ThreadPoolExecutor(workers, thread_name_prefix="thumbnail")
+        self.cache_failing = False  # the last thumbnail could not be cached (warned once)
 
     async def respond(self, request: Request) -> Response:
         size, fmt = parse_size(request.query_params.get("size")), parse_format(request.query_params.get("format"))
         raw = requested_name(request)
-        found = self.find(raw)
-        tag = etag(found, "original") if size == 0 else etag(found, size, fmt)
-        headers = cache_headers(found, tag)
-        loop = asyncio.get_running_loop()
         try:
-            # checked first, so that not even a 304 tells a caller that a non-image file exists
-            media_type = await loop.run_in_executor(self.pool, file_type, found.real)
-            if not_modified(request, headers["ETag"], found.mtime_ns):
-                return Response(status_code=304, headers=headers)
-            if size == 0:
-                body = await loop.run_in_executor(self.pool, found.real.read_bytes)
-            else:
-                body = await loop.run_in_executor(self.pool, self.thumbnail, found, size, fmt, tag)
-                media_type = FORMATS[fmt][1]
-        except (OSError, BadImage) as exc:  # removed or unreadable since the lookup, or not an allowed image
-            log.info("not serving image %s: %s", request.url.path, exc)
-            raise missing(raw) from exc
-        return Response(body, media_type=media_type, headers=headers)
-
-    def find(self, raw: bytes) -> LibraryFile:
-        """The library file at a library-relative path (raw bytes); 404 for anything the library
-        rule refuses."""
-        try:
-            return self.library.resolve(library_name(raw))
+            rel = library_name(raw)
         except NotInLibrary as exc:
             raise missing(raw) from exc
+        loop = asyncio.get_running_loop()
+        try:  # the whole answer comes from one descriptor, opened and read on the thumbnail threads
+            return await loop.run_in_executor(self.pool, self.answer, request, rel, size, fmt)
+        except (NotInLibrary, OSError, BadImage) as exc:  # refused, unreadable, or not an allowed image
+            log.info("not serving image %s: %s", escape_controls(request.url.path), exc)
+            raise missing(raw) from exc
 
-    def thumbnail(self, found: LibraryFile, size: int, fmt: str, key: str) -> bytes:
-        """The cached thumbnail, made (and cached) if missing. Runs on the thumbnail threads."""
-        cached = self.cache / key[:2] / f"{key}{FORMATS[fmt][2]}"
+    def answer(self, request: Request, rel: str, size: int, fmt: str) -> Response:
+        """The response for library file `rel`, read only through the descriptor Library.open gives."""
+        with self.library.open(rel) as opened:
+            found = opened.found
+            tag = etag(found, "original") if size == 0 else etag(found, size, fmt)
+            headers = cache_headers(found, tag)
+            # checked first, so that not even a 304 tells a caller that a non-image file exists
+            media_type = file_type(opened)
+            if not_modified(request, headers["ETag"], found.mtime_ns):
+                return Response(status_code=304, headers=headers)
+            head = request.method == "HEAD"
+            if size == 0:  # the original: a HEAD or a range reads only what it sends
+                span = byte_range(request, headers["ETag"], found.size)
+                start, end = span or (0, found.size)
+                body = b"" if head else opened.read(start, end - start)
+                return sized_response(body, media_type, headers, span, found.size, end - start)
+            media_type = FORMATS[fmt][1]
+            cached = self.cached(tag, fmt)
+            if cached is None and head:  # HEAD never renders: no length is promised
+                response = Response(b"", media_type=media_type, headers={**headers, "Accept-Ranges": "bytes"})
+                del response.headers["content-length"]
+                return response
+            if cached is None:
+                cached = self.thumbnail(opened, size, fmt, tag)
+        span = byte_range(request, headers["ETag"], len(cached))
+        start, end = span or (0, len(cached))
+        return sized_response(b"" if head else cached[start:end], media_type, headers, span, len(cached), end - start)
+
+    def cache_path(self, key: str, fmt: str) -> Path:
+        return self.cache / key[:2] / f"{key}{FORMATS[fmt][2]}"
+
+    def cached(self, key: str, fmt: str) -> bytes | None:
+        """The cached thumbnail, or None: missing, unreadable, or empty (a write cut short, e.g. by a
+        crash before the data reached the disk, left 0 bytes: made again)."""
         try:
-            return cached.read_bytes()
+            return self.cache_path(key, fmt).read_bytes() or None
         except OSError:
-            pass
-        body = render(found.real.read_bytes(), size, FORMATS[fmt][0])
+            return None
+
+    def thumbnail(self, opened: OpenedFile, size: int, fmt: str, key: str) -> bytes:
+        """Render the thumbnail from the opened file and cache it. Runs on the thumbnail threads. A cache
+        that cannot be written (full, read-only) still serves it, with one warning until it works again."""
+        body = render(opened.read(), size, FORMATS[fmt][0])
         try:
-            write_atomically(cached, body)
-        except OSError as exc:  # a full or read-only cache still serves the thumbnail
-            log.warning("cannot cache thumbnail in %s (THUMBNAIL_CACHE): %s", self.cache, exc)
+            write_atomically(self.cache_path(key, fmt), body)
+        except OSError as exc:
+            if not self.cache_failing:
+                log.warning("cannot cache thumbnails in %s (THUMBNAIL_CACHE): %s; serving them uncached, "
+                            "this is said once until the cache works again", self.cache, exc)
+            self.cache_failing = True
+        else:
+            if self.cache_failing:
+                log.warning("thumbnail cache %s (THUMBNAIL_CACHE) is writable again", self.cache)
+            self.cache_failing = False
         return body
+
+
+def sized_response(body: bytes, media_type: str, headers: dict[str, str], span: tuple[int, int] | None,
+                   total: int, length: int) -> Response:
+    """200 with the whole body, or 206 with Content-Range for `span`; the Content-Length is the length of
+    what a GET sends, for a HEAD too."""
+    headers = {**headers, "Accept-Ranges": "bytes", "Content-Length": str(length)}
+    if span is None:
+        return Response(body, media_type=media_type, headers=headers)
+    headers["Content-Range"] = f"bytes {span[0]}-{span[1] - 1}/{total}"
+    return Response(body, status_code=206, media_type=media_type, headers=headers)
+
+
+def byte_range(request: Request, etag: str, total: int) -> tuple[int, int] | None:
+    """The one byte range [start, end) a `Range: bytes=...` header asks for, or None for the whole body:
+    no Range, an If-Range that does not match the ETag, several ranges or a malformed one (RFC 9110 lets a
+    server ignore those). 416 for a range that starts past the end (or an empty suffix)."""
+    value = request.headers.get("range")
+    if_range = request.headers.get("if-range")
+    if value is None or (if_range is not None and if_range.strip() != etag):
+        return None
+    unit, _, spec = value.partition("=")
+    if unit.strip().lower() != "bytes" or "," in spec:
+        return None
+    first, dash, last = spec.strip().partition("-")
+    if not dash or not (first.isdigit() or last.isdigit()) or (first and not first.isdigit()) \
+            or (last and not last.isdigit()):
+        return None
+    if not first:  # the last N bytes
+        start, end = max(0, total - int(last)), total
+        if int(last) == 0 or total == 0:
+            raise unsatisfiable(total)
+    else:
+        start, end = int(first), total if not last else min(total, int(last) + 1)
+        if last and int(last) < start:
+            return None  # malformed: ignored
+        if start >= total:
+            raise unsatisfiable(total)
+    return start, end
+
+
+def unsatisfiable(total: int) -> ApiError:
+    return ApiError(416, "range_not_satisfiable", f"the range asked for is not within the {total} bytes sent",
+                    {"Content-Range": f"bytes */{total}"})
 
 
 def requested_name(request: Request) -> bytes:
@@ -155,10 +232,9 @@ def content_type(content: bytes | BinaryIO) -> str | None:
         return None
 
 
-def file_type(path: Path) -> str:
-    """content_type() of a file, reading only its header; BadImage when it is not an allowed image."""
-    with path.open("rb") as handle:
-        media_type = content_type(handle)
+def file_type(opened: OpenedFile) -> str:
+    """content_type() of an opened file, reading only its header; BadImage when it is not an allowed image."""
+    media_type = content_type(opened.stream())  # type: ignore[arg-type]  # read/seek/tell is all PIL uses
     if media_type is None:
         raise BadImage("its content is not an allowed image type")
     return media_type

@@ -40,13 +40,14 @@ from api.errors import ApiError, bad_request, handles_errors, not_found
 from api.store_calls import StoreCalls
 from core.files import write_atomically
 from store.base import StoreError, VectorStore
-from store.remote import REMOTE_METHODS, TOKEN_HEADER, decode_call, error_code, to_wire
+from store.remote import REMOTE_METHODS, TOKEN_HEADER, decode_call, error_code, to_wire, trust_problem
 
 log = logging.getLogger("service")
 
 PREFIX = "/internal/"
 FORWARDED = (b"x-forwarded-for", b"x-forwarded-host", b"x-real-ip", b"forwarded")
-STATUS = {"model_mismatch": 409, "collection_missing": 404, "store_locked": 423, "store_error": 500}
+STATUS = {"model_mismatch": 409, "collection_missing": 404, "store_locked": 423, "store_full": 507,
+          "store_damaged": 503, "store_error": 500}
 
 
 def is_internal_path(path: str) -> bool:
@@ -74,6 +75,10 @@ class InternalStore:
             log.warning("cannot write %s (%s): `python -m indexer` cannot run while the service does", path, exc)
             return
         self.token, self.file = token, path
+        problem = trust_problem(os.stat(path), os.stat(path.parent))
+        if problem:  # e.g. a group-writable QDRANT_PATH (umask 002): say so now, not at the first indexer run
+            log.warning("an indexer will refuse the address file %s: %s (chmod go-w %s; docs/security.md)",
+                        path, problem, path.parent)
 
     def withdraw(self) -> None:
         """Remove the address file at shutdown, unless another service has replaced it since."""
@@ -99,6 +104,8 @@ class InternalStore:
             raise bad_request("the body must be a JSON object")
         try:
             result = await self.calls.call(partial(self.run, method, body))
+            if method == "flush" and self.calls.damaged:  # the end of an indexer run: repaired it?
+                await self.calls.call(self.recheck)
         except StoreError as exc:
             code = error_code(exc)
             raise ApiError(STATUS[code], code, str(exc)) from exc
@@ -109,6 +116,17 @@ class InternalStore:
     def run(self, method: str, body: dict[str, Any]) -> Any:
         """VectorStore.<method> of the service's store with the call's arguments (on the store thread)."""
         return getattr(self.store, method)(**decode_call(method, body))
+
+    def recheck(self) -> None:
+        """Clear the service's "damaged" mark when the store passes its probe again (--recreate, --import)."""
+        check = getattr(self.store, "check", None)
+        if check is not None:
+            try:
+                check()
+            except StoreError:
+                return
+        log.warning("the vector store passes its check again: the service is no longer degraded")
+        self.calls.damaged = None
 
     def check_caller(self, request: Request) -> None:
         """404 off loopback, behind a proxy or while the path is off; 403 without the right token."""

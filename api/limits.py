@@ -18,6 +18,20 @@ CHUNK = 64 * 1024
 DOCS = ("/docs.json", "/", "/assets", "/static_content", "/schema.json")
 
 
+def api_key_problem(key: str | None) -> str | None:
+    """Why API_KEY can never match a request, or None: a key with white space around it (a header value
+    is trimmed, so no client can send it) or with characters other than printable ASCII (HTTP headers
+    carry bytes; clients encode anything else differently). Checked at start (service.py)."""
+    if key is None:
+        return None
+    if key != key.strip():
+        return "API_KEY has white space before or after it, which no request can send: remove it"
+    if not key.isascii() or not key.isprintable():
+        return ("API_KEY holds characters other than printable ASCII, which HTTP clients cannot send "
+                "reliably in a header: use letters, digits and punctuation only")
+    return None
+
+
 class Disconnected(Exception):
     """The client left (or its receipt deadline closed it) before its body was in."""
 

@@ -7,6 +7,10 @@ and is logged, with method, path, status and duration, as one line on stderr per
 `mms.requests` logger: a JSON object (LOG_FORMAT=json, the default) or `key=value` text
 (LOG_FORMAT=text), with the route it reached (its path template, e.g. `/images/{path:path}`, read from the
 app). Probes (/livez, /readyz, /healthz: api/asgi_types.py, PROBES) and /metrics get the header but no line.
+
+No request can forge a log line: control characters (a path's decoded %0a, %0d...) are written as escapes
+(`\\n`, `\\x1b`) in our text lines and in BentoML's own access log (`bentoml.access`, which writes the
+decoded path), through `EscapeControls`; JSON lines escape them anyway.
 """
 
 from __future__ import annotations
@@ -27,6 +31,27 @@ QUIET = PROBES | {METRICS_PATH}
 FIELDS = ("request_id", "method", "path", "status", "duration_ms", "client", "route")
 
 log = logging.getLogger("mms.requests")
+# C0 and C1 controls, DEL, and the Unicode line and paragraph separators: each could start a new log line.
+CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def escape_controls(text: str) -> str:
+    """`text` with every control character written as its Python escape (a newline as backslash-n)."""
+    return CONTROLS.sub(lambda m: repr(m.group())[1:-1], text)
+
+
+class EscapeControls(logging.Filter):
+    """Escapes control characters in a record's message and its string arguments (BentoML's access log
+    line is "%s (%s) (%s) %.3fms" with the decoded path inside the second argument)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str):
+            record.msg = escape_controls(record.msg)
+        if isinstance(record.args, tuple):
+            record.args = tuple(escape_controls(a) if isinstance(a, str) else a for a in record.args)
+        elif isinstance(record.args, dict):
+            record.args = {k: escape_controls(v) if isinstance(v, str) else v for k, v in record.args.items()}
+        return True
 
 
 class JsonFormatter(logging.Formatter):
@@ -40,12 +65,17 @@ class JsonFormatter(logging.Formatter):
 class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         when = datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds")
-        pairs = " ".join(f"{key}={getattr(record, key)}" for key in FIELDS if hasattr(record, key))
+        pairs = " ".join(f"{key}={escape_controls(str(getattr(record, key)))}" for key in FIELDS
+                         if hasattr(record, key))
         return f"{when} {record.levelname} {record.name} {record.getMessage()} {pairs}"
 
 
 def setup(log_format: str) -> None:
-    """Send `mms.requests` lines to stderr in the chosen format (once per process)."""
+    """Send `mms.requests` lines to stderr in the chosen format, and escape control characters in
+    BentoML's access log (once per process)."""
+    access = logging.getLogger("bentoml.access")
+    if not any(isinstance(f, EscapeControls) for f in access.filters):
+        access.addFilter(EscapeControls())
     if any(getattr(h, "mms_requests", False) for h in log.handlers):
         return
     handler = logging.StreamHandler(sys.stderr)

@@ -133,13 +133,14 @@ class Searching:
         "hybrid" fuses both in one store query; None picks hybrid once the index holds descriptions."""
         await self.check_index()
         ran = await self.pick_mode(mode)
-        vector = None
-        if ran != "text":
-            vectors = await from_runner(self.clip.to_async.encode_texts([query]), self.settings.retry_after_s)
-            vector = encoded(vectors[0], "text_query")
+        vector = None if ran == "text" else await self.text_vector(query)
         found: list[Hit] = await self.store.run(self.store.store.search, vector, top_k, page.where, page.offset,
                                                 page.dedup, None if ran == "vector" else query)
         return found, ran
+
+    async def text_vector(self, query: str) -> Any:
+        vectors = await from_runner(self.clip.to_async.encode_texts([query]), self.settings.retry_after_s)
+        return encoded(vectors[0], "text_query")
 
     async def pick_mode(self, mode: str | None) -> str:
         if mode is None:

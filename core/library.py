@@ -15,6 +15,13 @@ name from a Windows zip archive) has each of its non-ASCII bytes written as the 
 part of a library name, and escapes appear only in a component that is not UTF-8. `library_name()`
 turns a file system name (str or bytes) into it, `raw_name()` back into bytes; URLs carry the raw
 bytes percent-encoded (`url_path()`).
+
+Reading a library file goes through one opened descriptor (`Library.open`, `Library.read_bytes`, for the
+API and the indexer alike): the path is checked by the rule, then the file it resolved to is opened from
+the library folder down one component at a time, following no symbolic link (`O_NOFOLLOW` on every
+step), without blocking (`O_NONBLOCK`: a FIFO never hangs a reader), and that descriptor's `fstat` must
+show a regular file of at most LIBRARY_MAX_FILE_MB; only then are its bytes read, at most the size fstat
+gave. A file swapped for a link, a FIFO or a device between the check and the read is refused, never read.
 """
 
 from __future__ import annotations
@@ -22,11 +29,17 @@ from __future__ import annotations
 import os
 import re
 import stat
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from urllib.parse import quote
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"})
+# Opening a library file: follow no link, never block (a FIFO), never become a controlling terminal.
+FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+# Its folders on the way: O_PATH (Linux) needs no read permission on them, as a path lookup needs none.
+FOLDER_FLAGS = getattr(os, "O_PATH", os.O_RDONLY) | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 # A byte that is not UTF-8 in a library name; only 0x80-0xff can be one (ASCII is always UTF-8).
@@ -150,10 +163,112 @@ class Library:
         except NotInLibrary:
             return None
 
-    def read_bytes(self, rel: str) -> bytes:
-        """The file's bytes; NotInLibrary if the rule refuses it or it cannot be read."""
+    @contextmanager
+    def open(self, rel: str, max_bytes: int | None = None) -> Iterator[OpenedFile]:
+        """The library file `rel`, opened once (see the module docstring): its LibraryFile comes from
+        fstat on the descriptor that is read. NotInLibrary for what the rule refuses, a file changed
+        into a link, FIFO or device since the check, or one larger than `max_bytes` (default
+        LIBRARY_MAX_FILE_MB)."""
         found = self.resolve(rel)
+        parts = found.real.relative_to(self.root).parts
         try:
-            return found.real.read_bytes()
-        except OSError as exc:  # removed or made unreadable since the lookup
-            raise NotInLibrary(rel, exc.strerror or str(exc)) from exc
+            fd = open_no_follow(self.root, parts)
+        except OSError as exc:  # removed, made unreadable, or a link / non-folder swapped in since the check
+            raise NotInLibrary(rel, f"changed or unreadable since it was checked: {exc.strerror or exc}") from exc
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise NotInLibrary(rel, "not a regular file")
+            limit = max_file_bytes() if max_bytes is None else max_bytes
+            if info.st_size > limit:
+                raise NotInLibrary(rel, f"larger than LIBRARY_MAX_FILE_MB ({info.st_size} bytes)")
+            yield OpenedFile(fd, LibraryFile(found.rel, found.real, info.st_size, info.st_mtime, info.st_mtime_ns))
+        finally:
+            os.close(fd)
+
+    def read_bytes(self, rel: str, max_bytes: int | None = None) -> bytes:
+        """The file's bytes, read through one descriptor (`open`); NotInLibrary if the rule refuses it
+        or it cannot be read."""
+        with self.open(rel, max_bytes) as opened:
+            try:
+                return opened.read()
+            except OSError as exc:  # an I/O error, or the file truncated under us
+                raise NotInLibrary(rel, exc.strerror or str(exc)) from exc
+
+
+@dataclass(frozen=True)
+class OpenedFile:
+    """A library file opened by Library.open: `found` holds the descriptor's own fstat figures."""
+
+    fd: int
+    found: LibraryFile
+
+    def read(self, start: int = 0, length: int | None = None) -> bytes:
+        """Bytes [start, start + length) of the file (default: to the size fstat gave), never more than
+        that size even if the file grows meanwhile."""
+        end = self.found.size if length is None else min(self.found.size, start + length)
+        chunks = []
+        while start < end:
+            chunk = os.pread(self.fd, min(end - start, 1 << 24), start)
+            if not chunk:  # truncated since fstat: what is there
+                break
+            chunks.append(chunk)
+            start += len(chunk)
+        return b"".join(chunks)
+
+    def stream(self) -> FileStream:
+        """A binary file object over the descriptor (for readers that take one, such as PIL's header
+        check); it does not own the descriptor."""
+        return FileStream(self)
+
+
+class FileStream:
+    """A minimal read-only, seekable file over an OpenedFile (positioned reads, no ownership)."""
+
+    def __init__(self, opened: OpenedFile) -> None:
+        self.opened = opened
+        self.position = 0
+
+    def read(self, size: int = -1) -> bytes:
+        length = None if size is None or size < 0 else size
+        data = self.opened.read(self.position, length)
+        self.position += len(data)
+        return data
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self.position, os.SEEK_END: self.opened.found.size}[whence]
+        self.position = max(0, base + offset)
+        return self.position
+
+    def tell(self) -> int:
+        return self.position
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+
+def open_no_follow(root: Path, parts: Sequence[str]) -> int:
+    """A read descriptor of root/parts..., every component opened relative to the one before with
+    O_NOFOLLOW (a symbolic link anywhere below `root` fails with ELOOP or ENOTDIR) and the file itself
+    with O_NONBLOCK. The caller closes it and checks what it is (fstat)."""
+    if not parts:
+        raise IsADirectoryError(21, "the library itself is not a file")
+    folder = os.open(root, FOLDER_FLAGS)
+    try:
+        for part in parts[:-1]:
+            inner = os.open(part, FOLDER_FLAGS, dir_fd=folder)
+            os.close(folder)
+            folder = inner
+        return os.open(parts[-1], FILE_FLAGS, dir_fd=folder)
+    finally:
+        os.close(folder)
+
+
+def max_file_bytes() -> int:
+    """LIBRARY_MAX_FILE_MB in bytes (read lazily: core/ imports no settings at import)."""
+    from config import get_settings
+
+    return int(get_settings().library_max_file_mb * 2**20)

@@ -41,7 +41,47 @@ def parse_args(argv: list[str] | None, settings: Settings) -> argparse.Namespace
     parser.add_argument("--watch", action="store_true",
                         help="keep running: index files as they are added, changed, moved or removed "
                              "(WATCH_INTERVAL_S, WATCH_SETTLE_S); SIGTERM or Ctrl-C ends it")
+    backup = parser.add_argument_group("backup, migration and checks (docs/backup-and-migration.md)")
+    modes = backup.add_mutually_exclusive_group()
+    modes.add_argument("--export", metavar="FILE",
+                       help="write the collection (vectors, descriptions, model record) to FILE ('-': stdout; "
+                            "gzip when FILE ends in .gz) and exit")
+    modes.add_argument("--import", dest="import_", metavar="FILE",
+                       help="check the archive FILE ('-': stdin) whole, then write its points into the collection")
+    modes.add_argument("--verify", action="store_true",
+                       help="read the whole collection, check every point, exit 1 naming what is damaged")
+    backup.add_argument("--drop-vectors", action="store_true",
+                        help="with --import: keep the archive's descriptions only (an archive of another "
+                             "CLIP_MODEL); run the indexer first, then import")
     return parser.parse_args(argv)
+
+
+def backup_mode(args: argparse.Namespace, settings: Settings) -> int:
+    """--export, --import or --verify: no library and no model needed (0 ok, 1 failed or damaged)."""
+    from indexer.archive import export_archive, import_archive
+    from indexer.verify import verify_store
+    from runners.clip import model_id_of
+    from store import tuning_of
+
+    store = open_store_for_writing(settings)
+    try:
+        if args.export:
+            summary = export_archive(store, args.export, tuning_of(settings), settings.qdrant_collection)
+            done = f"exported {summary.points} points ({summary.described} described) to {args.export}"
+        elif args.import_:
+            summary = import_archive(store, args.import_, model_id_of(settings.clip_model), args.drop_vectors)
+            done = (f"imported the descriptions of {summary.described} points ({summary.skipped} skipped: not "
+                    "indexed yet, or their file changed)" if args.drop_vectors else
+                    f"imported {summary.points} points ({summary.described} described)")
+        else:
+            report = verify_store(store)
+            print("\n".join(report.lines()), file=sys.stdout if report.ok else sys.stderr)
+            return 0 if report.ok else 1
+    finally:
+        store.close()
+    out = sys.stderr if args.export == "-" else sys.stdout  # stdout carries the archive
+    print(json.dumps(summary.as_dict()) if args.json else f"{done} in {summary.seconds:.1f} s", file=out)
+    return 0
 
 
 def check_model(info: CollectionInfo | None, model_id: str, recreate: bool) -> None:
@@ -129,6 +169,23 @@ def describe(store: VectorStore, library: Path, settings: Settings, options: Ind
 def run(argv: list[str] | None = None) -> int:
     settings = get_settings()
     args = parse_args(argv, settings)
+    if args.drop_vectors and not args.import_:
+        print("error: --drop-vectors goes with --import", file=sys.stderr)
+        return 2
+    if args.export or args.import_ or args.verify:
+        try:
+            return backup_mode(args, settings)
+        except (ModelMismatchError, StoreLockedError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        except StoreError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        except OSError as exc:  # the archive's disk is full, or its folder cannot be written
+            where = args.export or "the spool file (TMPDIR) of the archive read from stdin"
+            print(f"error: cannot write {where}: {exc.strerror or exc}. Nothing was left half-written; "
+                  "free some space (or choose another place) and run it again.", file=sys.stderr)
+            return 1
     problem = library_problem(args.library)
     if problem and not args.watch:  # watch mode waits for a library that is not mounted yet
         print(f"error: image library {args.library} {problem} (set IMAGE_LIBRARY or --library)", file=sys.stderr)
@@ -151,6 +208,9 @@ def run(argv: list[str] | None = None) -> int:
         # The model (seconds to import and load) is loaded only once a file needs embedding.
         encoder = LazyEncoder(model_id, info.dim, load) if info and not args.recreate else load()
         store.ensure_collection(encoder.model_id, encoder.dim, recreate=args.recreate)
+        check = getattr(store, "check", None)  # a damaged store is named now, not left answering wrongly
+        if check is not None:
+            check()
         options = IndexOptions(batch_size=args.batch_size, workers=args.workers, progress=not args.no_progress)
         if args.watch:
             from indexer.watch import watch_until_signal

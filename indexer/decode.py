@@ -5,10 +5,13 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
 
 from PIL import Image
 
 from core.images import BadImage, clip_view, load_image
+from core.library import Library, NotInLibrary
 from indexer.scan import FileEntry
 
 
@@ -27,13 +30,21 @@ def content_hash(data: bytes) -> str:
     return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
+@lru_cache(maxsize=8)
+def library_at(root: Path) -> Library:
+    return Library(root)
+
+
 def read_file(entry: FileEntry) -> tuple[bytes | None, str | None]:
+    """The file's bytes, or (None, why); (None, None) when it is gone. Read as the API reads it: checked by
+    the library rule again and read through one no-follow descriptor (core/library.py), so a file swapped
+    for a link, FIFO or device since the scan is refused, never read and never waited on."""
     try:
-        data = entry.path.read_bytes()
-    except FileNotFoundError:
-        return None, None
-    except OSError as exc:
-        return None, f"cannot read: {exc.strerror or exc}"
+        data = library_at(entry.root).read_bytes(entry.rel_path)
+    except NotInLibrary as exc:
+        if isinstance(exc.__cause__, FileNotFoundError):
+            return None, None
+        return None, f"cannot read: {exc.reason}"
     if not data:
         return None, "empty file"
     return data, None

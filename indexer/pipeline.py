@@ -96,6 +96,10 @@ class Indexer:
         plan = make_plan(entries, payloads, self.encoder.model_id, [folder for folder, _ in unreadable], hold)
         self.plan = plan
         self.summary.unchanged = len(plan.unchanged)
+        space_problem = getattr(self.store, "space_problem", None)  # the embedded store checks its disk
+        problem = space_problem(len(plan.check)) if space_problem is not None and plan.check else None
+        if problem:
+            log.warning("%s", problem)
         self.timed("write", self.add_missing_fields, plan)
         for decoded in self.decoded(plan.check):
             self.take(decoded)

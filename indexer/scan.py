@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +19,7 @@ class FileEntry:
     path: Path
     size: int
     mtime: float
+    root: Path  # the library's resolved folder: indexer/decode.py reads the file through it (core/library.py)
 
 
 def scan_library(root: Path, unreadable: list[tuple[str, str]] | None = None,
@@ -42,7 +44,7 @@ def scan_library(root: Path, unreadable: list[tuple[str, str]] | None = None,
         if unreadable is not None:
             unreadable.append((shown_name(rel), f"cannot read folder: {exc.strerror or exc}"))
 
-    for folder, dirs, files in os.walk(root, onerror=on_error, followlinks=False):
+    for folder, dirs, files in walk(root, on_error):
         dirs[:] = sorted(d for d in dirs if not is_hidden(d))  # the rule refuses them anyway: don't walk them
         for name in files:
             path = Path(folder) / name
@@ -56,10 +58,40 @@ def scan_library(root: Path, unreadable: list[tuple[str, str]] | None = None,
     return sorted(entries, key=lambda e: e.rel_path)
 
 
+def walk(root: Path | str, onerror: Callable[[OSError], None] | None = None
+         ) -> Iterator[tuple[str, list[str], list[str]]]:
+    """os.walk(root, topdown=True, followlinks=False) without recursion: a folder 1,000 levels deep (a
+    legal path of a few KB) is walked like any other, where os.walk (recursive before Python 3.12) raises
+    RecursionError. The caller may prune `dirs` in place, as with os.walk; links to folders are listed in
+    `dirs` but not entered."""
+    stack = [os.fspath(root)]
+    while stack:
+        folder = stack.pop()
+        dirs: list[str] = []
+        files: list[str] = []
+        enter: set[str] = set()
+        try:
+            with os.scandir(folder) as listing:
+                for item in listing:
+                    try:
+                        is_dir = item.is_dir()
+                    except OSError:
+                        is_dir = False
+                    (dirs if is_dir else files).append(item.name)
+                    if is_dir and not item.is_symlink():
+                        enter.add(item.name)
+        except OSError as exc:
+            if onerror is not None:
+                onerror(exc)
+            continue
+        yield folder, dirs, files
+        stack.extend(os.path.join(folder, d) for d in reversed(dirs) if d in enter)
+
+
 def make_entry(library: Library, path: Path, rel: str) -> FileEntry:
     """The entry of the file at `path` (`rel` as os.walk names it); NotInLibrary if the rule refuses it."""
     found = library.resolve(library_name(rel))
-    return FileEntry(found.rel, path, found.size, found.mtime)
+    return FileEntry(found.rel, path, found.size, found.mtime, library.root)
 
 
 def shown_name(rel: str) -> str:

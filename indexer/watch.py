@@ -34,6 +34,7 @@ from typing import Any
 
 from core.library import NotInLibrary, is_hidden, is_image_name, library_name
 from indexer.pipeline import ImageEncoder, Indexer, IndexOptions, Summary
+from indexer.scan import walk
 from store.base import VectorStore
 
 log = logging.getLogger("indexer.watch")
@@ -50,7 +51,7 @@ def snapshot(root: Path) -> dict[str, Stat] | None:
     except OSError:
         return None
     files: dict[str, Stat] = {}
-    for folder, dirs, names in os.walk(root):
+    for folder, dirs, names in walk(root):  # no recursion: any depth (indexer/scan.py)
         dirs[:] = [d for d in dirs if not is_hidden(d)]
         for name in names:
             if is_hidden(name) or not is_image_name(name):

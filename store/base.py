@@ -73,6 +73,23 @@ class ModelMismatchError(StoreError):
     """The collection's vectors were made by another model (or another dimension)."""
 
 
+class StoreFullError(StoreError):
+    """The store's disk is full (or would be after this write): nothing was written; free space and rerun."""
+
+
+class StoreDamagedError(StoreError):
+    """The store's files are damaged: it cannot be opened or read, or it answers what it cannot hold (a
+    score a cosine cannot give). The message names the store and RECOVERY."""
+
+
+# How to get a damaged collection back (docs/backup-and-migration.md), said by every damage message.
+RECOVERY = (
+    "The way back: restore the collection from an archive (`python -m indexer --import FILE` into an empty "
+    "QDRANT_PATH or a new QDRANT_COLLECTION), or index again: `python -m indexer --recreate` re-embeds the "
+    "library, and `python -m indexer --import FILE --drop-vectors` then puts an archive's descriptions back "
+    "(without an archive, `--describe` makes them again). See docs/backup-and-migration.md.")
+
+
 class CollectionMissingError(StoreError):
     """The collection does not exist yet (the indexer has not run)."""
 
@@ -87,6 +104,17 @@ class CollectionInfo:
 class Point:
     id: str
     vector: np.ndarray  # float32, L2-normalised, shape (dim,)
+    payload: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Record:
+    """A point whole, as an archive holds it (indexer/archive.py): its dense CLIP vector (None when the
+    store lacks it), its text sparse vector (term -> weight; None when it has none) and its payload."""
+
+    id: str
+    vector: np.ndarray | None
+    text: dict[int, float] | None
     payload: dict[str, Any] = field(default_factory=dict)
 
 
@@ -212,6 +240,14 @@ class VectorStore(Protocol):
 
     def count(self) -> int:
         """Number of points; 0 when the collection is missing."""
+
+    def records_page(self, offset: Any, limit: int) -> tuple[list[Record], Any]:
+        """One page of whole points (vectors and payload) from `offset` (None: the start), and the next
+        page's offset (None after the last); ([], None) when the collection is missing. For export/verify."""
+
+    def restore(self, records: Sequence[Record]) -> None:
+        """Write these whole points as they are (dense vector, text vector, payload), replacing any
+        point with the same id: the import of an archive. Records without a dense vector are refused."""
 
     def finish(self) -> None:
         """Make writes durable and build the search index (end of an indexer run)."""

@@ -37,12 +37,16 @@ from store.base import (
     DEDUP_FETCH_FACTOR,
     HYBRID_DEPTH,
     INDEXED_FIELDS,
+    RECOVERY,
+    TEXT_VECTOR,
     CollectionInfo,
     CollectionMissingError,
     Hit,
     IndexTuning,
     ModelMismatchError,
+    Record,
     SearchFilter,
+    StoreDamagedError,
     StoreError,
     clean_payload,
     description_text,
@@ -50,6 +54,9 @@ from store.base import (
 from store.text_terms import query_terms, terms
 
 SCROLL_PAGE = 512  # points per scroll request
+# A cosine lies in [-1, 1]; float32 rounding takes it a hair past. A score beyond this (garbled vector
+# files gave ~7e37) means the store is damaged: the search is refused rather than answered wrongly.
+COSINE_SLACK = 1e-3
 RETRIEVE_CHUNK = 1024  # ids per retrieve request
 FACET_LIMIT = 10_000  # distinct values counted by described_counts (one per describing model + prompt)
 
@@ -75,6 +82,24 @@ class EngineStore(ABC):
         except CollectionMissingError:
             return [], None
         return [(str(record.id), dict(record.payload or {})) for record in records], next_offset
+
+    def records_page(self, offset: Any, limit: int) -> tuple[list[Record], Any]:
+        try:
+            records, next_offset = self._scroll(offset, limit, vectors=True)
+        except CollectionMissingError:
+            return [], None
+        return [Record(str(r.id), default_vector(r.vector), text_vector(r.vector), dict(r.payload or {}))
+                for r in records], next_offset
+
+    def restore(self, records: Sequence[Record]) -> None:
+        if not records:
+            return
+        for record in records:
+            if record.vector is None:
+                raise StoreError(f"point {record.id} has no CLIP vector: it cannot be restored as it is")
+        if any(r.text is not None for r in records):
+            self._ensure_text_vector()
+        self._restore(records)
 
     def vectors(self, ids: Sequence[str]) -> dict[str, np.ndarray]:
         out: dict[str, np.ndarray] = {}
@@ -103,10 +128,33 @@ class EngineStore(ABC):
 
             # A text with no words beside a vector still fuses (one ranking): the scores stay RRF scores.
             plan = Query(dense, words or None, fused=dense is not None and text is not None)
-            return search_pages(lambda n, skip: [_hit(p) for p in self._query(plan, condition, n, skip)],
+            hits = search_pages(lambda n, skip: [_hit(p) for p in self._query(plan, condition, n, skip)],
                                 limit, offset, dedup)
         except CollectionMissingError:
             return []
+        if text is None:
+            self._check_cosines(hits)
+        return hits
+
+    def check(self) -> None:
+        """A quick health probe (service and indexer start): count the points, then run the nearest search
+        of one fixed direction and of its opposite, so a vector garbled into huge values (it scores first
+        in one of the two) or an unreadable vector file raises StoreDamagedError. --verify reads everything."""
+        info = self.info()
+        if info is None or info.dim <= 0 or self.count() == 0:
+            return
+        probe = np.random.default_rng(0).standard_normal(info.dim).astype(np.float32)
+        probe /= np.linalg.norm(probe)
+        for direction in (probe, -probe):
+            self.search(direction, 1)
+
+    def _check_cosines(self, hits: list[Hit]) -> None:
+        """Refuse scores a cosine cannot give (see COSINE_SLACK): the store's vector files are damaged."""
+        bad = [h.score for h in hits if not abs(h.score) <= 1 + COSINE_SLACK]  # NaN fails the test too
+        if bad:
+            raise StoreDamagedError(
+                f"{self._where()} answered a similarity of {bad[0]:.3g}, which a cosine cannot be: its vector "
+                f"files are damaged (`python -m indexer --verify` lists the damaged points). {RECOVERY}")
 
     def set_descriptions(self, described: dict[str, dict[str, Any]]) -> None:
         if not described:
@@ -190,6 +238,10 @@ class EngineStore(ABC):
     # --- the engine's primitives -----------------------------------------------------------------
 
     @abstractmethod
+    def info(self) -> CollectionInfo | None:
+        """The model record (VectorStore.info)."""
+
+    @abstractmethod
     def _where(self) -> str:
         """The collection and where it is, for messages."""
 
@@ -199,9 +251,14 @@ class EngineStore(ABC):
         (KeyboardInterrupt, SystemExit)."""
 
     @abstractmethod
-    def _scroll(self, offset: Any, limit: int) -> tuple[Sequence[Any], Any]:
-        """One page of records (with .id and .payload, no vectors) from `offset` (None: the start),
-        and the offset of the next page (None after the last)."""
+    def _scroll(self, offset: Any, limit: int, vectors: bool = False) -> tuple[Sequence[Any], Any]:
+        """One page of records (with .id and .payload; with `vectors`, .vector: every vector by name,
+        the dense one under "") from `offset` (None: the start), and the offset of the next page
+        (None after the last)."""
+
+    @abstractmethod
+    def _restore(self, records: Sequence[Record]) -> None:
+        """Upsert whole points: dense vector (never None here), text sparse vector if any, payload."""
 
     @abstractmethod
     def _retrieve(self, ids: list[str], vectors: bool = True) -> Sequence[Any]:
@@ -262,6 +319,14 @@ class EngineStore(ABC):
 
 def _hit(point: Any) -> Hit:
     return Hit(id=str(point.id), score=float(point.score), payload=dict(point.payload or {}))
+
+
+def text_vector(vector: Any) -> dict[int, float] | None:
+    """A record's text sparse vector as term -> weight (None when it has none)."""
+    sparse = vector.get(TEXT_VECTOR) if isinstance(vector, dict) else None
+    if sparse is None:
+        return None
+    return {int(i): float(v) for i, v in zip(sparse.indices, sparse.values, strict=True)}
 
 
 def default_vector(vector: Any) -> np.ndarray | None:

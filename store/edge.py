@@ -18,26 +18,35 @@ that needs it, and held until close().
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import threading
+import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import qdrant_edge as qe
 
+from core.files import write_atomically
 from store.base import (
+    RECOVERY,
     RRF_K,
     TEXT_VECTOR,
     CollectionInfo,
     IndexTuning,
     Point,
+    Record,
+    StoreDamagedError,
     StoreError,
+    StoreFullError,
     StoreLockedError,
     clean_payload,
 )
@@ -72,8 +81,32 @@ FLUSH_EVERY_POINTS = 8192
 # StoreError while less than this, plus an estimate of what the write needs, is free. Searching
 # is never refused.
 MIN_FREE_BYTES = 64 * 2**20
+
+
+def free_space_problem(folder: Path) -> str | None:
+    """Why the embedded store in `folder` (or the disk it will be created on) must not be opened now, or
+    None: less than MIN_FREE_BYTES free. The engine maps its files into memory, and a write into a mapped
+    file on a full disk kills the process with SIGBUS, with nothing in the log; the service checks this at
+    start, as the indexer checks before its writes."""
+    probe = Path(folder)
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        free = shutil.disk_usage(probe).free
+    except OSError:
+        return None  # opening will tell
+    if free >= MIN_FREE_BYTES:
+        return None
+    return (f"not enough free disk space for the vector store in {folder} (QDRANT_PATH): {free / 2**20:.0f} MiB "
+            f"free, at least {MIN_FREE_BYTES / 2**20:.0f} MiB needed to open it safely. Free some space (or move "
+            "QDRANT_PATH) and start the service again")
 BYTES_PER_VALUE = 4  # float32
 POINT_OVERHEAD = 1024  # payload, id tracker, WAL record framing (generous)
+# What the engine says when a file of the shard is damaged (truncated or garbled): seen by damaging each
+# kind of file (tests/integration/test_damaged_store.py). Any failure to open an existing shard that is
+# neither "in use" nor "disk full" counts as damage too.
+DAMAGE_SIGNS = ("is not readable", "out of bounds", "Gridstore", "InvalidData", "Failed to deserialize",
+                "Failed to read segment", "Illegal segment", "corrupt", "unexpected end of file")
 
 
 class EdgeStore(EngineStore):
@@ -126,8 +159,15 @@ class EdgeStore(EngineStore):
                 self._ensure_indexes()
                 return
             try:
-                self._drop()
-                self._create(model_id, dim)
+                with self._creation_lock():
+                    # Another process may have made it while this one waited for the lock: use it.
+                    current = self.info()
+                    if current is not None and not recreate:
+                        require_same_model(current, model_id, dim, self._where())
+                        self._open()
+                    else:
+                        self._drop()
+                        self._create(model_id, dim)
             except OSError as exc:  # the meta file or the folder (the engine's own errors are StoreError)
                 raise StoreError(f"cannot create {self._where()}: {exc}") from exc
             self._ensure_indexes()
@@ -209,16 +249,25 @@ class EdgeStore(EngineStore):
                 with self._guard("flush"):
                     shard.flush()
             finally:
+                self._release()
                 with self._guard("close"):
                     shard.close()
             self._unflushed = 0
 
     # --- the engine's primitives (see store/common.py) ---------------------------------------------
 
-    def _scroll(self, offset: Any, limit: int) -> tuple[Sequence[Any], Any]:
+    def _scroll(self, offset: Any, limit: int, vectors: bool = False) -> tuple[Sequence[Any], Any]:
         shard = self._require_open()
         with self._guard("scroll"):
-            return shard.scroll(qe.ScrollRequest(offset=offset, limit=limit, with_payload=True, with_vector=False))
+            return shard.scroll(qe.ScrollRequest(offset=offset, limit=limit, with_payload=True, with_vector=vectors))
+
+    def _restore(self, records: Sequence[Record]) -> None:
+        shard = self._require_open()
+        self._check_space(2 * len(records) * _point_bytes(len(records[0].vector)))  # type: ignore[arg-type]
+        with self._guard("restore points"):
+            batch = [qe.Point(r.id, _vectors_of(r), clean_payload(r.payload)) for r in records]
+            shard.update(qe.UpdateOperation.upsert_points(batch))
+        self._written(len(batch))
 
     def _retrieve(self, ids: list[str], vectors: bool = True) -> Sequence[Any]:
         shard = self._require_open()
@@ -319,18 +368,84 @@ class EdgeStore(EngineStore):
             return None  # KeyboardInterrupt, SystemExit
         text = str(exc)
         if "WouldBlock" in text or "Resource temporarily unavailable" in text:
+            holder = self._holder()
             return StoreLockedError(
-                f"the vector store folder {self.folder} is in use: another process has the "
+                f"the vector store folder {self.folder} is in use: {holder or 'another process'} has the "
                 f"{self.collection!r} collection open (an embedded Qdrant store allows one process "
                 "at a time). A running service (bentoml serve) takes the indexer's writes itself "
                 "when its address file (.<collection>.service.json) is there; otherwise stop the "
                 "process that holds the folder, or use a Qdrant server via QDRANT_URL.")
         if any(s in text for s in ("No space left", "os error 28", "File too large", "os error 27")):
-            return StoreError(
+            return StoreFullError(
                 f"Qdrant Edge {what} failed on {self.shard_path}: the disk is full (or a file size limit "
                 f"was reached): {text}. Free some space (or move QDRANT_PATH) and run the indexer again: "
                 "it goes on where it stopped.")
+        if what == "open" or any(s in text for s in DAMAGE_SIGNS):
+            return StoreDamagedError(
+                f"the vector store folder {self.folder} (QDRANT_PATH) is damaged: its collection "
+                f"{self.collection!r} cannot be {'opened' if what == 'open' else 'read'} ({text}). {RECOVERY}")
         return StoreError(f"Qdrant Edge {what} failed on {self.shard_path}: {text}")
+
+    @contextmanager
+    def _creation_lock(self) -> Iterator[None]:
+        """Hold `.<collection>.create.lock` (an flock) while the collection is dropped or created: two
+        processes creating it on an empty folder at once would otherwise each take the other's fresh
+        shard for an unfinished one and drop it, losing its points. The second waits (creation takes
+        well under a second), then finds the collection made and opens it (or is told who holds it)."""
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot create the vector store folder {self.folder} (QDRANT_PATH): {exc}") from exc
+        fd = os.open(self.folder / f".{self.collection}.create.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
+    @property
+    def holder_path(self) -> Path:
+        """Who has the shard open: {"pid", "command", "since"}, written when this process opens it."""
+        return self.folder / f".{self.collection}.holder.json"
+
+    def _claim(self) -> None:
+        record = {"pid": os.getpid(), "command": " ".join(sys.argv)[:300] or "python",
+                  "since": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+        try:
+            write_atomically(self.holder_path, json.dumps(record).encode("utf-8"))
+        except OSError:
+            pass  # only the "in use" message is less precise
+
+    def _release(self) -> None:
+        try:
+            if json.loads(self.holder_path.read_text(encoding="utf-8")).get("pid") == os.getpid():
+                self.holder_path.unlink()
+        except (OSError, ValueError, AttributeError):
+            pass
+
+    def _holder(self) -> str:
+        """ "process 1234 (python -m indexer), since ..." from the holder file, or "" when it says nothing."""
+        try:
+            record = json.loads(self.holder_path.read_text(encoding="utf-8"))
+            return f"process {int(record['pid'])} ({record['command']}, since {record['since']})"
+        except (OSError, ValueError, KeyError, TypeError):
+            return ""
+
+    def space_problem(self, points: int) -> str | None:
+        """Why writing `points` new points, and the index build after them, will not fit on the disk
+        (None when it will): the indexer warns before its run, so a long run does not stop midway."""
+        info = self.info()
+        dim = info.dim if info else 512
+        need = MIN_FREE_BYTES + 2 * points * _point_bytes(dim) + (self.count() + points) * _point_bytes(dim)
+        try:
+            free = shutil.disk_usage(self.folder if self.folder.exists() else self.folder.parent).free
+        except OSError:
+            return None
+        if free >= need:
+            return None
+        return (f"the disk of the vector store ({self.folder}, QDRANT_PATH) has {free / 2**20:.0f} MiB free; "
+                f"writing {points} points and building their index needs about {need / 2**20:.0f} MiB. The run "
+                "stops cleanly when the disk fills (run it again once space is freed: it goes on where it stopped).")
 
     def _check_space(self, need: int) -> None:
         """Raise StoreError when a write of about `need` bytes could fill the disk (see MIN_FREE_BYTES)."""
@@ -339,7 +454,7 @@ class EdgeStore(EngineStore):
         except OSError:
             return  # the write itself will tell
         if free < MIN_FREE_BYTES + need:
-            raise StoreError(
+            raise StoreFullError(
                 f"not enough free disk space for the vector store in {self.folder} (QDRANT_PATH): "
                 f"{free / 2**20:.0f} MiB free, {(MIN_FREE_BYTES + need) / 2**20:.0f} MiB wanted. Free some "
                 "space (or move QDRANT_PATH) and run the indexer again: it goes on where it stopped.")
@@ -403,6 +518,7 @@ class EdgeStore(EngineStore):
                 if info is None:
                     raise self._missing()
                 self._shard = self._load(info.dim)
+                self._claim()
             return self._shard
 
     def _open_if_exists(self) -> qe.EdgeShard | None:
@@ -450,6 +566,7 @@ class EdgeStore(EngineStore):
         else:
             trash = None
         if shard is not None:
+            self._release()
             with self._guard("close"):
                 shard.close()
         if trash is not None:
@@ -458,7 +575,8 @@ class EdgeStore(EngineStore):
 
     def _create(self, model_id: str, dim: int) -> None:
         try:
-            self.folder.mkdir(parents=True, exist_ok=True)
+            # never group-writable, whatever the umask: an indexer trusts the service file in it only then
+            self.folder.mkdir(mode=0o755, parents=True, exist_ok=True)
         except OSError as exc:
             raise StoreError(f"cannot create the vector store folder {self.folder} "
                              f"(QDRANT_PATH): {exc}") from exc
@@ -472,6 +590,14 @@ class EdgeStore(EngineStore):
             shard.close()
             raise
         self._shard = shard
+        self._claim()
+
+
+def _vectors_of(record: Record) -> dict[str, Any]:
+    vectors: dict[str, Any] = {"": as_vector(record.vector)}
+    if record.text is not None:
+        vectors[TEXT_VECTOR] = _sparse(record.text)
+    return vectors
 
 
 def _sparse(words: dict[int, float]) -> qe.SparseVector:

@@ -26,6 +26,8 @@ import base64
 import dataclasses
 import inspect
 import json
+import os
+import stat
 import time
 import typing
 import uuid
@@ -44,8 +46,11 @@ from store.base import (
     Hit,
     ModelMismatchError,
     Point,
+    Record,
     SearchFilter,
+    StoreDamagedError,
     StoreError,
+    StoreFullError,
     StoreLockedError,
     VectorStore,
     clean_payload,
@@ -63,7 +68,7 @@ TIMEOUT_MARGIN_S = 20.0
 # An indexer's finish() only flushes there: the index build holds the GIL (the whole service) for seconds.
 REMOTE_METHODS = frozenset({
     "info", "ensure_collection", "upsert", "delete", "payload_page", "vectors", "search", "set_payloads",
-    "set_descriptions", "described_counts", "count", "flush", "unindexed_points",
+    "set_descriptions", "described_counts", "count", "flush", "unindexed_points", "records_page", "restore",
 })
 
 # Error codes of the write path -> the StoreError the caller gets (any other code: StoreError).
@@ -71,6 +76,8 @@ ERRORS: dict[str, type[StoreError]] = {
     "model_mismatch": ModelMismatchError,
     "collection_missing": CollectionMissingError,
     "store_locked": StoreLockedError,
+    "store_full": StoreFullError,
+    "store_damaged": StoreDamagedError,
 }
 
 
@@ -102,20 +109,63 @@ def service_file_path(folder: Path, collection: str) -> Path:
     return Path(folder) / f".{collection}.service.json"
 
 
+class UntrustedServiceFile(StoreLockedError):
+    """The service file could have been written by another user: it is not followed."""
+
+
+MAX_SERVICE_FILE_BYTES = 64 * 1024
+
+
+def trust_problem(file: os.stat_result, folder: os.stat_result) -> str | None:
+    """Why a service file with these fstat / folder stat figures may have been written by someone other
+    than this user, or None: the indexer sends every path and vector of its run where the file says."""
+    me = os.geteuid()
+    if not stat.S_ISREG(file.st_mode):
+        return "it is not a regular file"
+    if file.st_uid != me:
+        return f"it belongs to user id {file.st_uid}, not to this user ({me})"
+    if file.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return "it is writable by other users"
+    if folder.st_uid != me:
+        return f"its folder belongs to user id {folder.st_uid}, not to this user ({me})"
+    if folder.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return "its folder is writable by other users, who could have put it there"
+    return None
+
+
 def read_service_file(path: Path) -> ServiceFile | None:
     """The service file, or None when there is none (or it is damaged: a service being replaced).
-    Raise StoreLockedError when it exists but this user may not read it."""
+    Raise StoreLockedError when it exists but this user may not read it, and UntrustedServiceFile when it
+    (opened without following a link, checked on that descriptor) or its folder is not this user's
+    alone: a file another user planted would receive the whole run (docs/security.md)."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        return ServiceFile(str(data["url"]), str(data["token"]), int(data["pid"]), str(data["collection"]))
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         return None
     except PermissionError as exc:
         raise StoreLockedError(
             f"a service holds the vector store, but its address file {path} cannot be read by this user "
             "(it is readable by the service's user only): run the indexer as that user") from exc
+    except OSError as exc:  # ELOOP: a symbolic link where the file should be
+        raise untrusted(path, f"it cannot be opened as a plain file ({exc.strerror or exc})") from exc
+    try:
+        problem = trust_problem(os.fstat(fd), os.stat(path.parent))
+        if problem:
+            raise untrusted(path, problem)
+        data = json.loads(os.read(fd, MAX_SERVICE_FILE_BYTES).decode("utf-8"))
+        return ServiceFile(str(data["url"]), str(data["token"]), int(data["pid"]), str(data["collection"]))
     except (OSError, ValueError, KeyError, TypeError):
         return None
+    finally:
+        os.close(fd)
+
+
+def untrusted(path: Path, problem: str) -> UntrustedServiceFile:
+    return UntrustedServiceFile(
+        f"refusing the service address file {path}: {problem}. The indexer would send every path and vector "
+        f"of this run to the address it names. Make QDRANT_PATH ({path.parent}) belong to the user that runs "
+        f"the service and the indexer and not writable by others (chmod go-w {path.parent}), and remove "
+        "the file if no service of yours wrote it.")
 
 
 # --- the wire format -----------------------------------------------------------------------------
@@ -258,6 +308,14 @@ class RemoteStore:
 
     def payload_page(self, offset: Any, limit: int) -> tuple[list[tuple[str, dict[str, Any]]], Any]:
         return self.call("payload_page", offset=offset, limit=limit)  # type: ignore[no-any-return]
+
+    def records_page(self, offset: Any, limit: int) -> tuple[list[Record], Any]:
+        return self.call("records_page", offset=offset, limit=limit)  # type: ignore[no-any-return]
+
+    def restore(self, records: Sequence[Record]) -> None:
+        for start in range(0, len(records), UPSERT_CHUNK):
+            self.call("restore", records=[Record(r.id, r.vector, r.text, clean_payload(r.payload))
+                                          for r in records[start:start + UPSERT_CHUNK]])
 
     def vectors(self, ids: Sequence[str]) -> dict[str, np.ndarray]:
         out: dict[str, np.ndarray] = {}

@@ -22,6 +22,7 @@ from store.base import (
     CollectionMissingError,
     IndexTuning,
     Point,
+    Record,
     StoreError,
     clean_payload,
 )
@@ -165,10 +166,17 @@ class ServerStore(EngineStore):
 
     # --- the engine's primitives (see store/common.py) ---------------------------------------------
 
-    def _scroll(self, offset: Any, limit: int) -> tuple[Sequence[Any], Any]:
+    def _scroll(self, offset: Any, limit: int, vectors: bool = False) -> tuple[Sequence[Any], Any]:
         with self._guard("scroll points"):
             return self.client.scroll(self.collection, limit=limit, offset=offset,
-                                      with_payload=True, with_vectors=False)
+                                      with_payload=True, with_vectors=vectors)
+
+    def _restore(self, records: Sequence[Record]) -> None:
+        for start in range(0, len(records), UPSERT_CHUNK):
+            with self._guard("restore points"):
+                chunk = [models.PointStruct(id=r.id, vector=_vectors_of(r), payload=clean_payload(r.payload))
+                         for r in records[start:start + UPSERT_CHUNK]]
+                self.client.upsert(self.collection, points=chunk, wait=True)
 
     def _retrieve(self, ids: list[str], vectors: bool = True) -> Sequence[Any]:
         with self._guard("retrieve points"):
@@ -291,6 +299,13 @@ class ServerStore(EngineStore):
             f"cannot reach the Qdrant server at {self.location} (QDRANT_URL) to {what}: {exc}. "
             "Start the server or fix QDRANT_URL, or unset QDRANT_URL to use the embedded store "
             "in QDRANT_PATH.")
+
+
+def _vectors_of(record: Record) -> dict[str, Any]:
+    vectors: dict[str, Any] = {"": as_vector(record.vector)}
+    if record.text is not None:
+        vectors[TEXT_VECTOR] = _sparse(record.text)
+    return vectors
 
 
 def _sparse(words: dict[int, float]) -> models.SparseVector:

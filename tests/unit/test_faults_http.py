@@ -24,6 +24,7 @@ from api.middleware import FormInspector, SecurityHeaders, validation_error
 from api.ui import UI_POLICY
 from core.bentoml_compat import MAX_UPLOAD_NAME_BYTES, upload_name_problem
 from core.images import BadImage
+from core.library import Library
 
 NOT_IMAGES = {
     "html": b"<!doctype html><html><script>alert(document.cookie)</script></html>",
@@ -71,9 +72,11 @@ def test_file_type_reads_a_file_and_refuses_non_images(tmp_path: Path) -> None:
     jpeg_named_png, html_named_png = tmp_path / "a.png", tmp_path / "b.png"
     jpeg_named_png.write_bytes(encoded("JPEG"))
     html_named_png.write_bytes(NOT_IMAGES["html"])
-    assert file_type(jpeg_named_png) == "image/jpeg"
-    with pytest.raises(BadImage):
-        file_type(html_named_png)
+    library = Library(tmp_path)
+    with library.open("a.png") as opened:
+        assert file_type(opened) == "image/jpeg"
+    with library.open("b.png") as opened, pytest.raises(BadImage):
+        file_type(opened)
 
 
 # -- JSON nesting ------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import socket
 import stat
 import sys
@@ -187,14 +188,14 @@ def test_unreadable_address_file_says_whose_it_is(tmp_path: Path, settings_env: 
     settings = settings_env(QDRANT_PATH=tmp_path / "qdrant", QDRANT_URL=None)
     path = service_file_path(settings.qdrant_path, "images")
     write_private_json(path, {"url": "http://127.0.0.1:9", "token": "t", "pid": 1, "collection": "images"})
-    real = Path.read_text
+    real = os.open
 
-    def denied(self: Path, *args: Any, **kwargs: Any) -> str:  # as for another user (tests may run as root)
-        if self == path:
-            raise PermissionError(13, "Permission denied", str(self))
-        return real(self, *args, **kwargs)
+    def denied(name: Any, *args: Any, **kwargs: Any) -> int:  # as for another user (tests may run as root)
+        if Path(name) == path:
+            raise PermissionError(13, "Permission denied", str(name))
+        return real(name, *args, **kwargs)
 
-    monkeypatch.setattr(Path, "read_text", denied)
+    monkeypatch.setattr(os, "open", denied)  # the service file is opened once, no-follow (store/remote.py)
     with pytest.raises(StoreLockedError, match="run the indexer as that user"):
         open_store_for_writing(settings)
 

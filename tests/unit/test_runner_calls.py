@@ -82,7 +82,7 @@ def test_health_report_sums_gpu_memory_and_says_degraded() -> None:
                       "quantization": "4bit", "runtime": "torch", "precision": "nf4", "generate_calls": 2,
                       "generated_items": 5})
     report = asyncio.run(health_report(clip, vqa, calls, "clip-a", "qwen"))
-    assert report == {"status": "healthy", "clip_model_loaded": True, "vqa_model_loaded": True,
+    assert report == {"status": "healthy", "store": "ok", "clip_model_loaded": True, "vqa_model_loaded": True,
                       "image_library_size": 0, "device": "cuda", "gpu_memory_allocated_gb": 4.0,
                       "gpu_memory_reserved_gb": 6.0, "clip_model": "clip-a", "index_model": None,
                       "vqa_model": "qwen", "vqa_quantization": "4bit", "vqa_runtime": "torch", "vqa_precision": "nf4",

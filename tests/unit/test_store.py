@@ -262,7 +262,7 @@ def test_edge_unfinished_creation_is_replaced(tmp_path: Path) -> None:
     assert s.info() == CollectionInfo(model_id="test/clip-b", dim=4)
     assert s.count() == 0
     s.close()
-    assert sorted(p.name for p in folder.iterdir()) == ["images", "images.meta.json"]
+    assert sorted(p.name for p in folder.iterdir()) == [".images.create.lock", "images", "images.meta.json"]
 
 
 def test_edge_meta_file_is_plain_json(tmp_path: Path) -> None:
