@@ -386,16 +386,20 @@ class EdgeStore(EngineStore):
                 f"{self.collection!r} cannot be {'opened' if what == 'open' else 'read'} ({text}). {RECOVERY}")
         return StoreError(f"Qdrant Edge {what} failed on {self.shard_path}: {text}")
 
+    def _make_folder(self) -> None:
+        try:
+            # never group-writable, whatever the umask: an indexer trusts the service file in it only then
+            self.folder.mkdir(mode=0o755, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot create the vector store folder {self.folder} (QDRANT_PATH): {exc}") from exc
+
     @contextmanager
     def _creation_lock(self) -> Iterator[None]:
         """Hold `.<collection>.create.lock` (an flock) while the collection is dropped or created: two
         processes creating it on an empty folder at once would otherwise each take the other's fresh
         shard for an unfinished one and drop it, losing its points. The second waits (creation takes
         well under a second), then finds the collection made and opens it (or is told who holds it)."""
-        try:
-            self.folder.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise StoreError(f"cannot create the vector store folder {self.folder} (QDRANT_PATH): {exc}") from exc
+        self._make_folder()
         fd = os.open(self.folder / f".{self.collection}.create.lock", os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
@@ -574,12 +578,7 @@ class EdgeStore(EngineStore):
         self._unflushed = 0
 
     def _create(self, model_id: str, dim: int) -> None:
-        try:
-            # never group-writable, whatever the umask: an indexer trusts the service file in it only then
-            self.folder.mkdir(mode=0o755, parents=True, exist_ok=True)
-        except OSError as exc:
-            raise StoreError(f"cannot create the vector store folder {self.folder} "
-                             f"(QDRANT_PATH): {exc}") from exc
+        self._make_folder()
         self._check_space(0)
         with self._guard("create"):
             shard = qe.EdgeShard.create(str(self.shard_path), self._config(dim, text=True))
