@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import bentoml
@@ -13,7 +12,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from api import images, openai
-from api.asking import LIBRARY_MODEL, asks_library
+from api.chat_completions import LIBRARY_MODEL, complete
 from api.errors import handles_errors
 from api.limits import Limits
 from api.logs import RequestLog
@@ -31,11 +30,9 @@ async def health(request: Request) -> JSONResponse:
 
 @handles_errors
 async def chat_completions(request: Request) -> Response:
+    """The body parsed once; its model picks the library (api/asking.py) or the VQA model (api/vqa_requests.py)."""
     service = bentoml.get_current_service()
-    raw = await request.body()
-    if await asyncio.to_thread(asks_library, raw):  # model "library": ask the library (api/asking.py)
-        return await service.asking.chat_completion(raw, request.url.path)
-    return await service.vqa_requests.chat_completion(request)
+    return await complete(await request.body(), request.url.path, service.vqa_requests, service.asking)
 
 
 async def list_models(request: Request) -> JSONResponse:

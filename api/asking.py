@@ -5,21 +5,19 @@ api/vqa_requests.py), so fake runners test it without a server."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import re
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
 import anyio
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import Response, StreamingResponse
 
-from api import openai
+from api import chat_completions, openai
+from api.chat_completions import LIBRARY_MODEL, Answer, Chat
 from api.errors import ApiError, bad_request
-from api.json_body import parse_json
 from api.search_fields import SearchPage, described_fields, image_urls, search_page
 from api.searching import Searching
 from api.vqa_requests import VqaRequests
@@ -30,7 +28,6 @@ from runners.vlm_service import ChatRequest
 from store.base import Hit
 
 log = logging.getLogger("service")
-LIBRARY_MODEL = "library"  # the model id of /v1/chat/completions that asks the library
 DEFAULT_TOP_K = 3
 NO_MATCH = ("No photos in the library matched the question, so there is nothing to answer from. "
             "图库中没有与问题相符的照片。")
@@ -239,52 +236,25 @@ class Asking:
                 await pieces.aclose()  # type: ignore[attr-defined]
 
     async def chat_completion(self, raw: bytes, path: str) -> Response:
-        """/v1/chat/completions with model "library": the last user message asked of the library; the
-        sources follow the answer as markdown links."""
-        fields = await asyncio.to_thread(self.vqa.chat_fields, raw)
-        question, query = self.question(last_user_text(fields["messages"]), None)
+        """/v1/chat/completions with model "library" (the route: api/chat_completions.py)."""
+        return await chat_completions.complete(raw, path, self.vqa, self)
+
+    async def chat_answer(self, chat: Chat, path: str) -> Answer:
+        """A checked chat with model "library": the last user message asked of the library; the sources
+        follow the answer as markdown links."""
+        question, query = self.question(last_user_text(chat.messages), None)
         top_k = min(DEFAULT_TOP_K, self.settings.ask_max_images)
         photos = await self.retrieve(query, top_k, search_page(top_k, 0, False, self.settings.search_max_window))
-        sampling = {"max_new_tokens": fields["max_new_tokens"], "temperature": fields["temperature"],
-                    "top_p": fields["top_p"]}
-        if fields["stream"]:
+        sources, sampling = [p.source for p in photos], chat.sampling()
+
+        def trailer(answer: str) -> str:
+            return sources_markdown(sources, cited_photos(answer, len(sources)))
+
+        if chat.stream:
             if photos:
                 self.vqa.check_room()
-            return StreamingResponse(self.chat_events(question, photos, sampling), media_type="text/event-stream")
+            return Answer(LIBRARY_MODEL, pieces=self.answer_pieces(question, photos, **sampling), trailer=trailer)
         result: dict[str, Any] = {"text": NO_MATCH, "prompt_tokens": 0, "completion_tokens": 0, "finish_reason": "stop"}
         if photos:
             result = await self.vqa.generate(self.chat_request(photos, question, **sampling), path)
-        cited = cited_photos(result["text"], len(photos))
-        result = {**result, "text": result["text"] + sources_markdown([p.source for p in photos], cited)}
-        return JSONResponse(openai.completion(LIBRARY_MODEL, result))
-
-    async def chat_events(self, question: str, photos: list[RetrievedPhoto],
-                          sampling: dict[str, Any]) -> AsyncIterator[str]:
-        chat_id = f"chatcmpl-{uuid.uuid4().hex}"
-        yield openai.chunk(chat_id, LIBRARY_MODEL, {"role": "assistant", "content": ""})
-        answer = ""
-        async for piece in self.answer_pieces(question, photos, **sampling):
-            if isinstance(piece, ApiError):  # after the 200: said in the text, as a chat client shows it
-                yield openai.chunk(chat_id, LIBRARY_MODEL, {"content": f"[error: {piece.message}]"}, finish="stop")
-                yield "data: [DONE]\n\n"
-                return
-            answer += piece
-            yield openai.chunk(chat_id, LIBRARY_MODEL, {"content": piece})
-        cited = cited_photos(answer, len(photos))
-        sources = sources_markdown([p.source for p in photos], cited)
-        if sources:
-            yield openai.chunk(chat_id, LIBRARY_MODEL, {"content": sources})
-        yield openai.chunk(chat_id, LIBRARY_MODEL, {}, finish="stop")
-        yield "data: [DONE]\n\n"
-
-
-def asks_library(raw: bytes) -> bool:
-    """Whether a chat body names the model "library": a cheap look, then a parse only for bodies that hold
-    the word (run off the event loop: a body can be MBs)."""
-    if b'"library"' not in raw:
-        return False
-    try:
-        body = parse_json(raw)
-    except ApiError:  # not JSON: the VQA chat path answers why
-        return False
-    return isinstance(body, dict) and body.get("model") == LIBRARY_MODEL
+        return Answer(LIBRARY_MODEL, result=result, trailer=trailer)

@@ -1,13 +1,10 @@
-"""OpenAI-compatible vision chat: turn a /v1/chat/completions body into a ChatRequest, and results
-into OpenAI's response and stream-chunk shapes."""
+"""OpenAI-compatible vision chat: check a /v1/chat/completions body and turn it into the ChatRequest fields
+(api/chat_completions.py turns answers into OpenAI's response and stream-chunk shapes)."""
 
 from __future__ import annotations
 
 import base64
 import binascii
-import json
-import time
-import uuid
 from typing import Any
 
 from api.errors import ApiError, bad_request
@@ -140,24 +137,6 @@ def optional_top_p(body: dict[str, Any]) -> float | None:
     if value == 0:
         raise invalid("top_p must be above 0")
     return value
-
-
-def completion(model: str, result: dict[str, Any]) -> dict[str, Any]:
-    prompt, done = int(result["prompt_tokens"]), int(result["completion_tokens"])
-    return {
-        "id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
-        "model": model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": result["text"]},
-                     "finish_reason": result["finish_reason"]}],
-        "usage": {"prompt_tokens": prompt, "completion_tokens": done, "total_tokens": prompt + done},
-    }
-
-
-def chunk(chat_id: str, model: str, delta: dict[str, Any], finish: str | None = None) -> str:
-    """One server-sent event of a streamed completion."""
-    body = {"id": chat_id, "object": "chat.completion.chunk", "created": int(time.time()), "model": model,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
-    return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
 
 
 def models(*ids: str) -> dict[str, Any]:

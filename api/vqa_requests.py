@@ -9,18 +9,17 @@ import contextlib
 import json
 import logging
 import time
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import anyio
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import Response
 
-from api import openai
+from api import chat_completions
+from api.chat_completions import Answer, Chat
 from api.errors import ApiError, bad_request, unavailable
-from api.json_body import parse_json
 from api.runner_calls import from_runner, runner_unavailable
 from api.searching import not_in_library
 from config import Settings
@@ -189,34 +188,16 @@ class VqaRequests:
             log.warning("could not cancel VQA stream %s: %r", request_id, exc)
 
     async def chat_completion(self, request: Request) -> Response:
-        """POST /v1/chat/completions: an OpenAI chat body -> a completion, or server-sent events."""
-        fields = await asyncio.to_thread(self.chat_fields, await request.body())
+        """POST /v1/chat/completions answered by the VQA model alone (the route: api/chat_completions.py)."""
+        return await chat_completions.complete(await request.body(), request.url.path, self, self)
+
+    async def chat_answer(self, chat: Chat, path: str) -> Answer:
+        """A checked chat (503 when VQA is disabled): the runner's answer, or its opened stream."""
         self.require_enabled()
-        chat = ChatRequest(**{k: v for k, v in fields.items() if k != "stream"}, deadline=self.deadline())
-        if fields["stream"]:
-            pieces = await self.stream(chat)
-            return StreamingResponse(self.chat_events(pieces), media_type="text/event-stream")
-        result = await self.generate(chat, request.url.path)
-        return JSONResponse(openai.completion(self.model_id, result))
-
-    def chat_fields(self, raw: bytes) -> dict[str, Any]:
-        """Parse and check a chat body, its data-URL images decoded to validate them (on a worker thread:
-        a body can be MBs of base64)."""
-        return openai.parse_chat(parse_json(raw), self.settings.vqa_max_images, self.settings.vqa_max_new_tokens_cap,
-                                 self.settings.vqa_max_text_chars)
-
-    async def chat_events(self, pieces: AsyncIterator[str]) -> AsyncIterator[str]:
-        chat_id = f"chatcmpl-{uuid.uuid4().hex}"
-        try:
-            yield openai.chunk(chat_id, self.model_id, {"role": "assistant", "content": ""})
-            async for piece in pieces:
-                if piece:
-                    yield openai.chunk(chat_id, self.model_id, {"content": piece})
-            yield openai.chunk(chat_id, self.model_id, {}, finish="stop")
-            yield "data: [DONE]\n\n"
-        finally:
-            with anyio.CancelScope(shield=True):  # a client that left: cancel the runner's generation
-                await pieces.aclose()  # type: ignore[attr-defined]
+        request = ChatRequest(messages=chat.messages, **chat.sampling(), deadline=self.deadline())
+        if chat.stream:
+            return Answer(self.model_id, pieces=await self.stream(request))
+        return Answer(self.model_id, result=await self.generate(request, path))
 
 
 def raise_failure(error: dict[str, Any] | None) -> None:

@@ -17,7 +17,8 @@ from PIL import Image
 from qdrant_client import QdrantClient
 from starlette.responses import Response
 
-from api.asking import NO_MATCH, Asking, asks_library, cited_photos, photo_content, sources_markdown
+from api import chat_completions, json_body, openai
+from api.asking import NO_MATCH, Asking, cited_photos, photo_content, sources_markdown
 from api.errors import ApiError
 from api.search_fields import SearchPage, search_page
 from api.searching import Searching
@@ -226,8 +227,47 @@ def test_the_library_chat_model_answers_the_last_user_message_with_sources(store
     assert text == content and streamed.rstrip().endswith("data: [DONE]")
 
 
-def test_only_a_body_naming_the_library_model_asks_the_library() -> None:
-    assert asks_library(chat(False))
-    assert not asks_library(b'{"model": "other", "messages": [{"role": "user", "content": "library"}]}')
-    assert not asks_library(b'{"model": "library"')  # not JSON: the VQA chat answers 400
+def test_only_a_body_naming_the_library_model_asks_the_library(store: ServerStore, library: Library) -> None:
+    ask, runner = asking(store, library, answer="red")
+
+    def answer(raw: bytes) -> dict[str, Any]:
+        response = asyncio.run(chat_completions.complete(raw, "/v1/chat/completions", ask.vqa, ask))
+        return dict(json.loads(bytes(response.body)))
+
+    assert answer(chat(False))["model"] == "library"
+    other = answer(b'{"model": "other", "messages": [{"role": "user", "content": "library"}]}')
+    assert other["model"] == ask.vqa.model_id and other["choices"][0]["message"]["content"] == "red"
+    assert runner.requests[-1].messages == [{"role": "user", "content": "library"}]
+    with pytest.raises(ApiError) as caught:  # not JSON: 400, as the VQA chat answers it
+        answer(b'{"model": "library"')
+    assert (caught.value.status, caught.value.code) == (400, "invalid_json")
     assert sources_markdown([], []) == ""
+
+
+@pytest.mark.parametrize(("model", "stream"), [("library", False), ("library", True), ("Qwen", False), ("Qwen", True)])
+def test_a_chat_body_is_parsed_once_for_the_library_and_the_vqa_model(
+        store: ServerStore, library: Library, monkeypatch: pytest.MonkeyPatch, model: str, stream: bool) -> None:
+    ask, runner = asking(store, library, answer="Photo 1 is blue.")
+    calls: list[str] = []
+
+    def counted(name: str, parse: Any) -> Any:
+        def wrapper(*args: Any) -> Any:
+            calls.append(name)
+            return parse(*args)
+        return wrapper
+
+    monkeypatch.setattr(chat_completions, "parse_json", counted("json", json_body.parse_json))
+    monkeypatch.setattr(chat_completions, "parse_chat", counted("chat", openai.parse_chat))
+    raw = json.dumps({"model": model, "stream": stream, "messages": [{"role": "user", "content": "which is blue"}]})
+
+    async def call() -> str:  # one event loop for the call and its stream, as a server reads it
+        response = await chat_completions.complete(raw.encode(), "/v1/chat/completions", ask.vqa, ask)
+        if not stream:
+            return str(json.loads(bytes(response.body))["choices"][0]["message"]["content"])
+        sent = [event async for event in response.body_iterator]  # type: ignore[attr-defined]
+        return "".join(json.loads(e[6:])["choices"][0]["delta"].get("content") or "" for e in sent[:-1])
+
+    text = asyncio.run(call())
+    assert calls == ["json", "chat"]
+    assert text.startswith("Photo 1 is blue.") and ("Sources:" in text) == (model == "library")
+    assert len(runner.requests) == 1
