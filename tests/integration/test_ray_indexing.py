@@ -19,10 +19,9 @@ from extreme_images import strip
 from helpers.hostile_names import INDEXED, SKIPPED, image_bytes
 from helpers.indexing import contents, corrupt_files
 from helpers.ray_cluster import ClipLoader, DescriberLoader, FailingWriter, two_node_cluster
-from indexer.describe import DescribeStage
-from indexer.describe import Options as DescribeOptions
 from shapes import CLASSES, WORDS, draw_described, make_library
 
+from indexer.describe_stage import DescribeOptions, DescribeStage
 from indexer.pipeline import Indexer, Summary
 from indexer.pipeline import IndexOptions as Options
 from indexer.ray_engine import RayDescriber, RayEngine, RayOptions
