@@ -71,8 +71,11 @@ def test_backend_ranks_the_library_as_pytorch_fp32(
     if name in FAITHFUL:
         assert got == want
     else:
-        assert [g[0] for g in got] == [w[0] for w in want]
-        assert all(len(set(g) & set(w)) >= 4 for g, w in zip(got, want, strict=True)), (got, want)
+        # int8 kernels differ by instruction set (AVX-512 VNNI vs plain AVX2): at least 95% of the top-1s agree
+        # and nearly every top-5 keeps 4 of its 5 photos.
+        pairs = list(zip(got, want, strict=True))
+        assert sum(g[0] == w[0] for g, w in pairs) >= 0.95 * len(pairs), (got, want)
+        assert sum(len(set(g) & set(w)) >= 4 for g, w in pairs) >= 0.95 * len(pairs), (got, want)
     meta = json.loads((cache_folder(cache, encoder.model_id, tiny_clip_dir) / name / "export.json").read_text())
     assert meta["fidelity"]["top1_agreement"] == 1.0 and meta["versions"][RUNTIME[name]]
 
@@ -161,13 +164,20 @@ def test_explicit_backend_past_the_bound_is_refused(name: str, tiny_clip_dir: Pa
 
 
 def test_bf16_is_refused_where_fp32_openvino_passes(tiny_clip_dir: Path, tmp_path: Path) -> None:
-    """The bf16 backends move vectors measurably (cosine about 0.9999 on this model); fp32 does not."""
+    """The bf16 backends move vectors measurably (cosine about 0.9999 on this model); fp32 does not. Where the CPU
+    has no native bf16 (AVX2 only), OpenVINO's CPU plugin computes openvino-bf16 in f32: it then passes."""
+    import openvino as ov
+
     strict = Bounds(min_top1=1.0, min_cosine=0.99999)
     assert ClipEncoder(str(tiny_clip_dir), "cpu", backend="openvino", backend_cache=tmp_path,
                        bounds=strict).backend.name == "openvino"
-    for name in ("openvino-bf16", "torch-bf16"):
+    native = "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    for name in ("openvino-bf16", "torch-bf16") if native else ("torch-bf16",):
         with pytest.raises(BackendRefused, match=rf"CLIP_BACKEND={name} refused.*lowest cosine 0\.99"):
             ClipEncoder(str(tiny_clip_dir), "cpu", backend=name, backend_cache=tmp_path, bounds=strict)
+    if not native:
+        assert ClipEncoder(str(tiny_clip_dir), "cpu", backend="openvino-bf16", backend_cache=tmp_path,
+                           bounds=strict).backend.name == "openvino-bf16"
 
 
 def test_auto_falls_back_to_pytorch_with_a_warning(
