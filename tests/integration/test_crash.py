@@ -365,8 +365,9 @@ def test_disk_full_mid_run_stops_with_a_message_and_resumes(random_clip_dir: Pat
     n = len(make_library(library, n_per_class=2))
     clean = clean_run(encoder, library, EdgeStore(tmp_path / "clean", "images"))
     env = crash_env(random_clip_dir, library, tmp_path / "q")
-    # check 0: creating the collection; checks 1-4: the first four batches; the fifth finds the disk full
-    full = subprocess.run([sys.executable, "-c", FULL_DISK_AFTER, "5", *INDEX_CMD[3:], "--no-progress"],
+    # check 0: creating the collection; check 1: the estimate before the run (warns when it will not fit);
+    # checks 2-5: the first four batches; the fifth batch finds the disk full
+    full = subprocess.run([sys.executable, "-c", FULL_DISK_AFTER, "6", *INDEX_CMD[3:], "--no-progress"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert full.returncode == 1, full.stderr
     assert "not enough free disk space" in full.stderr and "QDRANT_PATH" in full.stderr
