@@ -324,7 +324,8 @@ def main() -> None:
         if runtime.startswith("openvino"):
             weights = runtime.split("-")[1]
             e = export(model, exports / weights, weights)
-            made = f"{e['export_s']:.0f} / {e['export_peak'] / GIB:.1f} / {e['disk'] / GIB:.2f}"
+            peak = f"{e['export_peak'] / GIB:.1f}" if e["export_peak"] else "n/a"  # 0: not measured
+            made = f"{e['export_s']:.0f} / {peak} / {e['disk'] / GIB:.2f}"
         figures[runtime] = child(runtime, model, exports)
         for key in ("rss_after_load", "peak_rss"):
             if key in figures[runtime]:
