@@ -42,6 +42,7 @@ from typing import IO, Any
 
 import numpy as np
 
+from core.files import atomic_file
 from store.base import (
     DESCRIPTION_FIELDS,
     CollectionMissingError,
@@ -123,20 +124,12 @@ def _output(target: str) -> Iterator[IO[bytes]]:
         sys.stdout.buffer.flush()
         return
     path = Path(target)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent or Path("."))
-    try:
-        with os.fdopen(fd, "wb") as raw:
-            if path.name.endswith(".gz"):
-                with gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=6, mtime=0) as zipped:
-                    yield zipped  # type: ignore[misc]
-            else:
-                yield raw
-            raw.flush()
-            os.fsync(raw.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path, prefix=f".{path.name}.", suffix=".partial") as raw:
+        if path.name.endswith(".gz"):
+            with gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=6, mtime=0) as zipped:
+                yield zipped  # type: ignore[misc]
+        else:
+            yield raw
 
 
 def record_to_json(record: Record) -> dict[str, Any]:
