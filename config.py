@@ -145,6 +145,12 @@ class Settings(BaseSettings):
     describe_max_new_tokens: int = Field(
         default=256, ge=1,
         description="Longest description answer in tokens (capped at `VQA_MAX_NEW_TOKENS_CAP`).")
+    describe_max_pixels: int = Field(
+        default=0, ge=0,
+        description="Pixels per photo the describe stage hands the model at most (photos above are shrunk, "
+        "keeping their shape); 0: `VQA_MAX_PIXELS`. Prefill time grows with the pixels, so 250880 (320 visual "
+        "tokens) describes several times faster on a CPU, at a cost in reading small text measured in "
+        "BENCHMARKS.md (\"Describe pixel budget\"). Changing it does not re-describe photos.")
 
     # CLIP runner (adaptive batching)
     clip_adaptive_batching: bool = Field(

@@ -165,7 +165,7 @@ def describe(store: VectorStore, library: Path, settings: Settings, options: Ind
              ray: RayOptions | None = None) -> None:
     """The describe stage after the embedding run; VQA_MODEL is loaded only if a photo needs the model
     (with `ray`: in each describer actor of the cluster)."""
-    from indexer.describe_stage import DescribeEngine, DescribeOptions, DescribeStage
+    from indexer.describe_stage import DescribeEngine, DescribeOptions, DescribeStage, pixel_budget
     from runners.describe import Describer, described_by_of
 
     def load() -> Describer:
@@ -177,7 +177,8 @@ def describe(store: VectorStore, library: Path, settings: Settings, options: Ind
 
         engine = RayDescriber(load, ray)
     stage_options = DescribeOptions(batch_size=settings.describe_batch_size, workers=options.workers,
-                                    progress=options.progress, max_pixels=settings.vqa_max_pixels)
+                                    progress=options.progress,
+                                    max_pixels=pixel_budget(settings.describe_max_pixels, settings.vqa_max_pixels))
     DescribeStage(store, library, described_by_of(settings), load, summary, stage_options, engine).run()
 
 

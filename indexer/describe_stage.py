@@ -62,7 +62,7 @@ class DescribeOptions:
     batch_size: int = 8
     workers: int = 4
     progress: bool = True
-    max_pixels: int = 0  # VQA_MAX_PIXELS: a JPEG decodes at a reduced scale still holding this many (0: full)
+    max_pixels: int = 0  # pixel_budget(): photos are decoded (JPEG at a reduced scale) and shrunk to this (0: full)
 
 
 class DescribeStage:
@@ -173,7 +173,24 @@ def decode_photo(library: Library, photo: SameContent, max_pixels: int) -> Image
         image, _, _ = load_image(data, draft_size(max_pixels))
     except BadImage as exc:
         return str(exc)
-    return image
+    return shrink(image, max_pixels)
+
+
+def shrink(image: Image.Image, max_pixels: int) -> Image.Image:
+    """The image as is when it holds at most `max_pixels` (or there is no bound), else resized to fit, keeping
+    its shape: the model's processor then only rounds it to its patch grid."""
+    if max_pixels <= 0 or image.width * image.height <= max_pixels:
+        return image
+    scale = (max_pixels / (image.width * image.height)) ** 0.5
+    size = (max(1, int(image.width * scale)), max(1, int(image.height * scale)))
+    return image.resize(size, Image.Resampling.BICUBIC)
+
+
+def pixel_budget(describe_max_pixels: int, vqa_max_pixels: int) -> int:
+    """The pixels a photo is described at: DESCRIBE_MAX_PIXELS when set and below VQA_MAX_PIXELS (which the
+    model's processor applies anyway), else VQA_MAX_PIXELS; 0 means no bound."""
+    bounds = [value for value in (describe_max_pixels, vqa_max_pixels) if value > 0]
+    return min(bounds, default=0)
 
 
 def describe_decoded(model: Callable[[], ImageDescriber], decoded: list[Image.Image | str], described_by: str

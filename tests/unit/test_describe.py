@@ -132,3 +132,36 @@ def test_the_indexer_and_the_describer_import_neither_bentoml_nor_torch() -> Non
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(("describe_max", "vqa_max", "expected"), [
+    (0, 1003520, 1003520), (250880, 1003520, 250880), (2000000, 1003520, 1003520), (250880, 0, 250880), (0, 0, 0)])
+def test_the_describe_pixel_budget_is_the_smaller_bound(describe_max: int, vqa_max: int, expected: int) -> None:
+    from indexer.describe_stage import pixel_budget
+
+    assert pixel_budget(describe_max, vqa_max) == expected
+
+
+def test_a_photo_over_the_describe_budget_is_shrunk_keeping_its_shape(tmp_path: Path) -> None:
+    """DESCRIBE_MAX_PIXELS: the stage hands the model a 1600x1200 JPEG as ~40,000 pixels, 4:3 still; a photo
+    under the budget is handed over as it is."""
+    from core.library import Library
+    from indexer.decode import content_hash
+    from indexer.describe_stage import SameContent, decode_photo
+
+    big = tmp_path / "big.jpg"
+    draw_shape("circle", "red", 1600).resize((1600, 1200)).save(big, quality=90)
+    small = tmp_path / "small.png"
+    draw_shape("circle", "red", 150).save(small)
+    library = Library(tmp_path)
+
+    def decoded(path: Path, budget: int) -> Image.Image:
+        image = decode_photo(library, SameContent(content_hash(path.read_bytes()), ["1"], [path.name]), budget)
+        assert isinstance(image, Image.Image), image
+        return image
+
+    shrunk = decoded(big, 40_000)
+    assert 39_000 <= shrunk.width * shrunk.height <= 40_000
+    assert abs(shrunk.width / shrunk.height - 4 / 3) < 0.02
+    assert decoded(small, 40_000).size == (150, 150)
+    assert decoded(big, 0).size == (1600, 1200)
