@@ -131,3 +131,23 @@ def tiny_describer(tiny_describer_dir: Path) -> VisionLanguageModel:
     """VisionLanguageModel.load(tiny_describer_dir) on CPU with default VQA_* settings, shared by the whole session."""
     settings = Settings(_env_file=None, vqa_model=str(tiny_describer_dir), device="cpu")  # type: ignore[call-arg]
     return VisionLanguageModel.load(tiny_describer_dir, settings)
+
+
+# ---------------------------------------------------------------- archives (indexer/archive.py)
+#     archived   an archive file of 30 points exported from the in-memory store
+
+
+@pytest.fixture
+def archived(tmp_path: Path) -> Path:
+    """`python -m indexer --export`'s file for a memory store holding 30 points (tests/helpers/archives.py)."""
+    from helpers.archives import export, fill
+    from helpers.stores import Backend
+
+    b = Backend("memory", tmp_path)
+    try:
+        fill(b.open(), 30)
+        file = tmp_path / "a.jsonl"
+        export(b.opened[0], file)
+        return file
+    finally:
+        b.cleanup()

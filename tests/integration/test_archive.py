@@ -28,18 +28,6 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]
 
 
 @pytest.fixture
-def archived(tmp_path: Path) -> Path:
-    b = Backend("memory", tmp_path)
-    try:
-        fill(b.open(), 30)
-        file = tmp_path / "a.jsonl"
-        export(b.opened[0], file)
-        return file
-    finally:
-        b.cleanup()
-
-
-@pytest.fixture
 def target(tmp_path: Path) -> Iterator[Backend]:
     b = Backend("edge", tmp_path / "target")
     yield b

@@ -40,18 +40,6 @@ def test_header_records_the_model_and_trailer_counts_and_hashes(tmp_path: Path) 
         b.cleanup()
 
 
-@pytest.fixture
-def archived(tmp_path: Path) -> Path:
-    b = Backend("memory", tmp_path)
-    try:
-        fill(b.open(), 30)
-        file = tmp_path / "a.jsonl"
-        export(b.opened[0], file)
-        return file
-    finally:
-        b.cleanup()
-
-
 def damaged_versions(file: Path) -> dict[str, bytes]:
     data = file.read_bytes()
     lines = data.splitlines(keepends=True)
