@@ -148,9 +148,9 @@ class Settings(BaseSettings):
     describe_max_pixels: int = Field(
         default=0, ge=0,
         description="Pixels per photo the describe stage hands the model at most (photos above are shrunk, "
-        "keeping their shape); 0: `VQA_MAX_PIXELS`. Prefill time grows with the pixels, so 250880 (320 visual "
-        "tokens) describes several times faster on a CPU, at a cost in reading small text measured in "
-        "BENCHMARKS.md (\"Describe pixel budget\"). Changing it does not re-describe photos.")
+        "keeping their shape); 0: `VQA_MAX_PIXELS`. A CPU's prefill time grows with the pixels: 501760 (640 visual "
+        "tokens) halves it (docs/cpu.md); what a smaller budget costs in reading text is measured in BENCHMARKS.md "
+        "(\"Describe pixel budget\"). Changing it does not re-describe photos.")
 
     # CLIP runner (adaptive batching)
     clip_adaptive_batching: bool = Field(
