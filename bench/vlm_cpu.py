@@ -31,6 +31,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "bench"), str(ROOT / "tests")]
 
+from _machine import cpu_name, instruction_sets  # noqa: E402
 from _models import build_real_qwen  # noqa: E402
 from _report import record, table  # noqa: E402
 
@@ -43,23 +44,6 @@ GIB = 1024**3
 
 
 # ----------------------------------------------------------------------------------------- the machine
-
-
-def instruction_sets() -> str:
-    flags = set()
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("flags"):
-            flags = set(line.split(":", 1)[1].split())
-            break
-    wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "avx_vnni")
-    return ", ".join(flag for flag in wanted if flag in flags) or "none of AVX2/AVX-512/AMX"
-
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown"
 
 
 def bandwidth_gbs() -> float:
