@@ -154,6 +154,9 @@ def print_summary(summary: Summary, as_json: bool, out: TextIO | None = None) ->
     for path, reason in summary.failures:
         print(f"  failed: {printable(path)}: {reason}", file=out)
     print("seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in summary.seconds.items()), file=out)
+    for stage in summary.ray_stages or []:
+        print(f"ray stage {stage['stage']}: {stage['rows']} rows, busy {stage['seconds']:.2f} s over "
+              f"{stage['span_seconds']:.2f} s, {stage['rows_per_s']:.1f} rows/s", file=out)
 
 
 def printable(name: str) -> str:

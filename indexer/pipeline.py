@@ -48,9 +48,15 @@ class Summary:
     describe_failed: int = 0
     failures: list[tuple[str, str]] = field(default_factory=list)  # (path, reason); paths are always text
     seconds: dict[str, float] = field(default_factory=dict)  # time spent per stage
+    # The Ray engine only: Ray Data's figures per stage (indexer/ray_engine.py stage_figures); None elsewhere,
+    # and then not in the `--json` summary, which stays as the local engine has always printed it.
+    ray_stages: list[dict[str, Any]] | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        if self.ray_stages is None:
+            del out["ray_stages"]
+        return out
 
 
 @dataclass

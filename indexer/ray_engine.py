@@ -222,6 +222,58 @@ def as_store_error(exc: BaseException) -> BaseException:
 # --- the engine (runs on the driver) ---------------------------------------------------------------
 
 
+def stage_figures(dataset: Any) -> list[dict[str, Any]]:
+    """Ray Data's own figures of each stage (operator) of the run that just ended, in pipeline order (the
+    summary's `ray_stages`): rows out, busy seconds (its tasks' wall time, summed), their CPU seconds, its span
+    (first task started to last one ended) and rows/s over that span (Ray Data's throughput). Ray fuses the
+    stages that share resources into one operator (on CPU: decode and CLIP). Figures only: a Ray that cannot
+    give them is logged, never a failed run."""
+    try:
+        summary = dataset.get_stats_summary()
+    except Exception as exc:  # noqa: BLE001 - the run's result does not depend on its statistics
+        log.warning("Ray Data's stage figures are unavailable: %s", exc)
+        return []
+    figures = []
+    for part in lineage(summary):
+        for op in part.operators_stats:
+            if op.is_sub_operator:
+                continue
+            figures.append({"stage": op.operator_name,
+                            "rows": int(op.output_num_rows.sum) if op.output_num_rows else 0,
+                            "seconds": round(float(op.wall_time.sum) if op.wall_time else 0.0, 3),
+                            "cpu_seconds": round(float(op.cpu_time.sum) if op.cpu_time else 0.0, 3),
+                            "span_seconds": round(float(op.time_total_s), 3),
+                            "rows_per_s": round(float(op.num_rows_per_s), 1)})
+    return figures
+
+
+def lineage(summary: Any) -> list[Any]:
+    """A DatasetStatsSummary and those of the datasets it was made from, the first one first."""
+    return [part for parent in summary.parents for part in lineage(parent)] + [summary]
+
+
+class DriverStage:
+    """The driver's own stage when it is the one writer: handing the results over and writing them (its busy
+    and CPU time); the rest of the loop it waits on the pipeline."""
+
+    def __init__(self) -> None:
+        self.rows = 0
+        self.seconds = 0.0
+        self.cpu_seconds = 0.0
+
+    def run(self, hand_over: Callable[[Indexer, list[Row]], None], indexer: Indexer, batch: list[Row]) -> None:
+        start, cpu = time.perf_counter(), time.thread_time()
+        hand_over(indexer, batch)
+        self.seconds += time.perf_counter() - start
+        self.cpu_seconds += time.thread_time() - cpu
+        self.rows += len(batch)
+
+    def figures(self, span: float) -> dict[str, Any]:
+        return {"stage": "driver: hand over + write", "rows": self.rows, "seconds": round(self.seconds, 3),
+                "cpu_seconds": round(self.cpu_seconds, 3), "span_seconds": round(span, 3),
+                "rows_per_s": round(self.rows / span, 1) if span > 0 else 0.0}
+
+
 class RayEngine:
     """indexer.pipeline.Engine on Ray Data. `load` makes the CLIP encoder (in each actor); `open_writer`,
     when given, opens the store in write tasks (workers write in parallel), else the driver writes."""
@@ -237,10 +289,11 @@ class RayEngine:
             return
         dataset = self.embedded(indexer, entries)
         if self.open_writer is None:  # the driver is the one writer: results written as they stream in
-            start = time.perf_counter()
+            start, driver = time.perf_counter(), DriverStage()
             for batch in self.batches(dataset):
-                self.hand_over(indexer, batch)
+                driver.run(self.hand_over, indexer, batch)
             indexer.timer["ray"] = time.perf_counter() - start
+            indexer.summary.ray_stages = stage_figures(dataset) + [driver.figures(indexer.timer["ray"])]
             return
         sink = point_sink(self.open_writer, indexer.encoder.model_id, self.options.batch_size)
         try:  # writes are IO-bound: they take no CPU slot from the actors, `writers` of them at once
@@ -248,6 +301,7 @@ class RayEngine:
                                                                 concurrency=self.options.writers))
         except Exception as exc:
             raise as_store_error(exc) from exc
+        indexer.summary.ray_stages = stage_figures(dataset)
         written = [item for result in sink.results for item in result.written]
         passed = [row for result in sink.results for row in result.passed]
         indexer.count_written(written)

@@ -32,7 +32,10 @@ def test_cli_ray_engine_matches_local_and_reruns_incrementally(tiny_clip_dir: Pa
     ours, theirs = json.loads(ray.stdout), json.loads(local.stdout)
     for summary in (ours, theirs):
         summary.pop("seconds")
+    stages = ours.pop("ray_stages")  # Ray Data's figures per stage: the Ray engine's summary only
     assert ours == theirs and ours["added"] == len(shapes) and ours["failed"] == 3
+    assert [stage["rows"] for stage in stages if "EmbedActor" in stage["stage"]] == [len(shapes) + 3]
+    assert stages[-1]["stage"] == "driver: hand over + write" and stages[-1]["rows"] == len(shapes) + 3
     assert edge_contents(tmp_path / "ray") == edge_contents(tmp_path / "local")  # less the indexing times
     again = cli({**env, "INDEX_ENGINE": "ray"}, "--json")  # the setting picks the engine too
     assert again.returncode == 0, again.stderr[-3000:]

@@ -73,9 +73,11 @@ def ray_engine(tiny_clip_dir: Path, **options: Any) -> RayEngine:
 
 
 def counts(summary: Summary) -> dict[str, Any]:
-    """The summary as `--json` prints it, less the seconds; failures in path order."""
+    """The summary as `--json` prints it, less the seconds and the Ray engine's stage figures; failures in path
+    order."""
     out = summary.as_dict()
     out.pop("seconds")
+    out.pop("ray_stages", None)
     out["failures"] = sorted(map(tuple, out["failures"]))
     return out
 
@@ -103,8 +105,16 @@ def test_ray_engine_writes_what_the_local_engine_writes(cluster: Any, encoder: C
     local, remote = EdgeStore(tmp_path / "local", "images"), EdgeStore(tmp_path / "ray", "images")
     engine = ray_engine(tiny_clip_dir, embed_actors=2)  # one actor on each node
     first = run(local, encoder, root)
-    assert counts(run(remote, encoder, root, engine)) == counts(first)
+    on_cluster = run(remote, encoder, root, engine)
+    assert counts(on_cluster) == counts(first)
     assert first.added == 6 + 3 + 1 and first.failed == 3 + 1  # broken files, the refused name
+    assert first.ray_stages is None and "ray_stages" not in first.as_dict()
+    # Ray Data's figures per stage: every checked file (all but the refused name) through decode + CLIP (fused
+    # on CPU nodes) and the driver, which writes them.
+    stages = {stage["stage"]: stage for stage in on_cluster.ray_stages or []}
+    embed = next(stage for name, stage in stages.items() if "EmbedActor" in name)
+    assert embed["rows"] == stages["driver: hand over + write"]["rows"] == first.scanned - 1
+    assert embed["seconds"] > 0 and embed["rows_per_s"] > 0
     assert contents(remote) == contents(local)
     assert same_vectors(local, remote) >= 0.9999
 
@@ -161,6 +171,8 @@ def test_workers_write_at_once_through_the_running_service(cluster: Any, encoder
         engine = ray_engine(tiny_clip_dir, open_writer=partial(open_store_for_writing, settings), writers=3)
         summary = run(driver, encoder, tmp_path / "lib", engine)
         assert (summary.added, summary.failed) == (len(shapes), 0)
+        write = [stage for stage in summary.ray_stages or [] if stage["stage"].startswith("Write")]
+        assert [stage["rows"] for stage in write] == [len(shapes)]  # the write tasks' stage, in Ray's figures
         assert service.peak_upserts >= 2  # several write tasks in flight at once
         assert {p["path"] for _, p in driver.payloads()} == set(shapes)
         driver.close()
