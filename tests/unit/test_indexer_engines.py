@@ -3,6 +3,7 @@ engine's module: Ray is imported when a run starts). The Ray engine itself: test
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
@@ -11,6 +12,9 @@ from pathlib import Path
 from helpers.indexing import cli_env
 from serving import ROOT
 from shapes import make_library
+
+from indexer.__main__ import print_summary
+from indexer.pipeline import Summary
 
 RUN = """
 import json, sys
@@ -30,3 +34,20 @@ def test_the_default_engine_imports_no_ray(tiny_clip_dir: Path, tmp_path: Path) 
     summary, result = done.stdout.strip().splitlines()
     assert json.loads(summary)["added"] == len(shapes)
     assert json.loads(result) == {"code": 0, "ray": []}
+
+
+def test_the_ray_engines_stage_figures_print_with_its_summary_only() -> None:
+    stage = {"stage": "MapBatches(decode_batch)->MapBatches(EmbedActor)", "rows": 120, "seconds": 3.5,
+             "cpu_seconds": 6.1, "span_seconds": 4.0, "rows_per_s": 30.0}
+    ray, local = Summary(added=120, ray_stages=[stage]), Summary(added=120)
+    out = io.StringIO()
+    print_summary(ray, as_json=False, out=out)
+    assert out.getvalue().splitlines()[-1] == ("ray stage MapBatches(decode_batch)->MapBatches(EmbedActor): "
+                                               "120 rows, busy 3.50 s over 4.00 s, 30.0 rows/s")
+    out = io.StringIO()
+    print_summary(ray, as_json=True, out=out)
+    assert json.loads(out.getvalue())["ray_stages"] == [stage]
+    out, text = io.StringIO(), io.StringIO()
+    print_summary(local, as_json=True, out=out)  # the local engine's summary: as it has always been
+    print_summary(local, as_json=False, out=text)
+    assert "ray_stages" not in json.loads(out.getvalue()) and text.getvalue().splitlines()[-1].startswith("seconds:")
