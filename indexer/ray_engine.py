@@ -224,10 +224,11 @@ def as_store_error(exc: BaseException) -> BaseException:
 
 def stage_figures(dataset: Any) -> list[dict[str, Any]]:
     """Ray Data's own figures of each stage (operator) of the run that just ended, in pipeline order (the
-    summary's `ray_stages`): rows out, busy seconds (its tasks' wall time, summed), their CPU seconds, its span
-    (first task started to last one ended) and rows/s over that span (Ray Data's throughput). Ray fuses the
-    stages that share resources into one operator (on CPU: decode and CLIP). Figures only: a Ray that cannot
-    give them is logged, never a failed run."""
+    summary's `ray_stages`): the rows it took in (a source: the rows it made; a write stage puts out one row
+    per task, so rows out would not count photos), busy seconds (its tasks' wall time, summed), their CPU
+    seconds, its span (first task started to last one ended) and rows/s over that span. Ray fuses the stages
+    that share resources into one operator (on CPU: decode and CLIP). Figures only: a Ray that cannot give
+    them is logged, never a failed run."""
     try:
         summary = dataset.get_stats_summary()
     except Exception as exc:  # noqa: BLE001 - the run's result does not depend on its statistics
@@ -238,12 +239,12 @@ def stage_figures(dataset: Any) -> list[dict[str, Any]]:
         for op in part.operators_stats:
             if op.is_sub_operator:
                 continue
-            figures.append({"stage": op.operator_name,
-                            "rows": int(op.output_num_rows.sum) if op.output_num_rows else 0,
+            rows = int(op.total_input_num_rows or (op.output_num_rows.sum if op.output_num_rows else 0))
+            span = float(op.time_total_s)
+            figures.append({"stage": op.operator_name, "rows": rows,
                             "seconds": round(float(op.wall_time.sum) if op.wall_time else 0.0, 3),
                             "cpu_seconds": round(float(op.cpu_time.sum) if op.cpu_time else 0.0, 3),
-                            "span_seconds": round(float(op.time_total_s), 3),
-                            "rows_per_s": round(float(op.num_rows_per_s), 1)})
+                            "span_seconds": round(span, 3), "rows_per_s": round(rows / span, 1) if span else 0.0})
     return figures
 
 
@@ -326,13 +327,18 @@ class RayEngine:
         configure(self.options.progress)
         hints = ReuseHints.of(indexer.plan, entries)
         size = self.options.batch_size
+        gpu = gpus(self.options)
+        # CPU-only actors: decode asks for the actor's CPUs, so Ray fuses it into the CLIP actor (it fuses equal
+        # resources only). Decode tasks of their own would wait forever for a CPU once the actors hold them all
+        # (INDEX_RAY_CPUS_PER_ACTOR = the node's CPUs). With GPU actors decode runs apart, one CPU a task.
+        decode_cpus = self.options.cpus_per_actor if gpu == 0 else 1.0
         return (ray.data.from_items([{"entry": entry} for entry in entries],
                                     override_num_blocks=max(1, min(len(entries) // size, 1000)))
                 .map_batches(partial(decode_batch, draft_size=indexer.options.draft_size, hints=hints),
-                             batch_size=size)
+                             batch_size=size, num_cpus=decode_cpus)
                 .map_batches(EmbedActor, batch_size=size, fn_constructor_kwargs={"load": self.load},
                              compute=ActorPoolStrategy(size=self.options.embed_actors),
-                             num_gpus=gpus(self.options), num_cpus=self.options.cpus_per_actor))
+                             num_gpus=gpu, num_cpus=self.options.cpus_per_actor))
 
 
 # --- the describe stage on Ray ---------------------------------------------------------------------
