@@ -1,6 +1,7 @@
 """The indexer's write path into a running service (api/internal_store.py) refuses everyone but the local
 indexer with the service's token; the address file; and how the indexer picks its store
-(store.open_store_for_writing). The VectorStore contract over this path runs in test_store.py ("remote")."""
+(store.open_store_for_writing). The VectorStore contract over this path runs in
+tests/integration/test_store.py ("remote")."""
 
 from __future__ import annotations
 
