@@ -349,3 +349,29 @@ def test_cli_describe_with_the_tiny_describer_fills_the_fields_and_text_search_f
             assert store.search(None, 3, text=query)[0].payload["path"] == name, query
     finally:
         store.close()
+
+
+def test_cli_describe_max_pixels_reaches_the_model(settings_env: Any, random_clip_dir: Path, tiny_describer_dir: Path,
+                                                    tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """DESCRIBE_MAX_PIXELS=3136 (the tiny describer's 4-token minimum): every photo is still described, but at
+    that size the words drawn in them are no longer read (bench/describe_pixels.py measures the curve)."""
+    from indexer.__main__ import run
+    from store.edge import EdgeStore
+
+    library = tmp_path / "lib"
+    library.mkdir()
+    words = {"invoice.png": ("circle", "red", "发票"), "exit.png": ("square", "green", "出口"),
+             "sale.png": ("triangle", "blue", "SALE"), "cab.png": ("circle", "yellow", "TAXI")}
+    for i, (name, (shape, colour, word)) in enumerate(words.items()):
+        draw_described(shape, colour, word, seed=3 * 10**9 + i, size=128).save(library / name)
+    cli_settings(settings_env, random_clip_dir, tiny_describer_dir, tmp_path, DESCRIBE_MAX_NEW_TOKENS="128",
+                 DESCRIBE_MAX_PIXELS="3136")
+    assert run(["--library", str(library), "--no-progress", "--json", "--describe"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert (summary["described"], summary["describe_failed"]) == (len(words), 0)
+    store = EdgeStore(tmp_path / "qdrant", "images")
+    try:
+        read = [descriptions(store)[name]["visible_text"] == word for name, (_, _, word) in words.items()]
+    finally:
+        store.close()
+    assert not all(read), read  # at the default budget all four are read (the test above)
