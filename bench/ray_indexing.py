@@ -57,7 +57,7 @@ def model(kind: str, folder: Path) -> Path:
 def run(engine: str, clip: Path, library: Path, qdrant: Path) -> dict[str, Any]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("QDRANT_", "CLIP_", "IMAGE_", "INDEX_"))}
     env.update(CLIP_MODEL=str(clip), IMAGE_LIBRARY=str(library), QDRANT_PATH=str(qdrant), CLIP_BACKEND="torch",
-               INDEX_RAY_CPUS_PER_ACTOR="2", RAY_DISABLE_USAGE_STATS="1")
+               INDEX_RAY_CPUS_PER_ACTOR="2", RAY_USAGE_STATS_ENABLED="0")
     started = time.perf_counter()
     done = subprocess.run([sys.executable, "-m", "indexer", "--no-progress", "--json", "--engine", engine],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=3600)

@@ -64,9 +64,17 @@ class RayOptions:
                    cpus_per_actor=settings.index_ray_cpus_per_actor, progress=progress)
 
 
+def no_usage_reports() -> None:
+    """A self-hosted indexer sends nothing out unasked: Ray's usage reports, and Ray Data's driver thread that
+    polls Prometheus for them every 10 s for the rest of the process, stay off unless the user turns them on
+    (RAY_USAGE_STATS_ENABLED=1). Before ray.init and the first Dataset."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+
 def connect() -> bool:
     """Join the cluster RAY_ADDRESS names (Ray reads it), or start a local Ray for this run when it is unset.
     True when this call started Ray (the caller shuts it down)."""
+    no_usage_reports()
     import ray
 
     if ray.is_initialized():

@@ -25,6 +25,9 @@ def two_node_cluster() -> Iterator[Any]:
     import ray
     from ray.cluster_utils import Cluster
 
+    from indexer.ray_engine import no_usage_reports
+
+    no_usage_reports()  # as the indexer's connect(): no usage poller left running in this test process
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "object_store_memory": OBJECT_STORE,
                                                             "include_dashboard": False})
     cluster.add_node(num_cpus=1, object_store_memory=OBJECT_STORE)
