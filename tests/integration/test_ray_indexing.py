@@ -117,8 +117,6 @@ def test_ray_engine_writes_what_the_local_engine_writes(cluster: Any, encoder: C
     assert embed["seconds"] > 0 and embed["rows_per_s"] > 0
     assert contents(remote) == contents(local)
     assert same_vectors(local, remote) >= 0.9999
-    # No usage reports: Ray Data's Prometheus poller is not left running in the driver (no_usage_reports).
-    assert "data-usage-metrics-poller" not in [thread.name for thread in threading.enumerate()]
 
     # The describe stage on its own actor pool: the same descriptions, the same counts.
     loader = DescriberLoader(tiny_describer_dir)
