@@ -181,7 +181,7 @@ def describe(store: VectorStore, library: Path, settings: Settings, options: Ind
         engine = RayDescriber(load, ray)
     stage_options = DescribeOptions(batch_size=settings.describe_batch_size, workers=options.workers,
                                     progress=options.progress,
-                                    max_pixels=pixel_budget(settings.describe_max_pixels, settings.vqa_max_pixels))
+                                    pixels=pixel_budget(settings.describe_max_pixels, settings.vqa_max_pixels))
     DescribeStage(store, library, described_by_of(settings), load, summary, stage_options, engine).run()
 
 

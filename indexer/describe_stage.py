@@ -44,8 +44,18 @@ class DescribeEngine(Protocol):
     """Describes the photos elsewhere (indexer/ray_engine.py, RayDescriber): yields each batch with its
     outcomes (describe_decoded's), which the stage records as it records its own."""
 
-    def __call__(self, photos: list[SameContent], root: Path, max_pixels: int, described_by: str, batch_size: int
-                 ) -> Iterator[tuple[list[SameContent], list[dict[str, Any] | str]]]: ...
+    def __call__(self, photos: list[SameContent], root: Path, pixels: PixelBudget, described_by: str,
+                 batch_size: int) -> Iterator[tuple[list[SameContent], list[dict[str, Any] | str]]]: ...
+
+
+@dataclass(frozen=True)
+class PixelBudget:
+    """How a photo is decoded for the describer (pixel_budget() makes it): `decode` bounds the JPEG's reduced-scale
+    decode (it still holds at least this many pixels), `shrink` the image handed over (0: as decoded, the model's
+    processor then applies VQA_MAX_PIXELS itself, as it does for /vqa). 0 means no bound."""
+
+    decode: int = 0
+    shrink: int = 0
 
 
 @dataclass
@@ -62,7 +72,7 @@ class DescribeOptions:
     batch_size: int = 8
     workers: int = 4
     progress: bool = True
-    max_pixels: int = 0  # pixel_budget(): photos are decoded (JPEG at a reduced scale) and shrunk to this (0: full)
+    pixels: PixelBudget = PixelBudget()  # pixel_budget(): how photos are decoded and shrunk
 
 
 class DescribeStage:
@@ -93,7 +103,7 @@ class DescribeStage:
                     self.describe_batch(batch, pool)
                     bar.update(sum(len(photo.ids) for photo in batch))
             else:
-                for batch, outcomes in self.engine(photos, self.root, self.options.max_pixels, self.described_by,
+                for batch, outcomes in self.engine(photos, self.root, self.options.pixels, self.described_by,
                                                    self.options.batch_size):
                     self.record(batch, outcomes)
                     bar.update(sum(len(photo.ids) for photo in batch))
@@ -151,7 +161,7 @@ class DescribeStage:
         return self.describer
 
     def decode(self, photo: SameContent) -> Image.Image | str:
-        return decode_photo(self.library, photo, self.options.max_pixels)
+        return decode_photo(self.library, photo, self.options.pixels)
 
     def fail(self, photo: SameContent, reason: str) -> None:
         for path in photo.paths:
@@ -159,7 +169,7 @@ class DescribeStage:
             self.summary.failures.append((path, f"cannot describe: {reason}"))
 
 
-def decode_photo(library: Library, photo: SameContent, max_pixels: int) -> Image.Image | str:
+def decode_photo(library: Library, photo: SameContent, pixels: PixelBudget) -> Image.Image | str:
     """The photo's image, or why it cannot be described: unreadable, changed since it was indexed
     (the next run's embedding sees the change and this stage then describes the new content), or not
     decodable (IMAGE_MAX_DECODE_MB bounds the decode as in the embedding run). Both engines decode here."""
@@ -170,10 +180,10 @@ def decode_photo(library: Library, photo: SameContent, max_pixels: int) -> Image
     if content_hash(data) != photo.content_hash:
         return "changed since it was indexed: run the indexer again"
     try:
-        image, _, _ = load_image(data, draft_size(max_pixels))
+        image, _, _ = load_image(data, draft_size(pixels.decode))
     except BadImage as exc:
         return str(exc)
-    return shrink(image, max_pixels)
+    return shrink(image, pixels.shrink)
 
 
 def shrink(image: Image.Image, max_pixels: int) -> Image.Image:
@@ -186,11 +196,13 @@ def shrink(image: Image.Image, max_pixels: int) -> Image.Image:
     return image.resize(size, Image.Resampling.BICUBIC)
 
 
-def pixel_budget(describe_max_pixels: int, vqa_max_pixels: int) -> int:
-    """The pixels a photo is described at: DESCRIBE_MAX_PIXELS when set and below VQA_MAX_PIXELS (which the
-    model's processor applies anyway), else VQA_MAX_PIXELS; 0 means no bound."""
+def pixel_budget(describe_max_pixels: int, vqa_max_pixels: int) -> PixelBudget:
+    """The pixels a photo is described at: DESCRIBE_MAX_PIXELS when set and below VQA_MAX_PIXELS, else
+    VQA_MAX_PIXELS; 0 means no bound. Only a DESCRIBE_MAX_PIXELS below VQA_MAX_PIXELS shrinks the photo here:
+    VQA_MAX_PIXELS is the model's processor's own bound, applied by it in one resize, as for /vqa."""
     bounds = [value for value in (describe_max_pixels, vqa_max_pixels) if value > 0]
-    return min(bounds, default=0)
+    decode = min(bounds, default=0)
+    return PixelBudget(decode=decode, shrink=decode if decode and decode != vqa_max_pixels else 0)
 
 
 def describe_decoded(model: Callable[[], ImageDescriber], decoded: list[Image.Image | str], described_by: str

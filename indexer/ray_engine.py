@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from indexer.decode import Decoded, decode_entry
-from indexer.describe_stage import ImageDescriber, SameContent, decode_photo, describe_decoded
+from indexer.describe_stage import ImageDescriber, PixelBudget, SameContent, decode_photo, describe_decoded
 from indexer.pipeline import ImageEncoder, Indexer, embed_decoded, embedded_points
 from indexer.plan import Plan
 from indexer.scan import FileEntry
@@ -355,17 +355,18 @@ class RayEngine:
 class DescribeActor:
     """One describer (VLM) per actor: decodes and describes a batch of photos (decode_photo, describe_decoded)."""
 
-    def __init__(self, load: Callable[[], ImageDescriber], root: Path, max_pixels: int, described_by: str) -> None:
+    def __init__(self, load: Callable[[], ImageDescriber], root: Path, pixels: PixelBudget, described_by: str
+                 ) -> None:
         from core.library import Library
 
         self.describer = load()
         self.library = Library(root)
-        self.max_pixels = max_pixels
+        self.pixels = pixels
         self.described_by = described_by
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         photos: list[SameContent] = list(batch["photo"])
-        decoded = [decode_photo(self.library, photo, self.max_pixels) for photo in photos]
+        decoded = [decode_photo(self.library, photo, self.pixels) for photo in photos]
         outcomes = describe_decoded(lambda: self.describer, decoded, self.described_by)
         return {"photo": photos, "outcome": [json.dumps(outcome) for outcome in outcomes]}
 
@@ -377,8 +378,8 @@ class RayDescriber:
         self.load = load
         self.options = options
 
-    def __call__(self, photos: list[SameContent], root: Path, max_pixels: int, described_by: str, batch_size: int
-                 ) -> Iterator[tuple[list[SameContent], list[dict[str, Any] | str]]]:
+    def __call__(self, photos: list[SameContent], root: Path, pixels: PixelBudget, described_by: str,
+                 batch_size: int) -> Iterator[tuple[list[SameContent], list[dict[str, Any] | str]]]:
         if not photos:
             return
         import ray
@@ -388,7 +389,7 @@ class RayDescriber:
         dataset = (ray.data.from_items([{"photo": photo} for photo in photos],
                                        override_num_blocks=max(1, min(len(photos) // batch_size, 1000)))
                    .map_batches(DescribeActor, batch_size=batch_size,
-                                fn_constructor_kwargs={"load": self.load, "root": root, "max_pixels": max_pixels,
+                                fn_constructor_kwargs={"load": self.load, "root": root, "pixels": pixels,
                                                        "described_by": described_by},
                                 compute=ActorPoolStrategy(size=self.options.describe_actors),
                                 num_gpus=gpus(self.options), num_cpus=self.options.cpus_per_actor))

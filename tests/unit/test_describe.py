@@ -134,12 +134,16 @@ def test_the_indexer_and_the_describer_import_neither_bentoml_nor_torch() -> Non
     assert done.stdout.strip() == "[]"
 
 
-@pytest.mark.parametrize(("describe_max", "vqa_max", "expected"), [
-    (0, 1003520, 1003520), (250880, 1003520, 250880), (2000000, 1003520, 1003520), (250880, 0, 250880), (0, 0, 0)])
-def test_the_describe_pixel_budget_is_the_smaller_bound(describe_max: int, vqa_max: int, expected: int) -> None:
-    from indexer.describe_stage import pixel_budget
+@pytest.mark.parametrize(("describe_max", "vqa_max", "decode", "shrink"), [
+    (0, 1003520, 1003520, 0), (250880, 1003520, 250880, 250880), (2000000, 1003520, 1003520, 0),
+    (1003520, 1003520, 1003520, 0), (250880, 0, 250880, 250880), (0, 0, 0, 0)])
+def test_the_describe_pixel_budget_is_the_smaller_bound_and_only_describe_max_pixels_shrinks(
+        describe_max: int, vqa_max: int, decode: int, shrink: int) -> None:
+    """Photos decode at the smaller bound; the stage resizes only for a DESCRIBE_MAX_PIXELS below VQA_MAX_PIXELS
+    (the model's processor applies VQA_MAX_PIXELS itself, in one resize, as for /vqa)."""
+    from indexer.describe_stage import PixelBudget, pixel_budget
 
-    assert pixel_budget(describe_max, vqa_max) == expected
+    assert pixel_budget(describe_max, vqa_max) == PixelBudget(decode=decode, shrink=shrink)
 
 
 def test_a_photo_over_the_describe_budget_is_shrunk_keeping_its_shape(tmp_path: Path) -> None:
@@ -147,7 +151,7 @@ def test_a_photo_over_the_describe_budget_is_shrunk_keeping_its_shape(tmp_path: 
     under the budget is handed over as it is."""
     from core.library import Library
     from indexer.decode import content_hash
-    from indexer.describe_stage import SameContent, decode_photo
+    from indexer.describe_stage import PixelBudget, SameContent, decode_photo, pixel_budget
 
     big = tmp_path / "big.jpg"
     draw_shape("circle", "red", 1600).resize((1600, 1200)).save(big, quality=90)
@@ -155,13 +159,15 @@ def test_a_photo_over_the_describe_budget_is_shrunk_keeping_its_shape(tmp_path: 
     draw_shape("circle", "red", 150).save(small)
     library = Library(tmp_path)
 
-    def decoded(path: Path, budget: int) -> Image.Image:
+    def decoded(path: Path, budget: PixelBudget) -> Image.Image:
         image = decode_photo(library, SameContent(content_hash(path.read_bytes()), ["1"], [path.name]), budget)
         assert isinstance(image, Image.Image), image
         return image
 
-    shrunk = decoded(big, 40_000)
+    shrunk = decoded(big, pixel_budget(40_000, 1003520))
     assert 39_000 <= shrunk.width * shrunk.height <= 40_000
     assert abs(shrunk.width / shrunk.height - 4 / 3) < 0.02
-    assert decoded(small, 40_000).size == (150, 150)
-    assert decoded(big, 0).size == (1600, 1200)
+    assert decoded(small, pixel_budget(40_000, 1003520)).size == (150, 150)
+    assert decoded(big, PixelBudget()).size == (1600, 1200)
+    # The default budget (VQA_MAX_PIXELS only) hands the photo over as decoded: the processor resizes it once.
+    assert decoded(big, pixel_budget(0, 1003520)).size == (1600, 1200)
