@@ -71,6 +71,35 @@ def matmul_gflops(dtype_name: str, side: int = 1024) -> float:
     return 3 * 2 * side**3 / (time.perf_counter() - started) / 1e9
 
 
+def openvino_matmul_gflops(int8_weights: bool, group_size: str = "0") -> float:
+    """The CPU plugin's f32 FullyConnected at the language model's MLP shape (a 1257-token prefill): with f32 weights,
+    or int8 weights with DYNAMIC_QUANTIZATION_GROUP_SIZE `group_size` (int8 activations where the CPU has int8
+    dot products: VNNI / AMX; "0": off). The fastest matmul this CPU offers the prefill."""
+    import numpy as np
+    import openvino as ov
+    import openvino.opset13 as ops
+
+    rows, inner, outer = 1257, 2048, 11008
+    rng = np.random.default_rng(0)
+    weight = rng.standard_normal((outer, inner), dtype=np.float32) * 0.02
+    x = ops.parameter([rows, inner], np.float32)
+    if int8_weights:
+        scale = np.abs(weight).max(axis=1, keepdims=True) / 127
+        codes = ops.constant(np.round(weight / scale).astype(np.int8))
+        weights = ops.multiply(ops.convert(codes, np.float32), ops.constant(scale.astype(np.float32)))
+    else:
+        weights = ops.constant(weight)
+    model = ov.Model([ops.matmul(x, weights, False, True)], [x])
+    compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32",
+                                                      "DYNAMIC_QUANTIZATION_GROUP_SIZE": group_size})
+    request, data = compiled.create_infer_request(), rng.standard_normal((rows, inner), dtype=np.float32)
+    request.infer({0: data})
+    started = time.perf_counter()
+    for _ in range(5):
+        request.infer({0: data})
+    return 5 * 2 * rows * inner * outer / (time.perf_counter() - started) / 1e9
+
+
 def native_bf16() -> bool:
     from runners.vlm_torch import cpu_has_native_bf16
 
@@ -320,10 +349,19 @@ def limits_text(machine: dict[str, Any], figures: dict[str, dict[str, Any]], par
         weight_gb = (lm + params["embed"]) * per / 1e9
         rows.append((name, f"{weight_gb:.1f} GB a token read → at most {bw / weight_gb:.1f} tokens/s at "
                            f"{bw:.0f} GB/s; measured {figures[name]['decode_tps']:.2f}"))
-    fp32 = machine["fp32_gflops"]
-    rows.append(("prefill", f"~{flops / 1e12:.1f} TFLOP for {tokens} prompt tokens; fp32 matmul here "
-                            f"{fp32:.0f} GFLOP/s → at least {flops / fp32 / 1e9:.0f} s in fp32 "
-                            f"(bf16 matmul here {machine['bf16_gflops']:.0f} GFLOP/s)"))
+    fp32, best = machine["fp32_gflops"], machine["openvino_fp32_gflops"]
+    rows.append(("prefill", f"~{flops / 1e12:.1f} TFLOP for {tokens} prompt tokens; f32 matmul here: PyTorch "
+                            f"{fp32:.0f} GFLOP/s, OpenVINO {best:.0f} (f32 weights), "
+                            f"{machine['openvino_int8_gflops']:.0f} (int8 weights), "
+                            f"{machine['openvino_int8_dq_gflops']:.0f} (int8 weights, int8 "
+                            f"activations: DYNAMIC_QUANTIZATION_GROUP_SIZE=32) → at least "
+                            f"{flops / max(fp32, best) / 1e9:.0f} s at the fastest (bf16 matmul here "
+                            f"{machine['bf16_gflops']:.0f} GFLOP/s)"))
+    base = figures["torch-fp32"].get("answer32_s")
+    if base:
+        rows.append(("5x a 32-token answer", f"{base / 5:.0f} s against PyTorch fp32's {base:.0f} s; the prefill's "
+                                             f"FLOPs alone take {flops / max(fp32, best) / 1e9:.0f} s at the fastest "
+                                             "matmul above"))
     return "Physical limits on this machine:\n\n" + table(rows, ("bound", "figure"))
 
 
@@ -362,6 +400,9 @@ def main() -> None:
     exports = args.folder / f"openvino-{args.layers or 'real'}"
     machine: dict[str, Any] = {"cpu": cpu_name(), "isa": instruction_sets(), "bandwidth_gbs": bandwidth_gbs(),
                                "fp32_gflops": matmul_gflops("float32"), "bf16_gflops": matmul_gflops("bfloat16", 256),
+                               "openvino_fp32_gflops": openvino_matmul_gflops(False),
+                               "openvino_int8_gflops": openvino_matmul_gflops(True),
+                               "openvino_int8_dq_gflops": openvino_matmul_gflops(True, "32"),
                                "note": args.note}
     figures: dict[str, dict[str, Any]] = {}
     for runtime in RUNTIMES:
