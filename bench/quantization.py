@@ -13,6 +13,7 @@ checked against the shard's size on disk at --size. Data: bench/search_scale.py'
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import tempfile
@@ -26,6 +27,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
+from _machine import cpu_name, instruction_sets  # noqa: E402
 from _report import median, record  # noqa: E402
 from search_scale import DIM, K, build_store, make_data, make_mix, make_queries  # noqa: E402
 
@@ -76,6 +78,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=30_000)
     parser.add_argument("--queries", type=int, default=100)
     parser.add_argument("--no-record", action="store_true")
+    parser.add_argument("--note", default="load not noted", help="how loaded the machine was")
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     mix = make_mix(rng)
@@ -90,8 +93,9 @@ def main() -> None:
         "## Quantization for a large collection (issue 21)",
         "",
         f"`.venv/bin/python bench/quantization.py --size {args.size} --queries {args.queries}` (embedded store, "
-        f"512-d `cliplike` vectors, top {K}, hnsw_ef 512, one client, in-process; this shared 2-core CPU with "
-        "AVX-512; measured at the size shown, not 1M: one 1M build does not fit this bench's ten minutes here. "
+        f"512-d `cliplike` vectors, top {K}, hnsw_ef 512, one client, in-process; {cpu_name()}, {os.cpu_count()} "
+        f"cores, instruction sets {instruction_sets()}; {args.note}; measured at the size shown, not 1M: one 1M "
+        "build does not fit this bench's ten minutes here. "
         "RAM and disk per million points are arithmetic from the shapes; the shard's folder at this size is "
         "shown as measured: it adds payloads and the write-ahead log's fixed preallocation).",
         "",

@@ -1,0 +1,147 @@
+"""Where an OpenVINO prefill's time and memory go (issue "Real size on the boxes people own"): the vision tower
+alone at three photo sizes, then one 1-MP question through OpenVINO GenAI's continuous batching as the service runs
+it, split into the vision encoding (`add_request`) and the language model's prefill (the pipeline's steps).
+
+    .venv/bin/python bench/vlm_cpu_parts.py [--export /tmp/vlm-cpu-bench/openvino-real/int8] [--note ...]
+
+Needs the real-size export bench/vlm_cpu.py makes. Each part runs in its own process (memory is per process).
+The vision tower (`openvino_vision_embeddings_merger_model`: Qwen2.5-VL's 32 ViT blocks) is fed the inputs GenAI
+feeds it, at the patch count of each size; its 28 window-attention blocks get their windows as an [N, N] mask
+(the export's form), so they cost what full attention costs: the FLOPs column shows the tower's matmuls
+(2 x 0.63 G parameters x N) and its attention counted both ways (every block over all N patches, as computed, and
+windows of 64 patches in 28 blocks, as the model needs). Memory: the process's own (anonymous) resident memory
+after the run, the tower's int8 weights included.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
+
+from _machine import cpu_name, instruction_sets  # noqa: E402
+from _report import record  # noqa: E402
+
+SIDES = (504, 728, 1008)  # 0.25, 0.53 and 1.0 MP after Qwen's rounding to 28 px
+VISION_PARAMS = 0.63e9  # the 32 blocks' linear layers (the tower's weights, less the patch embedding and merger)
+HIDDEN, BLOCKS, WINDOW_BLOCKS, WINDOW = 1280, 32, 28, 64
+PROMPT = ("<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>What is in this photo?<|im_end|>\n"
+          "<|im_start|>assistant\n")
+
+
+def own_gib() -> float:
+    status = Path("/proc/self/status").read_text()
+    return int(re.search(r"RssAnon:\s+(\d+)", status).group(1)) / 2**20  # type: ignore[union-attr]
+
+
+def tower(export: Path, side: int) -> dict[str, Any]:
+    import numpy as np
+    import openvino as ov
+
+    model = ov.Core().compile_model(export / "openvino_vision_embeddings_merger_model.xml", "CPU",
+                                    {"INFERENCE_PRECISION_HINT": "f32"})
+    n = (side // 14) ** 2
+    rng = np.random.default_rng(0)
+    inputs = {"hidden_states": rng.standard_normal((n, HIDDEN), dtype=np.float32),
+              "attention_mask": np.zeros((1, n, n), np.float32),
+              "window_attention_mask": np.zeros((1, n, n), np.float32),
+              "window_index": np.arange(n // 4, dtype=np.int64),
+              "rotary_pos_emb": rng.standard_normal((n, 40), dtype=np.float32)}
+    request = model.create_infer_request()
+    request.infer(inputs)  # the first run allocates and repacks
+    started = time.perf_counter()
+    request.infer(inputs)
+    return {"patches": n, "seconds": time.perf_counter() - started, "own_gib": own_gib()}
+
+
+def question(export: Path) -> dict[str, Any]:
+    import numpy as np
+    import openvino as ov
+    import openvino_genai
+
+    scheduler = openvino_genai.SchedulerConfig()
+    scheduler.cache_size = 1
+    pipeline = openvino_genai.ContinuousBatchingPipeline(str(export), scheduler, "CPU",
+                                                         {"INFERENCE_PRECISION_HINT": "f32"})
+    image = ov.Tensor(np.random.default_rng(0).integers(0, 255, (1, 1000, 1000, 3), dtype=np.uint8))
+    config = openvino_genai.GenerationConfig()
+    config.max_new_tokens, config.apply_chat_template = 1, False
+    figures: dict[str, Any] = {}
+    for run in ("first", "second"):
+        started = time.perf_counter()
+        pipeline.add_request(0 if run == "first" else 1, PROMPT, [image], config)
+        vision = time.perf_counter() - started
+        started = time.perf_counter()
+        while pipeline.has_non_finished_requests():
+            pipeline.step()
+        figures[run] = {"vision_s": vision, "language_s": time.perf_counter() - started, "own_gib": own_gib()}
+    return figures
+
+
+def child(part: str, export: Path, side: int = 0) -> dict[str, Any]:
+    done = subprocess.run([sys.executable, __file__, "--part", part, "--export", str(export), "--side", str(side)],
+                          capture_output=True, text=True, check=True)
+    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+def report(towers: list[dict[str, Any]], asked: dict[str, Any], export: Path, note: str) -> str:
+    rows = []
+    for t in towers:
+        n = t["patches"]
+        matmul = 2 * VISION_PARAMS * n
+        computed = BLOCKS * 4 * n * n * HIDDEN
+        needed = (BLOCKS - WINDOW_BLOCKS) * 4 * n * n * HIDDEN + WINDOW_BLOCKS * 4 * n * WINDOW * HIDDEN
+        rows.append(f"| {n * 196 / 1e6:.2f} MP ({n} patches) | {t['seconds']:.1f} s | {matmul / 1e12:.1f} | "
+                    f"{computed / 1e12:.1f} | {needed / 1e12:.2f} | {t['own_gib']:.2f} GiB |")
+    second = asked["second"]
+    return "\n".join([
+        "### Where an OpenVINO prefill goes (vision tower vs language model)",
+        "",
+        f"`.venv/bin/python bench/vlm_cpu_parts.py --export {export}` — {cpu_name()}, {os.cpu_count()} cores, "
+        f"instruction sets {instruction_sets()}; {note}. The real-size int8 export of bench/vlm_cpu.py, f32 compute.",
+        "",
+        "| photo | vision tower, one run | matmul TFLOP | attention TFLOP as computed (every block over all "
+        "patches) | attention TFLOP the windows need | own memory after it |",
+        "|---|---|---|---|---|---|",
+        *rows,
+        "",
+        f"One 1000x1000 photo + question through GenAI's continuous batching (second request, the first's "
+        f"allocations made): vision encoding {second['vision_s']:.1f} s, language-model prefill "
+        f"{second['language_s']:.1f} s, own memory {second['own_gib']:.2f} GiB (first request: "
+        f"{asked['first']['vision_s']:.1f} s + {asked['first']['language_s']:.1f} s).",
+    ])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--export", type=Path, default=Path("/tmp/vlm-cpu-bench/openvino-real/int8"))
+    parser.add_argument("--note", default="load not noted", help="how loaded the machine was")
+    parser.add_argument("--no-record", action="store_true")
+    parser.add_argument("--part", choices=("tower", "question"))
+    parser.add_argument("--side", type=int, default=0)
+    args = parser.parse_args()
+    if args.part:
+        print(json.dumps(tower(args.export, args.side) if args.part == "tower" else question(args.export)))
+        return
+    towers = [child("tower", args.export, side) for side in SIDES]
+    for t in towers:
+        print(t, flush=True)
+    asked = child("question", args.export)
+    print(asked, flush=True)
+    text = report(towers, asked, args.export, args.note)
+    print(text)
+    if not args.no_record:
+        record("vlm-cpu-parts", text)
+
+
+if __name__ == "__main__":
+    main()
