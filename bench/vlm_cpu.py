@@ -251,6 +251,7 @@ def tree_peak(proc: subprocess.Popen[Any]) -> list[int]:
 def export(model: Path, out: Path, weights: str) -> dict[str, Any]:
     from config import Settings
     from runners.vlm_export import WORKER, exporter_python, folder_bytes
+    from runners.vlm_windows import apply as apply_windows
 
     if not (out / "openvino_language_model.xml").is_file():
         python = exporter_python(Settings(_env_file=None))  # type: ignore[call-arg]
@@ -262,6 +263,7 @@ def export(model: Path, out: Path, weights: str) -> dict[str, Any]:
         assert proc.returncode == 0, err[-3000:]
         meta = {"export_s": time.perf_counter() - started, "export_peak": peak[0]}
         (out / "bench.json").write_text(json.dumps(meta))
+    apply_windows(out)  # as runners/vlm_export does after the exporter (a no-op once done)
     meta = json.loads((out / "bench.json").read_text())
     return {**meta, "disk": folder_bytes(out) - (out / "bench.json").stat().st_size}
 

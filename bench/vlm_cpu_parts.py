@@ -1,15 +1,18 @@
-"""Where an OpenVINO prefill's time and memory go (issue "Real size on the boxes people own"): the vision tower
-alone at three photo sizes, then one 1-MP question through OpenVINO GenAI's continuous batching as the service runs
-it, split into the vision encoding (`add_request`) and the language model's prefill (the pipeline's steps).
+"""Where an OpenVINO prefill's time and memory go (issue "Real size on the boxes people own"), and what computing
+the vision tower's window attention on windows (runners/vlm_windows) gains: the tower alone at three photo sizes,
+then one 1-MP question through OpenVINO GenAI's continuous batching as the service runs it, split into the vision
+encoding (`add_request`) and the language model's prefill (the pipeline's steps); each as the exporter wrote it
+and with runners/vlm_windows applied, side by side.
 
     .venv/bin/python bench/vlm_cpu_parts.py [--export /tmp/vlm-cpu-bench/openvino-real/int8] [--note ...]
 
-Needs the real-size export bench/vlm_cpu.py makes. Each part runs in its own process (memory is per process).
+Needs a real-size int8 export as scripts/export_vlm_openvino.py writes it (before runners/vlm_windows: the
+windowed variant is made beside it in a temporary folder of links). Each part runs in its own process.
 The vision tower (`openvino_vision_embeddings_merger_model`: Qwen2.5-VL's 32 ViT blocks) is fed the inputs GenAI
-feeds it, at the patch count of each size; its 28 window-attention blocks get their windows as an [N, N] mask
-(the export's form), so they cost what full attention costs: the FLOPs column shows the tower's matmuls
-(2 x 0.63 G parameters x N) and its attention counted both ways (every block over all N patches, as computed, and
-windows of 64 patches in 28 blocks, as the model needs). Memory: the process's own (anonymous) resident memory
+feeds it, at the patch count of each size; as exported, its 28 window-attention blocks get their windows as an
+[N, N] mask, so they cost what full attention costs. The FLOPs columns: the tower's matmuls (2 x 0.63 G
+parameters x N) and its attention both ways (as exported: 32 blocks over all N patches; with windows: 4 blocks
+over all N, 28 in chunks of 128 queries over 256 keys). Memory: the process's own (anonymous) resident memory
 after the run, the tower's int8 weights included.
 """
 
@@ -21,6 +24,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -87,37 +91,56 @@ def question(export: Path) -> dict[str, Any]:
     return figures
 
 
+def windowed(export: Path, folder: Path) -> Path:
+    """`export` with runners/vlm_windows applied, in `folder`: links to its files, the tower rewritten."""
+    from runners.vlm_windows import apply
+
+    for path in export.iterdir():
+        (folder / path.name).symlink_to(path.resolve())
+    if not apply(folder):
+        raise SystemExit(f"{export}: its vision tower has no window-masked attention (windowed already?)")
+    return folder
+
+
 def child(part: str, export: Path, side: int = 0) -> dict[str, Any]:
     done = subprocess.run([sys.executable, __file__, "--part", part, "--export", str(export), "--side", str(side)],
                           capture_output=True, text=True, check=True)
     return dict(json.loads(done.stdout.strip().splitlines()[-1]))
 
 
-def report(towers: list[dict[str, Any]], asked: dict[str, Any], export: Path, note: str) -> str:
+def report(towers: dict[str, list[dict[str, Any]]], asked: dict[str, dict[str, Any]], export: Path, note: str
+           ) -> str:
     rows = []
-    for t in towers:
-        n = t["patches"]
+    for before, after in zip(towers["exported"], towers["windows"], strict=True):
+        n = before["patches"]
         matmul = 2 * VISION_PARAMS * n
         computed = BLOCKS * 4 * n * n * HIDDEN
-        needed = (BLOCKS - WINDOW_BLOCKS) * 4 * n * n * HIDDEN + WINDOW_BLOCKS * 4 * n * WINDOW * HIDDEN
-        rows.append(f"| {n * 196 / 1e6:.2f} MP ({n} patches) | {t['seconds']:.1f} s | {matmul / 1e12:.1f} | "
-                    f"{computed / 1e12:.1f} | {needed / 1e12:.2f} | {t['own_gib']:.2f} GiB |")
-    second = asked["second"]
+        needed = (BLOCKS - WINDOW_BLOCKS) * 4 * n * n * HIDDEN + WINDOW_BLOCKS * 4 * n * 2 * WINDOW * 2 * HIDDEN
+        rows.append(f"| {n * 196 / 1e6:.2f} MP ({n} patches) | {before['seconds']:.1f} s | {after['seconds']:.1f} s "
+                    f"({before['seconds'] / after['seconds']:.2f}x) | {matmul / 1e12:.1f} | {computed / 1e12:.1f} | "
+                    f"{needed / 1e12:.2f} | {before['own_gib']:.2f} / {after['own_gib']:.2f} GiB |")
+    lines = [f"| {name} | {a['second']['vision_s']:.1f} s | {a['second']['language_s']:.1f} s | "
+             f"{a['second']['vision_s'] + a['second']['language_s']:.1f} s | {a['second']['own_gib']:.2f} GiB | "
+             f"{a['first']['vision_s']:.1f} s + {a['first']['language_s']:.1f} s |"
+             for name, a in (("as exported", asked["exported"]), ("windows (runners/vlm_windows)", asked["windows"]))]
     return "\n".join([
         "### Where an OpenVINO prefill goes (vision tower vs language model)",
         "",
         f"`.venv/bin/python bench/vlm_cpu_parts.py --export {export}` — {cpu_name()}, {os.cpu_count()} cores, "
         f"instruction sets {instruction_sets()}; {note}. The real-size int8 export of bench/vlm_cpu.py, f32 compute.",
         "",
-        "| photo | vision tower, one run | matmul TFLOP | attention TFLOP as computed (every block over all "
-        "patches) | attention TFLOP the windows need | own memory after it |",
-        "|---|---|---|---|---|---|",
+        "| photo | vision tower as exported | with windows | matmul TFLOP | attention TFLOP as exported (every "
+        "block over all patches) | attention TFLOP with windows (chunks of 128 queries over 256 keys) | own memory "
+        "after it, as exported / with windows |",
+        "|---|---|---|---|---|---|---|",
         *rows,
         "",
-        f"One 1000x1000 photo + question through GenAI's continuous batching (second request, the first's "
-        f"allocations made): vision encoding {second['vision_s']:.1f} s, language-model prefill "
-        f"{second['language_s']:.1f} s, own memory {second['own_gib']:.2f} GiB (first request: "
-        f"{asked['first']['vision_s']:.1f} s + {asked['first']['language_s']:.1f} s).",
+        "One 1000x1000 photo + question through GenAI's continuous batching (the second request; the first "
+        "allocates):",
+        "",
+        "| vision tower | vision encoding | language-model prefill | first token | own memory | first request |",
+        "|---|---|---|---|---|---|",
+        *lines,
     ])
 
 
@@ -132,11 +155,12 @@ def main() -> None:
     if args.part:
         print(json.dumps(tower(args.export, args.side) if args.part == "tower" else question(args.export)))
         return
-    towers = [child("tower", args.export, side) for side in SIDES]
-    for t in towers:
-        print(t, flush=True)
-    asked = child("question", args.export)
-    print(asked, flush=True)
+    with tempfile.TemporaryDirectory() as temp:
+        variants = {"exported": args.export, "windows": windowed(args.export, Path(temp))}
+        towers = {name: [child("tower", folder, side) for side in SIDES] for name, folder in variants.items()}
+        print(towers, flush=True)
+        asked = {name: child("question", folder) for name, folder in variants.items()}
+        print(asked, flush=True)
     text = report(towers, asked, args.export, args.note)
     print(text)
     if not args.no_record:

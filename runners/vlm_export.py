@@ -20,11 +20,14 @@ import time
 from pathlib import Path
 
 from config import Settings, get_settings
+from runners import vlm_windows as windows
 from runners.export_cache import cache_folder, publish
 
 log = logging.getLogger(__name__)
 
-EXPORT_FORMAT = 1  # bump when the export layout or the probe changes: old cache folders are not reused
+# Bump when the export layout or the probe changes: old cache folders are not reused.
+# 2: the vision tower's window attention computed on windows (runners/vlm_windows).
+EXPORT_FORMAT = 2
 MARKER = "export.json"
 REFERENCE = "reference.json"
 STAT_ABOVE = 64 * 1024**2  # weight files keyed by size and mtime, not hashed at every start
@@ -92,6 +95,7 @@ def run_exporter(settings: Settings, model_dir: Path, out: Path, weights: str) -
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         raise ExportFailed(f"the OpenVINO export of {model_dir} failed: {done.stderr.strip()[-3000:]}")
+    windows.apply(out)
 
 
 def torch_reference(settings: Settings, model_id: str, model_dir: Path) -> list[str]:

@@ -87,6 +87,21 @@ def test_the_export_is_made_once_and_cached_by_model_and_weights(tiny_qwen_dir: 
     assert report["bytes"] > 0 and report["export_seconds"] > 0
     assert time.monotonic() - started < 60  # nothing exported again (an export takes minutes with its env)
     assert not [p for p in folder.parent.iterdir() if p.name.startswith(".")]  # no temporary folder left
+    assert tower_attention(folder) == ["windows", "full"]  # runners/vlm_windows rewrote the window block
+
+
+def tower_attention(export: Path) -> list[str]:
+    """Each attention of the exported vision tower: "full" (the attention_mask input), "masked windows" (the
+    window mask over every patch, as the exporter writes it) or "windows" (runners/vlm_windows' banded form)."""
+    import openvino as ov
+
+    model = ov.Core().read_model(export / "openvino_vision_embeddings_merger_model.xml")
+    kinds = []
+    for op in model.get_ordered_ops():
+        if op.get_type_name() == "ScaledDotProductAttention":
+            mask = op.input_value(3).get_node().get_friendly_name()
+            kinds.append({"attention_mask": "full", "window_attention_mask": "masked windows"}.get(mask, "windows"))
+    return kinds
 
 
 def test_int8_answers_equal_pytorch_fp32(ov_vlm: VisionLanguageModel, tiny_vlm: VisionLanguageModel) -> None:
