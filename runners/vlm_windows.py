@@ -85,24 +85,19 @@ class Band:
         self.pad = ops.floor_mod(ops.subtract(c, ops.floor_mod(size, c)), c)  # N + pad: a multiple of C
         chunks = ops.divide(ops.add(size, self.pad), c)  # J
         lowest = ops.constant(np.array(np.finfo(np.float32).min, np.float32))
-        zero = ops.constant(np.array(0.0, np.float32))
         square = ops.reshape(mask, ops.concat([size, size], 0), False)  # [N, N]
         w = ops.constant(np.array([window], i64))
         nothing = ops.constant(np.array([0], i64))
-        # Keys: `window` masked-out columns on the left, pad + window on the right: [N, N + pad + C].
-        wide = ops.pad(square, ops.concat([nothing, w], 0), ops.concat([nothing, ops.add(self.pad, w)], 0),
-                       "constant", lowest)
-        # Queries padded with rows of 0 (they see everything; their outputs are cut off): [P, P + C].
-        tall = ops.pad(wide, ops.concat([nothing, nothing], 0), ops.concat([self.pad, nothing], 0), "constant",
-                       zero)
+        # Keys: `window` masked-out columns on the left, pad + window on the right; queries: pad rows, all masked
+        # out (finite: their softmax stays a number, and their outputs are cut off). [P, P + C], one copy.
+        padded = ops.pad(square, ops.concat([nothing, w], 0), ops.concat([self.pad, ops.add(self.pad, w)], 0),
+                         "constant", lowest)
         one = ops.constant(np.array([1], i64))
-        blocks = ops.reshape(tall, ops.concat([chunks, c, ops.add(chunks, one), c], 0), False)  # [J, C, J+1, C]
-        blocks = ops.transpose(blocks, ops.constant(np.array([0, 2, 1, 3], i64)))  # [J, J+1, C, C]
+        blocks = ops.reshape(padded, ops.concat([chunks, c, ops.add(chunks, one), c], 0), False)  # [J, C, J+1, C]
         first = ops.unsqueeze(ops.range(ops.constant(i64(0)), ops.squeeze(chunks, ops.constant(i64(0))),
                                         ops.constant(i64(1)), "i64"), ops.constant(i64(1)))  # [J, 1]
         pairs = ops.concat([first, ops.add(first, ops.constant(np.array([[1]], i64)))], 1)  # [J, 2]: j, j+1
-        diagonal = ops.gather(blocks, pairs, ops.constant(i64(1)), 1)  # [J, 2, C, C]
-        diagonal = ops.transpose(diagonal, ops.constant(np.array([0, 2, 1, 3], i64)))  # [J, C, 2, C]
+        diagonal = ops.gather(blocks, pairs, ops.constant(i64(2)), 1)  # [J, C, 2, C]: key blocks j and j+1
         self.mask = ops.reshape(diagonal, ops.constant(np.array([0, chunk, 2 * chunk], i64)), True)  # [J, C, 2C]
 
     def attention(self, q: Any, k: Any, v: Any) -> Any:
