@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import shutil
 import subprocess
 import sys
@@ -40,16 +41,52 @@ class ExportFailed(RuntimeError):
     """The exporter could not make the export (the message says why)."""
 
 
-def export_dir(settings: Settings, model_id: str, model_dir: Path, weights: str | None = None) -> Path:
-    salt = f"vlm-openvino/{EXPORT_FORMAT}"
+def export_dir(settings: Settings, model_id: str, model_dir: Path, weights: str | None = None,
+               form: int = EXPORT_FORMAT) -> Path:
+    salt = f"vlm-openvino/{form}"
     base = cache_folder(settings.vqa_openvino_cache, model_id, model_dir, salt, STAT_ABOVE)
     return base / (weights or settings.vqa_openvino_weights)
 
 
 def find_export(settings: Settings, model_id: str, model_dir: Path) -> Path | None:
-    """The finished export for VQA_OPENVINO_WEIGHTS, or None."""
+    """The finished export for VQA_OPENVINO_WEIGHTS (a format-1 one upgraded first), or None."""
     folder = export_dir(settings, model_id, model_dir)
+    if not (folder / MARKER).is_file():
+        upgrade(settings, model_id, model_dir)
     return folder if (folder / MARKER).is_file() else None
+
+
+def upgrade(settings: Settings, model_id: str, model_dir: Path) -> None:
+    """Make the current export from a format-1 one (before runners/vlm_windows) in seconds, not an export's
+    minutes: its files linked into a new folder, the vision tower rewritten there, published as format 2. The old
+    folder is left as it is. A failure (a read-only cache) is logged; the caller then finds no current export."""
+    old, folder = export_dir(settings, model_id, model_dir, form=1), export_dir(settings, model_id, model_dir)
+    if not (old / MARKER).is_file():
+        return
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        temp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+        try:
+            for path in old.iterdir():
+                link_or_copy(path, temp / path.name)
+            windows.apply(temp)
+            meta = {**json.loads((old / MARKER).read_text(encoding="utf-8")), "format": EXPORT_FORMAT}
+            (temp / MARKER).unlink()
+            (temp / MARKER).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+            publish(temp, folder, MARKER)
+        finally:
+            shutil.rmtree(temp, ignore_errors=True)
+        log.info("upgraded the OpenVINO export %s to format %d in %s", old, EXPORT_FORMAT, folder)
+    except OSError as exc:
+        log.warning("cannot upgrade the OpenVINO export %s to format %d (%s): `python -m runners.vlm_export` "
+                    "makes the current one", old, EXPORT_FORMAT, exc)
+
+
+def link_or_copy(source: Path, target: Path) -> None:
+    try:
+        os.link(source, target)
+    except OSError:  # another filesystem
+        shutil.copy2(source, target)
 
 
 def reference_answers(folder: Path) -> list[str]:
@@ -58,9 +95,10 @@ def reference_answers(folder: Path) -> list[str]:
 
 def export(settings: Settings, model_id: str, model_dir: Path) -> Path:
     """The export folder, made now when it is missing."""
+    found = find_export(settings, model_id, model_dir)
+    if found is not None:
+        return found
     folder = export_dir(settings, model_id, model_dir)
-    if (folder / MARKER).is_file():
-        return folder
     folder.parent.mkdir(parents=True, exist_ok=True)
     temp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
     try:

@@ -155,6 +155,36 @@ def test_auto_takes_the_export_and_without_one_says_why(tiny_qwen_dir: Path, ov_
     assert "no OpenVINO export" in caplog.text and "python -m runners.vlm_export" in caplog.text
 
 
+def test_an_export_made_before_the_windows_rewrite_is_upgraded_not_made_again(
+        tiny_qwen_dir: Path, ov_cache: Path, tmp_path: Path, tiny_vlm: VisionLanguageModel) -> None:
+    """A user who exported before runners/vlm_windows (export format 1) starts the new version: `auto` finds the
+    old export, links its files into a format-2 folder with the tower rewritten (no new export), and answers
+    as PyTorch fp32 does; the old folder is left as it was."""
+    from runners.vlm_export import MARKER, REFERENCE, WORKER, export_dir, exporter_python
+
+    settings = settings_for(tiny_qwen_dir, tmp_path / "cache")
+    model_id = str(tiny_qwen_dir)
+    old = export_dir(settings, model_id, tiny_qwen_dir, form=1)
+    old.mkdir(parents=True)
+    made = subprocess.run([str(exporter_python(settings)), str(WORKER), str(tiny_qwen_dir), str(old), "--weights",
+                           "int8"], capture_output=True, text=True, timeout=900)
+    assert made.returncode == 0, made.stderr[-3000:]
+    shutil.copyfile(next(ov_cache.rglob(REFERENCE)), old / REFERENCE)
+    (old / MARKER).write_text(json.dumps({"model_id": model_id, "weights": "int8", "format": 1}))
+    assert tower_attention(old) == ["masked windows", "full"]
+
+    vlm = open_vlm(settings)  # auto on a CPU
+    assert (vlm.runtime, vlm.precision) == ("openvino", "int8")
+    new = export_dir(settings, model_id, tiny_qwen_dir)
+    assert json.loads((new / MARKER).read_text())["format"] == 2
+    assert tower_attention(new) == ["windows", "full"] and tower_attention(old) == ["masked windows", "full"]
+    language = "openvino_language_model.bin"
+    assert (new / language).stat().st_ino == (old / language).stat().st_ino  # linked, not exported again
+    conversations = [item_messages(VQAItem(images=[image], question=q)) for _, image in fresh(6, seed=4)
+                     for q in (COLOR_Q, DESCRIBE_Q)]
+    assert generate(vlm, conversations) == generate(tiny_vlm, conversations)
+
+
 def test_the_fidelity_gate_refuses_an_export_that_answers_differently(
         tiny_qwen_dir: Path, ov_cache: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     damaged = tmp_path / "cache"
