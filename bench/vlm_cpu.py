@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import threading
@@ -263,9 +264,26 @@ def export(model: Path, out: Path, weights: str) -> dict[str, Any]:
         assert proc.returncode == 0, err[-3000:]
         meta = {"export_s": time.perf_counter() - started, "export_peak": peak[0]}
         (out / "bench.json").write_text(json.dumps(meta))
+    keep_exported_tower(out)
     apply_windows(out)  # as runners/vlm_export does after the exporter (a no-op once done)
     meta = json.loads((out / "bench.json").read_text())
     return {**meta, "disk": folder_bytes(out) - (out / "bench.json").stat().st_size}
+
+
+def keep_exported_tower(out: Path) -> None:
+    """A copy of the exporter's own vision tower beside the export (<out>-exported-tower), made before
+    runners/vlm_windows rewrites it: bench/vlm_cpu_parts.py measures the two side by side."""
+    from runners.vlm_windows import TOWER
+
+    kept = out.with_name(f"{out.name}-exported-tower")
+    if kept.is_dir() or not (out / TOWER).is_file():
+        return
+    temp = kept.with_name(kept.name + ".tmp")
+    shutil.rmtree(temp, ignore_errors=True)
+    temp.mkdir()
+    for path in (out / TOWER, (out / TOWER).with_suffix(".bin")):
+        shutil.copyfile(path, temp / path.name)
+    temp.rename(kept)
 
 
 def child(runtime: str, model: Path, exports: Path) -> dict[str, Any]:

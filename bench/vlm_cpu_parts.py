@@ -6,8 +6,9 @@ and with runners/vlm_windows applied, side by side.
 
     .venv/bin/python bench/vlm_cpu_parts.py [--export /tmp/vlm-cpu-bench/openvino-real/int8] [--note ...]
 
-Needs a real-size int8 export as scripts/export_vlm_openvino.py writes it (before runners/vlm_windows: the
-windowed variant is made beside it in a temporary folder of links). Each part runs in its own process.
+Needs the real-size int8 export bench/vlm_cpu.py makes, and the exporter's own tower it keeps beside it
+(<export>-exported-tower, before runners/vlm_windows): the "as exported" variant is a temporary folder of links
+to the export with that tower. Each part runs in its own process.
 The vision tower (`openvino_vision_embeddings_merger_model`: Qwen2.5-VL's 32 ViT blocks) is fed the inputs GenAI
 feeds it, at the patch count of each size; as exported, its 28 window-attention blocks get their windows as an
 [N, N] mask, so they cost what full attention costs. The FLOPs columns: the tower's matmuls (2 x 0.63 G
@@ -92,14 +93,16 @@ def question(export: Path) -> dict[str, Any]:
     return figures
 
 
-def windowed(export: Path, folder: Path) -> Path:
-    """`export` with runners/vlm_windows applied, in `folder`: links to its files, the tower rewritten."""
-    from runners.vlm_windows import apply
+def as_exported(export: Path, folder: Path) -> Path:
+    """`export` with the exporter's own vision tower (kept by bench/vlm_cpu.py), in `folder`: links."""
+    from runners.vlm_windows import TOWER
 
+    kept = export.with_name(f"{export.name}-exported-tower")
+    if not (kept / TOWER).is_file():
+        raise SystemExit(f"{kept}: no exporter's tower kept beside the export (bench/vlm_cpu.py keeps it)")
     for path in export.iterdir():
-        (folder / path.name).symlink_to(path.resolve())
-    if not apply(folder):
-        raise SystemExit(f"{export}: its vision tower has no window-masked attention (windowed already?)")
+        source = kept / path.name if path.name in (TOWER, Path(TOWER).with_suffix(".bin").name) else path
+        (folder / path.name).symlink_to(source.resolve())
     return folder
 
 
@@ -157,7 +160,7 @@ def main() -> None:
         print(json.dumps(tower(args.export, args.side) if args.part == "tower" else question(args.export)))
         return
     with tempfile.TemporaryDirectory() as temp:
-        variants = {"exported": args.export, "windows": windowed(args.export, Path(temp))}
+        variants = {"exported": as_exported(args.export, Path(temp)), "windows": args.export}
         towers = {name: [child("tower", folder, side) for side in SIDES] for name, folder in variants.items()}
         print(towers, flush=True)
         asked = {name: child("question", folder) for name, folder in variants.items()}
