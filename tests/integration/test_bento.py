@@ -15,7 +15,8 @@ import yaml
 from serving import ROOT, Server, free_port, run_indexer, service_env
 from shapes import make_library
 
-COPY_IGNORE = shutil.ignore_patterns(".venv", ".git", "__pycache__", "*_cache", "data", "test-artifacts", "images")
+COPY_IGNORE = shutil.ignore_patterns(".venv", ".venv-*", ".git", "__pycache__", "*_cache", "data", "test-artifacts",
+                                     "images")
 
 
 class BentoServer(Server):
