@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -35,6 +34,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
 from _machine import cpu_name, instruction_sets  # noqa: E402
 from _report import record  # noqa: E402
+from vlm_cpu import rss_bytes  # noqa: E402
 
 SIDES = (504, 728, 1008)  # 0.25, 0.53 and 1.0 MP after Qwen's rounding to 28 px
 VISION_PARAMS = 0.63e9  # the 32 blocks' linear layers (the tower's weights, less the patch embedding and merger)
@@ -44,8 +44,7 @@ PROMPT = ("<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>What is 
 
 
 def own_gib() -> float:
-    status = Path("/proc/self/status").read_text()
-    return int(re.search(r"RssAnon:\s+(\d+)", status).group(1)) / 2**20  # type: ignore[union-attr]
+    return rss_bytes("RssAnon") / 2**30
 
 
 def tower(export: Path, side: int) -> dict[str, Any]:

@@ -18,6 +18,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from config import Settings, get_settings
@@ -64,18 +66,12 @@ def upgrade(settings: Settings, model_id: str, model_dir: Path) -> None:
     if not (old / MARKER).is_file():
         return
     try:
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        temp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
-        try:
+        with staged(folder) as temp:
             for path in old.iterdir():
-                link_or_copy(path, temp / path.name)
+                if path.name != MARKER:
+                    link_or_copy(path, temp / path.name)
             windows.apply(temp)
-            meta = {**json.loads((old / MARKER).read_text(encoding="utf-8")), "format": EXPORT_FORMAT}
-            (temp / MARKER).unlink()
-            (temp / MARKER).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-            publish(temp, folder, MARKER)
-        finally:
-            shutil.rmtree(temp, ignore_errors=True)
+            write_marker(temp, {**json.loads((old / MARKER).read_text(encoding="utf-8")), "format": EXPORT_FORMAT})
         log.info("upgraded the OpenVINO export %s to format %d in %s", old, EXPORT_FORMAT, folder)
     except OSError as exc:
         log.warning("cannot upgrade the OpenVINO export %s to format %d (%s): `python -m runners.vlm_export` "
@@ -99,9 +95,7 @@ def export(settings: Settings, model_id: str, model_dir: Path) -> Path:
     if found is not None:
         return found
     folder = export_dir(settings, model_id, model_dir)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    temp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
-    try:
+    with staged(folder) as temp:
         log.info("exporting %s to OpenVINO (%s weights) into %s: once per model", model_id, folder.name, folder)
         started = time.monotonic()
         run_exporter(settings, model_dir, temp, folder.name)
@@ -109,13 +103,26 @@ def export(settings: Settings, model_id: str, model_dir: Path) -> Path:
         answers = torch_reference(settings, model_id, model_dir)
         (temp / REFERENCE).write_text(json.dumps({"answers": answers}, ensure_ascii=False, indent=2) + "\n",
                                       encoding="utf-8")
-        meta = {"model_id": model_id, "weights": folder.name, "format": EXPORT_FORMAT,
-                "export_seconds": round(seconds, 1), "bytes": folder_bytes(temp)}
-        (temp / MARKER).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        write_marker(temp, {"model_id": model_id, "weights": folder.name, "format": EXPORT_FORMAT,
+                            "export_seconds": round(seconds, 1), "bytes": folder_bytes(temp)})
+    return folder
+
+
+@contextmanager
+def staged(folder: Path) -> Iterator[Path]:
+    """A temporary sibling of `folder` to build an export in, renamed into place when the block ends well
+    (publish); removed in any case."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    temp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    try:
+        yield temp
         publish(temp, folder, MARKER)
     finally:
         shutil.rmtree(temp, ignore_errors=True)
-    return folder
+
+
+def write_marker(folder: Path, meta: dict[str, object]) -> None:
+    (folder / MARKER).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
 
 
 def exporter_python(settings: Settings) -> Path:
