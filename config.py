@@ -46,7 +46,7 @@ class Settings(BaseSettings):
     device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="`auto`, `cpu` or `cuda`.")
     clip_backend: Literal["auto", "torch", "openvino", "onnx", "openvino-bf16", "torch-bf16", "onnx-int8"] = Field(
         default="auto",
-        description="How CLIP vectors are computed (runners/clip_backends.py; docs/cpu.md, \"CLIP backends\"): "
+        description="How CLIP vectors are computed (runners/clip/runtimes.py; docs/cpu.md, \"CLIP backends\"): "
         "`auto` = PyTorch on CUDA; on CPU fp32 OpenVINO (else fp32 ONNX Runtime, else PyTorch), each only with "
         "identical probe rankings; faster than PyTorch eager fp32 on the CPU measured here (BENCHMARKS.md, "
         "\"Real size: CLIP\"). The low-precision backends (`openvino-bf16`, `torch-bf16`, `onnx-int8`) are opt-in.")
@@ -169,8 +169,8 @@ class Settings(BaseSettings):
         default="4bit", description="On CUDA (bitsandbytes, `VQA_RUNTIME=torch`): `4bit`, `8bit` or `none`.")
     vqa_runtime: Literal["auto", "torch", "openvino"] = Field(
         default="auto",
-        description="The VQA runtime (runners/vlm_runtime.py; docs/cpu.md): `auto` is PyTorch on CUDA; on a CPU, "
-        "OpenVINO when an export of VQA_MODEL (`python -m runners.vlm_export`) is cached and passes the fidelity "
+        description="The VQA runtime (runners/vlm/loader.py; docs/cpu.md): `auto` is PyTorch on CUDA; on a CPU, "
+        "OpenVINO when an export of VQA_MODEL (`python -m runners.vlm.export`) is cached and passes the fidelity "
         "gate, else PyTorch (logged, saying why). `openvino`: export when missing.")
     vqa_openvino_weights: Literal["int8", "int4"] = Field(
         default="int8", description="Weight precision of the OpenVINO export: `int8` or `int4`.")

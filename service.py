@@ -32,8 +32,8 @@ from config import get_settings
 from core.bentoml_compat import NO_FILE, upload_name
 from core.library import Library
 from runners.clip import model_id_of
-from runners.clip_service import ClipRunner
-from runners.vlm_service import VQARunner
+from runners.clip.service import ClipRunner
+from runners.vlm.service import VQARunner
 from store import open_store
 from store.base import StoreDamagedError, StoreError, point_id
 from store.remote import service_file_path

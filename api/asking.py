@@ -24,7 +24,7 @@ from api.vqa_requests import VqaRequests
 from config import Settings
 from core.images import BadImage, load_image
 from core.library import Library, NotInLibrary
-from runners.vlm_service import ChatRequest
+from runners.vlm import ChatRequest
 from store.base import Hit
 
 log = logging.getLogger("service")

@@ -26,7 +26,7 @@ from config import Settings
 from core.images import BadImage, load_image
 from core.library import Library, NotInLibrary
 from core.telemetry import count_tokens
-from runners.vlm_service import ChatRequest
+from runners.vlm import ChatRequest
 
 log = logging.getLogger("service")
 VQA_DISABLED = "visual question answering is disabled on this server (VQA_ENABLED=false)"
@@ -201,6 +201,6 @@ class VqaRequests:
 
 
 def raise_failure(error: dict[str, Any] | None) -> None:
-    """The runner's per-request error (see runners.vlm_service.ChatResult) as the ApiError it is."""
+    """The runner's per-request error (see runners.vlm.service.ChatResult) as the ApiError it is."""
     if error:
         raise ApiError(int(error["status"]), str(error["code"]), str(error["message"]))

@@ -10,7 +10,7 @@ batch 16 (img/s, the processor's 224 px pixel values as input, preprocessing exc
 text latency for one query at a time (ms/query, tokenizer included), and top-1
 agreement with PyTorch fp32 on hard queries: near-duplicate images (6 random scenes x 8 noisy copies, 48
 queries against 48 others) and 20 texts against those images. Exports (and their fidelity check) come from
-runners/clip_backends.py exactly as the server makes them, timed once (export time); the cache is in a temp
+runners/clip/runtimes.py exactly as the server makes them, timed once (export time); the cache is in a temp
 folder so every run exports afresh (removed once the backends are loaded). Then the indexer's throughput
 per backend on a library of `--photos` generated 12-MP JPEGs (decode + embed + write into an embedded store,
 indexer/pipeline.py with its default options), backends one after the other.
@@ -37,9 +37,9 @@ from _models import build_real_clip  # noqa: E402
 from _report import record  # noqa: E402
 from event_loop import make_photos  # noqa: E402
 from PIL import Image  # noqa: E402
+from runners.clip.runtimes import LOW_PRECISION, installed, top1  # noqa: E402
 
 from runners.clip import ClipEncoder  # noqa: E402
-from runners.clip_backends import LOW_PRECISION, installed, top1  # noqa: E402
 
 BATCH = 16
 HEADING = "### Real size: CLIP encode per backend on CPU (issue 12)"
@@ -63,7 +63,7 @@ def scenes(n_scenes: int, copies: int, seed: int) -> list[Image.Image]:
 
 def image_rate(encoder: ClipEncoder, pixels: np.ndarray) -> float:
     start = time.perf_counter()
-    encoder.backend.image_features(pixels)
+    encoder.runtime.image_features(pixels)
     return len(pixels) / (time.perf_counter() - start)
 
 
@@ -100,7 +100,7 @@ def timed(encoders: dict[str, ClipEncoder], pixels: np.ndarray, rounds: int) -> 
     """Rounds interleave the backends (one batch and a few queries each per round), so load from other jobs
     on the machine falls on all of them alike; the median round counts."""
     for encoder in encoders.values():  # warm-up
-        encoder.backend.image_features(pixels[:2])
+        encoder.runtime.image_features(pixels[:2])
         encoder.encode_texts([TEXTS[0]])
     rates: dict[str, list[float]] = {name: [] for name in encoders}
     latencies: dict[str, list[float]] = {name: [] for name in encoders}
@@ -130,14 +130,14 @@ def main() -> None:
     hard = (library, queries)
     cache = Path(tempfile.mkdtemp(prefix="clip-backends-"))
 
-    encoders = {"torch": ClipEncoder(str(folder), "cpu", backend="torch")}
+    encoders = {"torch": ClipEncoder(str(folder), "cpu", runtime="torch")}
     exports: dict[str, str] = {}
     for name in [b for b in args.backends.split(",") if b]:
         if not installed(name):
             exports[name] = "not installed"
             continue
         start = time.perf_counter()
-        encoders[name] = ClipEncoder(str(folder), "cpu", backend=name, backend_cache=cache)
+        encoders[name] = ClipEncoder(str(folder), "cpu", runtime=name, runtime_cache=cache)
         exports[name] = f"{time.perf_counter() - start:.0f} s"
     shutil.rmtree(cache, ignore_errors=True)
     pixels = encoders["torch"].processor(images=scenes(2, BATCH // 2, seed=2), return_tensors="np")["pixel_values"]

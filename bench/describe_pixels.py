@@ -1,7 +1,7 @@
 """What a smaller describe pixel budget (DESCRIBE_MAX_PIXELS) costs in reading (issue "Real size on the boxes
 people own"): the trained tiny describer (tests/fixtures/tiny_describer) describes the same fresh images at
 shares of its pixel bound, through the describe stage's own code (indexer.describe_stage.shrink, then
-runners.describe.Describer on runners.vlm.VisionLanguageModel, CPU, greedy).
+runners.vlm.describe.Describer on runners.vlm.VisionLanguageModel, CPU, greedy).
 
     .venv/bin/python bench/describe_pixels.py [--photos 120] [--no-record]
 
@@ -47,7 +47,7 @@ def cases(n: int, seed: int) -> list[tuple[str, str, str, Any]]:
 
 def rates(describer: Any, share: float, photos: list[tuple[str, str, str, Any]]) -> dict[str, float]:
     from indexer.describe_stage import shrink
-    from runners.describe import Description
+    from runners.vlm.describe import Description
 
     budget = int(MODEL_BOUND * share)
     images = [shrink(image, budget) for *_, image in photos]
@@ -75,7 +75,7 @@ def rates(describer: Any, share: float, photos: list[tuple[str, str, str, Any]])
 def token_probes(images: list[Any]) -> list[Any]:
     """Prompt conversations (question + image) as the describer builds them, to count their tokens."""
     from config import DEFAULT_DESCRIBE_PROMPT
-    from runners.vlm_inputs import VQAItem, item_messages
+    from runners.vlm.inputs import VQAItem, item_messages
 
     return [item_messages(VQAItem(images=[image], question=DEFAULT_DESCRIBE_PROMPT)) for image in images]
 
@@ -104,11 +104,11 @@ def main() -> None:
     args = parser.parse_args()
 
     from config import DEFAULT_DESCRIBE_PROMPT, Settings
-    from runners.describe import Describer
-    from runners.vlm import VisionLanguageModel
+    from runners.vlm import load_vlm
+    from runners.vlm.describe import Describer
 
     folder = ROOT / "tests" / "fixtures" / "tiny_describer"
-    vlm = VisionLanguageModel.load(folder, Settings(_env_file=None, vqa_model=str(folder), device="cpu"))  # type: ignore[call-arg]
+    vlm = load_vlm(folder, Settings(_env_file=None, vqa_model=str(folder), device="cpu"))  # type: ignore[call-arg]
     describer = Describer(vlm, DEFAULT_DESCRIBE_PROMPT, max_new_tokens=64)
     photos = cases(args.photos, args.seed)
     figures = {share: rates(describer, share, photos) for share in SHARES}

@@ -1,6 +1,6 @@
 """Describe throughput: photos/s of the indexer's describe stage, one photo per generate call vs batched
 (issue 14). CPU, a small Qwen2.5-VL built from config (bench/_models.py: random weights, 8 x 512 language
-model, the tiny vision tower), through runners.describe.Describer, the class `python -m indexer --describe`
+model, the tiny vision tower), through runners.vlm.describe.Describer, the class `python -m indexer --describe`
 runs, with DEFAULT_DESCRIBE_PROMPT.
 
     .venv/bin/python bench/describe_throughput.py [--photos 16] [--batch 8] [--new-tokens 32] [--no-record]
@@ -53,16 +53,16 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--no-record", action="store_true")
     args = parser.parse_args()
-    from runners.describe import Describer
-    from runners.vlm import VisionLanguageModel
+    from runners.vlm import load_vlm
+    from runners.vlm.describe import Describer
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = build_qwen(Path(tmp) / "qwen-small")
         settings = Settings(_env_file=None, vqa_model=str(folder), device="cpu",  # type: ignore[call-arg]
                             vqa_quantization="none")
-        vlm = VisionLanguageModel.load(folder, settings)
+        vlm = load_vlm(folder, settings)
         # random weights stop anywhere
-        vlm.engine.model.generation_config.min_new_tokens = args.new_tokens  # type: ignore[attr-defined]
+        vlm.runtime.model.generation_config.min_new_tokens = args.new_tokens  # type: ignore[attr-defined]
         describer = Describer(vlm, DEFAULT_DESCRIBE_PROMPT, args.new_tokens)
         images = photos(args.photos)
         one = rate(describer, images, 1)
@@ -71,7 +71,7 @@ def main() -> None:
             ("batched / one at a time", f"{batched / one:.2f}x")]
     body = ("### Describe throughput (issue 14, CPU)\n\n"
             f"`.venv/bin/python bench/describe_throughput.py --photos {args.photos} --batch {args.batch} "
-            f"--new-tokens {args.new_tokens}`: runners.describe.Describer on a small Qwen2.5-VL built from config "
+            f"--new-tokens {args.new_tokens}`: runners.vlm.describe.Describer on a small Qwen2.5-VL built from config "
             f"(random weights, 8 x 512 language model), DEFAULT_DESCRIBE_PROMPT, 1-MP photos, exactly "
             f"{args.new_tokens} new tokens per answer, 2-core CPU.\n\n" + table(rows))
     print(body)

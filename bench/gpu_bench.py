@@ -70,12 +70,12 @@ def release() -> None:
 
 def bench_vlm(folder: Path, device: str, quantization: str, new_tokens: int, repeats: int) -> dict[str, Any]:
     from config import Settings
-    from runners.vlm import VisionLanguageModel, VQAItem, first_error, item_messages
+    from runners.vlm import VQAItem, first_error, item_messages, load_vlm
 
     settings = Settings(device=device, vqa_max_new_tokens=new_tokens)  # type: ignore[arg-type]
     release()
     started = time.perf_counter()
-    vlm = VisionLanguageModel.load(folder, settings, quantization=quantization)  # type: ignore[arg-type]
+    vlm = load_vlm(folder, settings, quantization=quantization)  # type: ignore[arg-type]
     sync()
     load_s = time.perf_counter() - started
     memory = gpu_gib()

@@ -49,7 +49,7 @@ def describe_conversation(image: Any) -> list[dict[str, Any]]:
 
 def timed_generate(vlm: Any, conversations: list[Any], tokens: int) -> float:
     """Seconds for one generate of exactly `tokens` new tokens per conversation."""
-    vlm.engine.model.generation_config.min_new_tokens = tokens  # random weights could end an answer at any token
+    vlm.runtime.model.generation_config.min_new_tokens = tokens  # random weights could end an answer at any token
     started = time.perf_counter()
     results = first_error(vlm.generate_each(conversations, tokens))
     sync()
@@ -60,15 +60,15 @@ def timed_generate(vlm: Any, conversations: list[Any], tokens: int) -> float:
     return elapsed
 
 
-def load_vlm(folder: Path, device: str, quantization: str, args: argparse.Namespace) -> tuple[Any, float]:
+def timed_load(folder: Path, device: str, quantization: str, args: argparse.Namespace) -> tuple[Any, float]:
     from config import Settings
-    from runners.vlm import VisionLanguageModel
+    from runners.vlm import load_vlm
 
     settings = Settings(_env_file=None, device=device, vqa_max_pixels=args.max_pixels,  # type: ignore[call-arg,arg-type]
                         vqa_max_new_tokens=args.new_tokens, vqa_max_new_tokens_cap=max(2048, args.new_tokens))
     release()
     started = time.perf_counter()
-    vlm = VisionLanguageModel.load(folder, settings, quantization=quantization)  # type: ignore[arg-type]
+    vlm = load_vlm(folder, settings, quantization=quantization)  # type: ignore[arg-type]
     sync()
     return vlm, time.perf_counter() - started
 
@@ -76,7 +76,7 @@ def load_vlm(folder: Path, device: str, quantization: str, args: argparse.Namesp
 def bench_real_vlm(folder: Path, device: str, quantization: str, args: argparse.Namespace) -> dict[str, Any]:
     """One quantization's figures, or {"quantization", "error"} when it cannot load or fails."""
     try:
-        vlm, load_s = load_vlm(folder, device, quantization, args)
+        vlm, load_s = timed_load(folder, device, quantization, args)
     except Exception as exc:  # noqa: BLE001 - reported in the table: the other quantizations still run
         traceback.print_exc()
         return {"quantization": quantization, "error": f"cannot load: {type(exc).__name__}: {exc}"}
@@ -103,7 +103,7 @@ def measure(vlm: Any, args: argparse.Namespace) -> dict[str, Any]:
     full = {b: median([timed_generate(vlm, convs[:b], args.new_tokens) for _ in range(args.repeats)])
             for b in sizes}
     figures: dict[str, Any] = {"prompt_tokens": prompt_tokens, "gpu_allocated_gib": memory["allocated_gib"],
-                               "dtype": str(vlm.engine.model.dtype), "first_token_ms": round(1000 * first[1], 1)}
+                               "dtype": str(vlm.runtime.model.dtype), "first_token_ms": round(1000 * first[1], 1)}
     for b in sizes:
         decode_s = max(full[b] - first[b], 1e-9)  # the other new_tokens - 1 steps of every row
         figures[f"first_token_ms_b{b}"] = round(1000 * first[b], 1)

@@ -36,6 +36,8 @@ from _machine import cpu_name, instruction_sets  # noqa: E402
 from _models import build_real_qwen  # noqa: E402
 from _report import record, table  # noqa: E402
 
+from runners.device import native_bf16  # noqa: E402
+
 RUNTIMES = ("torch-fp32", "torch-bf16", "openvino-int8", "openvino-int4")
 QUESTION = "What is in this photo?"
 DESCRIBE_TOKENS = 100  # about what DESCRIBE_PROMPT's JSON answer takes
@@ -101,12 +103,6 @@ def openvino_matmul_gflops(int8_weights: bool, group_size: str = "0") -> float:
     return 5 * 2 * rows * inner * outer / (time.perf_counter() - started) / 1e9
 
 
-def native_bf16() -> bool:
-    from runners.vlm_torch import cpu_has_native_bf16
-
-    return cpu_has_native_bf16()
-
-
 # ----------------------------------------------------------------------------------- one runtime, measured
 
 
@@ -144,19 +140,19 @@ class AnonPeak:
 def load(runtime: str, model: Path, exports: Path) -> Any:
     """The runtime as the service builds it, with end tokens suppressed (random weights)."""
     from config import Settings
-    from runners.vlm import VisionLanguageModel
-    from runners.vlm_inputs import VlmInputs
+    from runners.vlm import VisionLanguageModel, load_vlm
+    from runners.vlm.inputs import VlmInputs
 
     family, precision = runtime.split("-")
     settings = Settings(_env_file=None, vqa_model=str(model), device="cpu",  # type: ignore[call-arg]
                         vqa_torch_cpu_dtype="bf16" if precision == "bf16" else "fp32", vqa_openvino_precision="f32")
     if family == "torch":
-        vlm = VisionLanguageModel.load(model, settings)
-        vlm.engine.model.generation_config.suppress_tokens = sorted(vlm.inputs.eos_token_ids)  # type: ignore[attr-defined]
+        vlm = load_vlm(model, settings)
+        vlm.runtime.model.generation_config.suppress_tokens = sorted(vlm.inputs.eos_token_ids)  # type: ignore[attr-defined]
         return vlm
-    from runners.vlm_openvino import OpenVinoEngine
+    from runners.vlm.openvino_runtime import OpenVinoRuntime
 
-    class EndlessEngine(OpenVinoEngine):
+    class EndlessEngine(OpenVinoRuntime):
         def config(self, limit: int, sampling: Any) -> Any:
             config = super().config(limit, sampling)
             config.ignore_eos = True
@@ -169,7 +165,7 @@ def load(runtime: str, model: Path, exports: Path) -> Any:
 
 
 def timed(vlm: Any, conversations: list[Any], tokens: int) -> tuple[float, Any]:
-    from runners.vlm_inputs import Generation
+    from runners.vlm.inputs import Generation
 
     started = time.perf_counter()
     results = vlm.generate_each(conversations, tokens)
@@ -181,8 +177,8 @@ def timed(vlm: Any, conversations: list[Any], tokens: int) -> tuple[float, Any]:
 def measure(runtime: str, model: Path, exports: Path) -> dict[str, Any]:
     """One streamed 32-token answer after a one-token warm-up on another photo of the same size: the first
     token's arrival is the prefill, the other 31 the decode rate."""
-    from runners.vlm_engine import Sampling
-    from runners.vlm_inputs import VQAItem, item_messages
+    from runners.vlm.inputs import VQAItem, item_messages
+    from runners.vlm.runtime import Sampling
 
     anon = AnonPeak()
     started = time.perf_counter()
@@ -192,7 +188,7 @@ def measure(runtime: str, model: Path, exports: Path) -> dict[str, Any]:
     timed(vlm, [item_messages(VQAItem(images=[photo(1)], question=QUESTION))], 1)
     item = vlm.prepare(item_messages(VQAItem(images=[photo(2)], question=QUESTION)))
     started, stamps = time.perf_counter(), []
-    for new in vlm.engine.stream(item, 32, Sampling(), None, threading.Event()):
+    for new in vlm.runtime.stream(item, 32, Sampling(), None, threading.Event()):
         stamps += [time.perf_counter()] * len(new)
     assert len(stamps) == 32, len(stamps)
     prefill, decode = stamps[0] - started, 31 / (stamps[-1] - stamps[0])
@@ -210,7 +206,7 @@ def describe_batch(vlm: Any) -> dict[str, Any]:
     photos), DESCRIBE_TOKENS tokens each, timed whole: photos a minute."""
     from config import DEFAULT_DESCRIBE_PROMPT
     from indexer.describe_stage import shrink
-    from runners.vlm_inputs import VQAItem, item_messages
+    from runners.vlm.inputs import VQAItem, item_messages
 
     photos = [shrink(photo(10 + i), DESCRIBE_PIXELS) for i in range(DESCRIBE_BATCH)]
     conversations = [item_messages(VQAItem(images=[image], question=DEFAULT_DESCRIBE_PROMPT)) for image in photos]
@@ -251,8 +247,8 @@ def tree_peak(proc: subprocess.Popen[Any]) -> list[int]:
 
 def export(model: Path, out: Path, weights: str) -> dict[str, Any]:
     from config import Settings
-    from runners.vlm_export import WORKER, exporter_python, folder_bytes
-    from runners.vlm_windows import apply as apply_windows
+    from runners.vlm.openvino_export import WORKER, exporter_python, folder_bytes
+    from runners.vlm.windows import apply as apply_windows
 
     if not (out / "openvino_language_model.xml").is_file():
         python = exporter_python(Settings(_env_file=None))  # type: ignore[call-arg]
@@ -265,7 +261,7 @@ def export(model: Path, out: Path, weights: str) -> dict[str, Any]:
         meta = {"export_s": time.perf_counter() - started, "export_peak": peak[0]}
         (out / "bench.json").write_text(json.dumps(meta))
     keep_exported_tower(out)
-    apply_windows(out)  # as runners/vlm_export does after the exporter (a no-op once done)
+    apply_windows(out)  # as runners/vlm/openvino_export.py does after the exporter (a no-op once done)
     meta = json.loads((out / "bench.json").read_text())
     return {**meta, "disk": folder_bytes(out) - (out / "bench.json").stat().st_size}
 
@@ -273,7 +269,7 @@ def export(model: Path, out: Path, weights: str) -> dict[str, Any]:
 def keep_exported_tower(out: Path) -> None:
     """A copy of the exporter's own vision tower beside the export (<out>-exported-tower), made before
     runners/vlm_windows rewrites it: bench/vlm_cpu_parts.py measures the two side by side."""
-    from runners.vlm_windows import TOWER
+    from runners.vlm.windows import TOWER
 
     kept = out.with_name(f"{out.name}-exported-tower")
     if kept.is_dir() or not (out / TOWER).is_file():

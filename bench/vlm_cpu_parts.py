@@ -94,7 +94,7 @@ def question(export: Path) -> dict[str, Any]:
 
 def as_exported(export: Path, folder: Path) -> Path:
     """`export` with the exporter's own vision tower (kept by bench/vlm_cpu.py), in `folder`: links."""
-    from runners.vlm_windows import TOWER
+    from runners.vlm.windows import TOWER
 
     kept = export.with_name(f"{export.name}-exported-tower")
     if not (kept / TOWER).is_file():

@@ -58,14 +58,14 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--own-bound-max-mp", type=float, default=13)
     args = parser.parse_args()
-    from runners.vlm import VisionLanguageModel
+    from runners.vlm import load_vlm
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = build_qwen(Path(tmp) / "qwen")
         with_real_bounds(folder)
-        budget = VisionLanguageModel.load(folder, Settings(_env_file=None, device="cpu"))  # type: ignore[call-arg]
+        budget = load_vlm(folder, Settings(_env_file=None, device="cpu"))  # type: ignore[call-arg]
         own_settings = Settings(_env_file=None, device="cpu", vqa_max_pixels=0)  # type: ignore[call-arg]
-        own = VisionLanguageModel.load(folder, own_settings)
+        own = load_vlm(folder, own_settings)
         prefill(budget, photo(448, 448))  # warm up
         rows = []
         for name, (width, height) in SIZES.items():

@@ -88,7 +88,7 @@ WORKAROUNDS: tuple[Workaround, ...] = (
         "runner session recycling",
         "#5540, #5544, #5698 (PR #5541 merged without covering it)",
         "the depends() client closes its HTTP session every 100 requests / 300 s while calls still use it",
-        "NO_RECYCLE as `runner_connection` of both runners (runners/clip_service.py, runners/vlm_service.py)"),
+        "NO_RECYCLE as `runner_connection` of both runners (runners/clip/service.py, runners/vlm/service.py)"),
     Workaround(
         "optional upload annotation",
         "none filed; _bentoml_sdk/io_models.py IOMixin.__pydantic_init_subclass__, _pydantic.py",

@@ -169,10 +169,10 @@ def describe(store: VectorStore, library: Path, settings: Settings, options: Ind
     """The describe stage after the embedding run; VQA_MODEL is loaded only if a photo needs the model
     (with `ray`: in each describer actor of the cluster)."""
     from indexer.describe_stage import DescribeEngine, DescribeOptions, DescribeStage, pixel_budget
-    from runners.describe import Describer, described_by_of
+    from runners.vlm import Describer, described_by_of, open_describer
 
     def load() -> Describer:
-        return Describer.from_settings(settings)
+        return open_describer(settings)
 
     engine: DescribeEngine | None = None
     if ray is not None:
@@ -222,20 +222,20 @@ def run(argv: list[str] | None = None) -> int:
     if problem and not args.watch:  # watch mode waits for a library that is not mounted yet
         print(f"error: image library {args.library} {problem} (set IMAGE_LIBRARY or --library)", file=sys.stderr)
         return 2
-    from runners.clip_backends import BackendRefused
+    from runners.fidelity import RuntimeRefused
     from runners.hub import ModelNotFoundError
 
     try:
         # With the embedded store held by a running service, this writes through that service.
         store = open_store_for_writing(settings)
         info = store.info()  # an unreachable server fails here, before the CLIP code is even imported
-        from runners.clip import ClipEncoder, model_id_of
+        from runners.clip import ClipEncoder, model_id_of, open_clip
 
         model_id = model_id_of(settings.clip_model)
         check_model(info, model_id, args.recreate)
 
         def load() -> ClipEncoder:  # as the CLIP runner loads it: same model, same CLIP_BACKEND
-            return ClipEncoder.from_settings(settings)
+            return open_clip(settings)
 
         # The model (seconds to import and load) is loaded only once a file needs embedding.
         encoder = LazyEncoder(model_id, info.dim, load) if info and not args.recreate else load()
@@ -279,8 +279,8 @@ def run(argv: list[str] | None = None) -> int:
 
                 ray_module.shutdown()
         store.close()
-    # exit 2, as docs/indexing.md says (BackendRefused: an explicit CLIP_BACKEND that cannot be used)
-    except (ModelMismatchError, ModelNotFoundError, StoreLockedError, BackendRefused) as exc:
+    # exit 2, as docs/indexing.md says (RuntimeRefused: an explicit CLIP_BACKEND that cannot be used)
+    except (ModelMismatchError, ModelNotFoundError, StoreLockedError, RuntimeRefused) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except StoreError as exc:

@@ -1,7 +1,7 @@
 """The describe stage (`python -m indexer --describe`): VQA_MODEL's description of every indexed photo.
 
 It runs after the embedding run, over the points already in the collection: a point whose payload's
-`described_by` is not the current one (runners/describe.py: the model id and a hash of DESCRIBE_PROMPT) is
+`described_by` is not the current one (runners/vlm/describe.py: the model id and a hash of DESCRIBE_PROMPT) is
 described. Descriptions are payload fields of existing points (store.set_descriptions), whose ids are
 deterministic, so a killed run loses at most the batch it was generating, and the next run describes only
 what is still missing, with no duplicates. Content is described once: a point whose content hash another
@@ -33,7 +33,7 @@ STAGE = "describe"  # its name on the progress bar and in the summary's seconds
 
 
 class ImageDescriber(Protocol):
-    """What the stage needs of runners.describe.Describer."""
+    """What the stage needs of runners.vlm.describe.Describer."""
 
     described_by: str
 

@@ -1,14 +1,23 @@
 """Where model exports are cached: one folder per model, keyed by its id and files, written atomically.
 
-Used by the CLIP backends (runners/clip_backends.py) and the OpenVINO VLM export (runners/vlm_export.py).
+Used by the CLIP runtimes' exports (runners/clip/select.py) and the OpenVINO VLM export
+(runners/vlm/openvino_export.py): an export is built in a staged sibling folder and published by one rename once
+its marker is written.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+MARKER = "export.json"  # written last: a folder holding it is a finished export
 
 
 def cache_folder(
@@ -34,7 +43,25 @@ def model_hash(model_id: str, model_dir: Path, salt: str = "", stat_above: int |
     return digest.hexdigest()
 
 
-def publish(temp: Path, folder: Path, marker: str) -> None:
+@contextmanager
+def staged(folder: Path) -> Iterator[Path]:
+    """A temporary sibling of `folder` to build an export in, renamed into place when the block ends well
+    (publish); removed in any case, so an interrupted export never leaves a half-written folder behind."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    temp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    try:
+        yield temp
+        publish(temp, folder, MARKER)
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def write_marker(folder: Path, meta: dict[str, object]) -> None:
+    """The marker that makes `folder` a finished export (write it last)."""
+    (folder / MARKER).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+
+
+def publish(temp: Path, folder: Path, marker: str = MARKER) -> None:
     """Rename a finished export folder into place (atomic); when another process renamed its own first
     (`marker` present there), keep that one."""
     try:

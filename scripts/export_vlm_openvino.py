@@ -2,7 +2,7 @@
 
 Runs in the exporter's own environment (.venv-vlm-export, made by scripts/setup-vlm-export.sh from
 requirements-vlm-export.txt): optimum-intel 2.2.0 needs transformers < 5.6 (its Qwen2.5-VL export config wants
-4.x) while the service pins 5.24. It imports nothing of the project: runners/vlm_export.py calls it as
+4.x) while the service pins 5.24. It imports nothing of the project: runners/vlm/export.py calls it as
     .venv-vlm-export/bin/python scripts/export_vlm_openvino.py SOURCE OUT --weights int8|int4
 and does the caching, the fidelity reference and the atomic rename itself.
 

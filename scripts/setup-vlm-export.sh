@@ -2,7 +2,7 @@
 # Create the OpenVINO VLM exporter's own environment, apart from the service's (.venv):
 # optimum-intel 2.2.0 needs transformers < 5.6 while the service pins 5.24.
 # Usage: scripts/setup-vlm-export.sh [FOLDER]   (default .venv-vlm-export at the project root; VQA_EXPORT_ENV)
-# runners/vlm_export.py runs it by itself when the environment is missing. About 3 minutes, ~6 GB on disk.
+# runners/vlm/export.py runs it by itself when the environment is missing. About 3 minutes, ~6 GB on disk.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 env_dir=${1:-${VQA_EXPORT_ENV:-.venv-vlm-export}}

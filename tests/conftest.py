@@ -85,11 +85,11 @@ def offline_hubs(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------- tiny Qwen2.5-VL (VQA runner)
-# Appended for runners/vlm.py and tests/unit/test_vlm.py:
+# Appended for runners/vlm/model.py and tests/unit/test_vlm.py:
 #     tiny_qwen_dir  the committed trained tiny Qwen2.5-VL (tests/fixtures/tiny_qwen, 2.8 MB)
 #     tiny_vlm       runners.vlm.VisionLanguageModel on it (CPU, no quantisation), loaded once per session
 
-from runners.vlm import VisionLanguageModel  # noqa: E402 - appended block; runners.vlm imports torch lazily
+from runners.vlm import VisionLanguageModel, load_vlm  # noqa: E402 - appended block; runners.vlm imports torch lazily
 
 
 @pytest.fixture(scope="session")
@@ -104,9 +104,9 @@ def tiny_qwen_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_vlm(tiny_qwen_dir: Path) -> VisionLanguageModel:
-    """VisionLanguageModel.load(tiny_qwen_dir) on CPU with default VQA_* settings, shared by the whole session."""
+    """load_vlm(tiny_qwen_dir) on CPU with default VQA_* settings, shared by the whole session."""
     settings = Settings(_env_file=None, vqa_model=str(tiny_qwen_dir), device="cpu")  # type: ignore[call-arg]
-    return VisionLanguageModel.load(tiny_qwen_dir, settings)
+    return load_vlm(tiny_qwen_dir, settings)
 
 
 # ---------------------------------------------------------------- tiny describer (indexer's describe stage)
@@ -128,9 +128,9 @@ def tiny_describer_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_describer(tiny_describer_dir: Path) -> VisionLanguageModel:
-    """VisionLanguageModel.load(tiny_describer_dir) on CPU with default VQA_* settings, shared by the whole session."""
+    """load_vlm(tiny_describer_dir) on CPU with default VQA_* settings, shared by the whole session."""
     settings = Settings(_env_file=None, vqa_model=str(tiny_describer_dir), device="cpu")  # type: ignore[call-arg]
-    return VisionLanguageModel.load(tiny_describer_dir, settings)
+    return load_vlm(tiny_describer_dir, settings)
 
 
 # ---------------------------------------------------------------- archives (indexer/archive.py)

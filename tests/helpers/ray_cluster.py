@@ -13,7 +13,7 @@ from typing import Any
 from serving import ROOT
 
 from runners.clip import ClipEncoder
-from runners.describe import Describer
+from runners.vlm.describe import Describer
 from store.base import StoreError
 
 OBJECT_STORE = 80 * 1024**2  # per node: enough for a tiny library, keeps memory modest
@@ -59,10 +59,10 @@ class DescriberLoader:
 
     def __call__(self) -> Describer:
         from config import DEFAULT_DESCRIBE_PROMPT, Settings
-        from runners.vlm import VisionLanguageModel
+        from runners.vlm import load_vlm
 
         settings = Settings(_env_file=None, vqa_model=str(self.folder), device="cpu")  # type: ignore[call-arg]
-        return Describer(VisionLanguageModel.load(self.folder, settings), DEFAULT_DESCRIBE_PROMPT,
+        return Describer(load_vlm(self.folder, settings), DEFAULT_DESCRIBE_PROMPT,
                          max_new_tokens=self.max_new_tokens)
 
 

@@ -7,8 +7,8 @@ from collections.abc import Generator, Sequence
 from typing import Any
 
 from runners.vlm import VisionLanguageModel, first_error
-from runners.vlm_inputs import Conversation, Generation, VQAItem, item_messages
-from runners.vlm_torch import TorchEngine
+from runners.vlm.inputs import Conversation, Generation, VQAItem, item_messages
+from runners.vlm.torch_runtime import TorchRuntime
 
 
 def generate(vlm: VisionLanguageModel, conversations: Sequence[Conversation],
@@ -48,10 +48,10 @@ def answer(vlm: VisionLanguageModel, image: Any, question: str, max_new_tokens: 
     return answer_batch(vlm, [VQAItem(images=[image], question=question, max_new_tokens=max_new_tokens)])[0]
 
 
-def torch_engine(vlm: VisionLanguageModel) -> TorchEngine:
+def torch_engine(vlm: VisionLanguageModel) -> TorchRuntime:
     """The PyTorch runtime under `vlm` (its transformers model is `.model`)."""
-    assert isinstance(vlm.engine, TorchEngine), vlm.engine
-    return vlm.engine
+    assert isinstance(vlm.runtime, TorchRuntime), vlm.runtime
+    return vlm.runtime
 
 
 def build_inputs(vlm: VisionLanguageModel, conversations: Sequence[Conversation]) -> Any:

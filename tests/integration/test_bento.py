@@ -62,7 +62,8 @@ def test_bento_holds_the_service_and_not_the_tests(built: tuple[str, Path, dict[
     for module in ("service.py", "config.py", "README.md", "docs/api.md", "ui/index.html", "api/limits.py",
                    "api/metrics.py", "api/logs.py", "core/images.py", "core/telemetry.py", "core/bentoml_compat.py",
                    "core/files.py",
-                   "runners/clip.py", "runners/clip_service.py", "runners/vlm_service.py", "indexer/__main__.py",
+                   "runners/clip/encoder.py", "runners/clip/service.py", "runners/vlm/service.py",
+                   "indexer/__main__.py",
                    "store/edge.py"):
         assert module in files
     assert not [f for f in files if f.startswith(("tests/", "data/", "test-artifacts/", "bench/", ".venv/"))]

@@ -1,4 +1,4 @@
-"""CLIP encoding backends (runners/clip_backends.py) on the trained tiny Chinese-CLIP: every installed backend
+"""CLIP encoding backends (runners/clip/runtimes.py) on the trained tiny Chinese-CLIP: every installed backend
 ranks a library of synthetic shapes as PyTorch fp32 does, exports are cached and reused, a damaged cache is
 rebuilt, and a backend past the fidelity bound is refused (explicit choice) or replaced by PyTorch (auto)."""
 
@@ -12,12 +12,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from runners.clip.runtimes import FAITHFUL, Bounds, RuntimeRefused, cache_folder, installed, model_hash
 from shapes import CLASSES, caption, draw_shape
 
 from config import Settings
-from runners import clip_backends
-from runners.clip import ClipEncoder
-from runners.clip_backends import FAITHFUL, BackendRefused, Bounds, cache_folder, installed, model_hash
+from runners.clip import ClipEncoder, open_clip
+from runners.clip import runtimes as clip_backends
 
 EXPORTED = ("openvino", "onnx", "openvino-bf16", "torch-bf16", "onnx-int8")
 RUNTIME = {"openvino": "openvino", "openvino-bf16": "openvino", "onnx": "onnxruntime", "onnx-int8": "onnxruntime",
@@ -34,7 +34,7 @@ def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def onnx_cache(tiny_clip_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A cache holding one fp32 export, copied by tests that damage it."""
     folder = tmp_path_factory.mktemp("onnx-cache")
-    ClipEncoder(str(tiny_clip_dir), "cpu", backend="onnx", backend_cache=folder)
+    ClipEncoder(str(tiny_clip_dir), "cpu", runtime="onnx", runtime_cache=folder)
     return folder
 
 
@@ -47,7 +47,7 @@ def library() -> list:
 
 @pytest.fixture(scope="module")
 def torch_encoder(tiny_clip_dir: Path) -> ClipEncoder:
-    return ClipEncoder(str(tiny_clip_dir), "cpu", backend="torch")
+    return ClipEncoder(str(tiny_clip_dir), "cpu", runtime="torch")
 
 
 def top5(encoder: ClipEncoder, library: list) -> list[list[int]]:
@@ -65,8 +65,8 @@ def test_backend_ranks_the_library_as_pytorch_fp32(
     backends are opt-in because they need not: int8 on this tiny 64-wide model keeps every top-1 but swaps
     neighbours lower down, so they are held to that."""
     assert installed(name), f"{name}: its runtime is pinned in requirements.txt"
-    encoder = ClipEncoder(str(tiny_clip_dir), "cpu", backend=name, backend_cache=cache)
-    assert encoder.backend.name == name and encoder._model is None  # the export's model is not kept
+    encoder = ClipEncoder(str(tiny_clip_dir), "cpu", runtime=name, runtime_cache=cache)
+    assert encoder.runtime.name == name and encoder._model is None  # the export's model is not kept
     got, want = top5(encoder, library), top5(torch_encoder, library)
     if name in FAITHFUL:
         assert got == want
@@ -82,7 +82,7 @@ def test_backend_ranks_the_library_as_pytorch_fp32(
 
 @pytest.mark.parametrize("name", FAITHFUL)
 def test_fp32_vectors_match_pytorch(name: str, tiny_clip_dir: Path, cache: Path, torch_encoder: ClipEncoder) -> None:
-    encoder = ClipEncoder(str(tiny_clip_dir), "cpu", backend=name, backend_cache=cache)
+    encoder = ClipEncoder(str(tiny_clip_dir), "cpu", runtime=name, runtime_cache=cache)
     texts = ["红色的圆形" * 30, "a", "一张蓝色的正方形的图片"]  # different lengths: dynamic token axis
     images = [draw_shape("triangle", "green", size=s, seed=5) for s in (64, 200)]
     np.testing.assert_allclose(encoder.encode_texts(texts), torch_encoder.encode_texts(texts), atol=1e-4)
@@ -95,9 +95,9 @@ def test_auto_picks_fp32_openvino_on_cpu_from_settings(
 ) -> None:
     assert Settings(_env_file=None).clip_backend == "auto"  # type: ignore[call-arg]  # the default
     settings_env(CLIP_MODEL=tiny_clip_dir, DEVICE="cpu", CLIP_BACKEND="auto", CLIP_BACKEND_CACHE=tmp_path)
-    with caplog.at_level(logging.INFO, logger="runners.clip_backends"):
-        encoder = ClipEncoder.from_settings()
-    assert encoder.backend.name == "openvino"  # faithful and the fastest; never a low-precision one by default
+    with caplog.at_level(logging.INFO, logger="runners.clip.runtimes"):
+        encoder = open_clip()
+    assert encoder.runtime.name == "openvino"  # faithful and the fastest; never a low-precision one by default
     assert "CLIP_BACKEND=openvino vs PyTorch fp32" in caplog.text and "top-1 agreement 100.0%" in caplog.text
     assert [p.parent.name for p in tmp_path.glob("*/*/export.json")] == ["openvino"]
 
@@ -106,15 +106,15 @@ def test_auto_skips_a_backend_that_is_not_installed(
     tiny_clip_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setitem(clip_backends.NEEDS, "openvino", ("openvino_not_installed",))
-    with pytest.raises(BackendRefused, match="openvino_not_installed not installed.*CLIP_BACKEND=torch"):
-        ClipEncoder(str(tiny_clip_dir), "cpu", backend="openvino", backend_cache=tmp_path)
-    assert ClipEncoder(str(tiny_clip_dir), "cpu", backend="auto", backend_cache=tmp_path).backend.name == "onnx"
+    with pytest.raises(RuntimeRefused, match="openvino_not_installed not installed.*CLIP_BACKEND=torch"):
+        ClipEncoder(str(tiny_clip_dir), "cpu", runtime="openvino", runtime_cache=tmp_path)
+    assert ClipEncoder(str(tiny_clip_dir), "cpu", runtime="auto", runtime_cache=tmp_path).runtime.name == "onnx"
 
 
 def test_cache_is_reused(
     tiny_clip_dir: Path, cache: Path, monkeypatch: pytest.MonkeyPatch, torch_encoder: ClipEncoder
 ) -> None:
-    ClipEncoder(str(tiny_clip_dir), "cpu", backend="onnx", backend_cache=cache)
+    ClipEncoder(str(tiny_clip_dir), "cpu", runtime="onnx", runtime_cache=cache)
     exported = next(cache.glob("*/onnx/image.onnx"))
     before = exported.stat().st_mtime_ns
 
@@ -123,7 +123,7 @@ def test_cache_is_reused(
 
     monkeypatch.setattr(clip_backends, "export_onnx", no_export)
     monkeypatch.setattr(ClipEncoder, "_reference_model", no_export)  # not even PyTorch is loaded
-    encoder = ClipEncoder(str(tiny_clip_dir), "cpu", backend="onnx", backend_cache=cache)
+    encoder = ClipEncoder(str(tiny_clip_dir), "cpu", runtime="onnx", runtime_cache=cache)
     assert exported.stat().st_mtime_ns == before
     np.testing.assert_allclose(encoder.encode_texts(["蓝色"]), torch_encoder.encode_texts(["蓝色"]), atol=1e-4)
 
@@ -145,8 +145,8 @@ def test_damaged_cache_is_exported_again(
         np.savez(folder / "reference.npz", images=images[::-1], texts=texts[::-1])
     else:
         (folder / "export.json").unlink()
-    encoder = ClipEncoder(str(tiny_clip_dir), "cpu", backend="onnx", backend_cache=tmp_path)
-    assert encoder.backend.name == "onnx" and (folder / "export.json").is_file()
+    encoder = ClipEncoder(str(tiny_clip_dir), "cpu", runtime="onnx", runtime_cache=tmp_path)
+    assert encoder.runtime.name == "onnx" and (folder / "export.json").is_file()
     images = [draw_shape("square", "red", seed=9)]
     np.testing.assert_allclose(encoder.encode_images(images), torch_encoder.encode_images(images), atol=1e-4)
     assert not list(tmp_path.glob("*/.onnx-*")), "temporary export folders are cleaned up"
@@ -155,8 +155,8 @@ def test_damaged_cache_is_exported_again(
 @pytest.mark.parametrize("name", ["onnx", "openvino"])
 def test_explicit_backend_past_the_bound_is_refused(name: str, tiny_clip_dir: Path, tmp_path: Path) -> None:
     impossible = Bounds(min_top1=1.0, min_cosine=1.0)  # fp32 exports differ from PyTorch in the last bits
-    with pytest.raises(BackendRefused) as refused:
-        ClipEncoder(str(tiny_clip_dir), "cpu", backend=name, backend_cache=tmp_path, bounds=impossible)
+    with pytest.raises(RuntimeRefused) as refused:
+        ClipEncoder(str(tiny_clip_dir), "cpu", runtime=name, runtime_cache=tmp_path, bounds=impossible)
     message = str(refused.value)
     assert f"CLIP_BACKEND={name} refused" in message and "top-1 agreement 100.0%" in message
     assert "lowest cosine 0.9999" in message and "CLIP_BACKEND_MIN_COSINE=1.0" in message
@@ -169,24 +169,24 @@ def test_bf16_is_refused_where_fp32_openvino_passes(tiny_clip_dir: Path, tmp_pat
     import openvino as ov
 
     strict = Bounds(min_top1=1.0, min_cosine=0.99999)
-    assert ClipEncoder(str(tiny_clip_dir), "cpu", backend="openvino", backend_cache=tmp_path,
-                       bounds=strict).backend.name == "openvino"
+    assert ClipEncoder(str(tiny_clip_dir), "cpu", runtime="openvino", runtime_cache=tmp_path,
+                       bounds=strict).runtime.name == "openvino"
     native = "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
     for name in ("openvino-bf16", "torch-bf16") if native else ("torch-bf16",):
-        with pytest.raises(BackendRefused, match=rf"CLIP_BACKEND={name} refused.*lowest cosine 0\.99"):
-            ClipEncoder(str(tiny_clip_dir), "cpu", backend=name, backend_cache=tmp_path, bounds=strict)
+        with pytest.raises(RuntimeRefused, match=rf"CLIP_BACKEND={name} refused.*lowest cosine 0\.99"):
+            ClipEncoder(str(tiny_clip_dir), "cpu", runtime=name, runtime_cache=tmp_path, bounds=strict)
     if not native:
-        assert ClipEncoder(str(tiny_clip_dir), "cpu", backend="openvino-bf16", backend_cache=tmp_path,
-                           bounds=strict).backend.name == "openvino-bf16"
+        assert ClipEncoder(str(tiny_clip_dir), "cpu", runtime="openvino-bf16", runtime_cache=tmp_path,
+                           bounds=strict).runtime.name == "openvino-bf16"
 
 
 def test_auto_falls_back_to_pytorch_with_a_warning(
     tiny_clip_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.WARNING, logger="runners.clip_backends"):
-        encoder = ClipEncoder(str(tiny_clip_dir), "cpu", backend="auto", backend_cache=tmp_path,
+    with caplog.at_level(logging.WARNING, logger="runners.clip.runtimes"):
+        encoder = ClipEncoder(str(tiny_clip_dir), "cpu", runtime="auto", runtime_cache=tmp_path,
                               bounds=Bounds(min_cosine=1.0))
-    assert encoder.backend.name == "torch"
+    assert encoder.runtime.name == "torch"
     assert "refused" in caplog.text and "falling back to PyTorch" in caplog.text
     assert encoder.encode_texts(["红色的圆形"]).shape == (1, encoder.dim)
 
@@ -198,9 +198,9 @@ def test_export_failure_is_refused_or_falls_back(
         raise RuntimeError("unsupported operator")
 
     monkeypatch.setattr(clip_backends, "export_onnx", broken)
-    with pytest.raises(BackendRefused, match="export failed .*unsupported operator.*CLIP_BACKEND=torch"):
-        ClipEncoder(str(tiny_clip_dir), "cpu", backend="onnx-int8", backend_cache=tmp_path)
-    assert ClipEncoder(str(tiny_clip_dir), "cpu", backend="auto", backend_cache=tmp_path).backend.name == "torch"
+    with pytest.raises(RuntimeRefused, match="export failed .*unsupported operator.*CLIP_BACKEND=torch"):
+        ClipEncoder(str(tiny_clip_dir), "cpu", runtime="onnx-int8", runtime_cache=tmp_path)
+    assert ClipEncoder(str(tiny_clip_dir), "cpu", runtime="auto", runtime_cache=tmp_path).runtime.name == "torch"
     assert not [p for p in tmp_path.rglob("*") if p.is_file()], "a failed export leaves nothing behind"
 
 
@@ -228,10 +228,10 @@ def test_unknown_backend_is_rejected(settings_env: Callable[..., Settings]) -> N
 def test_damaged_openvino_cache_is_exported_again(
     tiny_clip_dir: Path, tmp_path: Path, torch_encoder: ClipEncoder
 ) -> None:
-    ClipEncoder(str(tiny_clip_dir), "cpu", backend="openvino", backend_cache=tmp_path)
+    ClipEncoder(str(tiny_clip_dir), "cpu", runtime="openvino", runtime_cache=tmp_path)
     folder = next(tmp_path.glob("*/openvino"))
     (folder / "image.bin").write_bytes(b"not openvino weights")
-    encoder = ClipEncoder(str(tiny_clip_dir), "cpu", backend="openvino", backend_cache=tmp_path)
-    assert encoder.backend.name == "openvino" and (folder / "image.bin").stat().st_size > 1000
+    encoder = ClipEncoder(str(tiny_clip_dir), "cpu", runtime="openvino", runtime_cache=tmp_path)
+    assert encoder.runtime.name == "openvino" and (folder / "image.bin").stat().st_size > 1000
     images = [draw_shape("circle", "blue", seed=11)]
     np.testing.assert_allclose(encoder.encode_images(images), torch_encoder.encode_images(images), atol=1e-4)

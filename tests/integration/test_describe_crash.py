@@ -20,7 +20,7 @@ from serving import ROOT
 from shapes import make_library
 
 from config import DEFAULT_DESCRIBE_PROMPT
-from runners.describe import describer_id
+from runners.vlm.describe import describer_id
 from store.base import PAYLOAD_FIELDS, point_id
 from store.edge import EdgeStore
 

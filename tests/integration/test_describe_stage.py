@@ -1,4 +1,4 @@
-"""The indexer's describe stage (indexer/describe.py) with the real tiny VLM through runners.describe.Describer,
+"""The indexer's describe stage (indexer/describe.py) with the real tiny VLM through runners.vlm.describe.Describer,
 on each store backend: incremental (each content described once), copies by content hash, a prompt change,
 failures, and the command line (`--describe`, `--json`) in this process. A SIGKILL mid-describe is
 tests/integration/test_describe_crash.py."""
@@ -25,8 +25,8 @@ from indexer.describe_stage import DescribeOptions as Options
 from indexer.describe_stage import DescribeStage
 from indexer.pipeline import Summary
 from runners.clip import ClipEncoder
-from runners.describe import Describer, Description, describer_id
 from runners.vlm import VisionLanguageModel
+from runners.vlm.describe import Describer, Description, describer_id
 from store.base import DESCRIPTION_FIELDS, Point, point_id
 
 BATCH = 3

@@ -30,8 +30,8 @@ from core.library import Library
 from indexer.describe_stage import DescribeOptions, DescribeStage
 from indexer.pipeline import Summary
 from runners.clip import ClipEncoder
-from runners.describe import Describer
 from runners.vlm import VisionLanguageModel
+from runners.vlm.describe import Describer
 from store import memory_store
 
 QUERY = "红色的圆形 TAXI"  # the picture of a red circle, or the word TAXI

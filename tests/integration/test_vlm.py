@@ -18,8 +18,8 @@ from helpers.vlm_calls import answer, answer_batch, build_inputs, chat_batch, ge
 from PIL import Image
 
 from config import Settings, get_settings
-from runners.video import read_video
-from runners.vlm import Generation, VisionLanguageModel, VQAItem, item_messages
+from runners.vlm import Generation, VisionLanguageModel, VQAItem, item_messages, load_vlm, open_vlm
+from runners.vlm.video import read_video
 
 FRESH = 3 * 10**9  # image seeds far from the ones used in training
 
@@ -46,7 +46,7 @@ def vlm(tiny_qwen_dir: Path) -> Iterator[VisionLanguageModel]:
             mp.delenv(name, raising=False)
         get_settings.cache_clear()
         try:
-            yield VisionLanguageModel.from_settings()
+            yield open_vlm()
         finally:
             get_settings.cache_clear()
 
@@ -152,7 +152,7 @@ def test_stream_stops_when_abandoned(vlm: VisionLanguageModel) -> None:
 def test_four_bit_on_cpu_loads_and_generates(tiny_qwen_dir: Path) -> None:
     import bitsandbytes as bnb
 
-    model = VisionLanguageModel.load(tiny_qwen_dir, settings(tiny_qwen_dir), quantization="4bit")
+    model = load_vlm(tiny_qwen_dir, settings(tiny_qwen_dir), quantization="4bit")
     assert model.quantization == "4bit"
     assert any(isinstance(m, bnb.nn.Linear4bit) for m in torch_engine(model).model.modules())
     cases = fresh_cases(12, seed=6)
@@ -206,12 +206,12 @@ def test_min_max_pixels_bound_visual_tokens(vlm: VisionLanguageModel, tiny_qwen_
     # The saved processor config: 56x56 .. 112x112 pixels, i.e. 4 .. 16 tokens of 28x28 pixels.
     assert image_tokens(vlm, big) == 16
     assert image_tokens(vlm, small) == 4
-    bounded = VisionLanguageModel.load(tiny_qwen_dir, settings(tiny_qwen_dir, vqa_min_pixels=784, vqa_max_pixels=3136))
+    bounded = load_vlm(tiny_qwen_dir, settings(tiny_qwen_dir, vqa_min_pixels=784, vqa_max_pixels=3136))
     assert bounded.inputs.pixel_bounds("image") == (28 * 28, 56 * 56)
     assert image_tokens(bounded, big) == 4
     assert image_tokens(bounded, small) == 1
     assert answer(bounded, big, "What color is the shape?") == "orange"
-    wide = VisionLanguageModel.load(tiny_qwen_dir, settings(tiny_qwen_dir, vqa_min_pixels=12544, vqa_max_pixels=12544))
+    wide = load_vlm(tiny_qwen_dir, settings(tiny_qwen_dir, vqa_min_pixels=12544, vqa_max_pixels=12544))
     assert image_tokens(wide, small) == 16
 
 
@@ -219,13 +219,13 @@ def test_vqa_max_pixels_caps_the_models_own_bound_and_zero_restores_it(tiny_qwen
     """The default budget (1280*28*28, Qwen's suggestion for photos) caps the processor's own maximum and
     never raises it (the tiny model's own is 112x112); a lower budget wins; 0 is the model's own bound."""
     assert Settings(_env_file=None).vqa_max_pixels == 1280 * 28 * 28  # type: ignore[call-arg]
-    default = VisionLanguageModel.load(tiny_qwen_dir, settings(tiny_qwen_dir))
+    default = load_vlm(tiny_qwen_dir, settings(tiny_qwen_dir))
     assert default.inputs.pixel_bounds("image") == (56 * 56, 112 * 112)
-    lower = VisionLanguageModel.load(tiny_qwen_dir, settings(tiny_qwen_dir, vqa_max_pixels=56 * 56))
+    lower = load_vlm(tiny_qwen_dir, settings(tiny_qwen_dir, vqa_max_pixels=56 * 56))
     assert lower.inputs.pixel_bounds("image") == (56 * 56, 56 * 56) and lower.inputs.pixel_bounds("video")[1] == 56 * 56
     big = draw_image("circle", "orange", 224, FRESH + 402)
     assert image_tokens(lower, big) == 4 < image_tokens(default, big) == 16
-    own = VisionLanguageModel.load(tiny_qwen_dir, settings(tiny_qwen_dir, vqa_max_pixels=0))
+    own = load_vlm(tiny_qwen_dir, settings(tiny_qwen_dir, vqa_max_pixels=0))
     assert own.inputs.pixel_bounds("image") == (56 * 56, 112 * 112)
 
 

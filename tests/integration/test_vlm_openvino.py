@@ -1,4 +1,4 @@
-"""VQA_RUNTIME=openvino on the trained tiny Qwen2.5-VL: the export made once by `python -m runners.vlm_export`
+"""VQA_RUNTIME=openvino on the trained tiny Qwen2.5-VL: the export made once by `python -m runners.vlm.export`
 (in its own pinned environment), int8 answers equal to PyTorch fp32's, the fidelity gate refusing a damaged
 export, `auto` choosing, and the memory guard reading a real memory cgroup."""
 
@@ -29,10 +29,10 @@ from serving import ROOT, Server, png, run_indexer, running, service_env
 from shapes import draw_described, make_library
 
 from config import Settings
-from runners.memory_guard import GIB, torch_need
 from runners.vlm import VisionLanguageModel
-from runners.vlm_inputs import Generation, ItemError, VQAItem, item_messages
-from runners.vlm_runtime import max_pixels, open_vlm
+from runners.vlm.inputs import Generation, ItemError, VQAItem, item_messages
+from runners.vlm.loader import max_pixels, open_vlm
+from runners.vlm.memory_guard import GIB, torch_need
 
 FRESH = 7 * 10**9
 COLOR_Q, COLOR_Q_ZH, DESCRIBE_Q = "What color is the shape?", "图形是什么颜色？", "Describe the image."
@@ -44,7 +44,7 @@ def export_env(model: Path, cache: Path, **extra: str) -> dict[str, str]:
 
 
 def run_export(model: Path, cache: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "runners.vlm_export", *args], cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "runners.vlm.export", *args], cwd=ROOT,
                           env=export_env(model, cache), capture_output=True, text=True, timeout=900)
 
 
@@ -105,7 +105,7 @@ def tower_attention(export: Path) -> list[str]:
 
 
 def test_int8_answers_equal_pytorch_fp32(ov_vlm: VisionLanguageModel, tiny_vlm: VisionLanguageModel) -> None:
-    assert (ov_vlm.runtime, ov_vlm.precision, ov_vlm.device) == ("openvino", "int8", "cpu")
+    assert (ov_vlm.runtime.name, ov_vlm.precision, ov_vlm.device) == ("openvino", "int8", "cpu")
     cases = fresh(12, seed=1)
     conversations = [item_messages(VQAItem(images=[image], question=q)) for _, image in cases
                      for q in (COLOR_Q, COLOR_Q_ZH, DESCRIBE_Q)]
@@ -147,12 +147,12 @@ def test_refusals_deadlines_and_video_are_per_item(ov_vlm: VisionLanguageModel) 
 
 def test_auto_takes_the_export_and_without_one_says_why(tiny_qwen_dir: Path, ov_cache: Path, tmp_path: Path,
                                                         caplog: pytest.LogCaptureFixture) -> None:
-    assert open_vlm(settings_for(tiny_qwen_dir, ov_cache)).runtime == "openvino"  # auto on a CPU
-    assert open_vlm(settings_for(tiny_qwen_dir, ov_cache, vqa_runtime="torch")).runtime == "torch"
-    with caplog.at_level(logging.WARNING, logger="runners.vlm_runtime"):
+    assert open_vlm(settings_for(tiny_qwen_dir, ov_cache)).runtime.name == "openvino"  # auto on a CPU
+    assert open_vlm(settings_for(tiny_qwen_dir, ov_cache, vqa_runtime="torch")).runtime.name == "torch"
+    with caplog.at_level(logging.WARNING, logger="runners.vlm.loader"):
         fallback = open_vlm(settings_for(tiny_qwen_dir, tmp_path / "empty-cache"))
-    assert (fallback.runtime, fallback.precision) == ("torch", "fp32")
-    assert "no OpenVINO export" in caplog.text and "python -m runners.vlm_export" in caplog.text
+    assert (fallback.runtime.name, fallback.precision) == ("torch", "fp32")
+    assert "no OpenVINO export" in caplog.text and "python -m runners.vlm.export" in caplog.text
 
 
 def test_an_export_made_before_the_windows_rewrite_is_upgraded_not_made_again(
@@ -160,7 +160,7 @@ def test_an_export_made_before_the_windows_rewrite_is_upgraded_not_made_again(
     """A user who exported before runners/vlm_windows (export format 1) starts the new version: `auto` finds the
     old export, links its files into a format-2 folder with the tower rewritten (no new export), and answers
     as PyTorch fp32 does; the old folder is left as it was."""
-    from runners.vlm_export import MARKER, REFERENCE, WORKER, export_dir, exporter_python
+    from runners.vlm.openvino_export import MARKER, REFERENCE, WORKER, export_dir, exporter_python
 
     settings = settings_for(tiny_qwen_dir, tmp_path / "cache")
     model_id = str(tiny_qwen_dir)
@@ -174,7 +174,7 @@ def test_an_export_made_before_the_windows_rewrite_is_upgraded_not_made_again(
     assert tower_attention(old) == ["masked windows", "full"]
 
     vlm = open_vlm(settings)  # auto on a CPU
-    assert (vlm.runtime, vlm.precision) == ("openvino", "int8")
+    assert (vlm.runtime.name, vlm.precision) == ("openvino", "int8")
     new = export_dir(settings, model_id, tiny_qwen_dir)
     assert json.loads((new / MARKER).read_text())["format"] == 2
     assert tower_attention(new) == ["windows", "full"] and tower_attention(old) == ["masked windows", "full"]
@@ -195,9 +195,9 @@ def test_the_fidelity_gate_refuses_an_export_that_answers_differently(
     for index in range(len(data) // 8, len(data) - 64):  # int8 weights scrambled; headers and scales kept
         data[index] = rng.randrange(256)
     weights.write_bytes(bytes(data))
-    with caplog.at_level(logging.WARNING, logger="runners.vlm_runtime"):
+    with caplog.at_level(logging.WARNING, logger="runners.vlm.loader"):
         vlm = open_vlm(settings_for(tiny_qwen_dir, damaged, vqa_runtime="openvino"))
-    assert vlm.runtime == "torch"  # refused, and PyTorch answers instead
+    assert vlm.runtime.name == "torch"  # refused, and PyTorch answers instead
     assert "below VQA_FIDELITY_MIN_MATCH" in caplog.text or "does not load" in caplog.text
     assert "using PyTorch instead" in caplog.text
     assert generate(vlm, [item_messages(VQAItem(images=[fresh(1, 3)[0][1]], question=COLOR_Q))])[0].text == "red"
@@ -209,15 +209,15 @@ CGROUP = Path("/sys/fs/cgroup/memory")
 GUARDED = """
 import sys
 from config import get_settings
-from runners.memory_guard import NotEnoughMemory
-from runners.vlm_runtime import open_vlm
+from runners.vlm.memory_guard import NotEnoughMemory
+from runners.vlm.loader import open_vlm
 sys.stdin.readline()  # loaded what it imports; the test sets the cgroup's limit now
 try:
     vlm = open_vlm(get_settings())
 except NotEnoughMemory as exc:
     print(exc)
     sys.exit(3)
-print("loaded", vlm.runtime, vlm.precision)
+print("loaded", vlm.runtime.name, vlm.precision)
 """
 
 
@@ -340,7 +340,7 @@ def test_the_describe_stage_on_openvino_writes_what_pytorch_writes(tiny_clip_dir
                "VQA_MODEL": str(tiny_describer_dir), "VQA_RUNTIME": runtime,
                "VQA_OPENVINO_CACHE": str(tmp_path / "vlm-openvino")}
         if runtime == "openvino":  # the describer's export, made once
-            made = subprocess.run([sys.executable, "-m", "runners.vlm_export"], cwd=ROOT, env=env,
+            made = subprocess.run([sys.executable, "-m", "runners.vlm.export"], cwd=ROOT, env=env,
                                   capture_output=True, text=True, timeout=900)
             assert made.returncode == 0, made.stderr[-3000:]
         done = cli(env, "--describe", "--json", timeout=600)

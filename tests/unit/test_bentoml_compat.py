@@ -345,8 +345,8 @@ def test_core_telemetry_imports_prometheus_client_on_first_use() -> None:
 
 def test_both_runners_carry_the_shared_runner_options() -> None:
     """runner_options() is what both model runners are declared with (NO_RECYCLE included)."""
-    from runners.clip_service import ClipRunner
-    from runners.vlm_service import VQARunner
+    from runners.clip.service import ClipRunner
+    from runners.vlm.service import VQARunner
 
     for runner in (ClipRunner, VQARunner):
         config: Any = getattr(runner, "config")  # noqa: B009 - a BentoML service attribute mypy cannot see

@@ -13,7 +13,7 @@ from PIL import Image
 from shapes import CLASSES, caption, draw_shape
 
 from config import Settings, get_settings
-from runners.clip import ClipEncoder
+from runners.clip import ClipEncoder, open_clip
 
 DIM = 32  # the trained fixture's projection_dim
 FRESH_SEED = 7_000_000  # training drew seeds 0..47, make_tiny_clip's held-out set 1_000_000+
@@ -25,7 +25,7 @@ def encoder(tiny_clip_dir: Path) -> Iterator[ClipEncoder]:
         mp.setenv("CLIP_MODEL", str(tiny_clip_dir))
         mp.setenv("DEVICE", "cpu")
         get_settings.cache_clear()
-        yield ClipEncoder.from_settings()
+        yield open_clip()
     get_settings.cache_clear()
 
 
@@ -43,7 +43,7 @@ def fresh_images() -> tuple[list[Image.Image], list[tuple[str, str]]]:
 def test_from_settings_uses_clip_model_folder(tiny_clip_dir: Path, settings_env: Callable[..., Settings]) -> None:
     settings = settings_env(CLIP_MODEL=tiny_clip_dir, DEVICE="cpu", MODEL_CACHE_DIR=None)
     assert settings.clip_model == str(tiny_clip_dir)
-    encoder = ClipEncoder.from_settings()
+    encoder = open_clip()
     assert encoder.dim == DIM and encoder.device == "cpu"
     assert encoder.model_id == str(tiny_clip_dir.resolve())
 

@@ -1,4 +1,4 @@
-"""runners/describe.py: what a description answer becomes (parse_answer), `described_by`, and the Describer over
+"""runners/vlm/describe.py: what a description answer becomes (parse_answer), `described_by`, and the Describer over
 the real tiny VLM (a batch with a photo the model refuses). The indexer's describe stage is
 tests/unit/test_describe_stage.py."""
 
@@ -11,8 +11,8 @@ from PIL import Image
 from shapes import draw_shape
 
 from config import DEFAULT_DESCRIBE_PROMPT, Settings
-from runners.describe import Describer, Description, described_by_of, describer_id, parse_answer
-from runners.vlm import VisionLanguageModel
+from runners.vlm import VisionLanguageModel, open_describer
+from runners.vlm.describe import Describer, Description, described_by_of, describer_id, parse_answer
 
 # ---------------------------------------------------------------- parse_answer: JSON answers
 
@@ -102,7 +102,7 @@ def test_described_by_is_the_model_and_a_short_hash_of_the_prompt() -> None:
 def test_described_by_is_known_from_the_settings_before_the_model_loads(tiny_qwen_dir: Path) -> None:
     settings = Settings(_env_file=None, vqa_model=str(tiny_qwen_dir), device="cpu", describe_prompt="p")  # type: ignore[call-arg]
     assert described_by_of(settings) == describer_id(str(tiny_qwen_dir), "p")
-    assert Describer.from_settings(settings).described_by == described_by_of(settings)
+    assert open_describer(settings).described_by == described_by_of(settings)
 
 
 # ---------------------------------------------------------------- the Describer on the real tiny VLM
@@ -126,7 +126,7 @@ def test_the_indexer_and_the_describer_import_neither_bentoml_nor_torch() -> Non
     import subprocess
     import sys
 
-    code = ("import sys, indexer.__main__, indexer.describe_stage, runners.describe; "
+    code = ("import sys, indexer.__main__, indexer.describe_stage, runners.vlm.describe; "
             "print(sorted(m for m in ('bentoml', 'torch', 'transformers') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[2],
                           capture_output=True, text=True, timeout=120)

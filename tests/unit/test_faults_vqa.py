@@ -24,8 +24,8 @@ from api.errors import ApiError
 from api.vqa_requests import VqaRequests
 from config import Settings
 from core.library import Library
-from runners.vlm import Generation, ItemError, VisionLanguageModel, VQAItem, item_messages
-from runners.vlm_service import ChatRequest, decode_request, stream_header
+from runners.vlm import Generation, ItemError, VisionLanguageModel, VQAItem, item_messages, load_vlm
+from runners.vlm.service import ChatRequest, decode_request, stream_header
 
 FRESH = 5 * 10**9
 COLOR_Q = "What color is the shape?"
@@ -45,7 +45,7 @@ def endless(tiny_qwen_dir: Path) -> Iterator[VisionLanguageModel]:
     """The tiny model with its end tokens suppressed: every answer runs to its token limit."""
     settings = Settings(_env_file=None, vqa_model=str(tiny_qwen_dir), device="cpu",  # type: ignore[call-arg]
                         vqa_max_new_tokens_cap=100_000)
-    model = VisionLanguageModel.load(tiny_qwen_dir, settings)
+    model = load_vlm(tiny_qwen_dir, settings)
     torch_engine(model).model.generation_config.suppress_tokens = sorted(model.inputs.eos_token_ids)
     yield model
 

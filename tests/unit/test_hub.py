@@ -132,12 +132,12 @@ def test_cache_folder_without_config_json_is_not_a_hit(tmp_path: Path, failing_d
 def test_encoder_loads_a_cached_model_by_id(
     tmp_path: Path, random_clip_dir: Path, settings_env: Callable[..., Settings], failing_download: list
 ) -> None:
-    from runners.clip import ClipEncoder
+    from runners.clip import open_clip
 
     cache = tmp_path / "ms-cache"
     model_files(cache / "models" / "Tiny" / "Chinese-CLIP_v1___0", source=random_clip_dir)
     settings_env(CLIP_MODEL="Tiny/Chinese-CLIP_v1.0", MODEL_CACHE_DIR=cache, MODEL_SOURCE="modelscope", DEVICE="cpu")
-    encoder = ClipEncoder.from_settings()
+    encoder = open_clip()
     assert encoder.model_id == "Tiny/Chinese-CLIP_v1.0"  # the id, not the cache path
     assert encoder.encode_texts(["红色的圆形"]).shape == (1, encoder.dim)
     assert failing_download == []

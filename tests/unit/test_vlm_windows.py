@@ -55,7 +55,7 @@ def run(model: Any, x: np.ndarray, mask: np.ndarray) -> np.ndarray:
     [16, 16, 64, 64, 64, 64, 64, 64, 64, 64, 12],  # two images (or video frames) one after the other
 ])
 def test_banded_window_attention_equals_the_masked_full_attention(sizes: list[int]) -> None:
-    from runners.vlm_windows import band_window_attention
+    from runners.vlm.windows import band_window_attention
 
     rng = np.random.default_rng(len(sizes))
     x = rng.standard_normal((HEADS, sum(sizes), DIM)).astype(np.float32)
@@ -69,7 +69,7 @@ def test_banded_window_attention_equals_the_masked_full_attention(sizes: list[in
 def test_a_tower_without_window_masks_is_left_alone(tmp_path: Path) -> None:
     import openvino as ov
 
-    from runners.vlm_windows import apply
+    from runners.vlm.windows import apply
 
     model = tower_like()
     for op in model.get_ordered_ops():  # no input named window_attention_mask any more
@@ -82,7 +82,7 @@ def test_a_tower_without_window_masks_is_left_alone(tmp_path: Path) -> None:
 
 
 def test_the_window_size_comes_from_the_model_config(tmp_path: Path) -> None:
-    from runners.vlm_windows import window_patches
+    from runners.vlm.windows import window_patches
 
     config = tmp_path / "config.json"
     config.write_text('{"vision_config": {"window_size": 112, "patch_size": 14}}')

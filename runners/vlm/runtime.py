@@ -1,8 +1,8 @@
-"""The seam every VLM runtime plugs into: generate from prepared items (runners/vlm_inputs.Prepared).
+"""The seam every VLM runtime plugs into: generate from prepared items (runners/vlm/inputs.Prepared).
 
-A runtime (runners/vlm_torch.TorchEngine, runners/vlm_openvino.OpenVinoEngine) only turns prepared items into
-generated token ids; preparing, checking, cutting at end tokens, decoding, per-item isolation and streaming text
-are runners/vlm.VisionLanguageModel's, the same for all.
+A runtime (runners/vlm/torch_runtime.TorchRuntime, runners/vlm/openvino_runtime.OpenVinoRuntime) only turns
+prepared items into generated token ids; preparing, checking, cutting at end tokens, decoding, per-item isolation
+and streaming text are runners/vlm/model.VisionLanguageModel's, the same for all.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from runners.vlm_inputs import Prepared
+from runners.vlm.inputs import Prepared
 
 
 @dataclass(frozen=True)
@@ -32,10 +32,10 @@ class Row:
     cut_at: int | None = None
 
 
-class Engine(Protocol):
-    """A loaded model that generates token ids. `runtime` and `precision` are what /health shows."""
+class Runtime(Protocol):
+    """A loaded model that generates token ids. `name` and `precision` are what /health shows."""
 
-    runtime: str  # "torch" | "openvino"
+    name: str  # "torch" | "openvino"
     precision: str  # weights (and compute): "fp32", "bf16", "fp16", "nf4", "int8", "int4", ...
     device: str  # "cpu" | "cuda"
     video: bool  # whether it takes video parts

@@ -1,10 +1,11 @@
 """Qwen2.5-VL visual question answering: a plain class, `VisionLanguageModel`, over any runtime.
 
 Images, videos (frame lists or local mp4/webm files) and multi-turn chats go through one path: each
-conversation is prepared on its own (runners/vlm_inputs.py: chat template, resizing, checks, processor), the
-prepared items are generated as one batch by the runtime (runners/vlm_engine.Engine: PyTorch or OpenVINO), and
-the generated ids are cut at end tokens and decoded here. The product's two entry points are `generate_each`
-(a batch, each item answered or refused on its own) and `start_stream` (one answer, piece by piece).
+conversation is prepared on its own (runners/vlm/inputs.py: chat template, resizing, checks, processor), the
+prepared items are generated as one batch by the runtime (runners/vlm/runtime.Runtime: PyTorch or OpenVINO),
+and the generated ids are cut at end tokens and decoded here. Only runners/vlm/loader.py builds one. The product's
+two entry points are `generate_each` (a batch, each item answered or refused on its own) and `start_stream` (one
+answer, piece by piece).
 Heavy imports (torch, transformers, openvino) happen inside functions only.
 """
 
@@ -13,12 +14,10 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Generator, Iterator, Sequence
-from pathlib import Path
 from typing import cast
 
-from config import Settings, get_settings
-from runners.vlm_engine import Engine, Row, Sampling
-from runners.vlm_inputs import (
+from runners.isolation import batch_then_each
+from runners.vlm.inputs import (
     Conversation,
     Generation,
     ItemError,
@@ -31,7 +30,7 @@ from runners.vlm_inputs import (
     model_failed,
     past,
 )
-from runners.vlm_torch import Quantization
+from runners.vlm.runtime import Row, Runtime, Sampling
 
 log = logging.getLogger(__name__)
 
@@ -39,60 +38,31 @@ log = logging.getLogger(__name__)
 class VisionLanguageModel:
     """Qwen2.5-VL (any Qwen2_5_VLForConditionalGeneration folder) answering questions about images/videos.
 
-    Build it with `load` (one folder, one runtime) or `from_settings` (VQA_MODEL resolved, VQA_RUNTIME chosen,
-    the memory guard and the fidelity gate applied: runners/vlm_runtime.py).
+    runners/vlm/loader.py builds it: `load_vlm` (one folder on PyTorch) or `open_vlm` (VQA_MODEL resolved,
+    VQA_RUNTIME chosen, the memory guard and the fidelity gate applied).
     """
 
-    def __init__(self, inputs: VlmInputs, engine: Engine, model_id: str) -> None:
+    def __init__(self, inputs: VlmInputs, runtime: Runtime, model_id: str) -> None:
         self.inputs = inputs
-        self.engine = engine
+        self.runtime = runtime
         self.model_id = model_id
         self.settings = inputs.settings
         # (prompt_tokens, completion_tokens) per item of the last call; use generate_each() for race-free counts.
         self.token_counts: list[tuple[int, int]] = []
 
-    @classmethod
-    def load(
-        cls,
-        model_dir: str | Path,
-        settings: Settings | None = None,
-        *,
-        quantization: Quantization | None = None,
-        model_id: str | None = None,
-    ) -> VisionLanguageModel:
-        """The folder on PyTorch (DEVICE; VQA_QUANTIZATION on CUDA, VQA_TORCH_CPU_DTYPE on a CPU)."""
-        from runners.device import pick_device
-        from runners.vlm_torch import TorchEngine
-
-        settings = settings or get_settings()
-        inputs = VlmInputs.load(model_dir, settings)
-        engine = TorchEngine.load(model_dir, inputs, settings, pick_device(settings.device), quantization)
-        return cls(inputs, engine, model_id or str(model_dir))
-
-    @classmethod
-    def from_settings(cls, settings: Settings | None = None) -> VisionLanguageModel:
-        """VQA_MODEL on the runtime VQA_RUNTIME picks (runners/vlm_runtime.open_vlm)."""
-        from runners.vlm_runtime import open_vlm
-
-        return open_vlm(settings or get_settings())
-
     # ------------------------------------------------------------------------------- what /health shows
 
     @property
     def device(self) -> str:
-        return self.engine.device
-
-    @property
-    def runtime(self) -> str:
-        return self.engine.runtime
+        return self.runtime.device
 
     @property
     def precision(self) -> str:
-        return self.engine.precision
+        return self.runtime.precision
 
     @property
     def quantization(self) -> str:
-        return str(getattr(self.engine, "quantization", self.engine.precision))
+        return str(getattr(self.runtime, "quantization", self.runtime.precision))
 
     # ------------------------------------------------------------------------------------ entry points
 
@@ -152,13 +122,14 @@ class VisionLanguageModel:
         if past(deadline):
             raise deadline_passed()
         item = self.prepare(conversation)
-        tokens = self.engine.stream(item, limit, Sampling(temperature, top_p), deadline, cancelled or threading.Event())
+        sampling = Sampling(temperature, top_p)
+        tokens = self.runtime.stream(item, limit, sampling, deadline, cancelled or threading.Event())
         return self.stream_text(tokens, item, limit)
 
     def prepare(self, conversation: Conversation) -> Prepared:
         """One conversation prepared for the runtime, or its ItemError (see VlmInputs.prepare)."""
-        if not self.engine.video and has_video(conversation):
-            raise bad_input(f"video is not supported with VQA_RUNTIME={self.engine.runtime}: "
+        if not self.runtime.video and has_video(conversation):
+            raise bad_input(f"video is not supported with VQA_RUNTIME={self.runtime.name}: "
                             "set VQA_RUNTIME=torch to ask about videos")
         return self.inputs.prepare(conversation)
 
@@ -166,19 +137,17 @@ class VisionLanguageModel:
 
     def run_rows(self, items: list[Prepared], limits: list[int], deadlines: list[float | None],
                  sampling: Sampling) -> list[Generation | ItemError]:
-        """Generate for prepared items as one batch; if the batch raises, each item alone."""
-        if not items:
-            return []
-        try:
-            rows = self.engine.run_batch(items, limits, deadlines, sampling)
-            return [self.answer(row, item, limit) for row, item, limit in zip(rows, items, limits, strict=True)]
-        except Exception as exc:
-            if len(items) == 1:
-                log.exception("generating a VQA answer failed")
-                return [model_failed()]
-            log.warning("a batch of %d failed (%r): running each item alone", len(items), exc)
-        return [self.run_rows([item], [limit], [deadline], sampling)[0]
-                for item, limit, deadline in zip(items, limits, deadlines, strict=True)]
+        """Generate for prepared items as one batch; if the batch raises, each item alone (runners/isolation.py)."""
+        def run(rows: list[tuple[Prepared, int, float | None]]) -> list[Generation | ItemError]:
+            generated = self.runtime.run_batch([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows],
+                                               sampling)
+            return [self.answer(row, item, limit) for row, (item, limit, _) in zip(generated, rows, strict=True)]
+
+        def failed(_: object, exc: Exception) -> Generation | ItemError:
+            log.error("generating a VQA answer failed", exc_info=exc)
+            return model_failed()
+
+        return batch_then_each(run, list(zip(items, limits, deadlines, strict=True)), failed)
 
     def answer(self, row: Row, item: Prepared, limit: int) -> Generation | ItemError:
         """A generated row as its answer, or 504 when its deadline stopped it before it ended by itself."""

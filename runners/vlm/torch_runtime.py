@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from config import Settings
-from runners.vlm_engine import Row, Sampling
-from runners.vlm_inputs import Prepared, VlmInputs
+from runners.device import native_bf16
+from runners.vlm.inputs import Prepared, VlmInputs
+from runners.vlm.runtime import Row, Sampling
 
 log = logging.getLogger(__name__)
 
@@ -26,10 +27,10 @@ Quantization = Literal["4bit", "8bit", "none"]
 QUANTIZATIONS: tuple[str, ...] = ("4bit", "8bit", "none")
 
 
-class TorchEngine:
+class TorchRuntime:
     """A loaded transformers Qwen2.5-VL generating token ids. Generate calls are serialised by a lock."""
 
-    runtime = "torch"
+    name = "torch"
     video = True
 
     def __init__(self, model: Any, inputs: VlmInputs, device: str, precision: str, quantization: Quantization) -> None:
@@ -42,7 +43,7 @@ class TorchEngine:
 
     @classmethod
     def load(cls, model_dir: str | Path, inputs: VlmInputs, settings: Settings, device: str,
-             quantization: Quantization | None = None) -> TorchEngine:
+             quantization: Quantization | None = None) -> TorchRuntime:
         """`quantization` None means VQA_QUANTIZATION on CUDA and "none" on CPU; "4bit"/"8bit" force
         bitsandbytes on CPU too (bitsandbytes 0.50 loads and runs NF4 on CPU)."""
         import torch
@@ -139,15 +140,6 @@ class TokenQueue:
         """The run() wrapper says when generation ended (or raised)."""
 
 
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bf16 in hardware (AMX or AVX-512 BF16); elsewhere PyTorch emulates it, slowly."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return any(flag in text.split() for flag in ("amx_bf16", "avx512_bf16"))
-
-
 def compute_dtype(settings: Settings, device: str, quantization: str) -> Any:
     import torch
 
@@ -155,7 +147,7 @@ def compute_dtype(settings: Settings, device: str, quantization: str) -> Any:
         # LLM.int8 multiplies in fp16 (bitsandbytes casts bf16 inputs, warning on every call).
         bf16 = quantization != "8bit" and torch.cuda.is_bf16_supported()
         return torch.bfloat16 if bf16 else torch.float16
-    if settings.vqa_torch_cpu_dtype == "bf16" and not cpu_has_native_bf16():
+    if settings.vqa_torch_cpu_dtype == "bf16" and not native_bf16():
         log.warning("VQA_TORCH_CPU_DTYPE=bf16 on a CPU without AMX or AVX-512 BF16: PyTorch emulates bf16 here, "
                     "far slower than fp32 (measured 25x on an AVX2 CPU); use fp32 or VQA_RUNTIME=openvino")
     return torch.bfloat16 if settings.vqa_torch_cpu_dtype == "bf16" else torch.float32

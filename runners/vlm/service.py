@@ -12,14 +12,12 @@ import os
 import signal
 import tempfile
 import threading
-import uuid
 from collections.abc import Generator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import bentoml
 from bentoml.exceptions import ServiceUnavailable
-from pydantic import BaseModel, Field
 
 from config import get_settings
 from core.bentoml_compat import runner_options
@@ -27,38 +25,10 @@ from core.images import BadImage, load_image
 from core.telemetry import observe_batch
 from runners.device import gpu_memory
 from runners.hub import ModelNotFoundError
-from runners.memory_guard import NotEnoughMemory
-from runners.vlm import ItemError
-
-if TYPE_CHECKING:
-    from runners.vlm import VisionLanguageModel
+from runners.vlm import ChatRequest, ChatResult, ItemError, NotEnoughMemory, VisionLanguageModel, open_vlm
 
 log = logging.getLogger(__name__)
 SETTINGS = get_settings()
-
-
-class ChatRequest(BaseModel):
-    """One conversation to continue. Messages are Qwen-format: {"role", "content": str | [parts]} where a
-    part is {"type": "text", "text"}, {"type": "image", "image": <encoded bytes>} or
-    {"type": "video", "video": <encoded bytes>, "suffix": ".mp4"}. `deadline` (a time.time() value) is
-    when the caller stops waiting: generation for it stops then."""
-
-    messages: list[dict[str, Any]]
-    max_new_tokens: int | None = Field(default=None, ge=1)
-    temperature: float = Field(default=0.0, ge=0.0, le=2.0)
-    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
-    deadline: float | None = None
-    request_id: str = Field(default_factory=lambda: uuid.uuid4().hex)  # names a stream to cancel()
-
-
-class ChatResult(BaseModel):
-    """One answer, or (`error` set: {"status", "code", "message"}) why this request alone got none."""
-
-    text: str = ""
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    finish_reason: str = ""
-    error: dict[str, Any] | None = None
 
 
 def failure(exc: ItemError) -> dict[str, Any]:
@@ -102,8 +72,6 @@ class VQARunner:
     """Adaptive-batching runner around VisionLanguageModel. Loads the model when the worker starts."""
 
     def __init__(self) -> None:
-        from runners.vlm import VisionLanguageModel
-
         self.calls = 0  # generate() calls, to show batching at work in /health
         self.items = 0
         self.counter_lock = threading.Lock()
@@ -113,11 +81,11 @@ class VQARunner:
             log.info("VQA_ENABLED=false: no VQA model loaded")
             return
         try:
-            self.model = VisionLanguageModel.from_settings(SETTINGS)
+            self.model = open_vlm(SETTINGS)
         except (NotEnoughMemory, ModelNotFoundError) as exc:
             stop_server(f"the VQA model cannot be loaded: {exc}")
             raise
-        log.info("VQA model %s loaded: %s %s on %s", SETTINGS.vqa_model, self.model.runtime, self.model.precision,
+        log.info("VQA model %s loaded: %s %s on %s", SETTINGS.vqa_model, self.model.runtime.name, self.model.precision,
                  self.model.device)
 
     def __is_ready__(self) -> bool:
@@ -199,7 +167,7 @@ class VQARunner:
         """Empty when VQA is disabled."""
         if self.model is None:
             return {}
-        return {"model_id": self.model.model_id, "device": self.model.device, "runtime": self.model.runtime,
+        return {"model_id": self.model.model_id, "device": self.model.device, "runtime": self.model.runtime.name,
                 "precision": self.model.precision, "quantization": self.model.quantization,
                 "generate_calls": self.calls, "generated_items": self.items, **gpu_memory(self.model.device)}
 

@@ -1,5 +1,5 @@
 """Chinese-CLIP encoder: a plain class with no BentoML import (the indexer uses it directly;
-runners/clip_service.py wraps it in the BentoML runner service)."""
+runners/clip/service.py wraps it in the BentoML runner service). runners/clip/loader.py builds it from settings."""
 
 from __future__ import annotations
 
@@ -11,11 +11,12 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from config import Settings, get_settings
 from core.images import clip_view, to_rgb
-from runners.clip_backends import Bounds, Request, features, open_backend, unit
+from runners.clip.fidelity import Bounds
+from runners.clip.runtime import features, unit
+from runners.clip.select import Request, open_runtime
 from runners.device import pick_device
-from runners.hub import resolve_model
+from runners.isolation import batch_then_each
 
 __all__ = ["ClipEncoder", "features", "model_id_of"]
 
@@ -28,11 +29,11 @@ INPUT_ERRORS = (ArithmeticError, LookupError, OSError, TypeError, ValueError)
 
 
 class ClipEncoder:
-    """Encodes images and texts to L2-normalised float32 vectors with ChineseCLIPModel, through a backend
-    (runners/clip_backends.py: PyTorch, or the same model exported to ONNX Runtime)."""
+    """Encodes images and texts to L2-normalised float32 vectors with ChineseCLIPModel, through a runtime
+    (runners/clip/select.py: PyTorch, or the same model exported to ONNX Runtime or OpenVINO)."""
 
     def __init__(self, model_dir: str, device: str = "auto", model_id: str | None = None,
-                 backend: str = "torch", backend_cache: Path | None = None, bounds: Bounds | None = None) -> None:
+                 runtime: str = "torch", runtime_cache: Path | None = None, bounds: Bounds | None = None) -> None:
         from transformers import AutoConfig, AutoProcessor
 
         self.model_dir = Path(model_dir)
@@ -43,17 +44,17 @@ class ClipEncoder:
         self.dim = int(self.config.projection_dim)
         self.max_text_tokens = int(self.config.text_config.max_position_embeddings)
         self._model: Any = None
-        self.backend = open_backend(Request(
-            choice=backend, model_dir=self.model_dir, model_id=self.model_id, device=self.device,
-            cache_dir=backend_cache or Path("./data/clip-backends"), bounds=bounds or Bounds(),
+        self.runtime = open_runtime(Request(
+            choice=runtime, model_dir=self.model_dir, model_id=self.model_id, device=self.device,
+            cache_dir=runtime_cache or Path("./data/clip-backends"), bounds=bounds or Bounds(),
             load_torch=lambda: self.model, load_reference=self._reference_model, processor=self.processor))
-        self.device = self.backend.device
-        if self.backend.name != "torch":
-            self._model = None  # the export's reference model is not kept: the backend holds the weights
+        self.device = self.runtime.device
+        if self.runtime.name != "torch":
+            self._model = None  # the export's reference model is not kept: the runtime holds the weights
 
     @property
     def model(self) -> Any:
-        """The transformers model (fp16 on CUDA, fp32 on CPU), loaded at first use: an ONNX backend
+        """The transformers model (fp16 on CUDA, fp32 on CPU), loaded at first use: an exported runtime
         needs it only to export."""
         if self._model is None:
             import torch
@@ -65,25 +66,13 @@ class ClipEncoder:
         return self._model
 
     def _reference_model(self) -> Any:
-        """PyTorch fp32 on the CPU: what every backend is compared with."""
+        """PyTorch fp32 on the CPU: what every runtime is compared with."""
         if self.device == "cpu":
             return self.model
         import torch
         from transformers import ChineseCLIPModel
 
         return ChineseCLIPModel.from_pretrained(self.model_dir, dtype=torch.float32).eval()
-
-    @classmethod
-    def from_settings(cls, settings: Settings | None = None) -> ClipEncoder:
-        """The encoder the CLIP runner and the indexer both use: same model, same backend."""
-        settings = settings or get_settings()
-        folder = resolve_model(
-            settings.clip_model, settings.model_source, settings.model_cache_dir, "CLIP_MODEL"
-        )
-        return cls(str(folder), settings.device, model_id=model_id_of(settings.clip_model, folder),
-                   backend=settings.clip_backend, backend_cache=settings.clip_backend_cache,
-                   bounds=Bounds(min_top1=settings.clip_backend_min_top1,
-                                 min_cosine=settings.clip_backend_min_cosine))
 
     def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         """One unit vector a row; the row of an image that cannot be encoded is NaN (its reason logged)."""
@@ -108,46 +97,35 @@ class ClipEncoder:
         # clip_view bounds what the processor's resize costs, whatever the image's shape.
         views = [clip_view(img if img.mode == "RGB" else to_rgb(img)) for img in images]
         pixels = self.processor(images=views, return_tensors="np")["pixel_values"]
-        return unit(self.backend.image_features(pixels))
+        return unit(self.runtime.image_features(pixels))
 
     def text_batch(self, texts: list[str]) -> np.ndarray:
         tokens = self.processor(
             text=texts, padding=True, truncation=True, max_length=min(self.max_text_tokens, 512),
             return_tensors="np",
         )
-        return unit(self.backend.text_features(dict(tokens)))
+        return unit(self.runtime.text_features(dict(tokens)))
 
 
 def encode_isolated(
     encode: Callable[[list], np.ndarray], items: list, dim: int
 ) -> tuple[np.ndarray, list[str | None]]:
-    """Encode `items` in one call; if that call fails, each item alone, so an item that fails gets a
-    NaN row and its reason while every other item gets the vector it gets alone. Only INPUT_ERRORS
+    """Encode `items` in one call; if that call fails, each item alone (runners/isolation.py), so an item that
+    fails gets a NaN row and its reason while every other item gets the vector it gets alone. Only INPUT_ERRORS
     are an item's own; any other error of an item alone propagates."""
     if not items:
         return np.zeros((0, dim), dtype=np.float32), []
-    try:
-        return encode(items), [None] * len(items)
-    except Exception as exc:  # noqa: BLE001 - retried item by item below
-        if len(items) == 1:
-            return failed_alone(exc, dim)
-    rows: list[np.ndarray] = []
-    reasons: list[str | None] = []
-    for item in items:
-        try:
-            rows.append(encode([item])[0])
-            reasons.append(None)
-        except Exception as exc:  # noqa: BLE001 - failed_alone re-raises what is not the item's fault
-            row, reason = failed_alone(exc, dim)
-            rows.append(row[0])
-            reasons.append(reason[0])
-    return np.stack(rows).astype(np.float32), reasons
 
+    def run(batch: list) -> list[tuple[np.ndarray, str | None]]:
+        return [(row, None) for row in encode(batch)]
 
-def failed_alone(exc: Exception, dim: int) -> tuple[np.ndarray, list[str | None]]:
-    if not isinstance(exc, INPUT_ERRORS):
-        raise exc
-    return np.full((1, dim), np.nan, dtype=np.float32), [f"{type(exc).__name__}: {exc}"[:300]]
+    def failed(_: object, exc: Exception) -> tuple[np.ndarray, str | None]:
+        if not isinstance(exc, INPUT_ERRORS):
+            raise exc
+        return np.full(dim, np.nan, dtype=np.float32), f"{type(exc).__name__}: {exc}"[:300]
+
+    rows = batch_then_each(run, items, failed)
+    return np.stack([row for row, _ in rows]).astype(np.float32), [reason for _, reason in rows]
 
 
 def log_failures(kind: str, reasons: list[str | None]) -> None:

@@ -1,7 +1,7 @@
 """Video frames for the VQA model: decode a local clip with PyAV and sample it as qwen-vl-utils would.
 
 qwen-vl-utils 0.0.14 reads files with torchcodec, decord or `torchvision.io.read_video`; the first two
-are not installed and torchvision 0.29 no longer has `read_video`, so runners/vlm.py samples here.
+are not installed and torchvision 0.29 no longer has `read_video`, so runners/vlm/model.py samples here.
 """
 
 from __future__ import annotations

@@ -1,40 +1,35 @@
-"""The OpenVINO export of VQA_MODEL, made once and cached: `python -m runners.vlm_export`.
+"""The OpenVINO export of VQA_MODEL, made once and cached (`python -m runners.vlm.export` makes it ahead of time).
 
 The export runs in the exporter's own pinned environment (scripts/setup-vlm-export.sh makes it the first time;
 optimum-intel needs transformers < 5.6, the service pins 5.24) through scripts/export_vlm_openvino.py. Beside the
-IR files it stores the fidelity reference: PyTorch fp32's answers to the probe (runners/vlm_fidelity.py), made
+IR files it stores the fidelity reference: PyTorch fp32's answers to the probe (runners/vlm/fidelity.py), made
 here with the service's own code. Exports live in VQA_OPENVINO_CACHE/<model>-<key>/<weights>/, the key made of the
 model id and its files; they are built in a temporary sibling folder and renamed into place when complete.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
 import shutil
 import subprocess
-import sys
-import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 
-from config import Settings, get_settings
-from runners import vlm_windows as windows
-from runners.export_cache import cache_folder, publish
+from config import Settings
+from runners.export_cache import MARKER, cache_folder, staged, write_marker
+from runners.vlm import windows
 
 log = logging.getLogger(__name__)
 
 # Bump when the export layout or the probe changes: old cache folders are not reused.
-# 2: the vision tower's window attention computed on windows (runners/vlm_windows).
+# 2: the vision tower's window attention computed on windows (runners/vlm/windows.py).
 EXPORT_FORMAT = 2
-MARKER = "export.json"
 REFERENCE = "reference.json"
 STAT_ABOVE = 64 * 1024**2  # weight files keyed by size and mtime, not hashed at every start
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SETUP = ROOT / "scripts" / "setup-vlm-export.sh"
 WORKER = ROOT / "scripts" / "export_vlm_openvino.py"
 
@@ -74,7 +69,7 @@ def upgrade(settings: Settings, model_id: str, model_dir: Path) -> None:
             write_marker(temp, {**json.loads((old / MARKER).read_text(encoding="utf-8")), "format": EXPORT_FORMAT})
         log.info("upgraded the OpenVINO export %s to format %d in %s", old, EXPORT_FORMAT, folder)
     except OSError as exc:
-        log.warning("cannot upgrade the OpenVINO export %s to format %d (%s): `python -m runners.vlm_export` "
+        log.warning("cannot upgrade the OpenVINO export %s to format %d (%s): `python -m runners.vlm.export` "
                     "makes the current one", old, EXPORT_FORMAT, exc)
 
 
@@ -89,8 +84,9 @@ def reference_answers(folder: Path) -> list[str]:
     return list(json.loads((folder / REFERENCE).read_text(encoding="utf-8"))["answers"])
 
 
-def export(settings: Settings, model_id: str, model_dir: Path) -> Path:
-    """The export folder, made now when it is missing."""
+def export(settings: Settings, model_id: str, model_dir: Path, reference: Callable[[], list[str]]) -> Path:
+    """The export folder, made now when it is missing; `reference()` gives PyTorch fp32's probe answers, stored
+    beside it (runners/vlm/loader.torch_reference)."""
     found = find_export(settings, model_id, model_dir)
     if found is not None:
         return found
@@ -100,29 +96,12 @@ def export(settings: Settings, model_id: str, model_dir: Path) -> Path:
         started = time.monotonic()
         run_exporter(settings, model_dir, temp, folder.name)
         seconds = time.monotonic() - started
-        answers = torch_reference(settings, model_id, model_dir)
+        answers = reference()
         (temp / REFERENCE).write_text(json.dumps({"answers": answers}, ensure_ascii=False, indent=2) + "\n",
                                       encoding="utf-8")
         write_marker(temp, {"model_id": model_id, "weights": folder.name, "format": EXPORT_FORMAT,
                             "export_seconds": round(seconds, 1), "bytes": folder_bytes(temp)})
     return folder
-
-
-@contextmanager
-def staged(folder: Path) -> Iterator[Path]:
-    """A temporary sibling of `folder` to build an export in, renamed into place when the block ends well
-    (publish); removed in any case."""
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    temp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
-    try:
-        yield temp
-        publish(temp, folder, MARKER)
-    finally:
-        shutil.rmtree(temp, ignore_errors=True)
-
-
-def write_marker(folder: Path, meta: dict[str, object]) -> None:
-    (folder / MARKER).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
 
 
 def exporter_python(settings: Settings) -> Path:
@@ -143,39 +122,5 @@ def run_exporter(settings: Settings, model_dir: Path, out: Path, weights: str) -
     windows.apply(out)
 
 
-def torch_reference(settings: Settings, model_id: str, model_dir: Path) -> list[str]:
-    """PyTorch fp32's probe answers on the CPU, through the service's own code."""
-    from runners.vlm import VisionLanguageModel
-    from runners.vlm_fidelity import probe_answers
-
-    fp32 = settings.model_copy(update={"device": "cpu", "vqa_torch_cpu_dtype": "fp32"})
-    return probe_answers(VisionLanguageModel.load(model_dir, fp32, quantization="none", model_id=model_id))
-
-
 def folder_bytes(folder: Path) -> int:
     return sum(path.stat().st_size for path in folder.rglob("*") if path.is_file())
-
-
-def main(argv: list[str] | None = None) -> int:
-    from runners.hub import resolve_model
-
-    parser = argparse.ArgumentParser(prog="python -m runners.vlm_export", description=__doc__.splitlines()[0])
-    parser.add_argument("--weights", choices=("int8", "int4"), help="default: VQA_OPENVINO_WEIGHTS")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    settings = get_settings()
-    if args.weights:
-        settings = settings.model_copy(update={"vqa_openvino_weights": args.weights})
-    model_dir = resolve_model(settings.vqa_model, settings.model_source, settings.model_cache_dir, "VQA_MODEL")
-    try:
-        folder = export(settings, settings.vqa_model, model_dir)
-    except ExportFailed as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    meta = json.loads((folder / MARKER).read_text(encoding="utf-8"))
-    print(json.dumps({"folder": str(folder), **meta}))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

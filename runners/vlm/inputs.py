@@ -2,8 +2,9 @@
 
 `VlmInputs` turns one Qwen-format conversation into a `Prepared` item (its images resized to the pixel budget,
 its video decoded and sampled, its text checked for special tokens, the processor's tensors), or refuses it with
-an `ItemError` 400 naming the cause. Every runtime (runners/vlm_torch.py, runners/vlm_openvino.py) generates from
-the same `Prepared` items, so token and pixel caps, refusals and prompt-token counts are one rule for all.
+an `ItemError` 400 naming the cause. Every runtime (runners/vlm/torch_runtime.py, runners/vlm/openvino_runtime.py)
+generates from the same `Prepared` items, so token and pixel caps, refusals and prompt-token counts are one rule
+for all.
 Heavy imports (transformers, qwen_vl_utils, av) happen inside functions only.
 """
 
@@ -21,7 +22,7 @@ from PIL import Image
 
 from config import Settings
 from core.images import BadImage, check_aspect
-from runners.video import as_rgb, read_video, subsample
+from runners.vlm.video import as_rgb, read_video, subsample
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """The OpenVINO runtime for Qwen2.5-VL on a CPU (VQA_RUNTIME=openvino): OpenVINO GenAI's continuous batching.
 
-It runs an export made by runners/vlm_export.py (int8 or int4 weights). Each prepared item (runners/vlm_inputs:
+It runs an export made by runners/vlm/export.py (int8 or int4 weights). Each prepared item (runners/vlm_inputs:
 the chat-templated prompt with Qwen's own vision placeholders, images already resized to the processor's size) is
 one request of a `ContinuousBatchingPipeline`; the pipeline is stepped until every request ends, so a batch of
 concurrent questions shares each forward pass, and a request whose deadline passes (or that is cancelled) is
@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from config import Settings
-from runners.vlm_engine import Row, Sampling
-from runners.vlm_inputs import Prepared, VlmInputs
+from runners.vlm.inputs import Prepared, VlmInputs
+from runners.vlm.runtime import Row, Sampling
 
 log = logging.getLogger(__name__)
 
@@ -29,10 +29,10 @@ log = logging.getLogger(__name__)
 KV_CACHE_GIB = 1
 
 
-class OpenVinoEngine:
+class OpenVinoRuntime:
     """An exported Qwen2.5-VL on OpenVINO GenAI. Calls are serialised by a lock (one thread steps the pipeline)."""
 
-    runtime = "openvino"
+    name = "openvino"
     device = "cpu"
     video = False  # GenAI's Qwen2.5-VL video path samples and resizes frames its own way: not checked here
 
@@ -45,7 +45,7 @@ class OpenVinoEngine:
         self._ids = itertools.count()
 
     @classmethod
-    def load(cls, export_dir: Path, inputs: VlmInputs, settings: Settings, weights: str) -> OpenVinoEngine:
+    def load(cls, export_dir: Path, inputs: VlmInputs, settings: Settings, weights: str) -> OpenVinoRuntime:
         import openvino_genai
 
         scheduler = openvino_genai.SchedulerConfig()

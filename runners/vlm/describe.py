@@ -1,7 +1,7 @@
 """Photo descriptions written by the VQA model: a plain class, `Describer` (no BentoML).
 
-The indexer's describe stage (indexer/describe.py) asks VisionLanguageModel one prompt (DESCRIBE_PROMPT) about
-every photo, in batches, through the same chat formatting /vqa uses (runners.vlm.item_messages). An answer that
+The indexer's describe stage (indexer/describe_stage.py) asks VisionLanguageModel one prompt (DESCRIBE_PROMPT) about
+every photo, in batches, through the same chat formatting /vqa uses (runners/vlm/inputs.item_messages). An answer that
 parses as a JSON object fills description / visible_text / tags; any other answer is the description, whole.
 `described_by` (model id + "#" + a short hash of the prompt) is stored with each description, so a change of
 model or prompt is seen as "not described yet".
@@ -18,10 +18,11 @@ from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
-from config import Settings, get_settings
+from config import Settings
+from runners.vlm.inputs import ItemError, VQAItem, item_messages
 
 if TYPE_CHECKING:
-    from runners.vlm import VisionLanguageModel
+    from runners.vlm.model import VisionLanguageModel
 
 PROMPT_HASH_CHARS = 12
 MAX_TAGS = 32  # a model that loops on tags is cut here
@@ -112,20 +113,9 @@ class Describer:
         self.max_new_tokens = max_new_tokens
         self.described_by = describer_id(vlm.model_id, prompt)
 
-    @classmethod
-    def from_settings(cls, settings: Settings | None = None) -> Describer:
-        """VQA_MODEL loaded as the VQA runner loads it (VQA_QUANTIZATION on CUDA, none on CPU; DEVICE)."""
-        from runners.vlm import VisionLanguageModel
-
-        settings = settings or get_settings()
-        return cls(VisionLanguageModel.from_settings(settings), settings.describe_prompt,
-                   settings.describe_max_new_tokens)
-
     def describe(self, images: Sequence[Image.Image]) -> list[Description | str]:
         """One Description per image, or the reason (a string) the model gave none for it; a failing
         image leaves its batch-mates' answers as they would be alone (VisionLanguageModel.generate_each)."""
-        from runners.vlm import ItemError, VQAItem, item_messages
-
         conversations = [item_messages(VQAItem(question=self.prompt, images=[image])) for image in images]
         results = self.vlm.generate_each(conversations, self.max_new_tokens)
         out: list[Description | str] = []
@@ -139,5 +129,5 @@ class Describer:
 
 
 def described_by_of(settings: Settings) -> str:
-    """The `described_by` a Describer.from_settings(settings) will write, known without loading the model."""
+    """The `described_by` open_describer(settings) (runners/vlm/loader.py) will write, known without loading it."""
     return describer_id(settings.vqa_model, settings.describe_prompt)

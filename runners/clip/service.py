@@ -12,7 +12,7 @@ from PIL import Image
 from config import get_settings
 from core.bentoml_compat import runner_options
 from core.telemetry import observe_batch
-from runners.clip import ClipEncoder
+from runners.clip import ClipEncoder, open_clip
 from runners.device import gpu_memory
 
 log = logging.getLogger(__name__)
@@ -32,7 +32,7 @@ class ClipRunner:
 
     def __init__(self) -> None:
         self.encoder: ClipEncoder | None = None
-        self.encoder = ClipEncoder.from_settings(SETTINGS)
+        self.encoder = open_clip(SETTINGS)
         log.info("CLIP model %s loaded on %s", SETTINGS.clip_model, self.encoder.device)
 
     def __is_ready__(self) -> bool:
