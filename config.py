@@ -46,7 +46,7 @@ class Settings(BaseSettings):
     device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="`auto`, `cpu` or `cuda`.")
     clip_backend: Literal["auto", "torch", "openvino", "onnx", "openvino-bf16", "torch-bf16", "onnx-int8"] = Field(
         default="auto",
-        description="How CLIP vectors are computed (runners/clip/runtimes.py; docs/cpu.md, \"CLIP backends\"): "
+        description="How CLIP vectors are computed (runners/clip/select.py; docs/cpu.md, \"CLIP backends\"): "
         "`auto` = PyTorch on CUDA; on CPU fp32 OpenVINO (else fp32 ONNX Runtime, else PyTorch), each only with "
         "identical probe rankings; faster than PyTorch eager fp32 on the CPU measured here (BENCHMARKS.md, "
         "\"Real size: CLIP\"). The low-precision backends (`openvino-bf16`, `torch-bf16`, `onnx-int8`) are opt-in.")
@@ -261,7 +261,7 @@ class Settings(BaseSettings):
     request_header_timeout_s: float = Field(
         default=10.0, gt=0,
         description="408 and the connection closed when a request's headers have not arrived by then, from its "
-        "first byte (api/receipt_deadline.py).")
+        "first byte (api/http/receipt_deadline.py).")
     request_body_timeout_s: float = Field(
         default=60.0, gt=0,
         description="408 and the connection closed when a request's headers and body together have not arrived "
@@ -290,7 +290,7 @@ class Settings(BaseSettings):
     # Operations
     log_format: Literal["json", "text"] = Field(
         default="json",
-        description="The one-line-per-request log on stderr (api/logs.py): `json` or `text` (`key=value`).")
+        description="The one-line-per-request log on stderr (api/http/logs.py): `json` or `text` (`key=value`).")
 
 
 @lru_cache(maxsize=1)

@@ -17,13 +17,13 @@ import bentoml
 from pydantic import BeforeValidator, Field
 from starlette.responses import StreamingResponse
 
-from api import asgi, search_fields
+from api import routes, search_fields
 from api.asking import DEFAULT_TOP_K, Asking
 from api.errors import ApiError, bad_request, handles_errors
 from api.health import health_report
+from api.http.limits import api_key_problem
+from api.http.metrics import index_size_text
 from api.internal_store import InternalStore, listening_url
-from api.limits import api_key_problem
-from api.metrics import index_size_text
 from api.runner_calls import runner_ready
 from api.searching import Searching, query_text
 from api.store_calls import StoreCalls
@@ -35,8 +35,8 @@ from runners.clip import model_id_of
 from runners.clip.service import ClipRunner
 from runners.vlm.service import VQARunner
 from store import open_store
-from store.base import StoreDamagedError, StoreError, point_id
-from store.remote import service_file_path
+from store.interface import StoreDamagedError, StoreError, point_id
+from store.via_service import service_file_path
 
 log = logging.getLogger("service")
 SETTINGS = get_settings()
@@ -44,8 +44,8 @@ SETTINGS = get_settings()
 
 def refuse_without_space(folder: Path) -> None:
     """Stop the service, with the reason in the log, when the embedded store's disk is (almost) full: opening
-    the store then could kill the worker with SIGBUS, silently and over and over (store/edge.py)."""
-    from store.edge import free_space_problem
+    the store then could kill the worker with SIGBUS, silently and over and over (store/qdrant_edge.py)."""
+    from store.qdrant_edge import free_space_problem
 
     problem = free_space_problem(folder)
     if problem:
@@ -60,7 +60,7 @@ if not SETTINGS.qdrant_url:
     refuse_without_space(SETTINGS.qdrant_path)
 # At start-up, build the HNSW index of the embedded store when more points than this are outside it
 # (written by indexer runs through the service, whose end only flushes: api/internal_store.py).
-# Fewer are searched exactly in a few ms (store/edge.py, unindexed_points).
+# Fewer are searched exactly in a few ms (store/qdrant_edge.py, unindexed_points).
 BUILD_INDEX_AT_START_POINTS = 20_000
 
 
@@ -68,7 +68,7 @@ Text = Annotated[str, BeforeValidator(search_fields.as_text)]  # a typed `2024` 
 ASK_TOP_K = min(DEFAULT_TOP_K, SETTINGS.ask_max_images)
 
 
-@bentoml.asgi_app(asgi.routes(), path="/")
+@bentoml.asgi_app(routes.routes(), path="/")
 @bentoml.service(
     name="multimodal_server",
     workers=1,  # the one process that holds the embedded store (see docs/deployment.md, "Processes")
@@ -104,7 +104,7 @@ class MultimodalServer:
                                           listening_url(SETTINGS.service_url), SETTINGS.qdrant_collection)
 
     def check_store(self) -> None:
-        """Open the store and probe it (store/common.py, check): a damaged one is logged with the way
+        """Open the store and probe it (store/qdrant_base.py, check): a damaged one is logged with the way
         back and marks the service degraded (/health) and not ready (/readyz); searches answer 503."""
         try:
             self.store.count()
@@ -118,7 +118,7 @@ class MultimodalServer:
 
     def build_pending_index(self) -> None:
         """Build the HNSW index of points that indexer runs wrote through the service, when there are
-        many: now, before serving, since the build holds the GIL (store/edge.py, finish)."""
+        many: now, before serving, since the build holds the GIL (store/qdrant_edge.py, finish)."""
         try:
             pending = self.store.unindexed_points()
             if pending > BUILD_INDEX_AT_START_POINTS:
@@ -262,6 +262,6 @@ class MultimodalServer:
         self.store.close()
 
 
-asgi.add_middlewares(MultimodalServer, SETTINGS)  # the security headers, logs, metrics, limits, error shape
+routes.add_middlewares(MultimodalServer, SETTINGS)  # the security headers, logs, metrics, limits, error shape
 
 __all__ = ["ClipRunner", "MultimodalServer", "VQARunner"]

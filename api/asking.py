@@ -15,7 +15,7 @@ from typing import Any
 import anyio
 from starlette.responses import Response, StreamingResponse
 
-from api import chat_completions, openai
+from api import chat_completions, chat_messages
 from api.chat_completions import LIBRARY_MODEL, Answer, Chat
 from api.errors import ApiError, bad_request
 from api.search_fields import SearchPage, described_fields, image_urls, search_page
@@ -25,7 +25,7 @@ from config import Settings
 from core.images import BadImage, load_image
 from core.library import Library, NotInLibrary
 from runners.vlm import ChatRequest
-from store.base import Hit
+from store.interface import Hit
 
 log = logging.getLogger("service")
 DEFAULT_TOP_K = 3
@@ -98,7 +98,7 @@ def last_user_text(messages: list[dict[str, Any]]) -> str:
             if isinstance(content, str):
                 return content
             return "\n".join(p["text"] for p in content if p.get("type") == "text")
-    raise openai.invalid("a chat with the library needs a user message")
+    raise chat_messages.invalid("a chat with the library needs a user message")
 
 
 @dataclass(frozen=True)

@@ -15,9 +15,9 @@ from typing import Any, Protocol
 import anyio
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
+from api.chat_messages import parse_chat
 from api.errors import ApiError
-from api.json_body import parse_json
-from api.openai import parse_chat
+from api.http.json_body import parse_json
 from config import Settings
 
 LIBRARY_MODEL = "library"  # the model id of /v1/chat/completions that asks the library (api/asking.py)

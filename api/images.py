@@ -38,7 +38,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from api.errors import ApiError, bad_request, handles_errors, not_found
-from api.logs import escape_controls
+from api.http.logs import escape_controls
 from config import get_settings
 from core.files import write_atomically
 from core.images import BadImage, load_image

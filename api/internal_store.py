@@ -1,12 +1,12 @@
 """The indexer's write path into a running service: POST /internal/store/<op>.
 
 With the embedded store (no QDRANT_URL) the store folder is locked to the service's process, so an
-indexer run while the service serves sends its VectorStore calls here (store/remote.py, RemoteStore)
+indexer run while the service serves sends its VectorStore calls here (store/via_service.py, RemoteStore)
 and they run on the service's own store thread (api/store_calls.py), one at a time between searches.
 One generic call: <op> is a VectorStore method named in REMOTE_METHODS (any other name: 404), the body
-its arguments (store/remote.py, decode_call: a malformed call is a 400), the answer {"result": ...}.
+its arguments (store/via_service.py, decode_call: a malformed call is a 400), the answer {"result": ...}.
 An indexer's finish() only flushes here (the HNSW build holds the GIL for seconds, so it waits for the
-service's next start: store/edge.py, unindexed_points).
+service's next start: store/qdrant_edge.py, unindexed_points).
 
 Who may call (every refusal in the error shape; none of it is in /docs.json):
 - only a client on this machine (loopback, or the service's own listening address), with no
@@ -14,7 +14,7 @@ Who may call (every refusal in the error shape; none of it is in /docs.json):
   else 404, as for a path that does not exist;
 - only with the token the service made at start-up and wrote, with its URL, to the address file
   `<QDRANT_PATH>/.<collection>.service.json`, mode 0600 (readable by the service's user only), sent
-  as `X-Indexer-Token`: else 403. The public API_KEY is not enough (api/limits.py lets these paths
+  as `X-Indexer-Token`: else 403. The public API_KEY is not enough (api/http/limits.py lets these paths
   through without it, to this check);
 - with QDRANT_URL (a server, which the indexer reaches itself) the path is off: 404.
 """
@@ -37,21 +37,18 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from api.errors import ApiError, bad_request, handles_errors, not_found
+from api.http.paths import INTERNAL_PREFIX
 from api.store_calls import StoreCalls
 from core.files import write_atomically
-from store.base import StoreError, VectorStore
-from store.remote import REMOTE_METHODS, TOKEN_HEADER, decode_call, error_code, to_wire, trust_problem
+from store.interface import StoreError, VectorStore
+from store.via_service import REMOTE_METHODS, TOKEN_HEADER, decode_call, error_code, to_wire, trust_problem
 
 log = logging.getLogger("service")
 
-PREFIX = "/internal/"
+PREFIX = INTERNAL_PREFIX
 FORWARDED = (b"x-forwarded-for", b"x-forwarded-host", b"x-real-ip", b"forwarded")
 STATUS = {"model_mismatch": 409, "collection_missing": 404, "store_locked": 423, "store_full": 507,
           "store_damaged": 503, "store_error": 500}
-
-
-def is_internal_path(path: str) -> bool:
-    return path.startswith(PREFIX)
 
 
 # --- the route -----------------------------------------------------------------------------------

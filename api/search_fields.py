@@ -16,7 +16,7 @@ from pydantic import BeforeValidator, Field
 
 from api.errors import bad_request
 from core.library import NotInLibrary, raw_name, url_path
-from store.base import Hit, SearchFilter
+from store.interface import Hit, SearchFilter
 
 
 def as_text(value: Any) -> Any:
@@ -49,7 +49,7 @@ SearchMode = Annotated[Literal["vector", "text", "hybrid"] | None, Field(
                 '(`python -m indexer --describe`), else "vector". The answer\'s `mode` says which ran')]
 
 # The filter and paging fields every search endpoint takes: (name, type, default). Adding a filter to the
-# API is one row here (and its SearchFilter field in store/base.py, its parsing in search_page).
+# API is one row here (and its SearchFilter field in store/interface.py, its parsing in search_page).
 SEARCH_FIELDS: tuple[tuple[str, Any, Any], ...] = (
     ("folder", Folder, None), ("modified_after", ModifiedAfter, None), ("modified_before", ModifiedBefore, None),
     ("min_width", MinWidth, None), ("min_height", MinHeight, None), ("min_bytes", MinBytes, None),

@@ -28,7 +28,7 @@ from api.stream_slots import StreamSlots
 from config import Settings
 from core.images import DRAFT_SIZE, BadImage, clip_view, load_image
 from core.library import Library, NotInLibrary
-from store.base import Hit, point_id
+from store.interface import Hit, point_id
 
 log = logging.getLogger("service")
 

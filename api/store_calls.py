@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from api.errors import ApiError, unavailable
-from store.base import StoreDamagedError, StoreError, StoreFullError, VectorStore
+from store.interface import StoreDamagedError, StoreError, StoreFullError, VectorStore
 
 log = logging.getLogger("service")
 # An absolute path (not the path part of a URL: "host:6333/x" and "//" are left alone).

@@ -1,9 +1,9 @@
 """The web page: the static files in ui/ served at /ui/ (and /ui redirected there).
 
 Plain HTML/JS/CSS with no build step and nothing fetched from elsewhere, so it works offline. The page
-itself is public (api/limits.py); every API call it makes carries the API key when one is set.
+itself is public (api/http/limits.py); every API call it makes carries the API key when one is set.
 Everything under /ui is sent with UI_POLICY as its Content-Security-Policy (added by
-api/middleware.py SecurityHeaders): only the page's own files run, no inline script or style, and
+api/http/middleware.py SecurityHeaders): only the page's own files run, no inline script or style, and
 images come only from this server or the blob:/data: URLs the page makes itself.
 """
 
@@ -17,11 +17,10 @@ from starlette.responses import RedirectResponse
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from api.http.paths import UI_PATH
+
 log = logging.getLogger("service")
 UI_DIR = Path(__file__).resolve().parents[1] / "ui"
-UI_PATH = "/ui"
-UI_POLICY = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; "
-             "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'")
 
 
 async def to_ui(request: Request) -> RedirectResponse:
@@ -39,5 +38,3 @@ def ui_routes() -> list[BaseRoute]:
     ]
 
 
-def is_ui_path(path: str) -> bool:
-    return path == UI_PATH or path.startswith(f"{UI_PATH}/")

@@ -38,12 +38,12 @@ TAGS = ["狗", "公园", "草地", "户外", "阳光"]
 
 def open_store(backend: str, folder: Path) -> Any:
     if backend == "edge":
-        from store.edge import EdgeStore
+        from store.qdrant_edge import EdgeStore
 
         return EdgeStore(folder, "images")
     from qdrant_client import QdrantClient
 
-    from store.server import ServerStore
+    from store.qdrant_server import ServerStore
 
     return ServerStore(QdrantClient(path=str(folder)), "images")
 
@@ -51,7 +51,7 @@ def open_store(backend: str, folder: Path) -> Any:
 def make(backend: str, folder: Path, n: int) -> None:
     import numpy as np
 
-    from store.base import Record, folders_of, point_id
+    from store.interface import Record, folders_of, point_id
     from store.text_terms import terms
 
     store = open_store(backend, folder)
@@ -75,7 +75,7 @@ def make(backend: str, folder: Path, n: int) -> None:
 
 def export(backend: str, folder: Path, target: Path) -> dict[str, Any]:
     from indexer.archive import export_archive
-    from store.base import IndexTuning
+    from store.interface import IndexTuning
 
     store = open_store(backend, folder)
     summary = export_archive(store, str(target), IndexTuning(), "images")

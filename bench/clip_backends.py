@@ -84,7 +84,7 @@ def rankings(encoder: ClipEncoder, library: list[Image.Image], queries: list[Ima
 def index_rate(encoder: ClipEncoder, library: Path, work: Path) -> float:
     """Photos per second of one indexing run (decode + embed + write) into a fresh embedded store."""
     from indexer.pipeline import Indexer, IndexOptions
-    from store.edge import EdgeStore
+    from store.qdrant_edge import EdgeStore
 
     store = EdgeStore(work, "images")
     store.ensure_collection(encoder.model_id, encoder.dim, recreate=True)

@@ -46,8 +46,8 @@ def description(rng: random.Random) -> dict[str, Any]:
 
 
 def build(folder: Path, n: int, vectors: np.ndarray, rng: random.Random) -> tuple[Any, dict[str, float]]:
-    from store.base import Point, point_id
-    from store.edge import EdgeStore
+    from store.interface import Point, point_id
+    from store.qdrant_edge import EdgeStore
 
     store = EdgeStore(folder, "images")
     store.ensure_collection(MODEL_ID, DIM, recreate=True)

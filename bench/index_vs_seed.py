@@ -70,7 +70,7 @@ def build_medium_clip(folder: Path) -> Path:
 
 def run_project(encoder: Any, library: Path, work: Path) -> tuple[float, dict[str, float]]:
     from indexer.pipeline import Indexer, IndexOptions
-    from store.edge import EdgeStore
+    from store.qdrant_edge import EdgeStore
 
     store = EdgeStore(work, "images")
     store.ensure_collection(encoder.model_id, encoder.dim, recreate=True)

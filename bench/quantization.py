@@ -31,7 +31,7 @@ from _machine import cpu_name, instruction_sets  # noqa: E402
 from _report import median, record  # noqa: E402
 from search_scale import DIM, K, build_store, make_data, make_mix, make_queries  # noqa: E402
 
-from store.base import IndexTuning, point_id  # noqa: E402
+from store.interface import IndexTuning, point_id  # noqa: E402
 
 CONFIGS = {  # name -> tuning (everything else as the service runs it); the slowest build last
     "int8": IndexTuning(),

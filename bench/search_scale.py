@@ -96,8 +96,8 @@ EF_SWEEP = (64, 128, 256, 512, 1024, 1536)
 
 def build_store(n: int, data: np.ndarray, folder: Path, model_id: str,
                 tuning: Any = None) -> tuple[Any, list[str], float, float]:
-    from store.base import Point, point_id
-    from store.edge import EdgeStore
+    from store.interface import Point, point_id
+    from store.qdrant_edge import EdgeStore
 
     names = [f"photos/{i // 1000:04d}/img_{i:07d}.jpg" for i in range(n)]
     store = EdgeStore(folder, "images", tuning)
@@ -125,11 +125,11 @@ def bench_size(n: int, queries: np.ndarray, seed_queries: int, folder: Path, rng
                kind: str, centers: np.ndarray, model_id: str, tuning: Any, reuse: bool = False) -> dict[str, Any]:
     from dataclasses import replace
 
-    from store.base import point_id
+    from store.interface import point_id
 
     data = make_data(kind, n, rng, centers)
     if reuse and (folder / "images.meta.json").exists():  # the same data: the rng sequence is the same
-        from store.edge import EdgeStore
+        from store.qdrant_edge import EdgeStore
 
         store, upsert_s, finish_s = EdgeStore(folder, "images", tuning), float("nan"), float("nan")
         names = [f"photos/{i // 1000:04d}/img_{i:07d}.jpg" for i in range(n)]
@@ -179,7 +179,7 @@ def main() -> None:
     parser.add_argument("--ef-construct", type=int, default=200, help="HNSW build beam (default: 200)")
     parser.add_argument("--no-record", action="store_true", help="print only; leave BENCHMARKS.md alone")
     args = parser.parse_args()
-    from store.base import IndexTuning
+    from store.interface import IndexTuning
 
     tuning = IndexTuning(m=args.m, ef_construct=args.ef_construct)
     rng = np.random.default_rng(0)

@@ -32,7 +32,7 @@ from PIL import Image  # noqa: E402
 from indexer.pipeline import Indexer, IndexOptions, Summary  # noqa: E402
 from indexer.watch import Events, Watcher, follow  # noqa: E402
 from runners.clip import ClipEncoder  # noqa: E402
-from store.edge import EdgeStore  # noqa: E402
+from store.qdrant_edge import EdgeStore  # noqa: E402
 
 
 class Searchable:

@@ -2,7 +2,7 @@
 
 `WORKAROUNDS` lists them: what BentoML does, where upstream does it, and which code of ours works around
 it. The small pieces live here (`NO_RECYCLE`, `NO_FILE`, `upload_name`, the form limits); the big ones
-stay where they act (api/middleware.py, api/openapi.py, api/errors.py) and are only listed.
+stay where they act (api/http/middleware.py, api/http/openapi_doc.py, api/errors.py) and are only listed.
 tests/unit/test_bentoml_compat.py checks each upstream behaviour directly and fails, naming the
 workaround to drop, when an upgrade changes it.
 
@@ -53,13 +53,13 @@ TEMP_PREFIX_CHARS = len("tmp") + 8
 
 # The longest upload file name BentoML can save: its temporary file is tmp<8 random><the name's last
 # path part>, and a file name has at most 255 bytes (NAME_MAX on Linux and macOS file systems); a longer
-# one fails with ENAMETOOLONG: a 500. api/middleware.py refuses it with 400. (A NUL in the name is already
+# one fails with ENAMETOOLONG: a 500. api/http/middleware.py refuses it with 400. (A NUL in the name is already
 # a 400: the ValueError is raised inside pydantic's validation.)
 NAME_MAX = 255
 MAX_UPLOAD_NAME_BYTES = NAME_MAX - TEMP_PREFIX_CHARS
 
 # Starlette's form parser limits: BentoML answers 500 when a body passes one (its request.form() raises
-# a MultiPartException that `api_endpoint_wrapper` does not map), so api/middleware.py refuses with 400.
+# a MultiPartException that `api_endpoint_wrapper` does not map), so api/http/middleware.py refuses with 400.
 MAX_FIELD_BYTES = 1024 * 1024
 MAX_PARTS = 1000
 
@@ -104,12 +104,12 @@ WORKAROUNDS: tuple[Workaround, ...] = (
         "upload file name too long",
         "none filed; _bentoml_sdk/validators.py FileSchema.decode (NamedTemporaryFile(suffix=<its name>))",
         "an upload whose file name is over 244 bytes (255 with the tmp prefix) answers 500 (ENAMETOOLONG)",
-        "api/middleware.py FormInspector refuses it with 400 (upload_name_problem, MAX_UPLOAD_NAME_BYTES)"),
+        "api/http/middleware.py FormInspector refuses it with 400 (upload_name_problem, MAX_UPLOAD_NAME_BYTES)"),
     Workaround(
         "4xx body is a list",
         "none filed; _bentoml_impl/server/app.py api_endpoint_wrapper (`detail = ({...},)`)",
         'a raised InvalidArgument/NotFound answers `[{"error": ...}]`, a JSON list',
-        "api/errors.py returns_errors answers ApiError itself; api/middleware.py describe() unwraps lists"),
+        "api/errors.py returns_errors answers ApiError itself; api/http/middleware.py describe() unwraps lists"),
     Workaround(
         "5xx hides its message",
         "none filed; _bentoml_impl/server/app.py api_endpoint_wrapper",
@@ -119,22 +119,22 @@ WORKAROUNDS: tuple[Workaround, ...] = (
         "unknown Content-Type read as JSON",
         "none filed; _bentoml_impl/server/app.py api_endpoint (ALL_SERDE.get(.., JSON))",
         "a body of any unknown media type is parsed as JSON",
-        "api/middleware.py answers 415 on the API routes"),
+        "api/http/middleware.py answers 415 on the API routes"),
     Workaround(
         "text value in a file field",
         "none filed; _bentoml_impl/serde.py MultipartSerde.ensure_file",
         "a text value sent in a file field is downloaded as a URL, server-side",
-        "api/middleware.py FormInspector refuses it with a 400 before BentoML reads it"),
+        "api/http/middleware.py FormInspector refuses it with a 400 before BentoML reads it"),
     Workaround(
         "form bodies Starlette refuses",
         "none filed; _bentoml_impl/server/app.py api_endpoint_wrapper",
         "a multipart part without a name, a field over 1 MB or over 1000 parts answer 500",
-        "api/middleware.py FormInspector (MAX_FIELD_BYTES, MAX_PARTS) answers 400"),
+        "api/http/middleware.py FormInspector (MAX_FIELD_BYTES, MAX_PARTS) answers 400"),
     Workaround(
         "non-UTF-8 form text",
         "none filed; Starlette's form parser as BentoML uses it",
         "a multipart text field that is not UTF-8 is decoded as Latin-1 (urlencoded: U+FFFD), no error",
-        "api/middleware.py FormInspector answers 400"),
+        "api/http/middleware.py FormInspector answers 400"),
     Workaround(
         "form values JSON-decoded",
         "none filed; _bentoml_impl/serde.py MultipartSerde.parse_request (json.loads on every value)",
@@ -144,18 +144,18 @@ WORKAROUNDS: tuple[Workaround, ...] = (
         "deeply nested form values",
         "none filed; _bentoml_impl/serde.py MultipartSerde.parse_request (catches JSONDecodeError only)",
         "a form text that nests arrays ~1000 deep raises RecursionError in json.loads: 500",
-        "api/middleware.py FormInspector refuses values over api/json_body.py MAX_JSON_DEPTH with 400"),
+        "api/http/middleware.py FormInspector refuses values over api/http/json_body.py MAX_JSON_DEPTH with 400"),
     Workaround(
         "/docs.json",
         "none filed; _bentoml_sdk/service/openapi.py, _bentoml_sdk/io_models.py, bentoml/_internal/service/openapi",
         'uploads typed `type: file` (not OpenAPI 3), JSON Schema 2020 nulls, info.version "None" from '
         'source, BentoML\'s own error schemas, a "Service APIs" tag, the mounted Starlette routes missing',
-        "api/openapi.py fix_spec, served by api/middleware.py"),
+        "api/http/openapi_doc.py fix_spec, served by api/http/middleware.py"),
     Workaround(
         "unhandled error held until the timeout",
         "none filed; bentoml/_internal/server/http/traffic.py TimeoutMiddleware",
         "an app that raises before answering sends nothing until traffic.timeout, then drops the request",
-        "api/middleware.py ApiContractMiddleware answers the 500 itself"),
+        "api/http/middleware.py ApiContractMiddleware answers the 500 itself"),
     Workaround(
         "runner probe raises",
         "none filed; _bentoml_impl/client/proxy2.py AsyncClient.is_ready catches timeouts only",

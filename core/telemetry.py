@@ -15,7 +15,7 @@ on first use, never at import time, so that it starts in multiprocess mode in Be
 - `mms_runner_batch_size{runner, method}`: items per call of the runners' batching APIs (recorded in
   the runner processes);
 - `mms_index_images{collection}`: images in the collection, counted when /metrics is scraped
-  (written by api/metrics.py, as text appended to the scrape).
+  (written by api/http/metrics.py, as text appended to the scrape).
 """
 
 from __future__ import annotations

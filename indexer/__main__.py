@@ -18,7 +18,7 @@ from PIL import Image
 from config import Settings, get_settings
 from indexer.pipeline import Engine, ImageEncoder, Indexer, IndexOptions, Summary, encode_each
 from store import open_store_for_writing
-from store.base import CollectionInfo, ModelMismatchError, StoreError, StoreLockedError, VectorStore
+from store.interface import CollectionInfo, ModelMismatchError, StoreError, StoreLockedError, VectorStore
 
 if TYPE_CHECKING:
     from indexer.ray_engine import RayOptions
@@ -190,7 +190,7 @@ def ray_engine(settings: Settings, store: VectorStore, load: Callable[[], ImageE
     """The Ray engine. The embedded store held by this process has one writer, this driver; any other store
     (QDRANT_URL, or a running service's write path) is opened by the write tasks, which write in parallel."""
     from indexer.ray_engine import RayEngine
-    from store.edge import EdgeStore
+    from store.qdrant_edge import EdgeStore
 
     def open_writer() -> VectorStore:
         return open_store_for_writing(settings)

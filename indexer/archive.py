@@ -43,7 +43,7 @@ from typing import IO, Any
 import numpy as np
 
 from core.files import atomic_file
-from store.base import (
+from store.interface import (
     DESCRIPTION_FIELDS,
     CollectionMissingError,
     IndexTuning,

@@ -26,7 +26,7 @@ from core.images import BadImage, load_image
 from core.library import Library, NotInLibrary
 from indexer.decode import content_hash
 from indexer.pipeline import Summary, progress_bar
-from store.base import VectorStore, description_of
+from store.interface import VectorStore, description_of
 
 log = logging.getLogger(__name__)
 STAGE = "describe"  # its name on the progress bar and in the summary's seconds

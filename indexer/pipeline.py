@@ -19,7 +19,7 @@ from indexer.decode import Decoded, decode_entry
 from indexer.plan import Plan, make_plan
 from indexer.scan import FileEntry, scan_library
 from runners.clip import encode_isolated
-from store.base import Point, VectorStore, description_of, folders_of, point_id
+from store.interface import Point, VectorStore, description_of, folders_of, point_id
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from indexer.scan import FileEntry
-from store.base import point_id
+from store.interface import point_id
 
 MTIME_TOLERANCE = 1e-6
 

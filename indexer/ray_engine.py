@@ -36,11 +36,11 @@ from indexer.describe_stage import ImageDescriber, PixelBudget, SameContent, dec
 from indexer.pipeline import ImageEncoder, Indexer, embed_decoded, embedded_points
 from indexer.plan import Plan
 from indexer.scan import FileEntry
-from store.base import StoreError, point_id
+from store.interface import StoreError, point_id
 
 if TYPE_CHECKING:
     from config import Settings
-    from store.base import VectorStore
+    from store.interface import VectorStore
 
 log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parent.parent  # the project, importable by every worker (PYTHONPATH)

@@ -1,7 +1,7 @@
 """`python -m indexer --verify`: read the whole collection and check it, page by page.
 
 Checked: the model record is there; every point has a finite CLIP vector of the recorded size and unit
-norm; its id is the one the indexer makes from its path (store.base.point_id); its payload model is
+norm; its id is the one the indexer makes from its path (store.interface.point_id); its payload model is
 the collection's; its description fields have their types and a described point has its text vector;
 the number of points read equals the store's count. What is found is a list of problems, each with
 up to EXAMPLES paths, and the way back (RECOVERY).
@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from store.base import RECOVERY, Record, StoreError, VectorStore, description_text, point_id
+from store.interface import RECOVERY, Record, StoreError, VectorStore, description_text, point_id
 
 PAGE = 512
 NORM_SLACK = 1e-3  # |norm - 1| allowed (float32 rounding is ~1e-7)

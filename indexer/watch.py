@@ -35,7 +35,7 @@ from typing import Any
 from core.library import NotInLibrary, is_hidden, is_image_name, library_name
 from indexer.pipeline import ImageEncoder, Indexer, IndexOptions, Summary
 from indexer.scan import walk
-from store.base import VectorStore
+from store.interface import VectorStore
 
 log = logging.getLogger("indexer.watch")
 

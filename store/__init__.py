@@ -4,7 +4,7 @@ memory_store() is the test / in-memory store: qdrant-client's local mode, for fa
 layers above the store (no folder, no server, nothing kept).
 
 The backends are imported on demand: qdrant-client takes ~2 s to import, the embedded store
-does not need it. What both backends share is in store/common.py.
+does not need it. What both backends share is in store/qdrant_base.py.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from store.base import (
+from store.interface import (
     PAYLOAD_FIELDS,
     POINT_NAMESPACE,
     CollectionInfo,
@@ -29,7 +29,7 @@ from store.base import (
 
 if TYPE_CHECKING:
     from config import Settings
-    from store.server import ServerStore
+    from store.qdrant_server import ServerStore
 
 __all__ = [
     "PAYLOAD_FIELDS",
@@ -53,7 +53,7 @@ __all__ = [
 def open_store(settings: Settings) -> VectorStore:
     """The store the settings name. Opens nothing yet: the first operation connects / opens."""
     if settings.qdrant_url:
-        from store.server import ServerStore
+        from store.qdrant_server import ServerStore
 
         return ServerStore.from_url(
             settings.qdrant_url,
@@ -63,7 +63,7 @@ def open_store(settings: Settings) -> VectorStore:
             replication_factor=settings.qdrant_replication_factor,
             tuning=tuning_of(settings),
         )
-    from store.edge import EdgeStore
+    from store.qdrant_edge import EdgeStore
 
     return EdgeStore(settings.qdrant_path, settings.qdrant_collection, tuning_of(settings))
 
@@ -71,11 +71,11 @@ def open_store(settings: Settings) -> VectorStore:
 def open_store_for_writing(settings: Settings) -> VectorStore:
     """The store an indexer writes to. With QDRANT_URL: the server. With the embedded store: while a
     service runs on it (its address file is there and it answers), that service, through its internal
-    write path (store/remote.py), since the folder is locked to the service's process; else the folder
+    write path (store/via_service.py), since the folder is locked to the service's process; else the folder
     itself, as open_store(). Raise StoreLockedError when the service's address file cannot be read."""
     if settings.qdrant_url:
         return open_store(settings)
-    from store.remote import RemoteStore, ServiceGoneError, read_service_file, service_file_path
+    from store.via_service import RemoteStore, ServiceGoneError, read_service_file, service_file_path
 
     found = read_service_file(service_file_path(settings.qdrant_path, settings.qdrant_collection))
     if found is not None and found.collection == settings.qdrant_collection:
@@ -106,6 +106,6 @@ def memory_store(collection: str = "images", tuning: IndexTuning | None = None) 
     tests of the upper layers; the service and the indexer use open_store()."""
     from qdrant_client import QdrantClient
 
-    from store.server import ServerStore
+    from store.qdrant_server import ServerStore
 
     return ServerStore(QdrantClient(location=":memory:"), collection, tuning=tuning)

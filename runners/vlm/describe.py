@@ -44,7 +44,7 @@ class Description:
         return not (self.description or self.visible_text or self.tags)
 
     def payload(self, described_by: str) -> dict[str, Any]:
-        """The payload fields stored with the photo's point (store.base.DESCRIPTION_FIELDS)."""
+        """The payload fields stored with the photo's point (store.interface.DESCRIPTION_FIELDS)."""
         return {"description": self.description, "visible_text": self.visible_text, "tags": list(self.tags),
                 "described_by": described_by}
 

@@ -9,7 +9,7 @@ import numpy as np
 from helpers.stores import DIM, MODEL, make_points
 from indexer import archive
 from indexer.archive import export_archive
-from store.base import IndexTuning, SearchFilter, VectorStore
+from store.interface import IndexTuning, SearchFilter, VectorStore
 
 
 def fill(store: VectorStore, n: int = 40, seed: int = 0, model: str = MODEL) -> list[str]:

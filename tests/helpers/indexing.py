@@ -18,7 +18,7 @@ from shapes import draw_shape
 from indexer.pipeline import Indexer
 from indexer.pipeline import IndexOptions as Options
 from runners.clip import ClipEncoder
-from store.edge import EdgeStore
+from store.qdrant_edge import EdgeStore
 
 
 class CountingEncoder:

@@ -14,7 +14,7 @@ from serving import ROOT
 
 from runners.clip import ClipEncoder
 from runners.vlm.describe import Describer
-from store.base import StoreError
+from store.interface import StoreError
 
 OBJECT_STORE = 80 * 1024**2  # per node: enough for a tiny library, keeps memory modest
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from helpers.stores import ServedEdge
-from store.remote import service_file_path
+from store.via_service import service_file_path
 
 
 class CountingService:

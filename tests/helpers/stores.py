@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from store.base import Point, VectorStore, folders_of, point_id
+from store.interface import Point, VectorStore, folders_of, point_id
 
 DIM = 8
 MODEL = "test/clip-a"
@@ -33,7 +33,7 @@ class ServedEdge:
 
         from api.internal_store import InternalStore
         from api.store_calls import StoreCalls
-        from store.edge import EdgeStore
+        from store.qdrant_edge import EdgeStore
 
         self.store = EdgeStore(folder, collection)
         self.calls = StoreCalls(self.store, retry_after_s=1)
@@ -51,7 +51,7 @@ class ServedEdge:
         return client
 
     def remote(self) -> VectorStore:
-        from store.remote import RemoteStore
+        from store.via_service import RemoteStore
 
         return RemoteStore("http://testserver", self.TOKEN, client=self.client())
 
@@ -72,7 +72,7 @@ class Backend:
         self.opened: list[VectorStore] = []
         self.client = None
         self.served: ServedEdge | None = None
-        if kind == "remote":  # the indexer's view of a running service's embedded store (store/remote.py)
+        if kind == "remote":  # the indexer's view of a running service's embedded store (store/via_service.py)
             self.served = ServedEdge(self.folder, self.collection)
         if kind == "memory":
             from qdrant_client import QdrantClient
@@ -86,15 +86,15 @@ class Backend:
         if self.served is not None:
             store = self.served.remote()
         elif self.kind == "edge":
-            from store.edge import EdgeStore
+            from store.qdrant_edge import EdgeStore
 
             store = EdgeStore(self.folder, self.collection)
         elif self.kind == "memory":
-            from store.server import ServerStore
+            from store.qdrant_server import ServerStore
 
             store = ServerStore(self.client, self.collection)  # type: ignore[arg-type]
         else:
-            from store.server import ServerStore
+            from store.qdrant_server import ServerStore
 
             store = ServerStore.from_url(os.environ["QDRANT_URL"], os.environ.get("QDRANT_API_KEY"),
                                          self.collection)
@@ -103,7 +103,7 @@ class Backend:
 
     def cleanup(self) -> None:
         if self.kind == "server-url":
-            from store.server import ServerStore
+            from store.qdrant_server import ServerStore
 
             dropper = self.opened[0] if self.opened else self.open()
             assert isinstance(dropper, ServerStore)
@@ -145,6 +145,6 @@ def make_points(n: int, seed: int = 0, dim: int = DIM) -> list[Point]:
 
 
 def edge_store(folder: Path) -> VectorStore:
-    from store.edge import EdgeStore
+    from store.qdrant_edge import EdgeStore
 
     return EdgeStore(folder, "images")

@@ -17,7 +17,7 @@ from helpers.stores import BACKENDS, DIM, MODEL, Backend, make_points
 
 from indexer import archive
 from indexer.archive import export_archive, import_archive
-from store.base import IndexTuning, ModelMismatchError, Record, VectorStore
+from store.interface import IndexTuning, ModelMismatchError, Record, VectorStore
 
 
 @pytest.fixture(params=BACKENDS)

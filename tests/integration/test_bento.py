@@ -59,12 +59,12 @@ def test_bento_holds_the_service_and_not_the_tests(built: tuple[str, Path, dict[
     assert tag.startswith("multimodal_server:")
     src = bento / "src"
     files = {str(p.relative_to(src)) for p in src.rglob("*") if p.is_file()}
-    for module in ("service.py", "config.py", "README.md", "docs/api.md", "ui/index.html", "api/limits.py",
-                   "api/metrics.py", "api/logs.py", "core/images.py", "core/telemetry.py", "core/bentoml_compat.py",
-                   "core/files.py",
+    for module in ("service.py", "config.py", "README.md", "docs/api.md", "ui/index.html", "api/http/limits.py",
+                   "api/http/metrics.py", "api/http/logs.py", "core/images.py", "core/telemetry.py",
+                   "core/bentoml_compat.py", "core/files.py",
                    "runners/clip/encoder.py", "runners/clip/service.py", "runners/vlm/service.py",
                    "indexer/__main__.py",
-                   "store/edge.py"):
+                   "store/qdrant_edge.py"):
         assert module in files
     assert not [f for f in files if f.startswith(("tests/", "data/", "test-artifacts/", "bench/", ".venv/"))]
     assert not [f for f in files if "__pycache__" in f]

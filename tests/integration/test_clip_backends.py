@@ -1,4 +1,4 @@
-"""CLIP encoding backends (runners/clip/runtimes.py) on the trained tiny Chinese-CLIP: every installed backend
+"""CLIP runtimes (runners/clip/select.py) on the trained tiny Chinese-CLIP: every installed backend
 ranks a library of synthetic shapes as PyTorch fp32 does, exports are cached and reused, a damaged cache is
 rebuilt, and a backend past the fidelity bound is refused (explicit choice) or replaced by PyTorch (auto)."""
 
@@ -12,12 +12,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from runners.clip.runtimes import FAITHFUL, Bounds, RuntimeRefused, cache_folder, installed, model_hash
 from shapes import CLASSES, caption, draw_shape
 
 from config import Settings
-from runners.clip import ClipEncoder, open_clip
-from runners.clip import runtimes as clip_backends
+from runners.clip import Bounds, ClipEncoder, open_clip
+from runners.clip import select as clip_select
+from runners.clip.export import cache_folder, model_hash
+from runners.clip.select import FAITHFUL, installed
+from runners.fidelity import RuntimeRefused
 
 EXPORTED = ("openvino", "onnx", "openvino-bf16", "torch-bf16", "onnx-int8")
 RUNTIME = {"openvino": "openvino", "openvino-bf16": "openvino", "onnx": "onnxruntime", "onnx-int8": "onnxruntime",
@@ -77,7 +79,7 @@ def test_backend_ranks_the_library_as_pytorch_fp32(
         assert sum(g[0] == w[0] for g, w in pairs) >= 0.95 * len(pairs), (got, want)
         assert sum(len(set(g) & set(w)) >= 4 for g, w in pairs) >= 0.95 * len(pairs), (got, want)
     meta = json.loads((cache_folder(cache, encoder.model_id, tiny_clip_dir) / name / "export.json").read_text())
-    assert meta["fidelity"]["top1_agreement"] == 1.0 and meta["versions"][RUNTIME[name]]
+    assert meta["fidelity"]["agreed"] == meta["fidelity"]["total"] and meta["versions"][RUNTIME[name]]
 
 
 @pytest.mark.parametrize("name", FAITHFUL)
@@ -95,17 +97,18 @@ def test_auto_picks_fp32_openvino_on_cpu_from_settings(
 ) -> None:
     assert Settings(_env_file=None).clip_backend == "auto"  # type: ignore[call-arg]  # the default
     settings_env(CLIP_MODEL=tiny_clip_dir, DEVICE="cpu", CLIP_BACKEND="auto", CLIP_BACKEND_CACHE=tmp_path)
-    with caplog.at_level(logging.INFO, logger="runners.clip.runtimes"):
+    with caplog.at_level(logging.INFO, logger="runners.clip.select"):
         encoder = open_clip()
     assert encoder.runtime.name == "openvino"  # faithful and the fastest; never a low-precision one by default
-    assert "CLIP_BACKEND=openvino vs PyTorch fp32" in caplog.text and "top-1 agreement 100.0%" in caplog.text
+    assert "CLIP_BACKEND=openvino vs PyTorch fp32" in caplog.text
+    assert "top-1 results identical to PyTorch fp32's (100.0%)" in caplog.text
     assert [p.parent.name for p in tmp_path.glob("*/*/export.json")] == ["openvino"]
 
 
 def test_auto_skips_a_backend_that_is_not_installed(
     tiny_clip_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setitem(clip_backends.NEEDS, "openvino", ("openvino_not_installed",))
+    monkeypatch.setitem(clip_select.NEEDS, "openvino", ("openvino_not_installed",))
     with pytest.raises(RuntimeRefused, match="openvino_not_installed not installed.*CLIP_BACKEND=torch"):
         ClipEncoder(str(tiny_clip_dir), "cpu", runtime="openvino", runtime_cache=tmp_path)
     assert ClipEncoder(str(tiny_clip_dir), "cpu", runtime="auto", runtime_cache=tmp_path).runtime.name == "onnx"
@@ -121,7 +124,7 @@ def test_cache_is_reused(
     def no_export(*args: object) -> None:
         raise AssertionError("exported again")
 
-    monkeypatch.setattr(clip_backends, "export_onnx", no_export)
+    monkeypatch.setattr(clip_select, "export_onnx", no_export)
     monkeypatch.setattr(ClipEncoder, "_reference_model", no_export)  # not even PyTorch is loaded
     encoder = ClipEncoder(str(tiny_clip_dir), "cpu", runtime="onnx", runtime_cache=cache)
     assert exported.stat().st_mtime_ns == before
@@ -158,7 +161,7 @@ def test_explicit_backend_past_the_bound_is_refused(name: str, tiny_clip_dir: Pa
     with pytest.raises(RuntimeRefused) as refused:
         ClipEncoder(str(tiny_clip_dir), "cpu", runtime=name, runtime_cache=tmp_path, bounds=impossible)
     message = str(refused.value)
-    assert f"CLIP_BACKEND={name} refused" in message and "top-1 agreement 100.0%" in message
+    assert f"CLIP_BACKEND={name} refused" in message and "top-1 results identical to PyTorch fp32's (100.0%)" in message
     assert "lowest cosine 0.9999" in message and "CLIP_BACKEND_MIN_COSINE=1.0" in message
     assert "CLIP_BACKEND=torch" in message  # the setting that falls back
 
@@ -183,7 +186,7 @@ def test_bf16_is_refused_where_fp32_openvino_passes(tiny_clip_dir: Path, tmp_pat
 def test_auto_falls_back_to_pytorch_with_a_warning(
     tiny_clip_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.WARNING, logger="runners.clip.runtimes"):
+    with caplog.at_level(logging.WARNING, logger="runners.clip.select"):
         encoder = ClipEncoder(str(tiny_clip_dir), "cpu", runtime="auto", runtime_cache=tmp_path,
                               bounds=Bounds(min_cosine=1.0))
     assert encoder.runtime.name == "torch"
@@ -197,7 +200,7 @@ def test_export_failure_is_refused_or_falls_back(
     def broken(*args: object) -> None:
         raise RuntimeError("unsupported operator")
 
-    monkeypatch.setattr(clip_backends, "export_onnx", broken)
+    monkeypatch.setattr(clip_select, "export_onnx", broken)
     with pytest.raises(RuntimeRefused, match="export failed .*unsupported operator.*CLIP_BACKEND=torch"):
         ClipEncoder(str(tiny_clip_dir), "cpu", runtime="onnx-int8", runtime_cache=tmp_path)
     assert ClipEncoder(str(tiny_clip_dir), "cpu", runtime="auto", runtime_cache=tmp_path).runtime.name == "torch"

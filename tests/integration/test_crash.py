@@ -39,9 +39,9 @@ from shapes import draw_shape, make_library
 from indexer.pipeline import Indexer, Summary
 from indexer.pipeline import IndexOptions as Options
 from runners.clip import ClipEncoder, model_id_of
-from store.base import PAYLOAD_FIELDS, Point, StoreError, point_id
-from store.edge import EdgeStore
-from store.server import ServerStore
+from store.interface import PAYLOAD_FIELDS, Point, StoreError, point_id
+from store.qdrant_edge import EdgeStore
+from store.qdrant_server import ServerStore
 
 ATOL = 1e-5  # vectors of the same image embedded in other batches / processes
 Snapshot = dict[str, tuple[dict[str, Any], np.ndarray]]  # point id -> (payload without indexed_at, vector)

@@ -20,8 +20,8 @@ from api.health import health_report
 from api.store_calls import StoreCalls
 from indexer.__main__ import run
 from runners.clip import model_id_of
-from store.base import StoreDamagedError
-from store.edge import EdgeStore
+from store.interface import StoreDamagedError
+from store.qdrant_edge import EdgeStore
 
 
 class Ready:

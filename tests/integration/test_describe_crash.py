@@ -21,8 +21,8 @@ from shapes import make_library
 
 from config import DEFAULT_DESCRIBE_PROMPT
 from runners.vlm.describe import describer_id
-from store.base import PAYLOAD_FIELDS, point_id
-from store.edge import EdgeStore
+from store.interface import PAYLOAD_FIELDS, point_id
+from store.qdrant_edge import EdgeStore
 
 BATCH = 2
 PROGRESS = re.compile(rb"describe:.*?\| *(\d+)/(\d+) \[")  # the stage's tqdm line: "describe:  25%|##  | 4/16 ["

@@ -27,7 +27,7 @@ from indexer.pipeline import Summary
 from runners.clip import ClipEncoder
 from runners.vlm import VisionLanguageModel
 from runners.vlm.describe import Describer, Description, describer_id
-from store.base import DESCRIPTION_FIELDS, Point, point_id
+from store.interface import DESCRIPTION_FIELDS, Point, point_id
 
 BATCH = 3
 
@@ -64,7 +64,7 @@ def encoder(random_clip_dir: Path) -> ClipEncoder:
 
 @pytest.fixture(params=["edge", "memory", "remote"])
 def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
-    """Each backend, the running service's write path (store/remote.py) included."""
+    """Each backend, the running service's write path (store/via_service.py) included."""
     backend = Backend(request.param, tmp_path)
     yield backend.open()
     backend.cleanup()
@@ -254,7 +254,7 @@ def cli_settings(settings_env: Any, random_clip_dir: Path, tiny_qwen_dir: Path, 
 
 
 def edge_vectors(folder: Path) -> dict[str, np.ndarray]:
-    from store.edge import EdgeStore
+    from store.qdrant_edge import EdgeStore
 
     store = EdgeStore(folder, "images")
     try:
@@ -324,7 +324,7 @@ def test_cli_describe_with_the_tiny_describer_fills_the_fields_and_text_search_f
         settings_env: Any, random_clip_dir: Path, tiny_describer_dir: Path, tmp_path: Path,
         capsys: pytest.CaptureFixture[str]) -> None:
     from indexer.__main__ import run
-    from store.edge import EdgeStore
+    from store.qdrant_edge import EdgeStore
 
     library = tmp_path / "lib"
     library.mkdir()
@@ -356,7 +356,7 @@ def test_cli_describe_max_pixels_reaches_the_model(settings_env: Any, random_cli
     """DESCRIBE_MAX_PIXELS=3136 (the tiny describer's 4-token minimum): every photo is still described, but at
     that size the words drawn in them are no longer read (bench/describe_pixels.py measures the curve)."""
     from indexer.__main__ import run
-    from store.edge import EdgeStore
+    from store.qdrant_edge import EdgeStore
 
     library = tmp_path / "lib"
     library.mkdir()

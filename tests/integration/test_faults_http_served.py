@@ -22,8 +22,8 @@ from PIL import Image
 from serving import Server, running, service_env
 from shapes import draw_shape
 
-from api.json_body import TOO_DEEP
-from api.ui import UI_POLICY
+from api.http.json_body import TOO_DEEP
+from api.http.paths import UI_POLICY
 
 NOT_IMAGES = {  # all named as images; none is served
     "page.png": b"<!doctype html><html><body><script>alert(document.cookie)</script></body></html>",

@@ -16,10 +16,10 @@ from qdrant_client import QdrantClient
 from shapes import make_library
 
 from runners.clip import ClipEncoder
-from store import base
-from store.base import INDEXED_FIELDS, Hit, Point, SearchFilter, VectorStore, folders_of, point_id
-from store.edge import EdgeStore
-from store.server import ServerStore
+from store import interface as base
+from store.interface import INDEXED_FIELDS, Hit, Point, SearchFilter, VectorStore, folders_of, point_id
+from store.qdrant_edge import EdgeStore
+from store.qdrant_server import ServerStore
 
 DIM = 8
 MODEL = "test/clip-a"

@@ -19,9 +19,9 @@ from helpers.stores import MODEL, Backend
 from indexer.__main__ import run
 from indexer.archive import import_archive
 from runners.clip import model_id_of
-from store.base import Record, StoreFullError
-from store.edge import MIN_FREE_BYTES, EdgeStore
-from store.remote import encode_call
+from store.interface import Record, StoreFullError
+from store.qdrant_edge import MIN_FREE_BYTES, EdgeStore
+from store.via_service import encode_call
 
 
 @pytest.fixture

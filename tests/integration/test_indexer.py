@@ -21,9 +21,9 @@ from indexer.decode import decode_entry
 from indexer.plan import make_plan
 from indexer.scan import scan_library
 from runners.clip import ClipEncoder
-from store.base import ModelMismatchError, point_id
-from store.edge import EdgeStore
-from store.server import ServerStore
+from store.interface import ModelMismatchError, point_id
+from store.qdrant_edge import EdgeStore
+from store.qdrant_server import ServerStore
 
 
 @pytest.fixture(scope="module")

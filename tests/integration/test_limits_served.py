@@ -1,4 +1,4 @@
-"""The API's protective middleware (api/limits.py) on the real `bentoml serve`: the API key, the upload
+"""The API's protective middleware (api/http/limits.py) on the real `bentoml serve`: the API key, the upload
 limit and the VQA queue bound; on a small ASGI app in tests/unit/test_limits.py."""
 
 from __future__ import annotations

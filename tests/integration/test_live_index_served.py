@@ -1,5 +1,5 @@
 """`python -m indexer` while `bentoml serve` runs on the embedded store: the indexer writes through the
-service (store/remote.py -> api/internal_store.py), searches keep answering, the changes are searchable
+service (store/via_service.py -> api/internal_store.py), searches keep answering, the changes are searchable
 at once, outsiders cannot write, and SIGKILL of either side (in both orders) loses nothing that the
 next run does not restore: the collection ends as a clean run's (ids, payloads apart from indexed_at,
 vectors)."""
@@ -28,9 +28,9 @@ from helpers.indexing import cli
 from serving import ROOT, Server, parent_pid, png, run_indexer, running, service_env
 from shapes import draw_shape, make_library
 
-from store.base import point_id
-from store.edge import EdgeStore
-from store.remote import TOKEN_HEADER, read_service_file, service_file_path
+from store.interface import point_id
+from store.qdrant_edge import EdgeStore
+from store.via_service import TOKEN_HEADER, read_service_file, service_file_path
 
 API_KEY = "public-key"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}

@@ -16,9 +16,9 @@ from helpers.archives import answers, export, fill, same_points
 from indexer.__main__ import run
 from indexer.archive import import_archive
 from runners.clip import model_id_of
-from store.base import Point, point_id
-from store.edge import EdgeStore
-from store.server import ServerStore
+from store.interface import Point, point_id
+from store.qdrant_edge import EdgeStore
+from store.qdrant_server import ServerStore
 
 
 def test_embedded_to_server_and_back_keeps_every_point_and_every_answer(tmp_path: Path) -> None:

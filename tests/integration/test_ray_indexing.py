@@ -26,8 +26,8 @@ from indexer.pipeline import Indexer, Summary
 from indexer.pipeline import IndexOptions as Options
 from indexer.ray_engine import RayDescriber, RayEngine, RayOptions
 from runners.clip import ClipEncoder
-from store.base import StoreError, VectorStore
-from store.edge import EdgeStore
+from store.interface import StoreError, VectorStore
+from store.qdrant_edge import EdgeStore
 
 BATCH = 4
 MODEL_ID = "tiny-clip"

@@ -1,4 +1,4 @@
-"""Receipt deadlines (api/receipt_deadline.py) and body-before-slot (api/limits.py) on a real uvicorn
+"""Receipt deadlines (api/http/receipt_deadline.py) and body-before-slot (api/http/limits.py) on a real uvicorn
 server in this process, spoken to over raw sockets: stalled clients are closed, real ones are not."""
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from api.limits import Limits
-from api.receipt_deadline import protocol_class
+from api.http.limits import Limits
+from api.http.receipt_deadline import protocol_class
 
 HEADER_S, TOTAL_S = 0.5, 1.5
 

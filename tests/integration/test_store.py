@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from helpers.stores import BACKENDS, DIM, MODEL, Backend, edge_store, make_points, payload_for, unit_vectors
 
-from store.base import (
+from store.interface import (
     PAYLOAD_FIELDS,
     CollectionInfo,
     CollectionMissingError,
@@ -140,7 +140,7 @@ def test_delete(store: VectorStore) -> None:
 
 def test_payloads_roundtrip_all_fields(store: VectorStore, monkeypatch: pytest.MonkeyPatch) -> None:
     # A tiny scroll page, so that paging is exercised too.
-    from store import common
+    from store import qdrant_base as common
 
     monkeypatch.setattr(common, "SCROLL_PAGE", 3)
     store.ensure_collection(MODEL, DIM)
@@ -217,8 +217,8 @@ def test_reopen_after_close_keeps_data(backend: Backend) -> None:
 def test_open_store_picks_backend(tmp_path: Path) -> None:
     from config import Settings
     from store import open_store
-    from store.edge import EdgeStore
-    from store.server import ServerStore
+    from store.qdrant_edge import EdgeStore
+    from store.qdrant_server import ServerStore
 
     edge = open_store(Settings(qdrant_url=None, qdrant_path=tmp_path / "q", qdrant_collection="c"))
     assert isinstance(edge, EdgeStore)
@@ -231,7 +231,7 @@ def test_open_store_picks_backend(tmp_path: Path) -> None:
 
 
 def test_server_unreachable_names_qdrant_url() -> None:
-    from store.server import ServerStore
+    from store.qdrant_server import ServerStore
 
     store = ServerStore.from_url("http://127.0.0.1:1", None, "images")
     try:
@@ -275,7 +275,7 @@ def test_edge_meta_file_is_plain_json(tmp_path: Path) -> None:
 
 
 def test_edge_rejects_path_like_collection(tmp_path: Path) -> None:
-    from store.edge import EdgeStore
+    from store.qdrant_edge import EdgeStore
 
     for bad in ("", "..", "a/b", ".hidden"):
         with pytest.raises(StoreError):
@@ -321,7 +321,7 @@ class RaisingShard:
 
 
 def test_edge_engine_panic_is_a_store_error(tmp_path: Path) -> None:
-    from store.edge import EdgeStore
+    from store.qdrant_edge import EdgeStore
 
     s = EdgeStore(tmp_path / "qdrant", "images")
     s.ensure_collection(MODEL, DIM)
@@ -340,7 +340,7 @@ def test_edge_engine_panic_is_a_store_error(tmp_path: Path) -> None:
 def test_edge_refuses_writes_when_the_disk_is_nearly_full(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import shutil
 
-    from store import edge
+    from store import qdrant_edge as edge
 
     free = {"bytes": edge.MIN_FREE_BYTES + 1000}
     real = shutil.disk_usage

@@ -14,7 +14,7 @@ import numpy as np
 from helpers.stores import DIM, MODEL, edge_store, make_points
 from serving import ROOT
 
-from store.base import CollectionInfo
+from store.interface import CollectionInfo
 
 
 def run_child(code: str, *args: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
@@ -32,8 +32,8 @@ def test_edge_locked_by_another_process(tmp_path: Path) -> None:
     child = run_child("""
         import json, sys
         from pathlib import Path
-        from store.base import StoreLockedError
-        from store.edge import EdgeStore
+        from store.interface import StoreLockedError
+        from store.qdrant_edge import EdgeStore
         out = {}
         s = EdgeStore(Path(sys.argv[1]), "images")
         out["info"] = s.info() is not None          # reading the model record needs no lock
@@ -65,7 +65,7 @@ def test_edge_locked_by_another_process(tmp_path: Path) -> None:
     child = run_child("""
         import sys
         from pathlib import Path
-        from store.edge import EdgeStore
+        from store.qdrant_edge import EdgeStore
         print(EdgeStore(Path(sys.argv[1]), "images").count())
     """, str(folder))
     assert child.returncode == 0, child.stderr
@@ -79,7 +79,7 @@ def test_edge_sigkill_after_upsert_keeps_points(tmp_path: Path) -> None:
         from pathlib import Path
         sys.path.insert(0, "tests")
         from helpers.stores import make_points
-        from store.edge import EdgeStore
+        from store.qdrant_edge import EdgeStore
         s = EdgeStore(Path(sys.argv[1]), "images")
         s.ensure_collection("test/clip-a", 8)
         points = make_points(40)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from helpers.stores import BACKENDS, DIM, MODEL, Backend, make_points, unit_vectors
 
-from store.base import Point, SearchFilter, StoreError, VectorStore, point_id
+from store.interface import Point, SearchFilter, StoreError, VectorStore, point_id
 
 
 @pytest.fixture(params=BACKENDS)
@@ -223,7 +223,7 @@ def old_edge_shard(folder: Path, points: list[Point]) -> None:
 
 
 def test_an_old_edge_shard_gains_the_text_vector_and_keeps_its_points(tmp_path: Path) -> None:
-    from store.edge import EdgeStore
+    from store.qdrant_edge import EdgeStore
 
     points = make_points(10)
     old_edge_shard(tmp_path / "qdrant", points)
@@ -249,7 +249,7 @@ def test_an_old_edge_shard_gains_the_text_vector_and_keeps_its_points(tmp_path: 
 def test_an_old_server_collection_gains_the_text_vector() -> None:
     from qdrant_client import QdrantClient, models
 
-    from store.server import ServerStore
+    from store.qdrant_server import ServerStore
 
     client = QdrantClient(":memory:")
     client.create_collection("images", vectors_config=models.VectorParams(size=DIM, distance=models.Distance.COSINE),
@@ -269,7 +269,7 @@ def test_an_old_server_collection_gains_the_text_vector() -> None:
 def test_a_server_that_cannot_add_the_text_vector_says_to_recreate(monkeypatch: pytest.MonkeyPatch) -> None:
     from qdrant_client import QdrantClient, models
 
-    from store.server import ServerStore
+    from store.qdrant_server import ServerStore
 
     client = QdrantClient(":memory:")
     client.create_collection("images", vectors_config=models.VectorParams(size=DIM, distance=models.Distance.COSINE),

@@ -14,7 +14,7 @@ from typing import Any
 
 from helpers.stores import DIM, MODEL, make_points
 
-from store.edge import EdgeStore
+from store.qdrant_edge import EdgeStore
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -59,7 +59,7 @@ def test_two_processes_creating_the_collection_at_once_lose_nothing(tmp_path: Pa
 HOLD = """
 import sys, time
 sys.path.insert(0, {repo!r})
-from store.edge import EdgeStore
+from store.qdrant_edge import EdgeStore
 s = EdgeStore({folder!r}, "images")
 s.ensure_collection("test/clip-a", 8)
 print("holding", flush=True)

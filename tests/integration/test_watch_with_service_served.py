@@ -1,5 +1,5 @@
 """`python -m indexer --watch` next to a running `bentoml serve` on the embedded store (issue 13): the
-watcher writes through the service (store/remote.py), and a photo copied into the library is found by
+watcher writes through the service (store/via_service.py), and a photo copied into the library is found by
 the service's search within 10 s of its copy finishing; SIGTERM stops the watcher cleanly."""
 
 from __future__ import annotations

@@ -17,17 +17,18 @@ from PIL import Image
 from qdrant_client import QdrantClient
 from starlette.responses import Response
 
-from api import chat_completions, json_body, openai
+from api import chat_completions, chat_messages
 from api.asking import NO_MATCH, Asking, cited_photos, photo_content, sources_markdown
 from api.errors import ApiError
+from api.http import json_body
 from api.search_fields import SearchPage, search_page
 from api.searching import Searching
 from api.store_calls import StoreCalls
 from api.vqa_requests import VqaRequests
 from config import Settings
 from core.library import Library
-from store.base import Point, point_id
-from store.server import ServerStore
+from store.interface import Point, point_id
+from store.qdrant_server import ServerStore
 
 MODEL = "clip-test"
 COLOURS = {"red": (1.0, 0.0, 0.0), "green": (0.0, 1.0, 0.0), "blue": (0.0, 0.0, 1.0)}
@@ -257,7 +258,7 @@ def test_a_chat_body_is_parsed_once_for_the_library_and_the_vqa_model(
         return wrapper
 
     monkeypatch.setattr(chat_completions, "parse_json", counted("json", json_body.parse_json))
-    monkeypatch.setattr(chat_completions, "parse_chat", counted("chat", openai.parse_chat))
+    monkeypatch.setattr(chat_completions, "parse_chat", counted("chat", chat_messages.parse_chat))
     raw = json.dumps({"model": model, "stream": stream, "messages": [{"role": "user", "content": "which is blue"}]})
 
     async def call() -> str:  # one event loop for the call and its stream, as a server reads it

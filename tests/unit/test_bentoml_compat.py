@@ -167,7 +167,7 @@ def test_an_upload_name_over_the_bound_answers_500(client: TestClient) -> None:
     assert fits.status_code == 200 and upload_name(Path(fits.json()["name"])) == longest
     answer = client.post("/plain", files={"image": ("a" + longest, b"\x89PNG", "image/png")})
     assert answer.status_code == 500, fixed(f"over-long upload names (now {answer.status_code})",
-                                            "upload_name_problem in api/middleware.py FormInspector")
+                                            "upload_name_problem in api/http/middleware.py FormInspector")
 
 
 # -- error bodies ----------------------------------------------------------------------------------------
@@ -176,7 +176,7 @@ def test_a_raised_4xx_answers_a_list(client: TestClient) -> None:
     answer = client.post("/refuse", json={"status": 400})
     assert answer.status_code == 400
     assert answer.json() == [{"error": "top_k is too large"}], fixed(
-        "the list-shaped 4xx body", "api/errors.py returns_errors and the list case of api/middleware.py describe")
+        "the list-shaped 4xx body", "api/errors.py returns_errors and the list case of api/http/middleware.py describe")
 
 
 def test_a_raised_5xx_hides_its_message(client: TestClient) -> None:
@@ -190,7 +190,7 @@ def test_a_raised_5xx_hides_its_message(client: TestClient) -> None:
 def test_an_unknown_content_type_is_read_as_json(client: TestClient) -> None:
     answer = client.post("/plain", content=b'{"text": "csv?"}', headers={"content-type": "text/csv"})
     assert answer.status_code == 200 and answer.json()["text"] == "csv?", fixed(
-        "unknown media types", "the 415 of api/middleware.py")
+        "unknown media types", "the 415 of api/http/middleware.py")
 
 
 def test_a_text_value_in_a_file_field_is_fetched_as_a_url(client: TestClient, monkeypatch: pytest.MonkeyPatch
@@ -208,7 +208,7 @@ def test_a_text_value_in_a_file_field_is_fetched_as_a_url(client: TestClient, mo
     monkeypatch.setattr("_bentoml_impl.serde.make_safe_connect", contextlib.nullcontext)
     client.post("/plain", data={"image": "https://example.com/cat.png"})
     assert fetched == ["https://example.com/cat.png"], fixed(
-        "URL downloads of file fields", "the text-in-a-file-field check of api/middleware.py FormInspector")
+        "URL downloads of file fields", "the text-in-a-file-field check of api/http/middleware.py FormInspector")
 
 
 @pytest.mark.parametrize("part", [
@@ -228,9 +228,9 @@ def test_non_utf8_form_text_is_accepted(client: TestClient) -> None:
     urlencoded = client.post("/plain", content=b"text=%E9t%E9",
                              headers={"content-type": "application/x-www-form-urlencoded"})
     assert multipart_answer.status_code == 200 and multipart_answer.json()["text"] == "\xe9t\xe9", fixed(
-        "Latin-1 form text", "the UTF-8 check of api/middleware.py FormInspector")
+        "Latin-1 form text", "the UTF-8 check of api/http/middleware.py FormInspector")
     assert urlencoded.status_code == 200 and urlencoded.json()["text"] == "\ufffdt\ufffd", fixed(
-        "undecodable urlencoded text", "the UTF-8 check of api/middleware.py FormInspector")
+        "undecodable urlencoded text", "the UTF-8 check of api/http/middleware.py FormInspector")
 
 
 def test_form_values_are_json_decoded(client: TestClient) -> None:
@@ -242,7 +242,7 @@ def test_form_values_are_json_decoded(client: TestClient) -> None:
 def test_a_deeply_nested_form_value_answers_500(client: TestClient) -> None:
     answer = client.post("/plain", data={"text": "[" * 100_000 + "]" * 100_000})
     assert answer.status_code == 500, fixed(f"RecursionError on deep form values (now {answer.status_code})",
-                                            "the MAX_JSON_DEPTH check of api/middleware.py FormInspector")
+                                            "the MAX_JSON_DEPTH check of api/http/middleware.py FormInspector")
 
 
 # -- /docs.json ------------------------------------------------------------------------------------------
@@ -251,15 +251,17 @@ def test_the_generated_spec_still_needs_fix_spec() -> None:
     spec = PROBE.openapi_spec.asdict()
     schemas = spec["components"]["schemas"]
     image = schemas["plain__Input"]["properties"]["image"]
-    assert image.get("type") == "file", fixed("`type: file` uploads", "the upload case of api/openapi.py fix_schema")
-    assert spec["info"]["version"] == "None", fixed('info.version "None"', "the version of api/openapi.py fix_spec")
+    assert image.get("type") == "file", fixed("`type: file` uploads",
+                                              "the upload case of api/http/openapi_doc.py fix_schema")
+    assert spec["info"]["version"] == "None", fixed('info.version "None"',
+                                                    "the version of api/http/openapi_doc.py fix_spec")
     assert {"InvalidArgument", "NotFound", "InternalServerError"} <= set(schemas), fixed(
-        "BentoML's own error schemas", "api/openapi.py BENTOML_ERRORS")
+        "BentoML's own error schemas", "api/http/openapi_doc.py BENTOML_ERRORS")
     assert {"type": "null"} in schemas["TaskStatusResponse"]["properties"]["executed_at"]["anyOf"], fixed(
-        "JSON Schema 2020 nulls", "the anyOf-null case of api/openapi.py fix_schema")
+        "JSON Schema 2020 nulls", "the anyOf-null case of api/http/openapi_doc.py fix_schema")
     assert "Service APIs" in [tag["name"] for tag in spec.get("tags", [])], fixed(
-        'the "Service APIs" tag', "api/openapi.py SERVICE_TAG")
-    assert "/mounted" not in spec["paths"], fixed("mounted routes missing", "api/openapi.py extra_paths")
+        'the "Service APIs" tag', "api/http/openapi_doc.py SERVICE_TAG")
+    assert "/mounted" not in spec["paths"], fixed("mounted routes missing", "api/http/openapi_doc.py extra_paths")
 
 
 # -- serving ---------------------------------------------------------------------------------------------
@@ -287,7 +289,7 @@ def test_an_app_that_raises_before_answering_is_held_until_the_timeout() -> None
     except RuntimeError:
         pass
     assert time.monotonic() - started >= 0.3 and not sent, fixed(
-        "errors held until the timeout", "the catch-all 500 of api/middleware.py ApiContractMiddleware")
+        "errors held until the timeout", "the catch-all 500 of api/http/middleware.py ApiContractMiddleware")
 
 
 def test_the_runner_probe_raises_while_the_socket_is_down(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""api/openai.py without a server: a /v1/chat/completions body turned into the VQA runner's chat fields,
+"""api/chat_messages.py without a server: a /v1/chat/completions body turned into the VQA runner's chat fields,
 and the message a user sees (400 invalid_request) for each way a body can be wrong."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from PIL import Image
 
+from api.chat_messages import parse_chat
 from api.errors import ApiError
-from api.openai import parse_chat
 
 MAX_IMAGES = 2  # VQA_MAX_IMAGES, small here
 CAP = 512  # VQA_MAX_NEW_TOKENS_CAP

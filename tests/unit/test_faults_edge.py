@@ -1,6 +1,6 @@
 """Issue 22 D2, D3, D7, D8, D9 and D10, plain modules: the indexer trusts a service file only when it and its
 folder are its user's alone; the store's free space is checked before the service opens it; no log line can
-be forged through a request path; the Host allowlist and redirects without the Host (api/request_guard.py);
+be forged through a request path; the Host allowlist and redirects without the Host (api/http/request_guard.py);
 a request with both Content-Length and Transfer-Encoding is refused and its connection closed; an API_KEY
 that no request can send is refused at start. The served cases are tests/integration/test_faults_edge_served.py."""
 
@@ -21,15 +21,16 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
+from api.http.limits import api_key_problem
+from api.http.logs import EscapeControls, TextFormatter
+from api.http.request_guard import RequestGuard, relative_location
 from api.internal_store import write_private_json
-from api.limits import api_key_problem
-from api.logs import EscapeControls, TextFormatter
-from api.request_guard import RequestGuard, relative_location
 from config import Settings
-from store import edge, open_store_for_writing
-from store.base import StoreLockedError
-from store.edge import EdgeStore, free_space_problem
-from store.remote import UntrustedServiceFile, read_service_file, service_file_path
+from store import open_store_for_writing
+from store import qdrant_edge as edge
+from store.interface import StoreLockedError
+from store.qdrant_edge import EdgeStore, free_space_problem
+from store.via_service import UntrustedServiceFile, read_service_file, service_file_path
 
 # -- D2: the service file ----------------------------------------------------------------------------------
 

@@ -18,10 +18,10 @@ from starlette.routing import Route
 from starlette.testclient import TestClient
 
 from api.errors import ApiError
+from api.http.json_body import MAX_JSON_DEPTH, TOO_DEEP, parse_json, too_deep
+from api.http.middleware import FormInspector, SecurityHeaders, validation_error
+from api.http.paths import UI_POLICY
 from api.images import content_type, file_type
-from api.json_body import MAX_JSON_DEPTH, TOO_DEEP, parse_json, too_deep
-from api.middleware import FormInspector, SecurityHeaders, validation_error
-from api.ui import UI_POLICY
 from core.bentoml_compat import MAX_UPLOAD_NAME_BYTES, upload_name_problem
 from core.images import BadImage
 from core.library import Library

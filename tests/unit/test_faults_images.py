@@ -20,7 +20,7 @@ from core.images import BadImage, check_aspect, clip_view, decode_bytes, load_im
 from indexer.pipeline import Indexer
 from indexer.pipeline import IndexOptions as Options
 from runners.clip import ClipEncoder, encode_isolated
-from store.server import ServerStore
+from store.qdrant_server import ServerStore
 
 DIM = 32
 

@@ -28,8 +28,8 @@ from indexer.__main__ import print_summary
 from indexer.pipeline import Indexer, Summary
 from indexer.pipeline import IndexOptions as Options
 from indexer.scan import scan_library
-from store.base import point_id
-from store.edge import EdgeStore
+from store.interface import point_id
+from store.qdrant_edge import EdgeStore
 
 
 @pytest.fixture(scope="module")

@@ -23,12 +23,12 @@ from starlette.applications import Starlette
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
+from api.http.limits import Limits
 from api.internal_store import InternalStore, listening_url, write_private_json
-from api.limits import Limits
 from store import open_store_for_writing
-from store.base import Hit, SearchFilter, StoreLockedError
-from store.edge import EdgeStore
-from store.remote import (
+from store.interface import Hit, SearchFilter, StoreLockedError
+from store.qdrant_edge import EdgeStore
+from store.via_service import (
     TOKEN_HEADER,
     RemoteStore,
     ServiceFile,
@@ -113,7 +113,7 @@ def test_the_api_key_middleware_leaves_the_check_to_the_write_path(served: Serve
 
 
 def test_model_mismatch_and_missing_collection_come_back_as_their_errors(served: ServedEdge) -> None:
-    from store.base import CollectionMissingError, ModelMismatchError
+    from store.interface import CollectionMissingError, ModelMismatchError
 
     remote = served.remote()
     with pytest.raises(ModelMismatchError):
@@ -176,7 +176,7 @@ def test_indexer_store_is_the_folder_without_a_live_service(tmp_path: Path, sett
 
 
 def test_indexer_store_with_a_server_url_ignores_the_address_file(tmp_path: Path, settings_env: Any) -> None:
-    from store.server import ServerStore
+    from store.qdrant_server import ServerStore
 
     settings = settings_env(QDRANT_PATH=tmp_path / "qdrant", QDRANT_URL="http://127.0.0.1:9")
     write_private_json(service_file_path(settings.qdrant_path, "images"),
@@ -196,12 +196,12 @@ def test_unreadable_address_file_says_whose_it_is(tmp_path: Path, settings_env: 
             raise PermissionError(13, "Permission denied", str(name))
         return real(name, *args, **kwargs)
 
-    monkeypatch.setattr(os, "open", denied)  # the service file is opened once, no-follow (store/remote.py)
+    monkeypatch.setattr(os, "open", denied)  # the service file is opened once, no-follow (store/via_service.py)
     with pytest.raises(StoreLockedError, match="run the indexer as that user"):
         open_store_for_writing(settings)
 
 
-# ---------------------------------------------------------------- one generic call (store/remote.py)
+# ---------------------------------------------------------------- one generic call (store/via_service.py)
 
 
 def test_store_methods_off_the_allowlist_are_404_and_do_nothing(served: ServedEdge) -> None:

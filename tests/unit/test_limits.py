@@ -1,4 +1,4 @@
-"""The API's protective middleware (api/limits.py) on a small ASGI app; on the real service in
+"""The API's protective middleware (api/http/limits.py) on a small ASGI app; on the real service in
 tests/integration/test_limits_served.py."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from api.limits import Limits
+from api.http.limits import Limits
 
 KEY = "s3cret-key"
 

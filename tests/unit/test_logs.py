@@ -1,4 +1,4 @@
-"""api/logs.py on a small ASGI app: request ids and the two log formats (the real server: test_metrics.py)."""
+"""api/http/logs.py on a small ASGI app: request ids and the two log formats (the real server: test_metrics.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from api.logs import JsonFormatter, RequestLog, TextFormatter, log
+from api.http.logs import JsonFormatter, RequestLog, TextFormatter, log
 
 
 async def hello(request: Request) -> JSONResponse:

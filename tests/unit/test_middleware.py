@@ -1,4 +1,4 @@
-"""api/middleware.py without a server: how BentoML's and Starlette's errors are described in our shape,
+"""api/http/middleware.py without a server: how BentoML's and Starlette's errors are described in our shape,
 the form inspector that refuses text values in file fields, and the middleware driven as plain ASGI."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from api.middleware import ApiContractMiddleware, FormInspector
-from api.middleware import error_fields as describe
+from api.http.middleware import ApiContractMiddleware, FormInspector
+from api.http.middleware import error_fields as describe
 
 
 def test_describe_turns_bentoml_and_starlette_errors_into_code_and_message() -> None:

@@ -1,4 +1,4 @@
-"""api/openapi.py without a server: fix_spec and fix_schema repair what BentoML 1.4.40 generates (the
+"""api/http/openapi_doc.py without a server: fix_spec and fix_schema repair what BentoML 1.4.40 generates (the
 served /docs.json is validated in tests/integration/test_contract.py)."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import json
 
 from openapi_spec_validator import validate
 
-from api.openapi import fix_spec
+from api.http.openapi_doc import fix_spec
 
 
 def test_fix_spec_repairs_bentomls_output() -> None:
@@ -46,7 +46,7 @@ def test_fix_spec_repairs_bentomls_output() -> None:
 
 
 def test_openapi_fix_turns_a_literal_into_an_enum() -> None:
-    from api.openapi import fix_schema
+    from api.http.openapi_doc import fix_schema
 
     schema = {"anyOf": [{"type": "boolean"}, {"const": "thumbnail", "type": "string"}], "default": True}
     fix_schema(schema)

@@ -1,4 +1,4 @@
-"""The service's request counters (api/metrics.py) read the routes from the app: every endpoint is counted,
+"""The service's request counters (api/http/metrics.py) read the routes from the app: every endpoint is counted,
 /ask and /ask/stream included, by its path template, refusals of the limits included."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 
-from api.limits import Limits
-from api.metrics import RequestMetrics
+from api.http.limits import Limits
+from api.http.metrics import RequestMetrics
 
 KEY = "k3y"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -80,7 +80,7 @@ def test_every_route_is_counted_by_its_template_and_status() -> None:
 def test_the_log_line_names_the_route_read_from_the_app() -> None:
     import logging
 
-    from api.logs import RequestLog, log
+    from api.http.logs import RequestLog, log
 
     lines: list[logging.LogRecord] = []
     handler = logging.Handler()

@@ -17,8 +17,8 @@ from api.errors import ApiError, bad_request, handles_errors
 from api.health import health_report
 from api.runner_calls import RUNNER_UNAVAILABLE, from_runner, runner_info, runner_ready
 from api.store_calls import StoreCalls
-from store.base import Point, point_id
-from store.server import ServerStore
+from store.interface import Point, point_id
+from store.qdrant_server import ServerStore
 
 
 class FakeRunner:

@@ -11,7 +11,7 @@ import pytest
 
 from api.errors import ApiError
 from api.search_fields import as_text, library_folder, parse_time, search_page
-from store.base import SearchFilter
+from store.interface import SearchFilter
 
 WINDOW = 1000  # SEARCH_MAX_WINDOW's default
 

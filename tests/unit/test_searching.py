@@ -21,8 +21,8 @@ from api.searching import Searching, query_text
 from api.store_calls import StoreCalls
 from config import Settings
 from core.library import Library
-from store.base import Point, StoreError, point_id
-from store.server import ServerStore
+from store.interface import Point, StoreError, point_id
+from store.qdrant_server import ServerStore
 
 MODEL = "clip-test"
 COLOURS = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255)}

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from store import memory_store
-from store.base import AT_MOST, INDEXED_FIELDS, Point, SearchFilter, folders_of, on_payload, point_id
-from store.edge import EdgeStore
-from store.server import ServerStore
+from store.interface import AT_MOST, INDEXED_FIELDS, Point, SearchFilter, folders_of, on_payload, point_id
+from store.qdrant_edge import EdgeStore
+from store.qdrant_server import ServerStore
 
 DIM = 8
 MODEL = "test/filters"

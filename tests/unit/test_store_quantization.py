@@ -11,8 +11,8 @@ import pytest
 from helpers.stores import MODEL, make_points, unit_vectors
 
 from store import memory_store, tuning_of
-from store.base import IndexTuning, Point
-from store.edge import EdgeStore
+from store.interface import IndexTuning, Point
+from store.qdrant_edge import EdgeStore
 
 DIM = 64
 BINARY = IndexTuning(quantization_type="binary", on_disk=True, full_scan_kb=1)  # indexed, not scanned

@@ -21,7 +21,7 @@ from indexer.pipeline import Indexer, Summary
 from indexer.pipeline import IndexOptions as Options
 from indexer.watch import Events, Settler, Watcher, snapshot, watch
 from store import memory_store
-from store.base import point_id
+from store.interface import point_id
 
 
 class Clock:

@@ -161,7 +161,7 @@ class SearchFilter:
     """Conditions on the payload; None means "any". Bounds are inclusive.
 
     Each field declares, with on_payload(), the payload key it tests, how, and that key's index:
-    this class is the one place to add a search filter field in store/ (see store/common.py)."""
+    this class is the one place to add a search filter field in store/ (see store/qdrant_base.py)."""
 
     # A library-relative folder: the files in it and in its subfolders ("" is any folder).
     folder: str | None = on_payload("folders", MATCH, "keyword")
@@ -224,7 +224,7 @@ class VectorStore(Protocol):
 
     def payload_page(self, offset: Any, limit: int) -> tuple[list[tuple[str, dict[str, Any]]], Any]:
         """One page of payloads() from `offset` (None: the start) and the next page's offset (None after
-        the last): how an indexer writing through a service reads them (store/remote.py)."""
+        the last): how an indexer writing through a service reads them (store/via_service.py)."""
 
     def vectors(self, ids: Sequence[str]) -> dict[str, np.ndarray]:
         """Stored vectors of the given ids (missing ids are left out)."""
@@ -270,7 +270,7 @@ class VectorStore(Protocol):
 
     def flush(self) -> None:
         """Make writes durable without building the search index: the end of an indexer run written
-        through a service, whose store must not hold the GIL for seconds (store/edge.py, finish)."""
+        through a service, whose store must not hold the GIL for seconds (store/qdrant_edge.py, finish)."""
 
     def unindexed_points(self) -> int:
         """Points outside the search index (written since the last finish()); 0 where the engine

@@ -21,8 +21,8 @@ from __future__ import annotations
 import ipaddress
 from urllib.parse import urlsplit, urlunsplit
 
-from api.asgi_types import PROBES, App, Message, Receive, Scope, Send
 from api.errors import ApiError
+from api.http.asgi_types import PROBES, App, Message, Receive, Scope, Send
 
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 

@@ -1,5 +1,5 @@
 """The served OpenAPI document: BentoML 1.4.40's generated spec made valid OpenAPI 3.0 and true to
-this service (`fix_spec`). api/middleware.py serves it at /docs.json.
+this service (`fix_spec`). api/http/middleware.py serves it at /docs.json.
 
 What BentoML gets wrong: `type: file` for uploads, JSON Schema 2020 nulls (`anyOf [.., {type: null}]`,
 `default: null` on a non-nullable type), `info.version: "None"` when served from source, error

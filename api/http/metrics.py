@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from api.asgi_types import (
+from api.http.asgi_types import (
     METRICS_PATH,
     PROBES,
     App,

@@ -11,14 +11,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from api import images, openai
+from api import chat_messages, images
 from api.chat_completions import LIBRARY_MODEL, complete
 from api.errors import handles_errors
-from api.limits import Limits
-from api.logs import RequestLog
-from api.metrics import RequestMetrics
-from api.receipt_deadline import install as install_receipt_deadline
-from api.request_guard import RequestGuard
+from api.http.limits import Limits
+from api.http.logs import RequestLog
+from api.http.metrics import RequestMetrics
+from api.http.receipt_deadline import install as install_receipt_deadline
+from api.http.request_guard import RequestGuard
 from api.ui import ui_routes
 from config import Settings, get_settings
 
@@ -36,7 +36,7 @@ async def chat_completions(request: Request) -> Response:
 
 
 async def list_models(request: Request) -> JSONResponse:
-    return JSONResponse(openai.models(get_settings().vqa_model, LIBRARY_MODEL))
+    return JSONResponse(chat_messages.models(get_settings().vqa_model, LIBRARY_MODEL))
 
 
 async def internal_store(request: Request) -> Response:
@@ -58,10 +58,10 @@ def routes() -> Starlette:
 def add_middlewares(service: Any, settings: Settings) -> None:
     """The middleware stack of the API service, outermost first: the security headers (nosniff on every
     response, the web page's CSP), request id and log line, request counters, the request guard (Host
-    allowlist, ambiguous framing, redirects without the Host: api/request_guard.py), the limits (their
+    allowlist, ambiguous framing, redirects without the Host: api/http/request_guard.py), the limits (their
     refusals are logged and counted too), then one error shape, a valid /docs.json and form bodies checked before
     BentoML acts on them. And the receipt deadline on the uvicorn server BentoML starts (uvicorn #157)."""
-    from api.middleware import ApiContractMiddleware, SecurityHeaders
+    from api.http.middleware import ApiContractMiddleware, SecurityHeaders
 
     install_receipt_deadline(settings.request_header_timeout_s, settings.request_body_timeout_s)
     service.add_asgi_middleware(SecurityHeaders)

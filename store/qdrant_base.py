@@ -1,6 +1,6 @@
 """What the two backends do the same way, written once: EngineStore.
 
-EdgeStore (qdrant-edge-py, store/edge.py) and ServerStore (qdrant-client, store/server.py) both
+EdgeStore (qdrant-edge-py, store/qdrant_edge.py) and ServerStore (qdrant-client, store/qdrant_server.py) both
 subclass EngineStore. It holds the search filter building, the scroll loop (payloads), the chunked
 retrieve loop (vectors), the search paging and dedup glue (search), the missing-collection answers
 (empty results, count 0), the payload-index set-up and the settings both engines share (FACET_LIMIT,
@@ -11,7 +11,7 @@ turn an engine error into a StoreError (used by _guard, around every engine call
 raises CollectionMissingError when the collection does not exist and StoreError for any other
 failure.
 
-Adding a search filter field is one edit in store/: declare it in SearchFilter (store/base.py)
+Adding a search filter field is one edit in store/: declare it in SearchFilter (store/interface.py)
 with on_payload(payload key, MATCH / AT_LEAST / AT_MOST, index type), e.g.
 
     max_width: int | None = on_payload("width", AT_MOST, "integer")
@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from store.base import (
+from store.interface import (
     DEDUP_FETCH_FACTOR,
     HYBRID_DEPTH,
     INDEXED_FIELDS,
@@ -76,7 +76,7 @@ class EngineStore(ABC):
 
     def payload_page(self, offset: Any, limit: int) -> tuple[list[tuple[str, dict[str, Any]]], Any]:
         """One page of payloads() from `offset` (None: the start) and the next page's offset (None after
-        the last): what the service hands an indexer that writes through it (store/remote.py)."""
+        the last): what the service hands an indexer that writes through it (store/via_service.py)."""
         try:
             records, next_offset = self._scroll(offset, limit)
         except CollectionMissingError:

@@ -8,10 +8,9 @@ import hmac
 import tempfile
 from typing import Any
 
-from api.asgi_types import METRICS_PATH, PROBES, App, Message, Receive, Scope, Send, StatusWatch
 from api.errors import CODES, ApiError
-from api.internal_store import is_internal_path
-from api.ui import is_ui_path
+from api.http.asgi_types import METRICS_PATH, PROBES, App, Message, Receive, Scope, Send, StatusWatch
+from api.http.paths import is_internal_path, is_ui_path
 
 SPOOL_BYTES = 1024 * 1024  # a received body over this waits in a temporary file, not in memory
 CHUNK = 64 * 1024
@@ -45,7 +44,7 @@ class Limits:
       its own token instead, which api/internal_store.py checks (the key alone is refused there);
     - 413 for a body over `max_upload_bytes` (by Content-Length, or counted while it streams in);
     - the whole body is received before the request takes an in-flight slot, so slow uploads (bounded
-      by the receipt deadline, api/receipt_deadline.py) never hold the slots complete requests need;
+      by the receipt deadline, api/http/receipt_deadline.py) never hold the slots complete requests need;
     - 429 with Retry-After when `max_concurrency` requests are already in flight;
     - 504 when no response has started within `timeout_s`.
     """

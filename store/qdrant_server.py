@@ -15,7 +15,7 @@ from typing import Any
 from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
-from store.base import (
+from store.interface import (
     RRF_K,
     TEXT_VECTOR,
     CollectionInfo,
@@ -26,7 +26,7 @@ from store.base import (
     StoreError,
     clean_payload,
 )
-from store.common import (
+from store.qdrant_base import (
     FACET_LIMIT,
     EngineStore,
     Query,
@@ -168,7 +168,7 @@ class ServerStore(EngineStore):
     def close(self) -> None:
         self.client.close()
 
-    # --- the engine's primitives (see store/common.py) ---------------------------------------------
+    # --- the engine's primitives (see store/qdrant_base.py) ---------------------------------------------
 
     def _scroll(self, offset: Any, limit: int, vectors: bool = False) -> tuple[Sequence[Any], Any]:
         with self._guard("scroll points"):

@@ -7,7 +7,7 @@ everything under /ui), whichever layer inside it answered.
 `ApiContractMiddleware` is registered on the service (end of service.py) and sits inside BentoML's
 own middlewares. For every HTTP request except /readyz, /livez, /healthz and /metrics it:
 
-- answers GET /docs.json with `api.openapi.fix_spec` of BentoML's spec;
+- answers GET /docs.json with `api.http.openapi_doc.fix_spec` of BentoML's spec;
 - refuses, on the service's API routes, a Content-Type BentoML would misread (it parses anything
   unknown as JSON) with 415, and watches form bodies while BentoML reads them: a text value in a
   file field (which BentoML 1.4.40 would *download as a URL*, server-side), a text field that is
@@ -38,11 +38,11 @@ from python_multipart.multipart import MultipartParser, QuerystringParser, parse
 from starlette.datastructures import MutableHeaders
 from starlette.responses import Response
 
-from api.asgi_types import METRICS_PATH, PROBES, App, Message, Receive, Scope, Send, StatusWatch
 from api.errors import CODES, ApiError
-from api.json_body import TOO_DEEP, too_deep
-from api.openapi import fix_spec
-from api.ui import UI_POLICY, is_ui_path
+from api.http.asgi_types import METRICS_PATH, PROBES, App, Message, Receive, Scope, Send, StatusWatch
+from api.http.json_body import TOO_DEEP, too_deep
+from api.http.openapi_doc import fix_spec
+from api.http.paths import UI_POLICY, is_ui_path
 from core.bentoml_compat import MAX_FIELD_BYTES, MAX_PARTS, upload_name_problem  # form limits: see there
 
 log = logging.getLogger("service")
@@ -264,7 +264,7 @@ class SecurityHeaders:
     the same name set inside it. An exception that escapes the middlewares inside it is answered here
     (500 in the error shape, with the headers) rather than by Starlette's ServerErrorMiddleware outside.
     Only BentoML's TimeoutMiddleware lies outside too, and its 504 (SERVICE_TIMEOUT_S) comes after the
-    one api/limits.py sends (REQUEST_TIMEOUT_S)."""
+    one api/http/limits.py sends (REQUEST_TIMEOUT_S)."""
 
     NOSNIFF = (b"x-content-type-options", b"nosniff")
 

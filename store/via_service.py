@@ -40,7 +40,7 @@ from typing import Any
 import httpx
 import numpy as np
 
-from store.base import (
+from store.interface import (
     CollectionInfo,
     CollectionMissingError,
     Hit,
@@ -343,7 +343,7 @@ class RemoteStore:
         return self.call("count")  # type: ignore[no-any-return]
 
     def finish(self) -> None:
-        """Only flushes: the service builds the index at its next start (store/edge.py, unindexed_points)."""
+        """Only flushes: the service builds the index at its next start (store/qdrant_edge.py, unindexed_points)."""
         self.flush()
 
     def flush(self) -> None:

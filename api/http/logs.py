@@ -6,7 +6,7 @@ digits and `-_.:`), else a new random one. The id is sent back in the `X-Request
 and is logged, with method, path, status and duration, as one line on stderr per request on the
 `mms.requests` logger: a JSON object (LOG_FORMAT=json, the default) or `key=value` text
 (LOG_FORMAT=text), with the route it reached (its path template, e.g. `/images/{path:path}`, read from the
-app). Probes (/livez, /readyz, /healthz: api/asgi_types.py, PROBES) and /metrics get the header but no line.
+app). Probes (/livez, /readyz, /healthz: api/http/asgi_types.py, PROBES) and /metrics get the header but no line.
 
 No request can forge a log line: control characters (a path's decoded %0a, %0d...) are written as escapes
 (`\\n`, `\\x1b`) in our text lines and in BentoML's own access log (`bentoml.access`, which writes the
@@ -23,7 +23,7 @@ import time
 import uuid
 from datetime import UTC, datetime
 
-from api.asgi_types import METRICS_PATH, PROBES, App, Message, Receive, Scope, Send, StatusWatch, route_of
+from api.http.asgi_types import METRICS_PATH, PROBES, App, Message, Receive, Scope, Send, StatusWatch, route_of
 
 HEADER = b"x-request-id"
 SANE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")

@@ -36,7 +36,7 @@ from typing import Any
 import qdrant_edge as qe
 
 from core.files import write_atomically
-from store.base import (
+from store.interface import (
     RECOVERY,
     RRF_K,
     TEXT_VECTOR,
@@ -50,7 +50,7 @@ from store.base import (
     StoreLockedError,
     clean_payload,
 )
-from store.common import (
+from store.qdrant_base import (
     FACET_LIMIT,
     EngineStore,
     Query,
@@ -219,7 +219,7 @@ class EdgeStore(EngineStore):
 
     def flush(self) -> None:
         """Make the writes so far durable (no index build; nothing when the collection does not exist).
-        This is the end of an indexer run written through a service (store/remote.py): the new points
+        This is the end of an indexer run written through a service (store/via_service.py): the new points
         are searched exactly until the index is built (see unindexed_points)."""
         with self._lock:
             shard = self._open_if_exists()
@@ -254,7 +254,7 @@ class EdgeStore(EngineStore):
                     shard.close()
             self._unflushed = 0
 
-    # --- the engine's primitives (see store/common.py) ---------------------------------------------
+    # --- the engine's primitives (see store/qdrant_base.py) ---------------------------------------------
 
     def _scroll(self, offset: Any, limit: int, vectors: bool = False) -> tuple[Sequence[Any], Any]:
         shard = self._require_open()
