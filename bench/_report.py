@@ -8,16 +8,22 @@ from __future__ import annotations
 
 import re
 import statistics
+import sys
 from collections.abc import Sequence
 from pathlib import Path
+
+from _quiet import watch
+
+WATCH = watch()  # started when a bench imports this module, i.e. before it measures anything
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = ROOT / "BENCHMARKS.md"
 PLOTS = ROOT / "bench" / "plots"
 SECTION = "## Performance vs the seed (issue 5)"
 INTRO = (
-    "Measured on the 2-core CPU machine while other jobs (CI) ran on it, so absolute figures are noisy; "
-    "each ratio compares two code paths measured side by side in one run. The seed baselines "
+    "Measured on the 2-core CPU machine; each ratio compares two code paths measured side by side in one run, "
+    "and every block says how much CPU other processes took while it ran (bench/_quiet.py refuses to record a "
+    "run where they took more than 10%). The seed baselines "
     "(`bench/seed_baselines.py`) re-implement the original single-file server's loops: one image at a "
     "time through PIL and the model's processor, and search as a Python loop over a dict."
 )
@@ -38,10 +44,22 @@ def table(rows: Sequence[tuple[str, str]], head: tuple[str, str] = ("figure", "v
     return "\n".join(lines)
 
 
+def quiet_line() -> str:
+    """What the machine did besides this bench so far; exits (status 3) when it was busy: no figure is written."""
+    seen = WATCH.report()
+    if not seen.ok():
+        print(f"refusing to write BENCHMARKS.md: {seen.describe()}; run the bench again on a quiet machine",
+              file=sys.stderr)
+        raise SystemExit(3)
+    return f"Machine: {seen.describe()}."
+
+
 def record(name: str, body: str) -> None:
-    """Put `body` into BENCHMARKS.md as block `name` of the issue-5 section (created when missing)."""
+    """Put `body` into BENCHMARKS.md as block `name` of the issue-5 section (created when missing), with the
+    machine's load during the run; refused on a busy machine (quiet_line)."""
+    machine = quiet_line()
     text = BENCHMARKS.read_text(encoding="utf-8") if BENCHMARKS.exists() else "# Benchmarks\n"
-    block = f"<!-- bench:{name} -->\n{body.strip()}\n<!-- /bench:{name} -->"
+    block = f"<!-- bench:{name} -->\n{body.strip()}\n\n{machine}\n<!-- /bench:{name} -->"
     if SECTION not in text:
         text = text.rstrip("\n") + f"\n\n{SECTION}\n\n{INTRO}\n"
     pattern = re.compile(rf"<!-- bench:{re.escape(name)} -->.*?<!-- /bench:{re.escape(name)} -->", re.S)

@@ -100,8 +100,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--photos", type=int, default=2000)
     parser.add_argument("--model", choices=("real", "tiny"), default="real")
-    parser.add_argument("--note", default="load not noted",
-                        help="how loaded the machine was, printed with the figures (e.g. 'quiet machine')")
+    parser.add_argument("--note", default="",
+                        help="a remark printed with the figures (never overrides the quiet-machine check)")
     parser.add_argument("--no-record", action="store_true")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:

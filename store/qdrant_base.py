@@ -1,13 +1,13 @@
-"""What the two backends do the same way, written once: EngineStore.
+"""What the two backends do the same way, written once: QdrantStore.
 
 EdgeStore (qdrant-edge-py, store/qdrant_edge.py) and ServerStore (qdrant-client, store/qdrant_server.py) both
-subclass EngineStore. It holds the search filter building, the scroll loop (payloads), the chunked
+subclass QdrantStore. It holds the search filter building, the scroll loop (payloads), the chunked
 retrieve loop (vectors), the search paging and dedup glue (search), the missing-collection answers
-(empty results, count 0), the payload-index set-up and the settings both engines share (FACET_LIMIT,
-search params, int8/binary quantization, sparse vectors). Each backend supplies only its engine's
+(empty results, count 0), the payload-index set-up and the settings both implementations share (FACET_LIMIT,
+search params, int8/binary quantization, sparse vectors). Each backend supplies only its Qdrant
 primitives, the abstract methods below: scroll one page, retrieve some ids, run one Query, count,
 list / create payload indexes, make a match / range / has-id condition and a filter of them, and
-turn an engine error into a StoreError (used by _guard, around every engine call). A primitive
+turn a Qdrant error into a StoreError (used by _guard, around every Qdrant call). A primitive
 raises CollectionMissingError when the collection does not exist and StoreError for any other
 failure.
 
@@ -16,9 +16,9 @@ with on_payload(payload key, MATCH / AT_LEAST / AT_MOST, index type), e.g.
 
     max_width: int | None = on_payload("width", AT_MOST, "integer")
 
-EngineStore.filter_of() turns it into the engine's condition on both backends, and INDEXED_FIELDS
+QdrantStore.filter_of() turns it into a Qdrant condition on both implementations, and INDEXED_FIELDS
 (derived from the declarations) makes ensure_collection() create the key's payload index on both
-(any Qdrant index type name works: each backend maps the name onto its engine's enum).
+(any Qdrant index type name works: each backend maps the name onto its library's enum).
 A new kind of test (other than MATCH / AT_LEAST / AT_MOST) would need one more primitive here.
 """
 
@@ -61,8 +61,8 @@ RETRIEVE_CHUNK = 1024  # ids per retrieve request
 FACET_LIMIT = 10_000  # distinct values counted by described_counts (one per describing model + prompt)
 
 
-class EngineStore(ABC):
-    """The engine-independent part of a VectorStore (see the module docstring)."""
+class QdrantStore(ABC):
+    """The part of a VectorStore both Qdrant implementations share (see the module docstring)."""
 
     # --- reads, written once ---------------------------------------------------------------------
 
@@ -188,7 +188,7 @@ class EngineStore(ABC):
             self._ensure_indexes()
 
     def unindexed_points(self) -> int:
-        """None here: the engine indexes in the background (EdgeStore counts its own)."""
+        """None here: Qdrant indexes in the background (EdgeStore counts its own)."""
         return 0
 
     def count(self) -> int:
@@ -199,7 +199,7 @@ class EngineStore(ABC):
             return 0
 
     def filter_of(self, where: SearchFilter | None) -> Any:
-        """The engine's filter for a SearchFilter (None: no conditions)."""
+        """The Qdrant filter for a SearchFilter (None: no conditions)."""
         if where is None:
             return None
         must = [self._match(key, value) for key, value in where.matches().items()]
@@ -219,7 +219,7 @@ class EngineStore(ABC):
 
     @contextmanager
     def _guard(self, what: str) -> Iterator[None]:
-        """Run engine calls: their failures become the StoreError that _error() makes; our own
+        """Run Qdrant calls: their failures become the StoreError that _error() makes; our own
         errors (CollectionMissingError included) pass through."""
         try:
             yield
@@ -235,7 +235,7 @@ class EngineStore(ABC):
         return CollectionMissingError(
             f"{self._where()} does not exist yet: run the indexer (python -m indexer) first")
 
-    # --- the engine's primitives -----------------------------------------------------------------
+    # --- the Qdrant primitives -----------------------------------------------------------------
 
     @abstractmethod
     def info(self) -> CollectionInfo | None:
@@ -247,7 +247,7 @@ class EngineStore(ABC):
 
     @abstractmethod
     def _error(self, exc: BaseException, what: str) -> StoreError | None:
-        """The StoreError for an engine failure while doing `what`, or None to let `exc` through
+        """The StoreError for a Qdrant failure while doing `what`, or None to let `exc` through
         (KeyboardInterrupt, SystemExit)."""
 
     @abstractmethod
@@ -330,7 +330,7 @@ def text_vector(vector: Any) -> dict[int, float] | None:
 
 
 def default_vector(vector: Any) -> np.ndarray | None:
-    """A record's unnamed vector as float32 (engines give it bare or as {"": vector})."""
+    """A record's unnamed vector as float32 (the libraries give it bare or as {"": vector})."""
     if isinstance(vector, dict):
         vector = vector.get("")
     if vector is None:
@@ -356,7 +356,7 @@ class Query:
         return max(HYBRID_DEPTH, offset + limit)
 
 
-# --- the engines' shared settings: `lib` is qdrant_edge or qdrant_client.models (same class names) ----
+# --- the shared settings of both libraries: `lib` is qdrant_edge or qdrant_client.models (same class names) ----
 
 
 def search_params(lib: Any, tuning: IndexTuning) -> Any:
@@ -370,14 +370,14 @@ def search_params(lib: Any, tuning: IndexTuning) -> Any:
 
 def quantization_config(lib: Any, tuning: IndexTuning, int8: Any) -> Any:
     """The quantized copy of the vectors, kept in RAM: QDRANT_QUANTIZATION=int8 is scalar quantization (`int8`:
-    the engine's ScalarType member), binary one bit a dimension."""
+    the library's ScalarType member), binary one bit a dimension."""
     if tuning.quantization_type == "binary":
         return lib.BinaryQuantizationConfig(always_ram=True)
     return lib.ScalarQuantizationConfig(type=int8, quantile=0.99, always_ram=True)
 
 
 def sparse_vector(lib: Any, words: dict[int, float]) -> Any:
-    """The engine's sparse vector of text terms (term id -> weight)."""
+    """The sparse vector of text terms (term id -> weight)."""
     return lib.SparseVector(indices=list(words), values=list(words.values()))
 
 
@@ -424,7 +424,7 @@ def search_pages(query: Callable[[int, int], list[Hit]], limit: int, offset: int
 def best_per_content(hits: list[Hit]) -> list[Hit]:
     """The first (best) hit of each content_hash, in order; hits without a hash are all kept. Equal
     scores (identical copies have identical vectors) are ordered by path first, so the copy kept, and
-    so every page, is the same whatever number of hits the engine was asked for."""
+    so every page, is the same whatever number of hits Qdrant was asked for."""
     seen: set[str] = set()
     out = []
     for hit in sorted(hits, key=lambda h: (-h.score, str(h.payload.get("path", h.id)))):

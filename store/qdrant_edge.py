@@ -52,7 +52,7 @@ from store.interface import (
 )
 from store.qdrant_base import (
     FACET_LIMIT,
-    EngineStore,
+    QdrantStore,
     Query,
     as_vector,
     quantization_config,
@@ -109,7 +109,7 @@ DAMAGE_SIGNS = ("is not readable", "out of bounds", "Gridstore", "InvalidData", 
                 "Failed to read segment", "Illegal segment", "corrupt", "unexpected end of file")
 
 
-class EdgeStore(EngineStore):
+class EdgeStore(QdrantStore):
     """VectorStore over a Qdrant Edge shard stored in `folder / collection`."""
 
     def __init__(self, folder: Path, collection: str, tuning: IndexTuning | None = None) -> None:

@@ -28,7 +28,7 @@ from store.interface import (
 )
 from store.qdrant_base import (
     FACET_LIMIT,
-    EngineStore,
+    QdrantStore,
     Query,
     as_vector,
     quantization_config,
@@ -41,7 +41,7 @@ from store.qdrant_base import (
 UPSERT_CHUNK = 256
 
 
-class ServerStore(EngineStore):
+class ServerStore(QdrantStore):
     """VectorStore over one collection of a Qdrant server (or of a local qdrant-client)."""
 
     def __init__(self, client: QdrantClient, collection: str, shards: int = 1,
