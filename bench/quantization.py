@@ -78,7 +78,8 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=30_000)
     parser.add_argument("--queries", type=int, default=100)
     parser.add_argument("--no-record", action="store_true")
-    parser.add_argument("--note", default="", help="a remark printed with the figures (never overrides the quiet-machine check)")
+    parser.add_argument("--note", default="",
+                        help="a remark printed with the figures (never overrides the quiet-machine check)")
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     mix = make_mix(rng)

@@ -150,7 +150,8 @@ def report(towers: dict[str, list[dict[str, Any]]], asked: dict[str, dict[str, A
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--export", type=Path, default=Path("/tmp/vlm-cpu-bench/openvino-real/int8"))
-    parser.add_argument("--note", default="", help="a remark printed with the figures (never overrides the quiet-machine check)")
+    parser.add_argument("--note", default="",
+                        help="a remark printed with the figures (never overrides the quiet-machine check)")
     parser.add_argument("--no-record", action="store_true")
     parser.add_argument("--part", choices=("tower", "question"))
     parser.add_argument("--side", type=int, default=0)

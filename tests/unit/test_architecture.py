@@ -134,7 +134,8 @@ def test_only_the_service_edges_import_bentoml() -> None:
 
 
 def test_the_http_plumbing_imports_no_endpoint_flow() -> None:
-    flows = tuple(name for name in MODULES if name.startswith("api.") and not name.startswith(("api.http", "api.errors")))
+    flows = tuple(name for name in MODULES
+                  if name.startswith("api.") and not name.startswith(("api.http", "api.errors")))
     assert violations(("api.http",), flows) == []
 
 
