@@ -9,7 +9,7 @@ patches window by window, so every patch's window lies within `window` positions
 such block attend in chunks of C = 2 * window queries to the 2C keys around them (the band [chunk - window,
 chunk + C + window)), with the band of the same mask: the same attention (every masked-out key still counts 0),
 ~N / 2C times less of it. The model's inputs, outputs and the full-attention blocks are unchanged, so GenAI runs
-it as before. Applied by runners/vlm/export.py to the tower it exports; tests/unit/test_vlm_windows.py checks
+it as before. Applied by runners/vlm/openvino_export.py to the tower it exports; tests/unit/test_vlm_windows.py checks
 the rewrite against the original graph.
 """
 

@@ -229,3 +229,66 @@ def test_settings_doc_check_fails_when_stale(tmp_path: Path, monkeypatch: pytest
     assert "scripts/settings_doc.py > docs/settings.md" in capsys.readouterr().err
     stale.write_text(doc.render(), encoding="utf-8")
     assert doc.main(["--check"]) == 0
+
+
+# ---------------------------------------------------------------- what the docs name exists in the code
+
+PATH_NAME = re.compile(r"(?<![\w./:-])((?:\.?[\w-]+/)+[\w.-]+\.(?:py|sh|md|txt|yaml|toml|html|js|css|json))(?![\w/])")
+MODULE_RUN = re.compile(r"python -m ([\w.]+)")
+NOT_OURS = ("site-packages/", "node_modules/", "../shared/", "~/", "/etc/", "/usr/", "/proc/", "/srv/", "/tmp/")
+
+
+def named_paths(text: str) -> set[str]:
+    """Relative file paths a doc names (project files; placeholders and other people's files left out)."""
+    return {p for p in PATH_NAME.findall(text)
+            if not p.startswith(NOT_OURS) and "<" not in p and not p.startswith(("http", "docs.", "data/"))}
+
+
+def missing_paths(path: Path) -> list[str]:
+    text = path.read_text(encoding="utf-8")
+    here = path.parent
+    gone = []
+    for name in sorted(named_paths(text)):
+        clean = name.removeprefix("./")
+        if not ((ROOT / clean).exists() or (here / clean).exists() or any(ROOT.glob(f"*/{clean}"))):
+            gone.append(f"{path.relative_to(ROOT)}: {name}")
+    return gone
+
+
+def test_every_file_path_the_docs_name_exists() -> None:
+    gone = [problem for path in doc_files() for problem in missing_paths(path)]
+    assert not gone, "the docs name files that do not exist:\n" + "\n".join(gone)
+
+
+def test_the_path_check_finds_a_missing_file(tmp_path: Path) -> None:
+    page = tmp_path / "x.md"
+    page.write_text("see `runners/vlm/model.py` and runners/vlm_gone.py and https://x.y/a/b.py", encoding="utf-8")
+    assert named_paths(page.read_text(encoding="utf-8")) == {"runners/vlm/model.py", "runners/vlm_gone.py"}
+
+
+def test_every_python_dash_m_module_the_docs_name_exists() -> None:
+    gone = []
+    for path in doc_files():
+        for module in set(MODULE_RUN.findall(path.read_text(encoding="utf-8"))):
+            if module.split(".")[0] in ("pip", "pytest", "venv", "bentoml", "http", "playwright"):
+                continue
+            if importlib.util.find_spec(module) is None:
+                gone.append(f"{path.relative_to(ROOT)}: python -m {module}")
+    assert not gone, gone
+
+
+def test_every_indexer_flag_the_docs_name_exists() -> None:
+    import subprocess
+
+    shown = subprocess.run([sys.executable, "-m", "indexer", "--help"], cwd=ROOT, capture_output=True, text=True,
+                           check=True).stdout
+    known = set(re.findall(r"(?<![\w-])(--[a-z][\w-]*)", shown))
+    unknown = []
+    for path in doc_files():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if "python -m indexer" not in line:
+                continue
+            command = line.split("python -m indexer", 1)[1].split("#", 1)[0].split("|", 1)[0]
+            unknown += [f"{path.relative_to(ROOT)}: {flag}" for flag in re.findall(r"(?<![\w-])(--[a-z][\w-]*)", command)
+                        if flag not in known]
+    assert not unknown, unknown
