@@ -289,6 +289,6 @@ def test_every_indexer_flag_the_docs_name_exists() -> None:
             if "python -m indexer" not in line:
                 continue
             command = line.split("python -m indexer", 1)[1].split("#", 1)[0].split("|", 1)[0]
-            unknown += [f"{path.relative_to(ROOT)}: {flag}" for flag in re.findall(r"(?<![\w-])(--[a-z][\w-]*)", command)
-                        if flag not in known]
+            flags = re.findall(r"(?<![\w-])(--[a-z][\w-]*)", command)
+            unknown += [f"{path.relative_to(ROOT)}: {flag}" for flag in flags if flag not in known]
     assert not unknown, unknown
