@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_CLIP_MODEL = "OFA-Sys/chinese-clip-vit-base-patch16"
@@ -44,21 +44,28 @@ class Settings(BaseSettings):
         default=None, description="Model cache folder; unset: the source's own (ModelScope's `~/.cache/modelscope/hub`"
         " or Hugging Face's cache).")
     device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="`auto`, `cpu` or `cuda`.")
-    clip_backend: Literal["auto", "torch", "openvino", "onnx", "openvino-bf16", "torch-bf16", "onnx-int8"] = Field(
+    clip_runtime: Literal["auto", "torch", "openvino", "onnx", "openvino-bf16", "torch-bf16", "onnx-int8"] = Field(
+        validation_alias=AliasChoices("clip_runtime", "clip_backend"),
         default="auto",
-        description="How CLIP vectors are computed (runners/clip/select.py; docs/cpu.md, \"CLIP backends\"): "
+        description="How CLIP vectors are computed (runners/clip/select.py; docs/cpu.md, \"CLIP runtimes\"): "
         "`auto` = PyTorch on CUDA; on CPU fp32 OpenVINO (else fp32 ONNX Runtime, else PyTorch), each only with "
         "identical probe rankings; faster than PyTorch eager fp32 on the CPU measured here (BENCHMARKS.md, "
-        "\"Real size: CLIP\"). The low-precision backends (`openvino-bf16`, `torch-bf16`, `onnx-int8`) are opt-in.")
-    clip_backend_cache: Path = Field(
+        "\"Real size: CLIP\"). The low-precision runtimes (`openvino-bf16`, `torch-bf16`, `onnx-int8`) are opt-in. "
+        "Old name, still read: `CLIP_BACKEND`.")
+    clip_runtime_cache: Path = Field(
+        validation_alias=AliasChoices("clip_runtime_cache", "clip_backend_cache"),
         default=Path("./data/clip-backends"),
-        description="Folder of the CLIP backends' exports (ONNX, OpenVINO IR) and their probe references, keyed by "
-        "model id and file hashes.")
-    clip_backend_min_top1: float = Field(
+        description="Folder of the CLIP runtimes' exports (ONNX, OpenVINO IR) and their probe references, keyed by "
+        "model id and file hashes. Old name, still read: `CLIP_BACKEND_CACHE`.")
+    clip_runtime_min_top1: float = Field(
+        validation_alias=AliasChoices("clip_runtime_min_top1", "clip_backend_min_top1"),
         default=0.9, ge=0, le=1,
-        description="Least share of probe queries whose top-1 result equals PyTorch fp32's (`auto`: 1.0).")
-    clip_backend_min_cosine: float = Field(
-        default=0.99, ge=-1, le=1, description="Least cosine of any probe vector with PyTorch fp32's.")
+        description="Least share of probe queries whose top-1 result equals PyTorch fp32's (`auto`: 1.0). "
+        "Old name, still read: `CLIP_BACKEND_MIN_TOP1`.")
+    clip_runtime_min_cosine: float = Field(
+        validation_alias=AliasChoices("clip_runtime_min_cosine", "clip_backend_min_cosine"),
+        default=0.99, ge=-1, le=1, description="Least cosine of any probe vector with PyTorch fp32's. "
+        "Old name, still read: `CLIP_BACKEND_MIN_COSINE`.")
 
     # Image library and vector store
     image_library: Path = Field(default=Path("./images"), description="Root folder of the photos.")

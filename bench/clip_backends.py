@@ -1,5 +1,5 @@
 """Real-size CLIP encoding per backend on CPU: Chinese-CLIP ViT-B/16 built from its published config with
-random weights (bench/_models.py; speed does not depend on weight values), every CLIP_BACKEND side by side in
+random weights (bench/_models.py; speed does not depend on weight values), every CLIP_RUNTIME side by side in
 one run, against PyTorch eager fp32.
 
     .venv/bin/python bench/clip_backends.py [--rounds 5] [--backends openvino,onnx,...] [--photos 32]

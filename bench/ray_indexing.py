@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/ray_indexing.py [--photos 2000] [--model real|tiny] [--note "quiet machine"] [--no-record]
 
-Each engine runs `python -m indexer --json` as a user runs it (a fresh embedded store, CLIP_BACKEND=torch for
+Each engine runs `python -m indexer --json` as a user runs it (a fresh embedded store, CLIP_RUNTIME=torch for
 both), the Ray engine with a local Ray started for the run (`--engine ray`, one CLIP actor holding both CPUs:
 INDEX_RAY_CPUS_PER_ACTOR=2, as the local run's torch uses both). Reported: wall time of the whole command and
 images/s, the overhead ratio Ray / local, and the pipeline's own seconds (decode + embed + write, without
@@ -56,7 +56,7 @@ def model(kind: str, folder: Path) -> Path:
 
 def run(engine: str, clip: Path, library: Path, qdrant: Path) -> dict[str, Any]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("QDRANT_", "CLIP_", "IMAGE_", "INDEX_"))}
-    env.update(CLIP_MODEL=str(clip), IMAGE_LIBRARY=str(library), QDRANT_PATH=str(qdrant), CLIP_BACKEND="torch",
+    env.update(CLIP_MODEL=str(clip), IMAGE_LIBRARY=str(library), QDRANT_PATH=str(qdrant), CLIP_RUNTIME="torch",
                INDEX_RAY_CPUS_PER_ACTOR="2", RAY_USAGE_STATS_ENABLED="0")
     started = time.perf_counter()
     done = subprocess.run([sys.executable, "-m", "indexer", "--no-progress", "--json", "--engine", engine],

@@ -234,7 +234,7 @@ def run(argv: list[str] | None = None) -> int:
         model_id = model_id_of(settings.clip_model)
         check_model(info, model_id, args.recreate)
 
-        def load() -> ClipEncoder:  # as the CLIP runner loads it: same model, same CLIP_BACKEND
+        def load() -> ClipEncoder:  # as the CLIP runner loads it: same model, same CLIP_RUNTIME
             return open_clip(settings)
 
         # The model (seconds to import and load) is loaded only once a file needs embedding.
@@ -279,7 +279,7 @@ def run(argv: list[str] | None = None) -> int:
 
                 ray_module.shutdown()
         store.close()
-    # exit 2, as docs/indexing.md says (RuntimeRefused: an explicit CLIP_BACKEND that cannot be used)
+    # exit 2, as docs/indexing.md says (RuntimeRefused: an explicit CLIP_RUNTIME that cannot be used)
     except (ModelMismatchError, ModelNotFoundError, StoreLockedError, RuntimeRefused) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

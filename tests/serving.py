@@ -94,7 +94,7 @@ def service_env(tmp: Path, model: Path, library: Path, vqa_model: Path = TINY_QW
     env = {k: v for k, v in os.environ.items() if not k.startswith(prefixes)}
     env.update(CLIP_MODEL=str(model), VQA_MODEL=str(vqa_model), IMAGE_LIBRARY=str(library),
                QDRANT_PATH=str(tmp / "qdrant"), BENTOML_HOME=str(tmp / "bentoml"), DEVICE="cpu",
-               CLIP_BACKEND_CACHE=str(tmp / "clip-backends"))  # the default CLIP_BACKEND=auto exports there
+               CLIP_RUNTIME_CACHE=str(tmp / "clip-backends"))  # the default CLIP_RUNTIME=auto exports there
     return env
 
 

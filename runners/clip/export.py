@@ -1,5 +1,5 @@
 """CLIP's exports: both towers to ONNX (dynamic batch and text length), quantised for onnx-int8 or converted to
-OpenVINO IR; cached per model in CLIP_BACKEND_CACHE (runners/export_cache.py keys, stages and publishes them)."""
+OpenVINO IR; cached per model in CLIP_RUNTIME_CACHE (runners/export_cache.py keys, stages and publishes them)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""CLIP on ONNX Runtime (CLIP_BACKEND=onnx, onnx-int8): both towers as sessions on the CPU."""
+"""CLIP on ONNX Runtime (CLIP_RUNTIME=onnx, onnx-int8): both towers as sessions on the CPU."""
 
 from __future__ import annotations
 

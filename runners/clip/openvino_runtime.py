@@ -1,4 +1,4 @@
-"""CLIP on OpenVINO (CLIP_BACKEND=openvino, openvino-bf16): both towers compiled for the CPU."""
+"""CLIP on OpenVINO (CLIP_RUNTIME=openvino, openvino-bf16): both towers compiled for the CPU."""
 
 from __future__ import annotations
 

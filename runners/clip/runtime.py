@@ -1,7 +1,7 @@
 """The seam every CLIP runtime plugs into: raw CLIP features from the processor's outputs as numpy arrays.
 
 The variants, a file each: torch_runtime.py (PyTorch, and PyTorch under CPU bf16 autocast), onnx_runtime.py (ONNX
-Runtime, fp32 or int8), openvino_runtime.py (OpenVINO, f32 or bf16). select.py picks one (CLIP_BACKEND).
+Runtime, fp32 or int8), openvino_runtime.py (OpenVINO, f32 or bf16). select.py picks one (CLIP_RUNTIME).
 """
 
 from __future__ import annotations

@@ -1,15 +1,15 @@
-"""Which runtime computes CLIP vectors (CLIP_BACKEND), exported once, checked against PyTorch, refused and fallen back.
+"""Which runtime computes CLIP vectors (CLIP_RUNTIME), exported once, checked against PyTorch, refused and fallen back.
 
-`CLIP_BACKEND=auto` (the default) runs PyTorch on CUDA and, on CPU, the fastest installed runtime that is
+`CLIP_RUNTIME=auto` (the default) runs PyTorch on CUDA and, on CPU, the fastest installed runtime that is
 faithful (fp32 OpenVINO, else fp32 ONNX Runtime: the same rankings as PyTorch fp32); low-precision runtimes
 (openvino-bf16, torch-bf16, onnx-int8) are opt-in. A runtime is never trusted blindly: when it is built
 (export) and every time it is loaded, it encodes the fixed probe set (runners/clip/fidelity.py) and its
 vectors are compared with PyTorch fp32's on the user's own model (stored with the export). The agreement
-is logged, and a runtime whose probe rankings move past the bound (CLIP_BACKEND_MIN_TOP1 /
-CLIP_BACKEND_MIN_COSINE) is refused (runners/fidelity.RuntimeRefused): an error at start-up for an explicit
+is logged, and a runtime whose probe rankings move past the bound (CLIP_RUNTIME_MIN_TOP1 /
+CLIP_RUNTIME_MIN_COSINE) is refused (runners/fidelity.RuntimeRefused): an error at start-up for an explicit
 choice, PyTorch with a warning for `auto`.
 
-Exports live in CLIP_BACKEND_CACHE/<model>-<hash of the model files>/<runtime>/ and are staged and published
+Exports live in CLIP_RUNTIME_CACHE/<model>-<hash of the model files>/<runtime>/ and are staged and published
 atomically (runners/export_cache.py), so an interrupted export or two processes exporting at once (the indexer
 and the CLIP runner) never leave a half-written model behind. Nothing is downloaded: the export is made from the
 local model folder with the installed torch and onnxruntime.
@@ -75,7 +75,7 @@ class Request:
 def open_runtime(request: Request) -> Runtime:
     """The runtime `request.choice` names (see the module docstring for `auto`)."""
     if request.choice not in CHOICES:
-        raise RuntimeRefused(f"CLIP_BACKEND={request.choice!r} is not one of {', '.join(CHOICES)}")
+        raise RuntimeRefused(f"CLIP_RUNTIME={request.choice!r} is not one of {', '.join(CHOICES)}")
     if request.choice == "torch" or (request.choice == "auto" and request.device == "cuda"):
         return TorchRuntime(request.load_torch(), request.device)
     if request.choice != "auto":
@@ -86,7 +86,7 @@ def open_runtime(request: Request) -> Runtime:
         try:
             return exported(request, name, request.bounds.faithful())
         except RuntimeRefused as exc:
-            log.warning("CLIP_BACKEND=auto: %s; falling back to PyTorch (CLIP_BACKEND=torch)", exc)
+            log.warning("CLIP_RUNTIME=auto: %s; falling back to PyTorch (CLIP_RUNTIME=torch)", exc)
     return TorchRuntime(request.load_torch(), request.device)
 
 
@@ -95,12 +95,12 @@ def exported(request: Request, name: str, bounds: Bounds) -> Runtime:
     """An exported runtime (or torch-bf16, whose folder holds only its reference) from the cache (exported
     first when missing; re-exported once when the cached copy does not load or no longer matches its stored
     reference), checked against `bounds`."""
-    refuse = f"CLIP_BACKEND={name} refused for {request.model_id}"
-    fallback = "set CLIP_BACKEND=torch (or auto) to fall back to PyTorch"
+    refuse = f"CLIP_RUNTIME={name} refused for {request.model_id}"
+    fallback = "set CLIP_RUNTIME=torch (or auto) to fall back to PyTorch"
     if not installed(name):
         raise RuntimeRefused(f"{refuse}: {'/'.join(NEEDS[name])} not installed; {fallback}")
     if request.device == "cuda":
-        log.warning("CLIP_BACKEND=%s runs on the CPU (only PyTorch uses CUDA here)", name)
+        log.warning("CLIP_RUNTIME=%s runs on the CPU (only PyTorch uses CUDA here)", name)
     folder = cache_folder(request.cache_dir, request.model_id, request.model_dir) / name
     fresh = False
     if not (folder / MARKER).is_file():
@@ -120,11 +120,11 @@ def exported(request: Request, name: str, bounds: Bounds) -> Runtime:
         log.warning("CLIP runtime cache %s: %s; exporting again", folder, fidelity.describe())
         shutil.rmtree(folder, ignore_errors=True)
         return exported(request, name, bounds)
-    log.info("CLIP_BACKEND=%s vs PyTorch fp32 on %s: %s", name, request.model_id, fidelity.describe())
+    log.info("CLIP_RUNTIME=%s vs PyTorch fp32 on %s: %s", name, request.model_id, fidelity.describe())
     if not fidelity.passes(bounds.min_top1, bounds.min_cosine):
         raise RuntimeRefused(
-            f"{refuse}: {fidelity.describe()} vs PyTorch fp32, past the bound (CLIP_BACKEND_MIN_TOP1="
-            f"{bounds.min_top1}, CLIP_BACKEND_MIN_COSINE={bounds.min_cosine}); {fallback}, "
+            f"{refuse}: {fidelity.describe()} vs PyTorch fp32, past the bound (CLIP_RUNTIME_MIN_TOP1="
+            f"{bounds.min_top1}, CLIP_RUNTIME_MIN_COSINE={bounds.min_cosine}); {fallback}, "
             "or loosen the bound")
     return runtime
 
@@ -155,7 +155,7 @@ def build(request: Request, name: str, folder: Path) -> None:
             model = request.load_reference()
             reference = probe(TorchRuntime(model, "cpu"), request.processor)
             np.savez(temp / "reference.npz", images=reference.images, texts=reference.texts)
-            log.info("exporting %s to %s for CLIP_BACKEND=%s (once per model)", request.model_id, folder, name)
+            log.info("exporting %s to %s for CLIP_RUNTIME=%s (once per model)", request.model_id, folder, name)
             if name != "torch-bf16":
                 export_onnx(model, request.processor, temp)
             if name == "onnx-int8":
@@ -169,5 +169,5 @@ def build(request: Request, name: str, folder: Path) -> None:
         raise
     except Exception as exc:  # noqa: BLE001 - the exporter fails in many ways; all mean "cannot export"
         raise RuntimeRefused(
-            f"CLIP_BACKEND={name} refused for {request.model_id}: export failed ({type(exc).__name__}: {exc}); "
-            "set CLIP_BACKEND=torch (or auto) to fall back to PyTorch") from exc
+            f"CLIP_RUNTIME={name} refused for {request.model_id}: export failed ({type(exc).__name__}: {exc}); "
+            "set CLIP_RUNTIME=torch (or auto) to fall back to PyTorch") from exc

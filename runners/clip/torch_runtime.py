@@ -1,4 +1,4 @@
-"""CLIP on PyTorch: the transformers model itself (CLIP_BACKEND=torch), or under CPU bf16 autocast (torch-bf16)."""
+"""CLIP on PyTorch: the transformers model itself (CLIP_RUNTIME=torch), or under CPU bf16 autocast (torch-bf16)."""
 
 from __future__ import annotations
 

@@ -66,7 +66,7 @@ def cli(env: dict[str, str], *args: str, timeout: float = 300) -> subprocess.Com
 def cli_env(model: Path, library: Path, qdrant: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("QDRANT_", "CLIP_", "IMAGE_"))}
     env.update(CLIP_MODEL=str(model), IMAGE_LIBRARY=str(library), QDRANT_PATH=str(qdrant),
-               CLIP_BACKEND_CACHE=str(qdrant.parent / "clip-backends"))  # CLIP_BACKEND=auto exports there
+               CLIP_RUNTIME_CACHE=str(qdrant.parent / "clip-backends"))  # CLIP_RUNTIME=auto exports there
     return env
 
 

@@ -95,12 +95,12 @@ def test_fp32_vectors_match_pytorch(name: str, tiny_clip_dir: Path, cache: Path,
 def test_auto_picks_fp32_openvino_on_cpu_from_settings(
     tiny_clip_dir: Path, tmp_path: Path, settings_env: Callable[..., Settings], caplog: pytest.LogCaptureFixture
 ) -> None:
-    assert Settings(_env_file=None).clip_backend == "auto"  # type: ignore[call-arg]  # the default
-    settings_env(CLIP_MODEL=tiny_clip_dir, DEVICE="cpu", CLIP_BACKEND="auto", CLIP_BACKEND_CACHE=tmp_path)
+    assert Settings(_env_file=None).clip_runtime == "auto"  # type: ignore[call-arg]  # the default
+    settings_env(CLIP_MODEL=tiny_clip_dir, DEVICE="cpu", CLIP_RUNTIME="auto", CLIP_RUNTIME_CACHE=tmp_path)
     with caplog.at_level(logging.INFO, logger="runners.clip.select"):
         encoder = open_clip()
     assert encoder.runtime.name == "openvino"  # faithful and the fastest; never a low-precision one by default
-    assert "CLIP_BACKEND=openvino vs PyTorch fp32" in caplog.text
+    assert "CLIP_RUNTIME=openvino vs PyTorch fp32" in caplog.text
     assert "top-1 results identical to PyTorch fp32's (100.0%)" in caplog.text
     assert [p.parent.name for p in tmp_path.glob("*/*/export.json")] == ["openvino"]
 
@@ -109,7 +109,7 @@ def test_auto_skips_a_backend_that_is_not_installed(
     tiny_clip_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setitem(clip_select.NEEDS, "openvino", ("openvino_not_installed",))
-    with pytest.raises(RuntimeRefused, match="openvino_not_installed not installed.*CLIP_BACKEND=torch"):
+    with pytest.raises(RuntimeRefused, match="openvino_not_installed not installed.*CLIP_RUNTIME=torch"):
         ClipEncoder(str(tiny_clip_dir), "cpu", runtime="openvino", runtime_cache=tmp_path)
     assert ClipEncoder(str(tiny_clip_dir), "cpu", runtime="auto", runtime_cache=tmp_path).runtime.name == "onnx"
 
@@ -161,9 +161,9 @@ def test_explicit_backend_past_the_bound_is_refused(name: str, tiny_clip_dir: Pa
     with pytest.raises(RuntimeRefused) as refused:
         ClipEncoder(str(tiny_clip_dir), "cpu", runtime=name, runtime_cache=tmp_path, bounds=impossible)
     message = str(refused.value)
-    assert f"CLIP_BACKEND={name} refused" in message and "top-1 results identical to PyTorch fp32's (100.0%)" in message
-    assert "lowest cosine 0.9999" in message and "CLIP_BACKEND_MIN_COSINE=1.0" in message
-    assert "CLIP_BACKEND=torch" in message  # the setting that falls back
+    assert f"CLIP_RUNTIME={name} refused" in message and "top-1 results identical to PyTorch fp32's (100.0%)" in message
+    assert "lowest cosine 0.9999" in message and "CLIP_RUNTIME_MIN_COSINE=1.0" in message
+    assert "CLIP_RUNTIME=torch" in message  # the setting that falls back
 
 
 def test_bf16_is_refused_where_fp32_openvino_passes(tiny_clip_dir: Path, tmp_path: Path) -> None:
@@ -176,7 +176,7 @@ def test_bf16_is_refused_where_fp32_openvino_passes(tiny_clip_dir: Path, tmp_pat
                        bounds=strict).runtime.name == "openvino"
     native = "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
     for name in ("openvino-bf16", "torch-bf16") if native else ("torch-bf16",):
-        with pytest.raises(RuntimeRefused, match=rf"CLIP_BACKEND={name} refused.*lowest cosine 0\.99"):
+        with pytest.raises(RuntimeRefused, match=rf"CLIP_RUNTIME={name} refused.*lowest cosine 0\.99"):
             ClipEncoder(str(tiny_clip_dir), "cpu", runtime=name, runtime_cache=tmp_path, bounds=strict)
     if not native:
         assert ClipEncoder(str(tiny_clip_dir), "cpu", runtime="openvino-bf16", runtime_cache=tmp_path,
@@ -201,7 +201,7 @@ def test_export_failure_is_refused_or_falls_back(
         raise RuntimeError("unsupported operator")
 
     monkeypatch.setattr(clip_select, "export_onnx", broken)
-    with pytest.raises(RuntimeRefused, match="export failed .*unsupported operator.*CLIP_BACKEND=torch"):
+    with pytest.raises(RuntimeRefused, match="export failed .*unsupported operator.*CLIP_RUNTIME=torch"):
         ClipEncoder(str(tiny_clip_dir), "cpu", runtime="onnx-int8", runtime_cache=tmp_path)
     assert ClipEncoder(str(tiny_clip_dir), "cpu", runtime="auto", runtime_cache=tmp_path).runtime.name == "torch"
     assert not [p for p in tmp_path.rglob("*") if p.is_file()], "a failed export leaves nothing behind"
@@ -225,7 +225,7 @@ def test_unknown_backend_is_rejected(settings_env: Callable[..., Settings]) -> N
     from pydantic import ValidationError
 
     with pytest.raises(ValidationError):
-        settings_env(CLIP_BACKEND="tensorrt")
+        settings_env(CLIP_RUNTIME="tensorrt")
 
 
 def test_damaged_openvino_cache_is_exported_again(

@@ -27,7 +27,7 @@ print(json.dumps({"code": code, "ray": sorted(m for m in sys.modules if m == "ra
 
 def test_the_default_engine_imports_no_ray(tiny_clip_dir: Path, tmp_path: Path) -> None:
     shapes = make_library(tmp_path / "lib", n_per_class=1)
-    env = {**cli_env(tiny_clip_dir, tmp_path / "lib", tmp_path / "qdrant"), "CLIP_BACKEND": "torch"}
+    env = {**cli_env(tiny_clip_dir, tmp_path / "lib", tmp_path / "qdrant"), "CLIP_RUNTIME": "torch"}
     done = subprocess.run([sys.executable, "-c", RUN], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 0, done.stderr

@@ -18,7 +18,7 @@ from shapes import make_library
 
 
 def ray_env(model: Path, library: Path, qdrant: Path) -> dict[str, str]:
-    return {**cli_env(model, library, qdrant), "CLIP_BACKEND": "torch", "RAY_DISABLE_USAGE_STATS": "1"}
+    return {**cli_env(model, library, qdrant), "CLIP_RUNTIME": "torch", "RAY_DISABLE_USAGE_STATS": "1"}
 
 
 def test_cli_ray_engine_matches_local_and_reruns_incrementally(tiny_clip_dir: Path, tmp_path: Path) -> None:

@@ -57,7 +57,7 @@ OLD_README_HEADINGS = [
     "How a request flows",
 ]
 # old heading -> its heading now, where the text changed
-RENAMED: dict[str, str] = {}
+RENAMED: dict[str, str] = {"CLIP backends": "CLIP runtimes"}
 
 
 def settings_doc() -> ModuleType:
