@@ -155,6 +155,9 @@ def vector_problem(vector: np.ndarray | None, dim: int) -> str | None:
 
 def payload_problem(payload: dict[str, Any]) -> str | None:
     """What makes the payload one the store would not take or the indexer not write, or None."""
+    described = description_problem(payload)  # first: it names the field
+    if described:
+        return described
     try:
         clean_payload(payload)  # the store's own rule: flat values, lists of texts in LIST_FIELDS
         size = len(json.dumps(payload, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode())
@@ -162,9 +165,7 @@ def payload_problem(payload: dict[str, Any]) -> str | None:
         return "a payload field that is not text, a number or a list of texts"
     except ValueError:
         return "a payload number that is not finite"
-    if size > MAX_PAYLOAD_BYTES:
-        return f"a payload of over {MAX_PAYLOAD_BYTES} bytes"
-    return description_problem(payload)
+    return f"a payload of over {MAX_PAYLOAD_BYTES} bytes" if size > MAX_PAYLOAD_BYTES else None
 
 
 def description_problem(payload: dict[str, Any]) -> str | None:
