@@ -46,7 +46,7 @@ from typing import IO, Any
 import numpy as np
 
 from core.files import atomic_file
-from indexer.verify import MAX_DIM, MAX_PAYLOAD_BYTES, MAX_TERMS, PointCheck
+from indexer.verify import MAX_DIM, MAX_PAYLOAD_BYTES, MAX_TERMS, PointCheck, vector_problem
 from store.base import (
     DESCRIPTION_FIELDS,
     CollectionMissingError,
@@ -343,8 +343,11 @@ def _sound(record: Record, check: PointCheck, name: str, line_no: int) -> Record
     problems = check.problems(record)
     if problems:
         problem, point = problems[0]
-        raise ArchiveError(f"{name}, line {line_no}, point {point}: {problem}. The archive was altered or made "
-                           "by another tool. Nothing was written.")
+        # a store with damaged vectors exports them as they are: its descriptions can still come back
+        hint = " (--drop-vectors imports its descriptions alone)" if problem == vector_problem(
+            record.vector, check.dim) else ""
+        raise ArchiveError(f"{name}, line {line_no}, point {point}: {problem}{hint}. The archive was altered or "
+                           "made by another tool. Nothing was written.")
     return record
 
 

@@ -159,6 +159,7 @@ def test_a_bad_point_is_refused_at_its_line_and_nothing_is_written(case: str, ar
     err = refused(["--import", str(file)], capsys)
     assert f"{file}, line {line_no}" in err and problem in err and "Nothing was written" in err, err
     assert "checksum" not in err and "trailer" not in err  # refused for what it says, not for its trailer
+    assert ("--drop-vectors" in err) == (case in VECTOR_CASES)  # the way to take the descriptions alone
     assert contents(store_folder) == before
 
 
@@ -291,3 +292,22 @@ def test_verify_names_the_same_problems_in_a_store(archived: Path, store_folder:
     err = capsys.readouterr().err
     for case in VERIFIED:
         assert cases[case][2] in err, (case, err)
+
+
+class FullDisk(io.BytesIO):
+    def write(self, data: Any) -> int:
+        raise OSError(28, "No space left on device")
+
+
+def test_a_full_spool_disk_is_named_as_such(archived: Path, store_folder: Path, monkeypatch: pytest.MonkeyPatch,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """stdin is spooled as the first pass reads it: a full TMPDIR is a full disk, not a damaged archive."""
+    before = contents(store_folder)
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(archived.read_bytes())))
+    monkeypatch.setattr(archive.os, "fdopen", lambda fd, mode: (os.close(fd), FullDisk())[1])  # the spool's
+    status = run(["--import", "-"])
+    monkeypatch.undo()
+    err = capsys.readouterr().err
+    assert status == 1
+    assert "cannot write the spool file (TMPDIR)" in err and "No space left on device" in err, err
+    assert contents(store_folder) == before
