@@ -271,6 +271,22 @@ def test_a_gzip_bomb_is_refused_in_bounded_memory(source: str, bomb: Path, store
     assert contents(store_folder) == before
 
 
+def test_the_densest_line_under_the_limit_is_parsed_in_bounded_memory(store_folder: Path, tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """A line just under the limit that parses into the most Python objects per byte (a million empty
+    objects, ~70 bytes of memory for each 3 of JSON): memory stays under the same constant."""
+    header = as_line({"format": "images-archive", "version": 1, "model_id": MODEL, "dim": DIM})
+    start, end = b'{"id":"x","vector":null,"text":null,"payload":{"x":[{}', b"]}}\n"
+    objects = (archive.line_limit(DIM) - len(start) - len(end)) // 3
+    file = crafted(tmp_path / "dense.jsonl", [header, start + b",{}" * objects + end])
+    env = {**os.environ, "CLIP_MODEL": MODEL, "QDRANT_PATH": str(store_folder), "QDRANT_URL": ""}
+    status, err, peak = import_process(["--import", str(file)], env)
+    with capsys.disabled():
+        print(f"\n{objects} empty objects on one line: peak RSS {peak / 2**20:.0f} MiB")
+    assert status == 1 and f"{file}, line 2, point id x:" in err, err
+    assert peak <= PEAK_RSS_LIMIT
+
+
 VERIFIED = ["a path out of the library", "an absolute path", "a hidden component", "an id another path gives",
             "a description that is a number", "a NaN vector"]
 
