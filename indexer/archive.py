@@ -10,9 +10,12 @@ gzip stream on stdin is recognised by its magic bytes):
     {"end": true, "count": N, "sha256": <hex of every line above, newlines included>}   the trailer
 
 Both directions stream in pages of PAGE points (memory does not grow with the collection). Import
-reads the archive twice: the first pass checks it whole (format, version, every record, count and
-checksum) and writes nothing, so a truncated or altered archive is refused before the store is
-touched; the second pass writes it page by page (a pipe is first spooled to a temporary file). A
+reads the archive twice: the first pass checks it whole (format, version, every point by the rules
+`--verify` applies, indexer.verify.PointCheck, no id twice, count and checksum) and writes nothing, so
+a truncated, altered or hostile archive is refused before the store is touched; the second pass writes
+it page by page (a pipe is copied to a temporary file as the first pass reads it). No line is read
+beyond the longest a valid point can be written as (line_limit: from the header's vector size and the
+payload limits), so memory stays bounded by a constant whatever a line holds (a gzip bomb included). A
 write replaces points by id with the archived ones, so importing twice changes nothing and an
 interrupted import is finished by running it again. Points already in the store but not in the archive
 are kept.
@@ -28,9 +31,9 @@ import base64
 import dataclasses
 import gzip
 import hashlib
+import io
 import json
 import os
-import shutil
 import sys
 import tempfile
 import time
@@ -43,6 +46,7 @@ from typing import IO, Any
 import numpy as np
 
 from core.files import atomic_file
+from indexer.verify import MAX_DIM, MAX_PAYLOAD_BYTES, MAX_TERMS, PointCheck, vector_problem
 from store.interface import (
     DESCRIPTION_FIELDS,
     CollectionMissingError,
@@ -58,6 +62,8 @@ FORMAT = "images-archive"
 VERSION = 1
 PAGE = 256  # points per store read / write
 GZIP_MAGIC = b"\x1f\x8b"
+HEADER_LIMIT = 1 << 20  # bytes of the header line (model record, describer counts, index settings)
+LINE_SLACK = 1 << 10  # bytes of a point's line besides its values: keys, quotes, its 36-character id
 
 
 class ArchiveError(StoreError):
@@ -166,28 +172,100 @@ class Header:
     data: dict[str, Any]
 
 
+class SpoolError(OSError):
+    """The temporary file that keeps stdin for the second pass cannot be written (TMPDIR full)."""
+
+
+def line_limit(dim: int) -> int:
+    """The longest line (newline included) a valid point of `dim` values can be written as: its vector,
+    text vector and payload at the largest indexer.verify allows, with room for the keys."""
+    return LINE_SLACK + _b64_chars(4 * dim) + 2 * _b64_chars(4 * MAX_TERMS) + MAX_PAYLOAD_BYTES
+
+
+def _b64_chars(size: int) -> int:
+    return 4 * -(-size // 3)
+
+
 def open_archive(path: Path) -> IO[bytes]:
     """The archive's bytes, gunzipped when it starts with gzip's magic."""
     try:
-        raw = open(path, "rb")  # noqa: SIM115 (returned to the caller, who closes it)
+        with open(path, "rb") as raw:
+            zipped = raw.read(2) == GZIP_MAGIC
+        # the caller closes it
+        return gzip.open(path, "rb") if zipped else open(path, "rb")  # type: ignore[return-value]  # noqa: SIM115
     except OSError as exc:
         raise ArchiveError(f"cannot read the archive {path}: {exc.strerror or exc}") from exc
-    if raw.read(2) == GZIP_MAGIC:
-        raw.seek(0)
-        return gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[return-value]
-    raw.seek(0)
-    return raw
 
 
-def read_archive(fh: IO[bytes], name: str) -> tuple[Header, Iterator[Record]]:
-    """The header and an iterator of the records. The iterator checks each record and, at the end, the
-    trailer (count and checksum); any fault raises ArchiveError naming `name` and the line."""
+@contextmanager
+def _read_stdin(spool: IO[bytes]) -> Iterator[IO[bytes]]:
+    """stdin, gunzipped when it starts with gzip's magic, copied to `spool` as it is read: the first
+    pass refuses a bad line as soon as it comes, with no more than that line spooled."""
+    with io.BufferedReader(_Tee(sys.stdin.buffer, spool), 1 << 20) as raw:
+        if raw.peek(2)[:2] == GZIP_MAGIC:
+            with gzip.GzipFile(fileobj=raw, mode="rb") as zipped:
+                yield zipped  # type: ignore[misc]
+        else:
+            yield raw
+
+
+class _Tee(io.RawIOBase):
+    """A stream read once, each piece written to `spool` as it is read."""
+
+    def __init__(self, source: IO[bytes], spool: IO[bytes]) -> None:
+        super().__init__()
+        self.source = source
+        self.spool = spool
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.source.read(len(buffer))
+        try:
+            self.spool.write(data)
+        except OSError as exc:
+            raise SpoolError(exc.errno, exc.strerror) from exc
+        buffer[: len(data)] = data
+        return len(data)
+
+
+def read_archive(fh: IO[bytes], name: str, vectors: bool = True) -> tuple[Header, Iterator[Record]]:
+    """The header and an iterator of the records. The iterator checks each record by the rules of
+    --verify (indexer.verify.PointCheck; `vectors` False: all but its dense vector) and, at the end,
+    the trailer (count and checksum); any fault raises ArchiveError naming `name` and the line."""
     digest = hashlib.sha256()
-    first = _readline(fh, name)
+    first = _readline(fh, name, 1, HEADER_LIMIT, "an archive's header")
     if not first:
         raise ArchiveError(f"{name} is empty: not an archive made by `python -m indexer --export`")
     digest.update(first)
-    data = _parse(first, name, 1)
+    header = _header(_parse(first, name, 1), name)
+
+    def records() -> Iterator[Record]:
+        check = PointCheck(header.model_id, header.dim, vectors)
+        limit, what = line_limit(header.dim), f"a point of {header.dim} values"
+        count = 0
+        line_no = 1
+        while True:
+            line_no += 1
+            line = _readline(fh, name, line_no, limit, what)
+            if not line:
+                raise ArchiveError(f"{name} is truncated after {count} points (no trailer at line {line_no}): "
+                                   "the export did not finish, or the copy was cut short. Nothing was written.")
+            item = _parse(line, name, line_no)
+            if item.get("end") is True:
+                _check_trailer(item, count, digest.hexdigest(), name)
+                if _readline(fh, name, line_no + 1, limit, what):
+                    raise ArchiveError(f"{name} has data after its trailer (line {line_no + 1}): it was altered")
+                return
+            digest.update(line)
+            yield _sound(record_from_json(item, name, line_no), check, name, line_no)
+            count += 1
+
+    return header, records()
+
+
+def _header(data: dict[str, Any], name: str) -> Header:
     if data.get("format") != FORMAT:
         raise ArchiveError(f"{name} is not an archive made by `python -m indexer --export` (no {FORMAT!r} header)")
     if data.get("version") != VERSION:
@@ -197,36 +275,22 @@ def read_archive(fh: IO[bytes], name: str) -> tuple[Header, Iterator[Record]]:
         header = Header(str(data["model_id"]), int(data["dim"]), data)
     except (KeyError, TypeError, ValueError) as exc:
         raise ArchiveError(f"{name}: the header lacks the model record ({exc})") from exc
-    if header.dim <= 0:
-        raise ArchiveError(f"{name}: the header gives an invalid vector size {header.dim}")
-
-    def records() -> Iterator[Record]:
-        count = 0
-        line_no = 1
-        while True:
-            line = _readline(fh, name)
-            line_no += 1
-            if not line:
-                raise ArchiveError(f"{name} is truncated after {count} points (no trailer at line {line_no}): "
-                                   "the export did not finish, or the copy was cut short. Nothing was written.")
-            item = _parse(line, name, line_no)
-            if item.get("end") is True:
-                _check_trailer(item, count, digest.hexdigest(), name)
-                if _readline(fh, name):
-                    raise ArchiveError(f"{name} has data after its trailer (line {line_no + 1}): it was altered")
-                return
-            digest.update(line)
-            yield record_from_json(item, header.dim, name, line_no)
-            count += 1
-
-    return header, records()
+    if not 0 < header.dim <= MAX_DIM:
+        raise ArchiveError(f"{name}: the header gives an invalid vector size {header.dim} (1 to {MAX_DIM})")
+    return header
 
 
-def _readline(fh: IO[bytes], name: str) -> bytes:
+def _readline(fh: IO[bytes], name: str, line_no: int, limit: int, what: str) -> bytes:
+    """The next line, read no further than `limit` bytes: a longer one (a gzip bomb) is never held."""
     try:
-        line = fh.readline()
+        line = fh.readline(limit + 1)
+    except SpoolError:
+        raise
     except (OSError, EOFError, gzip.BadGzipFile) as exc:  # a cut gzip stream: EOFError
         raise ArchiveError(f"{name} cannot be read to its end ({exc}): it is truncated or damaged") from exc
+    if len(line) > limit:
+        raise ArchiveError(f"{name}, line {line_no}, is longer than {what} can be ({limit} bytes): the archive "
+                           "was altered or is not one. Nothing was written.")
     if line and not line.endswith(b"\n"):
         raise ArchiveError(f"{name} is truncated: its last line is cut short. Nothing was written.")
     return line
@@ -235,7 +299,7 @@ def _readline(fh: IO[bytes], name: str) -> bytes:
 def _parse(line: bytes, name: str, line_no: int) -> dict[str, Any]:
     try:
         data = json.loads(line)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: brackets nested thousands deep
         raise ArchiveError(f"{name}, line {line_no}, is not valid JSON ({exc}): the archive is damaged") from exc
     if not isinstance(data, dict):
         raise ArchiveError(f"{name}, line {line_no}, is not a JSON object: the archive is damaged")
@@ -251,28 +315,40 @@ def _check_trailer(item: dict[str, Any], count: int, digest: str, name: str) -> 
                            "it was altered or damaged. Nothing was written.")
 
 
-def record_from_json(item: dict[str, Any], dim: int, name: str, line_no: int) -> Record:
-    where = f"{name}, line {line_no}"
+def record_from_json(item: dict[str, Any], name: str, line_no: int) -> Record:
+    """The record a point's line holds, decoded (its values are checked by PointCheck)."""
     try:
-        pid = str(item["id"])
-        payload = item["payload"]
-        if not isinstance(payload, dict):
-            raise TypeError("payload is not an object")
-        vector = None
-        if item.get("vector") is not None:
-            raw = base64.b64decode(str(item["vector"]), validate=True)
-            if len(raw) != dim * 4:
-                raise ValueError(f"a {len(raw) // 4}-value vector in a {dim}-dimension archive")
-            vector = np.frombuffer(raw, dtype="<f4").astype(np.float32)
-        text = None
-        if item.get("text") is not None:
-            terms, weights = _unb64(item["text"]["terms"], "<u4"), _unb64(item["text"]["weights"], "<f4")
-            if len(terms) != len(weights) or not np.isfinite(weights).all():
-                raise ValueError("a text vector whose terms and weights do not pair up, or are not finite")
-            text = dict(zip(terms.tolist(), weights.tolist(), strict=True))
+        pid, payload = item["id"], item["payload"]
+        if not isinstance(pid, str) or not isinstance(payload, dict):
+            raise TypeError("an id that is not text, or a payload that is not an object")
+        vector = None if item.get("vector") is None else _unb64(item["vector"], "<f4").astype(np.float32)
+        text = _text_from_json(item.get("text"))
     except (KeyError, TypeError, ValueError) as exc:
-        raise ArchiveError(f"{where}: a malformed point ({exc}): the archive is damaged") from exc
+        raise ArchiveError(f"{name}, line {line_no}: a malformed point ({exc}): the archive is damaged. "
+                           "Nothing was written.") from exc
     return Record(pid, vector, text, payload)
+
+
+def _text_from_json(value: Any) -> dict[int, float] | None:
+    if value is None:
+        return None
+    terms, weights = _unb64(value["terms"], "<u4"), _unb64(value["weights"], "<f4")
+    if len(terms) != len(weights) or len(np.unique(terms)) != len(terms):
+        raise ValueError("a text vector whose terms and weights do not pair up")
+    return dict(zip(terms.tolist(), weights.tolist(), strict=True))
+
+
+def _sound(record: Record, check: PointCheck, name: str, line_no: int) -> Record:
+    """`record`, or ArchiveError naming the first rule it breaks."""
+    problems = check.problems(record)
+    if problems:
+        problem, point = problems[0]
+        # a store with damaged vectors exports them as they are: its descriptions can still come back
+        hint = " (--drop-vectors imports its descriptions alone)" if problem == vector_problem(
+            record.vector, check.dim) else ""
+        raise ArchiveError(f"{name}, line {line_no}, point {point}: {problem}{hint}. The archive was altered or "
+                           "made by another tool. Nothing was written.")
+    return record
 
 
 # --- import --------------------------------------------------------------------------------------
@@ -281,11 +357,11 @@ def record_from_json(item: dict[str, Any], dim: int, name: str, line_no: int) ->
 def import_archive(store: VectorStore, source: str, model_id: str, drop_vectors: bool = False) -> ArchiveSummary:
     """Import `source` (a file, or "-" for stdin) into `store` (see the module docstring). `model_id`
     is the current CLIP model's. Raise ArchiveError before writing anything when the archive is not
-    whole, ModelMismatchError when its vectors are another model's (and not `drop_vectors`)."""
+    whole or holds a point --verify would refuse, ModelMismatchError when its vectors are another
+    model's (and not `drop_vectors`)."""
     started = time.perf_counter()
-    with _spooled(source) as path:
-        name = "the archive on stdin" if source == "-" else str(source)
-        header, count = check_archive(path, name)
+    name = "the archive on stdin" if source == "-" else str(source)
+    with _checked(source, name, not drop_vectors) as (path, header, count):
         summary = ArchiveSummary(model_id=header.model_id, bytes=path.stat().st_size)
         if drop_vectors:
             _import_descriptions(store, path, name, model_id, summary)
@@ -297,25 +373,27 @@ def import_archive(store: VectorStore, source: str, model_id: str, drop_vectors:
     return summary
 
 
-def check_archive(path: Path, name: str) -> tuple[Header, int]:
-    """Read the whole archive, checking everything; (header, number of points)."""
-    with open_archive(path) as fh:
-        header, records = read_archive(fh, name)
-        count = sum(1 for _ in records)
-    return header, count
+def check_archive(fh: IO[bytes], name: str, vectors: bool = True) -> tuple[Header, int]:
+    """Read the whole archive, checking everything (the first pass); (header, number of points)."""
+    header, records = read_archive(fh, name, vectors)
+    return header, sum(1 for _ in records)
 
 
 @contextmanager
-def _spooled(source: str) -> Iterator[Path]:
-    """A path to read twice: the file itself, or stdin copied into a temporary file (TMPDIR)."""
+def _checked(source: str, name: str, vectors: bool) -> Iterator[tuple[Path, Header, int]]:
+    """The archive checked whole (the first pass) and a path to read it again from: the file itself,
+    or stdin as the first pass read it, copied into a temporary file (TMPDIR)."""
     if source != "-":
-        yield Path(source)
+        with open_archive(Path(source)) as fh:
+            header, count = check_archive(fh, name, vectors)
+        yield Path(source), header, count
         return
     fd, tmp = tempfile.mkstemp(prefix="images-archive.", suffix=".spool")
     try:
-        with os.fdopen(fd, "wb") as out:
-            shutil.copyfileobj(sys.stdin.buffer, out, 1 << 20)
-        yield Path(tmp)
+        with os.fdopen(fd, "wb") as spool:
+            with _read_stdin(spool) as fh:
+                header, count = check_archive(fh, name, vectors)
+        yield Path(tmp), header, count
     finally:
         Path(tmp).unlink(missing_ok=True)
 
@@ -332,9 +410,7 @@ def _import_points(store: VectorStore, path: Path, name: str, header: Header, mo
     with open_archive(path) as fh:
         _, records = read_archive(fh, name)
         page: list[Record] = []
-        for record in records:
-            if record.vector is None:
-                raise ArchiveError(f"{name}: point {record.id} has no vector; import it with --drop-vectors")
+        for record in records:  # each has its vector: the first pass checked it
             page.append(record)
             if len(page) >= PAGE:
                 _write(store, page, summary)
@@ -359,7 +435,7 @@ def _import_descriptions(store: VectorStore, path: Path, name: str, model_id: st
     # id -> a short digest of the point's content_hash: ~100 bytes a point, a paged scan.
     current = {pid: _short(payload.get("content_hash")) for pid, payload in store.payloads()}
     with open_archive(path) as fh:
-        _, records = read_archive(fh, name)
+        _, records = read_archive(fh, name, vectors=False)
         batch: dict[str, dict[str, Any]] = {}
         for record in records:
             summary.points += 1

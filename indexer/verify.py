@@ -1,25 +1,48 @@
 """`python -m indexer --verify`: read the whole collection and check it, page by page.
 
-Checked: the model record is there; every point has a finite CLIP vector of the recorded size and unit
-norm; its id is the one the indexer makes from its path (store.interface.point_id); its payload model is
-the collection's; its description fields have their types and a described point has its text vector;
-the number of points read equals the store's count. What is found is a list of problems, each with
-up to EXAMPLES paths, and the way back (RECOVERY).
+Every point is checked by PointCheck, the rules `--import` also applies to every archived point before
+it writes anything (indexer/archive.py): a finite CLIP vector of the recorded size and unit norm; a path
+the library rule takes (core.library.name_problem: relative, no `..`, nothing hidden, an image name);
+the id the indexer makes from that path (store.interface.point_id), met once; the collection's model in the
+payload; a flat payload (store.interface.clean_payload) of at most MAX_PAYLOAD_BYTES as JSON; description
+fields of their types and sizes; a text vector of finite weights, no more terms than a description can
+make, present on a described point. --verify also checks that the number of points read equals the
+store's count. What is found is a list of problems, each with up to EXAMPLES paths, and the way back
+(RECOVERY).
 """
 
 from __future__ import annotations
 
+import json
+import math
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from store.interface import RECOVERY, Record, StoreError, VectorStore, description_text, point_id
+from core.library import name_problem
+from store.interface import (
+    RECOVERY,
+    Record,
+    StoreError,
+    VectorStore,
+    clean_payload,
+    description_text,
+    point_id,
+)
 
 PAGE = 512
 NORM_SLACK = 1e-3  # |norm - 1| allowed (float32 rounding is ~1e-7)
 EXAMPLES = 5
+# The sizes a valid point stays within. Fixed (no setting), far above what the indexer and the describer
+# write, so that they also bound the longest line an archive may hold (indexer/archive.py, line_limit).
+MAX_DIM = 65_536  # CLIP vector size (CLIP models give 512 to 1280)
+MAX_TEXT_CHARS = 65_536  # a description's words: description, visible_text and tags together
+MAX_NAME_CHARS = 1_024  # described_by: a model id, "#", a prompt hash
+MAX_TERMS = 2 * MAX_TEXT_CHARS  # text vector terms: a character starts at most two tokens (CJK: it, its pair)
+MAX_PAYLOAD_BYTES = 2 << 20  # the payload as JSON (path, folders, description...): ~1 KB typically
 # The store still opens, so its descriptions can be kept before re-embedding.
 REPAIR = ("To keep the descriptions and re-embed: `python -m indexer --export keep.jsonl.gz`, "
           "`python -m indexer --recreate`, then `python -m indexer --import keep.jsonl.gz --drop-vectors`.")
@@ -59,6 +82,7 @@ def verify_store(store: VectorStore, progress: Callable[[int], None] | None = No
     if info is None:
         report.add("the collection or its model record is missing", "(no collection)")
         return report
+    check = PointCheck(info.model_id, info.dim)
     offset: Any = None
     while True:
         try:
@@ -68,7 +92,8 @@ def verify_store(store: VectorStore, progress: Callable[[int], None] | None = No
             break
         for record in page:
             report.points += 1
-            check_record(record, info.model_id, info.dim, report)
+            for problem, example in check.problems(record):
+                report.add(problem, example)
         if progress is not None:
             progress(report.points)
         if offset is None or not page:
@@ -80,28 +105,67 @@ def verify_store(store: VectorStore, progress: Callable[[int], None] | None = No
     return report
 
 
-def check_record(record: Record, model_id: str, dim: int, report: Report) -> None:
-    payload = record.payload
-    path = payload.get("path")
-    name = path if isinstance(path, str) else f"id {record.id}"
-    vector = record.vector
+@dataclass
+class PointCheck:
+    """The rules every point meets, for --verify (a store's points) and --import (an archive's, before
+    anything is written). `vectors` False: the dense vector is not checked (--import --drop-vectors
+    drops it, so an archive of a store whose vectors are damaged still gives its descriptions back)."""
+
+    model_id: str
+    dim: int
+    vectors: bool = True
+    seen: set[bytes] = field(default_factory=set)  # the ids met so far, 16 bytes each
+
+    def problems(self, record: Record) -> list[tuple[str, str]]:
+        """(what is wrong, the point's name) for each rule `record` breaks; [] for a sound point."""
+        payload = record.payload
+        path = payload.get("path")
+        name = shown(path) if isinstance(path, str) else f"id {shown(str(record.id))}"
+        found = [vector_problem(record.vector, self.dim) if self.vectors else None,
+                 self.id_problem(record.id, path),
+                 None if payload.get("model_id") == self.model_id else
+                 "a payload made by another model than the collection's",
+                 payload_problem(payload) or text_problem(record.text, payload)]
+        return [(problem, name) for problem in found if problem]
+
+    def id_problem(self, pid: str, path: Any) -> str | None:
+        if not isinstance(path, str):
+            return "no path in the payload"
+        refused = name_problem(path)
+        if refused:
+            return f"a path the library rule refuses ({refused})"
+        if point_id(path) != pid:
+            return "an id that is not the one its path gives"
+        key = uuid.UUID(pid).bytes
+        if key in self.seen:
+            return "a second point with the same id (its path twice)"
+        self.seen.add(key)
+        return None
+
+
+def vector_problem(vector: np.ndarray | None, dim: int) -> str | None:
     if vector is None or vector.shape != (dim,):
-        report.add(f"no CLIP vector of {dim} values", name)
-    elif not np.isfinite(vector).all():
-        report.add("a CLIP vector with values that are not finite", name)
-    elif abs(float(np.linalg.norm(vector.astype(np.float64))) - 1.0) > NORM_SLACK:
-        report.add("a CLIP vector that is not of unit length", name)
-    if not isinstance(path, str):
-        report.add("no path in the payload", name)
-    elif point_id(path) != record.id:
-        report.add("an id that is not the one its path gives", name)
-    if payload.get("model_id") != model_id:
-        report.add("a payload made by another model than the collection's", name)
-    problem = description_problem(payload)
-    if problem:
-        report.add(problem, name)
-    elif description_text(payload).strip() and payload.get("described_by") is not None and not record.text:
-        report.add("a description without its text vector (text search misses it)", name)
+        return f"no CLIP vector of {dim} values"
+    if not np.isfinite(vector).all():
+        return "a CLIP vector with values that are not finite"
+    if abs(float(np.linalg.norm(vector.astype(np.float64))) - 1.0) > NORM_SLACK:
+        return "a CLIP vector that is not of unit length"
+    return None
+
+
+def payload_problem(payload: dict[str, Any]) -> str | None:
+    """What makes the payload one the store would not take or the indexer not write, or None."""
+    described = description_problem(payload)  # first: it names the field
+    if described:
+        return described
+    try:
+        clean_payload(payload)  # the store's own rule: flat values, lists of texts in LIST_FIELDS
+        size = len(json.dumps(payload, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode())
+    except StoreError:
+        return "a payload field that is not text, a number or a list of texts"
+    except ValueError:
+        return "a payload number that is not finite"
+    return f"a payload of over {MAX_PAYLOAD_BYTES} bytes" if size > MAX_PAYLOAD_BYTES else None
 
 
 def description_problem(payload: dict[str, Any]) -> str | None:
@@ -112,4 +176,25 @@ def description_problem(payload: dict[str, Any]) -> str | None:
     if tags is not None and not isinstance(tags, str) and not (
             isinstance(tags, list) and all(isinstance(t, str) for t in tags)):
         return "description tags that are neither text nor a list of texts"
+    if len(payload.get("described_by") or "") > MAX_NAME_CHARS:
+        return f"a 'described_by' of over {MAX_NAME_CHARS} characters"
+    if len(description_text(payload)) > MAX_TEXT_CHARS:
+        return f"a description of over {MAX_TEXT_CHARS} characters"
     return None
+
+
+def text_problem(text: dict[int, float] | None, payload: dict[str, Any]) -> str | None:
+    if text is None or not text:
+        described = description_text(payload).strip() and payload.get("described_by") is not None
+        return "a description without its text vector (text search misses it)" if described else None
+    if len(text) > MAX_TERMS:
+        return f"a text vector of over {MAX_TERMS} terms"
+    if not all(math.isfinite(weight) for weight in text.values()):
+        return "a text vector with weights that are not finite"
+    return None
+
+
+def shown(name: str) -> str:
+    """A name on one line of a message: control characters escaped, at most 200 characters."""
+    line = "".join(c if c.isprintable() else repr(c)[1:-1] for c in name)
+    return line if len(line) <= 200 else line[:200] + "..."

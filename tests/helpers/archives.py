@@ -1,8 +1,14 @@
-"""Archives for tests (indexer/archive.py): a described collection to export, its whole contents, its answers."""
+"""Archives for tests (indexer/archive.py): a described collection to export, its whole contents, its answers;
+archives crafted with the trailer the exporter would give them (whole, whatever they say), a gzip bomb among them."""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import struct
+import zlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -77,3 +83,53 @@ def same_points(a: VectorStore, b: VectorStore) -> bool:
         return False
     return all(left[k][1:] == right[k][1:] and np.allclose(left[k][0], right[k][0], rtol=0, atol=1e-6)
                for k in left)
+
+
+def lines_of(file: Path) -> list[bytes]:
+    """The header and point lines of a plain archive (its trailer left out)."""
+    return file.read_bytes().splitlines(keepends=True)[:-1]
+
+
+def as_line(data: dict[str, Any]) -> bytes:
+    return json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n"
+
+
+def trailer(body: bytes, count: int) -> bytes:
+    """The trailer the exporter writes after `body` (the header and `count` point lines)."""
+    return as_line({"end": True, "count": count, "sha256": hashlib.sha256(body).hexdigest()})
+
+
+def crafted(file: Path, lines: list[bytes]) -> Path:
+    """`lines` (a header, then points) written as a whole archive: with the trailer that makes it pass its
+    count and checksum, as an edited archive given a new checksum would."""
+    body = b"".join(lines)
+    file.write_bytes(body + trailer(body, len(lines) - 1))
+    return file
+
+
+GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"  # deflate, no name, no mtime, unknown OS
+CHUNK = b"A" * (1 << 20)
+
+
+def gzip_bomb(file: Path, header: bytes, expanded: int) -> int:
+    """A gzip archive whose one point line holds `expanded` bytes of base64 "vector", with a valid trailer
+    (and gzip CRC); about 1 KB of gzip per MiB of line. Made chunk by chunk: a deflate stream reset by a
+    full flush compresses the same chunk to the same bytes, so one compressed chunk is written again and
+    again, and only the checksums read every byte. Returns the size of the file."""
+    start, end = b'{"id":"x","text":null,"payload":{},"vector":"', b'"}\n'
+    digest, crc, size = hashlib.sha256(header + start), zlib.crc32(header + start), len(header + start)
+    stream = zlib.compressobj(9, zlib.DEFLATED, -15)  # raw deflate: the gzip wrapping is written here
+    repeat = zlib.compressobj(9, zlib.DEFLATED, -15)
+    packed = repeat.compress(CHUNK) + repeat.flush(zlib.Z_FULL_FLUSH)
+    with open(file, "wb") as out:
+        out.write(GZIP_HEADER + stream.compress(header + start) + stream.flush(zlib.Z_FULL_FLUSH))
+        for _ in range(expanded // len(CHUNK)):
+            out.write(packed)
+            digest.update(CHUNK)
+            crc = zlib.crc32(CHUNK, crc)
+        digest.update(end)
+        tail = end + as_line({"end": True, "count": 1, "sha256": digest.hexdigest()})
+        crc = zlib.crc32(tail, crc)
+        size += expanded // len(CHUNK) * len(CHUNK) + len(tail)
+        out.write(stream.compress(tail) + stream.flush() + struct.pack("<II", crc, size & 0xFFFFFFFF))
+        return out.tell()
