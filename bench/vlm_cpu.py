@@ -152,7 +152,7 @@ def load(runtime: str, model: Path, exports: Path) -> Any:
         return vlm
     from runners.vlm.openvino_runtime import OpenVinoRuntime
 
-    class EndlessEngine(OpenVinoRuntime):
+    class EndlessRuntime(OpenVinoRuntime):
         def config(self, limit: int, sampling: Any) -> Any:
             config = super().config(limit, sampling)
             config.ignore_eos = True
@@ -160,8 +160,8 @@ def load(runtime: str, model: Path, exports: Path) -> Any:
             return config
 
     inputs = VlmInputs.load(model, settings)
-    engine = EndlessEngine.load(exports / precision, inputs, settings, precision)
-    return VisionLanguageModel(inputs, engine, str(model))
+    runtime = EndlessRuntime.load(exports / precision, inputs, settings, precision)
+    return VisionLanguageModel(inputs, runtime, str(model))
 
 
 def timed(vlm: Any, conversations: list[Any], tokens: int) -> tuple[float, Any]:
