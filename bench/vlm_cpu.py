@@ -160,8 +160,8 @@ def load(runtime: str, model: Path, exports: Path) -> Any:
             return config
 
     inputs = VlmInputs.load(model, settings)
-    runtime = EndlessRuntime.load(exports / precision, inputs, settings, precision)
-    return VisionLanguageModel(inputs, runtime, str(model))
+    endless = EndlessRuntime.load(exports / precision, inputs, settings, precision)
+    return VisionLanguageModel(inputs, endless, str(model))
 
 
 def timed(vlm: Any, conversations: list[Any], tokens: int) -> tuple[float, Any]:
