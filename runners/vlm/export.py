@@ -17,7 +17,8 @@ from runners.vlm.openvino_export import ExportFailed, export
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m runners.vlm.export", description=__doc__.splitlines()[0])
-    parser.add_argument("--weights", choices=("int8", "int4"), help="default: VQA_OPENVINO_WEIGHTS")
+    parser.add_argument("--weights", choices=("int8", "int4"),
+                        help="default: VQA_OPENVINO_WEIGHTS (auto: the export that exists, else int8)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     settings = load_settings_or_exit()
