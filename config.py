@@ -2,16 +2,18 @@
 
 Every setting is documented by its field's description (docs/settings.md is generated from them:
 `python scripts/settings_doc.py > docs/settings.md`). Import `get_settings()`;
-it is cached so every module in a process sees the same values.
+it is cached so every module in a process sees the same values. A command line starts with
+`load_settings_or_exit()`: a bad setting is then one line naming it, and exit 2.
 """
 
 from __future__ import annotations
 
+import sys
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_CLIP_MODEL = "OFA-Sys/chinese-clip-vit-base-patch16"
@@ -179,8 +181,11 @@ class Settings(BaseSettings):
         description="The VQA runtime (runners/vlm/loader.py; docs/cpu.md): `auto` is PyTorch on CUDA; on a CPU, "
         "OpenVINO when an export of VQA_MODEL (`python -m runners.vlm.export`) is cached and passes the fidelity "
         "gate, else PyTorch (logged, saying why). `openvino`: export when missing.")
-    vqa_openvino_weights: Literal["int8", "int4"] = Field(
-        default="int8", description="Weight precision of the OpenVINO export: `int8` or `int4`.")
+    vqa_openvino_weights: Literal["auto", "int8", "int4"] = Field(
+        default="auto",
+        description="Weight precision of the OpenVINO export: `auto` serves the export that exists (int8 "
+        "preferred, else int4; `python -m runners.vlm.export --weights int4` then serves int4) and makes int8 "
+        "when exporting anew; `int8` or `int4` ask for that one.")
     vqa_openvino_precision: Literal["f32", "bf16"] = Field(
         default="f32",
         description="OpenVINO CPU compute precision, pinned (the CPU plugin picks bf16 by itself on "
@@ -303,3 +308,19 @@ class Settings(BaseSettings):
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     return Settings()
+
+
+def setting_problems(exc: ValidationError) -> list[str]:
+    """One line per refused setting: its environment variable and pydantic's reason."""
+    return [f"{'.'.join(str(part) for part in error['loc']).upper()}: {error['msg']}" for error in exc.errors()]
+
+
+def load_settings_or_exit() -> Settings:
+    """get_settings() for a command line: a bad setting is one line on stderr naming it, and exit 2 (the
+    code docs/indexing.md gives bad settings), not a traceback that a job runner reads as a failed run."""
+    try:
+        return get_settings()
+    except ValidationError as exc:
+        for line in setting_problems(exc):
+            print(f"error: {line} (docs/settings.md)", file=sys.stderr)
+        raise SystemExit(2) from None

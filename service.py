@@ -176,8 +176,9 @@ class MultimodalServer:
         else:
             upload = Path(str(image))
             results, query = await self.searching.by_upload(upload, top_k, page, include_image), upload_name(upload)
+        # an image is ranked by its CLIP vector alone; `mode` says so, as /text2image_search's answer does
         return await self.searching.answer(  # type: ignore[return-value]
-            {"status": "success", "query": query, "results": results})
+            {"status": "success", "query": query, "mode": "vector", "results": results})
 
     @bentoml.api(route="/vqa")
     @handles_errors

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, TextIO
 import numpy as np
 from PIL import Image
 
-from config import Settings, get_settings
+from config import Settings, load_settings_or_exit
 from indexer.pipeline import Engine, ImageEncoder, Indexer, IndexOptions, Summary, encode_each
 from store import open_store_for_writing
 from store.interface import CollectionInfo, ModelMismatchError, StoreError, StoreLockedError, VectorStore
@@ -199,7 +199,7 @@ def ray_engine(settings: Settings, store: VectorStore, load: Callable[[], ImageE
 
 
 def run(argv: list[str] | None = None) -> int:
-    settings = get_settings()
+    settings = load_settings_or_exit()
     args = parse_args(argv, settings)
     if args.drop_vectors and not args.import_:
         print("error: --drop-vectors goes with --import", file=sys.stderr)

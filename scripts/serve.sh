@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh
 index=1
 if [ "${1:-}" = "--no-index" ]; then index=0; shift; fi
-library=$(.venv/bin/python -c 'from config import get_settings; print(get_settings().image_library)')
+library=$(.venv/bin/python -c 'from config import load_settings_or_exit; print(load_settings_or_exit().image_library)')
 if [ "$index" = 1 ] && [ -d "$library" ]; then
   .venv/bin/python -m indexer
 elif [ "$index" = 1 ]; then

@@ -50,13 +50,49 @@ ERROR = {
     },
 }
 
+# What a score is depends on the ranking that made it (api/searching.py, store/qdrant_base.py).
+SCORE = ("higher is better: the cosine similarity of CLIP vectors in `vector` mode (and on /image2image_search), "
+         "the BM25 weight of the description's words in `text` mode, the fused (RRF) score in `hybrid` mode")
+DESCRIBED = {  # api/search_fields.py described_fields: written by `python -m indexer --describe`
+    "description": {"type": "string", "description": "the photo's VLM-written description, when it has one"},
+    "visible_text": {"type": "string", "description": "the text the VLM read in the photo, when there is any"},
+}
+MODE = {"type": "string", "enum": ["vector", "text", "hybrid"],
+        "description": "how the results were ranked: CLIP similarity, the descriptions' words, or both fused "
+                       "(/image2image_search: always `vector`)"}
+NULLABLE_STRING = {"type": "string", "nullable": True}
+NULLABLE_NUMBER = {"type": "number", "nullable": True}
+NULLABLE_INTEGER = {"type": "integer", "nullable": True}
+HEALTH = {  # api/health.py health_report
+    "status": {"type": "string", "enum": ["healthy", "degraded"]},
+    "store": {"type": "string", "enum": ["ok", "damaged", "unavailable"],
+              "description": "`damaged`: searches refused, /readyz 503 (`python -m indexer --verify`)"},
+    "clip_model_loaded": {"type": "boolean"}, "vqa_model_loaded": {"type": "boolean"},
+    "image_library_size": {**NULLABLE_INTEGER, "description": "points in the index; null while the store is "
+                                                              "not answering"},
+    "device": NULLABLE_STRING,
+    "gpu_memory_allocated_gb": NULLABLE_NUMBER, "gpu_memory_reserved_gb": NULLABLE_NUMBER,
+    "clip_model": {"type": "string"},
+    "index_model": {**NULLABLE_STRING, "description": "the CLIP model the index was built with"},
+    "described_images": {"type": "integer", "description": "photos with a description"},
+    "descriptions_by": {"type": "object", "additionalProperties": {"type": "integer"},
+                        "description": "photos described by each `<VQA model id>#<prompt hash>`"},
+    "vqa_model": {"type": "string"},
+    "vqa_quantization": NULLABLE_STRING,
+    "vqa_runtime": {**NULLABLE_STRING, "description": "VQA_RUNTIME as resolved: `torch` or `openvino`"},
+    "vqa_precision": {**NULLABLE_STRING, "description": "its weight precision: `fp32`, `bf16`, `int8`, `int4`..."},
+    "vqa_batches": {"type": "object", "properties": {"generate_calls": NULLABLE_INTEGER,
+                                                     "answers": NULLABLE_INTEGER}},
+}
+
 SCHEMAS: dict[str, Any] = {
     "Error": ERROR,
     "SearchResult": {
         "type": "object", "required": ["image", "score"],
         "properties": {
             "image": {"type": "string", "description": "path relative to IMAGE_LIBRARY"},
-            "score": {"type": "number", "description": "cosine similarity"},
+            "score": {"type": "number", "description": SCORE},
+            **DESCRIBED,
             "image_base64": {"type": "string", "nullable": True,
                              "description": "the file's bytes, base64 (null if it was deleted since indexing)"},
             "thumbnail_url": {"type": "string", "description": 'with include_image="thumbnail": '
@@ -65,10 +101,11 @@ SCHEMAS: dict[str, Any] = {
         },
     },
     "SearchResponse": {
-        "type": "object", "required": ["status", "query", "results"],
+        "type": "object", "required": ["status", "query", "mode", "results"],
         "properties": {
             "status": {"type": "string", "enum": ["success"]},
             "query": {"type": "string"},
+            "mode": MODE,
             "results": {"type": "array", "items": {"$ref": "#/components/schemas/SearchResult"}},
         },
     },
@@ -76,10 +113,10 @@ SCHEMAS: dict[str, Any] = {
         "type": "object", "required": ["image", "score", "thumbnail_url", "image_url"],
         "properties": {
             "image": {"type": "string", "description": "path relative to IMAGE_LIBRARY"},
-            "score": {"type": "number", "description": "cosine similarity"},
+            "score": {"type": "number", "description": SCORE.replace(" (and on /image2image_search)", "")},
             "thumbnail_url": {"type": "string", "description": "/images/<path>?size=256"},
             "image_url": {"type": "string", "description": "/images/<path>?size=0"},
-            "description": {"type": "string", "description": "the photo's stored description, when it has one"},
+            **DESCRIBED,
         },
     },
     "AskResponse": {
@@ -98,6 +135,7 @@ SCHEMAS: dict[str, Any] = {
         "properties": {"status": {"type": "string", "enum": ["success"]}, "question": {"type": "string"},
                        "answer": {"type": "string"}},
     },
+    "Health": {"type": "object", "required": list(HEALTH), "properties": HEALTH},
 }
 
 COMMON_ERRORS = {
@@ -240,8 +278,10 @@ def extra_paths() -> dict[str, Any]:
     return {
         "/images/{path}": {"get": images_operation()},
         "/health": {"get": {
-            "operationId": "health", "tags": tags, "description": "Models loaded, index size, GPU memory.",
-            "responses": {"200": json_response("Service health", obj), **error_responses({500: COMMON_ERRORS[500]})},
+            "operationId": "health", "tags": tags,
+            "description": "Models loaded, the VQA runtime and its precision, index size, GPU memory.",
+            "responses": {"200": json_response("Service health", {"$ref": "#/components/schemas/Health"}),
+                          **error_responses({500: COMMON_ERRORS[500]})},
         }},
         "/v1/models": {"get": {
             "operationId": "list_models", "tags": tags,

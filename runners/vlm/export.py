@@ -8,7 +8,7 @@ import json
 import logging
 import sys
 
-from config import get_settings
+from config import load_settings_or_exit
 from runners.export_cache import MARKER
 from runners.hub import resolve_model
 from runners.vlm.loader import torch_reference
@@ -17,10 +17,11 @@ from runners.vlm.openvino_export import ExportFailed, export
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m runners.vlm.export", description=__doc__.splitlines()[0])
-    parser.add_argument("--weights", choices=("int8", "int4"), help="default: VQA_OPENVINO_WEIGHTS")
+    parser.add_argument("--weights", choices=("int8", "int4"),
+                        help="default: VQA_OPENVINO_WEIGHTS (auto: the export that exists, else int8)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    settings = get_settings()
+    settings = load_settings_or_exit()
     if args.weights:
         settings = settings.model_copy(update={"vqa_openvino_weights": args.weights})
     model_dir = resolve_model(settings.vqa_model, settings.model_source, settings.model_cache_dir, "VQA_MODEL")

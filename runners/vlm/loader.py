@@ -84,16 +84,17 @@ def torch_vlm(folder: Path, settings: Settings, device: str) -> VisionLanguageMo
 def openvino_vlm(folder: Path, settings: Settings, make_export: bool) -> VisionLanguageModel:
     from runners.vlm.openvino_runtime import KV_CACHE_GIB, OpenVinoRuntime
 
-    weights = settings.vqa_openvino_weights
     export = vlm_export.find_export(settings, settings.vqa_model, folder)
     if export is None and not make_export:
-        raise RuntimeRefused(f"no OpenVINO export of {settings.vqa_model} ({weights}) in {settings.vqa_openvino_cache}"
+        wanted = " or ".join(vlm_export.weights_wanted(settings))
+        raise RuntimeRefused(f"no OpenVINO export of {settings.vqa_model} ({wanted}) in {settings.vqa_openvino_cache}"
                              f" (`{EXPORT_COMMAND}` makes it once)")
     if export is None:
         try:
             export = vlm_export.export(settings, settings.vqa_model, folder, lambda: torch_reference(settings, folder))
         except vlm_export.ExportFailed as exc:
             raise RuntimeRefused(str(exc)) from exc
+    weights = export.name  # the export's folder is named by its weights (VQA_OPENVINO_WEIGHTS=auto takes either)
     if settings.vqa_memory_guard:
         helps = ("VQA_OPENVINO_WEIGHTS=int4 needs the least" if weights == "int8" else "this is the smallest runtime")
         check_fits(f"{settings.vqa_model} on OpenVINO {weights}",

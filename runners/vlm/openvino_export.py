@@ -38,26 +38,43 @@ class ExportFailed(RuntimeError):
     """The exporter could not make the export (the message says why)."""
 
 
+# VQA_OPENVINO_WEIGHTS=auto: the export that exists, in this order (int8 answers closer to PyTorch's); a new
+# export is the first. So `python -m runners.vlm.export --weights int4` alone is what serving then takes.
+AUTO_ORDER = ("int8", "int4")
+
+
+def weights_wanted(settings: Settings) -> tuple[str, ...]:
+    """The weights an existing export may have, preferred first."""
+    weights = settings.vqa_openvino_weights
+    return AUTO_ORDER if weights == "auto" else (weights,)
+
+
 def export_dir(settings: Settings, model_id: str, model_dir: Path, weights: str | None = None,
                form: int = EXPORT_FORMAT) -> Path:
+    """The folder of one export; without `weights`, the one a new export makes."""
     salt = f"vlm-openvino/{form}"
     base = cache_folder(settings.vqa_openvino_cache, model_id, model_dir, salt, STAT_ABOVE)
-    return base / (weights or settings.vqa_openvino_weights)
+    return base / (weights or weights_wanted(settings)[0])
 
 
 def find_export(settings: Settings, model_id: str, model_dir: Path) -> Path | None:
-    """The finished export for VQA_OPENVINO_WEIGHTS (a format-1 one upgraded first), or None."""
-    folder = export_dir(settings, model_id, model_dir)
-    if not (folder / MARKER).is_file():
-        upgrade(settings, model_id, model_dir)
-    return folder if (folder / MARKER).is_file() else None
+    """The finished export for VQA_OPENVINO_WEIGHTS (`auto`: int8, else int4; a format-1 one upgraded first),
+    or None. The folder's name is its weights."""
+    for weights in weights_wanted(settings):
+        folder = export_dir(settings, model_id, model_dir, weights)
+        if not (folder / MARKER).is_file():
+            upgrade(settings, model_id, model_dir, weights)
+        if (folder / MARKER).is_file():
+            return folder
+    return None
 
 
-def upgrade(settings: Settings, model_id: str, model_dir: Path) -> None:
+def upgrade(settings: Settings, model_id: str, model_dir: Path, weights: str) -> None:
     """Make the current export from a format-1 one (before runners/vlm_windows) in seconds, not an export's
     minutes: its files linked into a new folder, the vision tower rewritten there, published as format 2. The old
     folder is left as it is. A failure (a read-only cache) is logged; the caller then finds no current export."""
-    old, folder = export_dir(settings, model_id, model_dir, form=1), export_dir(settings, model_id, model_dir)
+    old = export_dir(settings, model_id, model_dir, weights, form=1)
+    folder = export_dir(settings, model_id, model_dir, weights)
     if not (old / MARKER).is_file():
         return
     try:

@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import bentoml
@@ -23,6 +24,9 @@ import pytest
 from openapi_spec_validator import validate
 from serving import Server, png, run_indexer, running, service_env
 from shapes import draw_shape, make_library
+
+from api.search_fields import result_item
+from store.interface import Hit
 
 BIN = Path(sys.executable).parent
 SEED = 7_100
@@ -199,7 +203,11 @@ def test_docs_json_is_a_valid_openapi_document(spec: dict[str, Any]) -> None:
 
 # ---------------------------------------------------------------- a generated client
 
-def test_generated_client_calls_the_service(server: Server, spec: dict[str, Any], tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def generated(spec: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
+    """A client generated from the served document the way docs/api.md says: its package, `api` (the
+    operations' modules), `models` and `types`."""
+    tmp_path = tmp_path_factory.mktemp("generated")
     (tmp_path / "spec.json").write_text(json.dumps(spec))
     (tmp_path / "config.json").write_text(json.dumps({"post_hooks": []}))
     started = time.monotonic()
@@ -210,15 +218,19 @@ def test_generated_client_calls_the_service(server: Server, spec: dict[str, Any]
     print(f"client generated in {time.monotonic() - started:.1f} s")
     sys.path.insert(0, str(tmp_path))
     try:
-        generated = importlib.import_module("contract_client")
-        api = importlib.import_module("contract_client.api.service")
-        models = importlib.import_module("contract_client.models")
-        types = importlib.import_module("contract_client.types")
+        return SimpleNamespace(package=importlib.import_module("contract_client"),
+                               api=importlib.import_module("contract_client.api.service"),
+                               models=importlib.import_module("contract_client.models"),
+                               types=importlib.import_module("contract_client.types"))
     finally:
         sys.path.remove(str(tmp_path))
+
+
+def test_generated_client_calls_the_service(server: Server, generated: SimpleNamespace) -> None:
+    api, models, types = generated.api, generated.models, generated.types
     search, vqa = importlib.import_module(api.__name__ + ".text2image_search"), \
         importlib.import_module(api.__name__ + ".vqa_answer")
-    with generated.Client(base_url=server.url, timeout=httpx.Timeout(120)) as client:
+    with generated.package.Client(base_url=server.url, timeout=httpx.Timeout(120)) as client:
         for include_image in (True, False):
             body = models.Text2ImageSearchInput(text_query="红色的圆形", top_k=3, include_image=include_image)
             found = search.sync_detailed(client=client, body=body)
@@ -241,6 +253,36 @@ def test_generated_client_calls_the_service(server: Server, spec: dict[str, Any]
         refused = vqa.sync_detailed(client=client, body=models.VqaAnswerInput(question="What?", image=junk))
         assert refused.status_code == 400 and isinstance(refused.parsed, models.Error)
         assert refused.parsed.error.code == "invalid_argument" and "image:" in refused.parsed.error.message
+
+
+def test_a_generated_client_reads_every_field_the_responses_carry(server: Server, generated: SimpleNamespace
+                                                                 ) -> None:
+    """The fields added after the first document (search `mode`, a described photo's `description` and
+    `visible_text`, /health's VQA runtime) are typed attributes of the generated models, not dropped."""
+    api, models, types = generated.api, generated.models, generated.types
+    by_text = importlib.import_module(api.__name__ + ".text2image_search")
+    by_image = importlib.import_module(api.__name__ + ".image2image_search")
+    health = importlib.import_module(api.__name__ + ".health")
+    with generated.package.Client(base_url=server.url, timeout=httpx.Timeout(120)) as client:
+        found = by_text.sync_detailed(client=client, body=models.Text2ImageSearchInput(text_query="红色的圆形",
+                                                                                      include_image=False))
+        assert found.status_code == 200 and found.parsed.mode.value == "vector"  # nothing described here
+        upload = types.File(payload=io.BytesIO(png(draw_shape("circle", "red", seed=SEED + 2))),
+                            file_name="red.png", mime_type="image/png")
+        alike = by_image.sync_detailed(client=client, body=models.Image2ImageSearchInput(image=upload,
+                                                                                        include_image=False))
+        assert alike.status_code == 200 and alike.parsed.mode.value == "vector" and alike.parsed.results
+        report = health.sync_detailed(client=client)
+        assert report.status_code == 200 and isinstance(report.parsed, models.Health)
+        assert (report.parsed.vqa_runtime, report.parsed.vqa_precision) == ("torch", "fp32")
+    # a described photo's result, shaped by the service's own code, read through the generated models
+    hit = Hit(id="1", score=0.031, payload={"path": "cat.jpg", "description": "一只猫", "visible_text": "STOP"})
+    body = {"status": "success", "query": "猫", "mode": "hybrid",
+            "results": [result_item(hit, "thumbnail", None)]}
+    parsed = models.SearchResponse.from_dict(json.loads(json.dumps(body)))
+    assert parsed.mode.value == "hybrid" and parsed.results[0].score == 0.031
+    assert (parsed.results[0].description, parsed.results[0].visible_text) == ("一只猫", "STOP")
+    assert parsed.results[0].thumbnail_url == "/images/cat.jpg?size=256"
 
 
 # ---------------------------------------------------------------- property-based fuzzing

@@ -48,3 +48,14 @@ def test_a_run_with_nothing_to_embed_does_not_load_the_model(random_clip_dir: Pa
     again = cli(env, "--json")
     assert again.returncode == 0, again.stderr
     assert json.loads(again.stdout)["unchanged"] == len(shapes)
+
+
+def test_a_bad_setting_is_one_line_naming_it_and_exit_2(random_clip_dir: Path, tmp_path: Path) -> None:
+    """docs/indexing.md: 2 is bad settings. A job runner reads 1 as a store error, and a traceback is no
+    message for the person who set it."""
+    env = cli_env(random_clip_dir, tmp_path / "lib", tmp_path / "qdrant")
+    done = cli({**env, "INDEX_BATCH_SIZE": "0"}, timeout=60)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.splitlines() == [
+        "error: INDEX_BATCH_SIZE: Input should be greater than or equal to 1 (docs/settings.md)"]
+    assert not (tmp_path / "qdrant").exists()  # refused before anything was opened

@@ -155,6 +155,21 @@ def test_auto_takes_the_export_and_without_one_says_why(tiny_qwen_dir: Path, ov_
     assert "no OpenVINO export" in caplog.text and "python -m runners.vlm.export" in caplog.text
 
 
+def test_the_int4_export_alone_is_what_serving_takes(tiny_qwen_dir: Path, tmp_path: Path,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    """README's CPU path: `python -m runners.vlm.export --weights int4`, then serve with the default settings
+    (VQA_OPENVINO_WEIGHTS=auto): int4 serves, not PyTorch fp32 for want of an int8 export."""
+    cache = tmp_path / "cache"
+    done = run_export(tiny_qwen_dir, cache, "--weights", "int4")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout)["weights"] == "int4"
+    vlm = open_vlm(settings_for(tiny_qwen_dir, cache))  # auto runtime, auto weights, on a CPU
+    assert (vlm.runtime.name, vlm.precision) == ("openvino", "int4")
+    with caplog.at_level(logging.WARNING, logger="runners.vlm.loader"):  # an explicit int8 still means int8
+        explicit = open_vlm(settings_for(tiny_qwen_dir, cache, vqa_openvino_weights="int8"))
+    assert explicit.runtime.name == "torch" and "no OpenVINO export" in caplog.text and "(int8)" in caplog.text
+
+
 def test_an_export_made_before_the_windows_rewrite_is_upgraded_not_made_again(
         tiny_qwen_dir: Path, ov_cache: Path, tmp_path: Path, tiny_vlm: VisionLanguageModel) -> None:
     """A user who exported before runners/vlm_windows (export format 1) starts the new version: `auto` finds the
