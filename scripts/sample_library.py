@@ -26,8 +26,9 @@ for entry in (ROOT, ROOT / "tests"):  # config, and tests/shapes.py: the drawing
     if str(entry) not in sys.path:
         sys.path.insert(0, str(entry))
 
-from config import get_settings  # noqa: E402
 from shapes import WORDS, draw_described, make_library  # noqa: E402
+
+from config import get_settings  # noqa: E402
 
 TINY_CLIP = ROOT / "tests" / "fixtures" / "tiny_clip"
 PER_CLASS = 2
