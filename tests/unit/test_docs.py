@@ -321,9 +321,9 @@ def code_constants() -> set[str]:
     """Module-level names in capitals of the project's own Python files (BUILD_INDEX_AT_START_POINTS ...)."""
     import ast
 
-    found = set()
+    found: set[str] = set()
     for path in [*ROOT.glob("*.py"), *ROOT.glob("[a-z]*/**/*.py")]:
-        if ".venv" in path.parts:
+        if path.relative_to(ROOT).parts[0] == "tests":  # the project's names, not its tests'
             continue
         for node in ast.parse(path.read_text(encoding="utf-8")).body:
             targets = node.targets if isinstance(node, ast.Assign) else [getattr(node, "target", None)]
@@ -380,9 +380,9 @@ def served_routes() -> list[tuple[set[str], re.Pattern[str]]]:
         if isinstance(node, ast.Call) and ast.unparse(node.func) == "bentoml.api":
             route = next(k.value for k in node.keywords if k.arg == "route")
             served.append(({"POST"}, re.compile(re.escape(ast.literal_eval(route)) + "$")))
-    for route in routes().routes:
-        methods = getattr(route, "methods", None) or {"GET", "HEAD"}
-        served.append((set(methods), route.path_regex))  # type: ignore[attr-defined]
+    for entry in routes().routes:
+        methods = getattr(entry, "methods", None) or {"GET", "HEAD"}
+        served.append((set(methods), entry.path_regex))  # type: ignore[attr-defined]
     return served
 
 
