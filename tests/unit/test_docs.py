@@ -444,18 +444,26 @@ def sections(benchmarks: str) -> dict[str, str]:
 
 def quoting_units(text: str) -> list[str]:
     """The doc's sentences and table cells that name a BENCHMARKS section, each on one line (fenced and inline
-    code left out, links reduced to their text); a cell that is only the source stands for its whole row."""
+    code left out, links reduced to their text); a cell that is only the source stands for its whole row, and
+    a sentence that names one and ends in ":" quotes the table under it, row by row."""
     # a code span becomes a word, so a sentence that starts with one still starts a sentence
     plain = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", prose(text, code="Code"))
     units: list[str] = []
-    for block in re.split(r"\n\s*\n|\n(?=\s*(?:[-*|#]|\d+\.) )", plain):
+    source = ""  # the quotes of a sentence that introduces a table
+    for block in re.split(r"\n\s*\n|\n(?=\s*\|)|\n(?=\s*(?:[-*#]|\d+\.) )", plain):
         line = " ".join(block.split())
         cells = line.strip("|").split(" | ") if line.startswith("|") else [line]
+        if line.startswith("|") and source:
+            units.append(" ".join(cells) + source)
+            continue
+        source = ""
         for cell in cells:
             for sentence in SENTENCE_END.split(cell):
                 if QUOTE.search(sentence):
                     alone = not figures(QUOTE.sub("", sentence))
                     units.append(" ".join(cells) if alone and len(cells) > 1 else sentence)
+                    if sentence.endswith(":") and len(cells) == 1:
+                        source = "".join(f' BENCHMARKS "{name}"' for name in QUOTE.findall(sentence))
     return units
 
 
@@ -490,7 +498,9 @@ def test_the_quote_check_finds_a_wrong_figure_and_a_missing_section() -> None:
             "Then it is fast. At 1M points it is 0.98 in 6 ms ([BENCHMARKS.md](../BENCHMARKS.md) \"(issue 5)\").\n\n"
             "| figure | value | source |\n|---|---|---|\n| speed | 2.1x at 10k | BENCHMARKS \"old graph\" |\n"
             "| speed | 3.1x | BENCHMARKS \"old graph\" |\n\nSee BENCHMARKS \"Search at\"; and BENCHMARKS \"GPU\".\n"
-            "```\nBENCHMARKS \"GPU\" 7\n```\n")
+            "```\nBENCHMARKS \"GPU\" 7\n```\n\nAs measured (BENCHMARKS \"old graph\"):\n\n| points | speed |\n"
+            "|---|---|\n| 10,000 | 2.1x |\n| 10,000 | 2.2x |\n\nThen 5 more.\n\n| 7 | 8 |\n")
     assert misquoted(page, benchmarks) == [
         '0.98 is not in "(issue 5)"', '6 is not in "(issue 5)"', '3.1 is not in "old graph"',
-        '"Search at": 2 sections of BENCHMARKS.md', '"GPU": no sections of BENCHMARKS.md']
+        '"Search at": 2 sections of BENCHMARKS.md', '"GPU": no sections of BENCHMARKS.md',
+        '2.2 is not in "old graph"']
