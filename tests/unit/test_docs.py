@@ -504,3 +504,36 @@ def test_the_quote_check_finds_a_wrong_figure_and_a_missing_section() -> None:
         '0.98 is not in "(issue 5)"', '6 is not in "(issue 5)"', '3.1 is not in "old graph"',
         '"Search at": 2 sections of BENCHMARKS.md', '"GPU": no sections of BENCHMARKS.md',
         '2.2 is not in "old graph"']
+
+
+# ---------------------------------------------------------------- commands run the project's venv
+
+BARE_PYTHON = re.compile(r"^\s*(?:[A-Z_][A-Z0-9_]*=\S*\s+)*(python|pip)\s")
+
+
+def bare_commands(text: str) -> list[str]:
+    """Lines of the fenced bash blocks that start a bare `python` or `pip` (after any VAR=value), not the
+    venv's `.venv/bin/python`: on a fresh machine that is another Python, without the project's packages. A
+    line that continues the one before (a trailing backslash) is left out: it runs where that command runs."""
+    found, fence, previous = [], "", ""
+    for line in text.split("\n"):
+        marker = re.match(r"\s*(`{3,})(\w*)", line)
+        if marker:
+            fence = "" if fence else (marker.group(2) or "text")
+        elif fence in ("bash", "sh", "shell") and BARE_PYTHON.match(line) and not previous.endswith("\\"):
+            found.append(line.strip())
+        previous = line.rstrip()
+    return found
+
+
+def test_commands_in_the_docs_run_the_venv() -> None:
+    bare = [f"{path.relative_to(ROOT)}: {line}" for path in doc_files()
+            for line in bare_commands(path.read_text(encoding="utf-8"))]
+    assert not bare, "commands with a bare python (write .venv/bin/python):\n" + "\n".join(bare)
+
+
+def test_the_venv_check_finds_a_bare_python() -> None:
+    page = ("```bash\n.venv/bin/python -m indexer\npython -m indexer --json\nDEVICE=cpu pip install x\n"
+            "ray job submit -- \\\n  python -m indexer --engine ray\n```\n```python\nimport openai\n```\n"
+            "python -m indexer in prose\n")
+    assert bare_commands(page) == ["python -m indexer --json", "DEVICE=cpu pip install x"]
