@@ -7,7 +7,7 @@
 # not a requirement: `python -m indexer` can also run while this serves, even on the embedded store
 # (it then writes through the service; see docs/indexing.md).
 # Sample photos (scripts/sample_library.py) are written into IMAGE_LIBRARY only when it is missing or empty:
-# unasked when CLIP_MODEL is the tiny test model (the only model that knows them), or with --sample-library.
+# unasked when CLIP_MODEL is the tiny test model (trained on these very shapes), or with --sample-library.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
