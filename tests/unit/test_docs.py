@@ -365,6 +365,8 @@ ENDPOINT = re.compile(r"\b(GET|POST|PUT|DELETE|HEAD|PATCH) +(/[^\s`),;]*)")
 # BentoML's own routes beside ours; and a Qdrant server's REST API, which docs/backup-and-migration.md calls.
 BENTOML_ROUTES = ("/", "/docs.json", "/readyz", "/livez", "/metrics", "/healthz")
 NOT_OURS_PREFIXES = ("/collections/",)
+BARE_PATH = re.compile(r"`(/[^`\s]*)`")
+FILE_ROOTS = ("/home/", "/etc/", "/dev/", "/srv/", "/tmp/", "/usr/", "/var/", "/mnt/", "/opt/", "/proc/")  # files
 
 
 def served_routes() -> list[tuple[set[str], re.Pattern[str]]]:
@@ -386,15 +388,22 @@ def served_routes() -> list[tuple[set[str], re.Pattern[str]]]:
     return served
 
 
+def is_served(method: str | None, path: str, served: list[tuple[set[str], re.Pattern[str]]]) -> bool:
+    """Whether a route answers `method` (None: any) at `path`; placeholders ({path}, <op>, ...) stand for a
+    name. A bare path also names a route it is the prefix of (`/images`), or one it adds a slash to (`/health/`,
+    which the service redirects)."""
+    concrete = re.sub(r"\{[^}]*\}|<[^>]*>|\.\.\.|…", "x", path.split("?")[0])
+    tried = [concrete] if method else [concrete, concrete.rstrip("/") + "/x", concrete.rstrip("/") or "/"]
+    return any((method is None or method in methods) and pattern.match(one)
+               for methods, pattern in served for one in tried)
+
+
 def unknown_endpoints(text: str, served: list[tuple[set[str], re.Pattern[str]]]) -> list[str]:
-    """`METHOD /path` mentions no served route answers; placeholders ({path}, <op>, ...) stand for one name."""
-    unknown = []
-    for method, path in ENDPOINT.findall(text):
-        if path.startswith(NOT_OURS_PREFIXES):
-            continue
-        concrete = re.sub(r"\{[^}]*\}|<[^>]*>|\.\.\.|…", "x", path.split("?")[0])
-        if not any(method in methods and pattern.match(concrete) for methods, pattern in served):
-            unknown.append(f"{method} {path}")
+    """`METHOD /path` mentions, and paths alone in backticks (`/vqa`), that no served route answers."""
+    unknown = [f"{method} {path}" for method, path in ENDPOINT.findall(text)
+               if not path.startswith(NOT_OURS_PREFIXES) and not is_served(method, path, served)]
+    unknown += [path for path in BARE_PATH.findall(text)
+                if not path.startswith(FILE_ROOTS) and not is_served(None, path, served)]
     return sorted(set(unknown))
 
 
@@ -407,8 +416,10 @@ def test_every_endpoint_the_docs_name_is_served() -> None:
 
 def test_the_endpoint_check_finds_a_route_that_is_not_served() -> None:
     page = ("`POST /ask`, `GET /images/{path}?size=N`, HEAD /images/..., `POST /internal/store/<op>`, `GET /readyz`, "
-            "`GET /ui/`, `POST /collections/<name>/snapshots`\n`POST /asks`, `GET /ask`, `GET /image/{path}`")
-    assert unknown_endpoints(page, served_routes()) == ["GET /ask", "GET /image/{path}", "POST /asks"]
+            "`GET /ui/`, `POST /collections/<name>/snapshots`, `/vqa`, `/images`, `/health/`, `/`, `/dev/zero`\n"
+            "`POST /asks`, `GET /ask`, `GET /image/{path}`, `/vqa2`, `/imagez`")
+    assert unknown_endpoints(page, served_routes()) == [
+        "/imagez", "/vqa2", "GET /ask", "GET /image/{path}", "POST /asks"]
 
 
 # ---------------------------------------------------------------- figures quoted from BENCHMARKS.md
