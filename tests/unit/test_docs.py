@@ -305,6 +305,7 @@ OUTSIDE_NAMES = {
     "RAY_*": "Ray's (RAY_ADDRESS, RAY_USAGE_STATS_ENABLED)",
     "INFERENCE_PRECISION_HINT": "an OpenVINO property",
     "O_*": "os.open flags (O_NOFOLLOW, O_NONBLOCK)",
+    "PYTHON*": "Python's (PYTHONPATH, PYTHONUNBUFFERED), and PYTHON, the interpreter scripts/setup.sh uses",
 }
 
 
@@ -331,11 +332,24 @@ def code_constants() -> set[str]:
     return found
 
 
+def fence_assignments(text: str) -> list[str]:
+    """The variables the fenced shell blocks set (`NAME=value` words)."""
+    names, fence = [], ""
+    for line in text.split("\n"):
+        marker = re.match(r"\s*(`{3,})(\w*)", line)
+        if marker:
+            fence = "" if fence else (marker.group(2) or "text")
+        elif fence in ("bash", "sh", "shell"):
+            names += re.findall(r"(?:^|\s)([A-Z][A-Z0-9_]*)=", line.split("#", 1)[0])
+    return names
+
+
 def unknown_settings(text: str, known: set[str]) -> list[str]:
-    """Names in capitals in backticks (`VQA_ENABLED`, `DEVICE=cpu`, `INDEX_RAY_*`) that are not in `known`,
-    nor another program's (OUTSIDE_NAMES). A name ending in * stands for the names it starts."""
+    """Names in capitals in backticks (`VQA_ENABLED`, `DEVICE=cpu`, `INDEX_RAY_*`) or set in a shell block
+    (`VQA_ENABLED=false ./scripts/serve.sh`) that are not in `known`, nor another program's (OUTSIDE_NAMES). A
+    name ending in * stands for the names it starts."""
     unknown = []
-    for name in SETTING_SPAN.findall(text):
+    for name in SETTING_SPAN.findall(text) + fence_assignments(text):
         prefix = name.rstrip("*")
         if name.endswith("*") and any(k.startswith(prefix) for k in known):
             continue
@@ -355,8 +369,10 @@ def test_every_setting_the_docs_name_exists() -> None:
 
 def test_the_setting_check_finds_a_misspelt_setting() -> None:
     page = ("`VQA_ENABLED=false`, `DEVICE=cpu`, `INDEX_RAY_*`, `RAY_ADDRESS`, `CLIP_BACKEND`, `O_NOFOLLOW`\n"
-            "`VQA_ENABLD=false` and `DEVIC=cpu` and `QDRANT_NOPE_*` and `GPU_MEMORY`, not `POST /ask` or `JSON`")
-    assert unknown_settings(page, setting_names()) == ["DEVIC", "GPU_MEMORY", "QDRANT_NOPE_*", "VQA_ENABLD"]
+            "`VQA_ENABLD=false` and `DEVIC=cpu` and `QDRANT_NOPE_*` and `GPU_MEMORY`, not `POST /ask` or `JSON`\n"
+            "```bash\nDEVICE=cpu VQA_MODELL=x ./scripts/serve.sh   # not NOTE=1\n```\n```json\n{\"A_B=1\": 2}\n```\n")
+    assert unknown_settings(page, setting_names()) == [
+        "DEVIC", "GPU_MEMORY", "QDRANT_NOPE_*", "VQA_ENABLD", "VQA_MODELL"]
 
 
 # ---------------------------------------------------------------- endpoints the docs name
