@@ -57,7 +57,7 @@ def no_model(monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(*args: Any, **kwargs: Any) -> None:
         raise AssertionError("the CLIP model was loaded")
 
-    monkeypatch.setattr(ClipEncoder, "from_settings", refuse)
+    monkeypatch.setattr(ClipEncoder, "__init__", refuse)  # every way of building one (runners/clip/loader.py)
 
 
 def test_command_line_export_verify_import(tiny_clip_dir: Path, settings_env: Callable[..., Any], tmp_path: Path,
