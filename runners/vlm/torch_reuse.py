@@ -114,7 +114,8 @@ def fill_prefix(model: Any, kwargs: dict[str, Any], length: int, encoded: list[A
           mm_encoder_outputs={"image": image_outputs(encoded)}, cache=(cache := DynamicCache(config=model.config)),
           use_cache=True, logits_to_keep=1)
     deltas = model.model.rope_deltas.clone()
-    size = sum(tensor_size(t) for layer in cache.layers for t in (layer.keys, layer.values) if t is not None)
+    tensors = [getattr(layer, name, None) for layer in cache.layers for name in ("keys", "values")]
+    size = sum(tensor_size(t) for t in tensors if t is not None)
     return Prefix(cache=cache, rope_deltas=deltas, size=size)
 
 
@@ -131,7 +132,8 @@ def image_outputs(encoded: list[Any]) -> Any:
     """Encoded images in the form generate() and forward() take them (`mm_encoder_outputs["image"]`)."""
     from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-    return BaseModelOutputWithPooling(pooler_output=tuple(encoded))
+    per_image: Any = tuple(encoded)  # one tensor per image, as get_image_features returns them
+    return BaseModelOutputWithPooling(pooler_output=per_image)
 
 
 def tensor_bytes(tensor: Any) -> bytes:
