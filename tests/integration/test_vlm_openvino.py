@@ -117,6 +117,18 @@ def test_int8_answers_equal_pytorch_fp32(ov_vlm: VisionLanguageModel, tiny_vlm: 
     assert generate(ov_vlm, [two]) == generate(tiny_vlm, [two])  # several images in one question
 
 
+def test_same_size_photos_asked_again_get_their_own_answers_as_pytorch_with_its_caches_warm(
+        ov_vlm: VisionLanguageModel, tiny_vlm: VisionLanguageModel) -> None:
+    photos = [(color, draw_image("circle", color, 96, FRESH + 500 + i)) for i, color in enumerate(COLORS)]
+    asked = [item_messages(VQAItem(images=[image], question=COLOR_Q)) for _, image in photos]
+    for conversations in (asked, asked[::-1], asked):  # each question after another photo's, of the same size
+        ours = [generate(ov_vlm, [c])[0] for c in conversations]
+        assert ours == [generate(tiny_vlm, [c])[0] for c in conversations]  # PyTorch: from its caches after once
+        assert [g.text for g in ours] == [photos[asked.index(c)][0] for c in conversations]
+    assert ov_vlm.caches() == {}  # nothing reused on OpenVINO: no vision cache it could take, prefix caching off
+    assert tiny_vlm.caches()["prefix"]["hits"] >= 2 * len(photos)
+
+
 def test_batched_alone_streamed_and_limited_answers_agree(ov_vlm: VisionLanguageModel) -> None:
     cases = fresh(4, seed=2)
     conversations = [item_messages(VQAItem(images=[image], question=DESCRIBE_Q)) for _, image in cases]
@@ -287,6 +299,7 @@ def post(server: Server, path: str, **kwargs: Any) -> httpx.Response:
 def test_health_names_the_runtime_and_its_precision(served: Server) -> None:
     health = httpx.get(f"{served.url}/health", timeout=30).json()
     assert (health["vqa_runtime"], health["vqa_precision"], health["vqa_model_loaded"]) == ("openvino", "int8", True)
+    assert health["vqa_caches"] == {}  # OpenVINO keeps no follow-up cache (runners/vlm/openvino_runtime.py)
 
 
 def test_every_vqa_endpoint_answers_through_openvino(served: Server) -> None:
