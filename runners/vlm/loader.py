@@ -76,8 +76,8 @@ def torch_vlm(folder: Path, settings: Settings, device: str) -> VisionLanguageMo
         precision = settings.vqa_torch_cpu_dtype
         helps = ("use VQA_RUNTIME=openvino with VQA_OPENVINO_WEIGHTS=int8 (or int4, the smallest; "
                  f"`{EXPORT_COMMAND}` makes the export), or VQA_ENABLED=false to serve search only")
-        check_fits(f"{settings.vqa_model} on PyTorch {precision}", torch_need(folder, precision, max_pixels(settings)),
-                   helps)
+        check_fits(f"{settings.vqa_model} on PyTorch {precision}",
+                   torch_need(folder, precision, max_pixels(settings)) + cache_bytes(settings), helps)
     return load_vlm(folder, settings, model_id=settings.vqa_model)
 
 
@@ -110,6 +110,11 @@ def openvino_vlm(folder: Path, settings: Settings, make_export: bool) -> VisionL
         raise RuntimeRefused(f"{described}, below VQA_FIDELITY_MIN_MATCH={settings.vqa_fidelity_min_match}")
     log.info("VQA runtime %s", described)
     return vlm
+
+
+def cache_bytes(settings: Settings) -> int:
+    """What PyTorch's follow-up caches hold when full (runners/vlm/torch_reuse.py): counted as needed."""
+    return (settings.vqa_vision_cache_mb + settings.vqa_prefix_cache_mb) * 1024**2
 
 
 def max_pixels(settings: Settings) -> int:

@@ -31,7 +31,7 @@ from shapes import draw_described, make_library
 from config import Settings
 from runners.vlm import VisionLanguageModel
 from runners.vlm.inputs import Generation, ItemError, VQAItem, item_messages
-from runners.vlm.loader import max_pixels, open_vlm
+from runners.vlm.loader import cache_bytes, max_pixels, open_vlm
 from runners.vlm.memory_guard import GIB, torch_need
 
 FRESH = 7 * 10**9
@@ -265,7 +265,7 @@ def test_the_memory_guard_stops_a_load_that_will_not_fit(tiny_qwen_dir: Path, cg
     env = export_env(tiny_qwen_dir, tmp_path / "no-export", VQA_RUNTIME="torch", VQA_MAX_PIXELS="0",
                      PYTHONPATH=str(ROOT))
     settings = settings_for(tiny_qwen_dir, tmp_path, vqa_max_pixels=0)
-    need = torch_need(tiny_qwen_dir, "fp32", max_pixels(settings))
+    need = torch_need(tiny_qwen_dir, "fp32", max_pixels(settings)) + cache_bytes(settings)  # the caches when full
     refused = guarded_start(cgroup, env, need // 2)
     assert refused.returncode == 3, refused.stderr[-2000:]
     message = refused.stdout
