@@ -32,7 +32,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "bench"), str(ROOT / "tests")]
 
 from _machine import cpu_name  # noqa: E402
 from _models import build_real_qwen  # noqa: E402
-from _report import record, table  # noqa: E402
+from _report import record  # noqa: E402
 from vlm_cpu import export, load, photo  # noqa: E402
 
 RUNTIMES = ("torch-fp32", "torch-fp32-off", "openvino-int8")
@@ -125,7 +125,7 @@ def child(runtime: str, model: Path, exports: Path, side: int) -> dict[str, Any]
 
 
 def report(figures: dict[str, dict[str, Any]], layers: int | None, side: int) -> str:
-    rows = [("figure", " | ".join(figures))]
+    lines = [f"| figure | {' | '.join(figures)} |", "|---" * (len(figures) + 1) + "|"]
     keys = [("prompt tokens (first question)", "prompt_tokens", "{:.0f}"),
             ("first question: first token, s", "first_ttft_s", "{:.2f}"),
             ("first question: 32-token answer, s", "first_answer_s", "{:.2f}"),
@@ -148,11 +148,11 @@ def report(figures: dict[str, dict[str, Any]], layers: int | None, side: int) ->
             cell = fmt.format(values[key])
             limit = key.replace("_cache_mib", "_limit_mib")
             cells.append(f"{cell} / {values[limit]:.0f}" if limit != key and limit in values else cell)
-        rows.append((label, " | ".join(cells)))
+        lines.append(f"| {label} | {' | '.join(cells)} |")
     size = "real size" if layers is None else f"{layers} layer(s) per tower: a smoke run, not real size"
     head = (f"{cpu_name()}; Qwen2.5-VL-3B architecture, random weights ({size}); a {side}x{side} photo; "
             f"{TOKENS}-token answers")
-    return head + "\n\n" + table(rows[1:], ("figure", rows[0][1]))
+    return head + "\n\n" + "\n".join(lines)
 
 
 def main() -> None:
