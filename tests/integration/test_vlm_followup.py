@@ -69,8 +69,9 @@ def test_same_size_photos_of_other_colours_get_their_own_answers_with_the_cache_
 
 def test_answers_with_the_caches_equal_answers_without(cached: VisionLanguageModel,
                                                        uncached: VisionLanguageModel) -> None:
-    photos = [draw_image(shape, color, size, FRESH + 100 + i) for i, (shape, color, size) in enumerate(
-        [("circle", "red", 96), ("square", "blue", (120, 72)), ("triangle", "green", 160)])]
+    drawn: list[tuple[str, str, int | tuple[int, int]]] = [("circle", "red", 96), ("square", "blue", (120, 72)),
+                                                         ("triangle", "green", 160)]
+    photos = [draw_image(shape, color, size, FRESH + 100 + i) for i, (shape, color, size) in enumerate(drawn)]
     for question in (COLOR_Q, DESCRIBE_Q, COLOR_Q):  # the second and third questions are follow-ups
         items = [VQAItem(images=[photo], question=question) for photo in photos]
         assert [answer(cached, p, question) for p in photos] == [answer(uncached, p, question) for p in photos]
