@@ -43,8 +43,10 @@ def load_vlm(model_dir: str | Path, settings: Settings | None = None, *, quantiz
 
 
 def open_describer(settings: Settings | None = None) -> Describer:
-    """VQA_MODEL loaded as the VQA runner loads it (open_vlm), asked DESCRIBE_PROMPT about each photo."""
-    settings = settings or get_settings()
+    """VQA_MODEL loaded as the VQA runner loads it (open_vlm), asked DESCRIBE_PROMPT about each photo. Without
+    the follow-up caches: the indexer describes each photo once (copies are reused by content hash already), so
+    they would only hold memory."""
+    settings = (settings or get_settings()).model_copy(update={"vqa_vision_cache_mb": 0, "vqa_prefix_cache_mb": 0})
     return Describer(open_vlm(settings), settings.describe_prompt, settings.describe_max_new_tokens)
 
 
