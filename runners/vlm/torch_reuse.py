@@ -10,7 +10,7 @@ vision tower) and continues from a filled attention cache (`cache`), prefilling 
   image's end (system prompt, earlier turns, the images) and the rest. The first part's attention cache is kept
   in the `prefix` LRU, keyed by its token ids and its images' keys (the image placeholder tokens are the same for
   every image of a size: the pixels' keys are what tell photos apart), with the 3D rotary offset Qwen computes from
-  the image grids. A follow-up prefills only its own words.
+  the image grids. A follow-up prefills only its own words, and reads no vision encoding at all.
 
 inputs.item_messages puts images before the question, so every question about a photo shares that prefix.
 Heavy imports (torch, transformers) happen inside functions only.
@@ -52,36 +52,37 @@ class TorchReuse:
         kwargs = dict(batch)
         if "pixel_values" not in kwargs or not (self.vision.enabled or self.prefixes.enabled):
             return kwargs
-        keys, encoded = self.encode_images(model, kwargs.pop("pixel_values"), kwargs["image_grid_thw"])
-        cache = self.prefix_cache(model, kwargs, keys, encoded) if self.prefixes.enabled else None
+        images = split_images(kwargs.pop("pixel_values"), kwargs["image_grid_thw"])
+        keys = [self.image_key(pixels, grid) for pixels, grid in images]
+        cache = self.prefix_cache(model, kwargs, images, keys) if self.prefixes.enabled else None
         if cache is not None:
-            kwargs["cache"] = cache  # the images are inside it: nothing left to encode
+            kwargs["cache"] = cache  # the images are inside it: nothing to encode, not even from the cache
         else:
-            kwargs["mm_encoder_outputs"] = {"image": image_outputs(encoded)}
+            kwargs["mm_encoder_outputs"] = {"image": image_outputs(self.encode_images(model, images, keys))}
         return kwargs
 
     # ------------------------------------------------------------------------------------------ vision
 
-    def encode_images(self, model: Any, pixels: Any, grids: Any) -> tuple[list[str], list[Any]]:
-        """Each image's key and vision-tower output, from the cache or encoded now (each image alone: its
-        output does not depend on the other images of the batch, the tower attends within an image)."""
-        import torch
+    def image_key(self, pixels: Any, grid: Any) -> str:
+        """What the vision tower reads of one image: its resized, normalised patches and their grid."""
+        return content_key(self.model_key, "image", grid.tolist(), str(pixels.dtype), tensor_bytes(pixels))
 
-        sizes = [int(n) for n in grids.prod(-1).tolist()]
-        keys, encoded = [], []
-        for image, grid in zip(torch.split(pixels, sizes), grids, strict=True):
-            key = content_key(self.model_key, "image", grid.tolist(), str(image.dtype), tensor_bytes(image))
+    def encode_images(self, model: Any, images: list[tuple[Any, Any]], keys: list[str]) -> list[Any]:
+        """Each image's vision-tower output, from the cache or encoded now (each image alone: its output does
+        not depend on the other images of the batch, the tower attends within an image)."""
+        encoded = []
+        for (pixels, grid), key in zip(images, keys, strict=True):
             output = self.vision.get(key)
             if output is None:
-                output = model.get_image_features(image, grid[None], return_dict=True).pooler_output[0]
+                output = model.get_image_features(pixels, grid[None], return_dict=True).pooler_output[0]
                 self.vision.put(key, output, tensor_size(output))
-            keys.append(key)
             encoded.append(output)
-        return keys, encoded
+        return encoded
 
     # ------------------------------------------------------------------------------------------ prefix
 
-    def prefix_cache(self, model: Any, kwargs: dict[str, Any], keys: list[str], encoded: list[Any]) -> Any | None:
+    def prefix_cache(self, model: Any, kwargs: dict[str, Any], images: list[tuple[Any, Any]],
+                     keys: list[str]) -> Any | None:
         """A copy of the attention cache of the prompt up to its last image (made now on a miss), with the
         model's rotary offset set for it; None when the batch cannot continue from one (several rows, padding,
         a video, a prompt that ends at its image)."""
@@ -95,7 +96,7 @@ class TorchReuse:
         key = content_key(self.model_key, "prefix", ids[0, :length].tolist(), *keys)
         prefix = self.prefixes.get(key)
         if prefix is None:
-            prefix = fill_prefix(model, kwargs, length, encoded)
+            prefix = fill_prefix(model, kwargs, length, self.encode_images(model, images, keys))
             self.prefixes.put(key, prefix, prefix.size)
         # generate() reads the offset from the model when it continues from a cache (a stale one would shift
         # every position after the image).
@@ -117,6 +118,14 @@ def fill_prefix(model: Any, kwargs: dict[str, Any], length: int, encoded: list[A
     tensors = [getattr(layer, name, None) for layer in cache.layers for name in ("keys", "values")]
     size = sum(tensor_size(t) for t in tensors if t is not None)
     return Prefix(cache=cache, rope_deltas=deltas, size=size)
+
+
+def split_images(pixels: Any, grids: Any) -> list[tuple[Any, Any]]:
+    """A batch's concatenated image patches as (patches, grid) per image, in placeholder order."""
+    import torch
+
+    sizes = [int(n) for n in grids.prod(-1).tolist()]
+    return list(zip(torch.split(pixels, sizes), grids, strict=True))
 
 
 def prefix_length(ids: Any, vision_end: int) -> int | None:

@@ -63,8 +63,12 @@ def test_same_size_photos_of_other_colours_get_their_own_answers_with_the_cache_
     assert [answer(cached, image, COLOR_Q) for _, image in reversed(photos)] == [c for c, _ in reversed(photos)]
     assert counted("prefix", "hit") - hits == len(photos)
     after = cached.caches()
-    assert after["vision"]["hits"] == len(photos) and after["prefix"]["hits"] == len(photos)
-    assert after["vision"]["entries"] == len(photos)  # nothing shared, nothing added
+    assert after["prefix"]["hits"] == len(photos) and after["vision"]["entries"] == len(photos)  # nothing shared
+    assert after["vision"]["hits"] == 0  # a prefix hit holds its images already: not even the cache is read
+    # Batched, the questions reuse the vision encodings only (the prefix needs a batch of one): still their own.
+    assert answer_batch(cached, [VQAItem(images=[image], question=COLOR_Q) for _, image in photos]) == \
+        [color for color, _ in photos]
+    assert cached.caches()["vision"]["hits"] == len(photos) and cached.caches()["vision"]["entries"] == len(photos)
 
 
 def test_answers_with_the_caches_equal_answers_without(cached: VisionLanguageModel,
@@ -78,7 +82,8 @@ def test_answers_with_the_caches_equal_answers_without(cached: VisionLanguageMod
         assert answer_batch(cached, items) == answer_batch(uncached, items)  # a batch: vision cache only
     two = [VQAItem(images=photos[:2], question=DESCRIBE_Q)]
     assert answer_batch(cached, two) == answer_batch(uncached, two)
-    assert cached.caches()["prefix"]["hits"] >= 6 and cached.caches()["vision"]["hits"] >= 12
+    # Follow-ups alone hit the prefix (2 questions x 3 photos); batches and the two-photo question the encodings.
+    assert cached.caches()["prefix"]["hits"] == 6 and cached.caches()["vision"]["hits"] == 3 * 3 + 2
 
 
 def test_a_chat_that_resends_its_photo_reuses_the_prefix_and_answers_as_without(
@@ -115,7 +120,7 @@ def test_the_same_photo_at_two_pixel_budgets_never_shares_an_entry(cached: Visio
         cached.model_id)
     assert answer(at_small, photo, DESCRIBE_Q) == small_answer == answer(uncached_small, photo, DESCRIBE_Q)
     assert answer(cached, photo, DESCRIBE_Q) == big_answer
-    assert cached.caches()["vision"]["hits"] == 2 and cached.caches()["prefix"]["hits"] == 2
+    assert cached.caches()["prefix"]["hits"] == 2 and cached.caches()["vision"]["entries"] == 2
 
 
 def test_a_budget_for_one_photo_evicts_and_never_fails_a_request(cached: VisionLanguageModel) -> None:

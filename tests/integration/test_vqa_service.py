@@ -227,8 +227,9 @@ def test_follow_up_questions_hit_the_caches_in_health_and_metrics(server: Server
     answers = [ask(server, COLOR_Q, image=image).json()["answer"] for image in (red, blue, red, blue)]
     assert answers == ["red", "blue", "red", "blue"]
     after = httpx.get(f"{server.url}/health", timeout=30).json()["vqa_caches"]
+    assert after["prefix"]["hits"] - before["prefix"]["hits"] == 2, (before, after)
+    assert after["vision"]["misses"] - before["vision"]["misses"] == 2, (before, after)  # each photo encoded once
     for name in ("vision", "prefix"):
-        assert after[name]["hits"] - before[name]["hits"] == 2, (name, before, after)
         assert 0 < after[name]["bytes"] <= after[name]["limit_bytes"]
     now = cache_counts(server)
     assert now[("prefix", "hit")] - counts.get(("prefix", "hit"), 0.0) == 2
