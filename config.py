@@ -219,6 +219,18 @@ class Settings(BaseSettings):
         description="Pixels per image or video frame at most: caps the model's own bound (Qwen2.5-VL's allows "
         "12.8 M, ~15k visual tokens for a phone photo); 1280*28*28 is Qwen's suggested balance. 0: the model's "
         "own bound.")
+    vqa_vision_cache_mb: int = Field(
+        default=256, ge=0,
+        description="Follow-up questions: MiB of vision-tower outputs kept per runner (an LRU keyed by the pixels "
+        "the model sees, after resizing, with the model, runtime and grid), so a second question, chat turn, `/ask` "
+        "or description of the same photo skips its vision encoding (a 1-MP photo on Qwen2.5-VL-3B: ~10 MiB "
+        "in f32). PyTorch only (docs/cpu.md 'Follow-up questions'). 0: off.")
+    vqa_prefix_cache_mb: int = Field(
+        default=512, ge=0,
+        description="Follow-up questions: MiB of attention (KV) caches of prompt prefixes kept per runner (the "
+        "prompt up to its last image, keyed by its tokens and its images' content), so a follow-up question "
+        "prefills only its own words (a 1-MP photo on Qwen2.5-VL-3B: ~100 MiB in f32). PyTorch only, for a "
+        "question asked alone (not batched with others). 0: off.")
     vqa_max_new_tokens: int = Field(default=512, ge=1, description="Default answer length in tokens.")
     vqa_max_new_tokens_cap: int = Field(
         default=2048, ge=1, description="Largest answer length in tokens a request may ask for.")

@@ -50,5 +50,7 @@ async def health_report(clip: Any, vqa: Any, store: StoreCalls, model_id: str, v
         # VQA_RUNTIME as resolved: "torch" or "openvino", and its weight precision ("fp32", "bf16", "int8", ...)
         "vqa_runtime": vqa_info.get("runtime"),
         "vqa_precision": vqa_info.get("precision"),
+        # VQA_VISION_CACHE_MB / VQA_PREFIX_CACHE_MB: each follow-up cache's entries, bytes, limit, hits, misses
+        "vqa_caches": vqa_info.get("caches"),
         "vqa_batches": {"generate_calls": vqa_info.get("generate_calls"), "answers": vqa_info.get("generated_items")},
     }

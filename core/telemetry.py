@@ -14,6 +14,9 @@ on first use, never at import time, so that it starts in multiprocess mode in Be
 - `mms_vqa_generated_tokens_total{endpoint}`: tokens of the answers whose count is known (not streamed);
 - `mms_runner_batch_size{runner, method}`: items per call of the runners' batching APIs (recorded in
   the runner processes);
+- `mms_vqa_cache_total{cache, outcome}`: lookups of the VQA runner's follow-up caches (`vision`: vision-tower
+  outputs, `prefix`: attention caches of prompt prefixes) by outcome (`hit`, `miss`), and entries dropped to stay
+  within their setting (`eviction`) (recorded in the runner process);
 - `mms_index_images{collection}`: images in the collection, counted when /metrics is scraped
   (written by api/http/metrics.py, as text appended to the scrape).
 """
@@ -41,6 +44,9 @@ class Metrics:
                               "are not counted)", ["endpoint"])
         self.batch_size = Histogram("mms_runner_batch_size", "Items per call of a runner's batching API",
                                     ["runner", "method"], buckets=BATCH_BUCKETS)
+        self.vqa_cache = Counter("mms_vqa_cache", "Lookups (hit, miss) and evictions of the VQA runner's caches "
+                                 "(vision: vision-tower outputs, prefix: prompt-prefix attention caches)",
+                                 ["cache", "outcome"])
 
 
 @lru_cache(maxsize=1)
@@ -57,3 +63,8 @@ def count_tokens(endpoint: str, results: Iterable[Any]) -> None:
     """Add the generated tokens of VQA results (ChatResult objects or their dicts)."""
     total = sum(int(r["completion_tokens"] if isinstance(r, dict) else r.completion_tokens) for r in results)
     metrics().tokens.labels(endpoint=endpoint).inc(total)
+
+
+def count_cache(cache: str, outcome: str) -> None:
+    """One hit, miss or eviction of a VQA cache (runners/vlm/reuse.py, in the runner process)."""
+    metrics().vqa_cache.labels(cache=cache, outcome=outcome).inc()

@@ -43,8 +43,10 @@ def load_vlm(model_dir: str | Path, settings: Settings | None = None, *, quantiz
 
 
 def open_describer(settings: Settings | None = None) -> Describer:
-    """VQA_MODEL loaded as the VQA runner loads it (open_vlm), asked DESCRIBE_PROMPT about each photo."""
-    settings = settings or get_settings()
+    """VQA_MODEL loaded as the VQA runner loads it (open_vlm), asked DESCRIBE_PROMPT about each photo. Without
+    the follow-up caches: the indexer describes each photo once (copies are reused by content hash already), so
+    they would only hold memory."""
+    settings = (settings or get_settings()).model_copy(update={"vqa_vision_cache_mb": 0, "vqa_prefix_cache_mb": 0})
     return Describer(open_vlm(settings), settings.describe_prompt, settings.describe_max_new_tokens)
 
 
@@ -76,8 +78,8 @@ def torch_vlm(folder: Path, settings: Settings, device: str) -> VisionLanguageMo
         precision = settings.vqa_torch_cpu_dtype
         helps = ("use VQA_RUNTIME=openvino with VQA_OPENVINO_WEIGHTS=int8 (or int4, the smallest; "
                  f"`{EXPORT_COMMAND}` makes the export), or VQA_ENABLED=false to serve search only")
-        check_fits(f"{settings.vqa_model} on PyTorch {precision}", torch_need(folder, precision, max_pixels(settings)),
-                   helps)
+        check_fits(f"{settings.vqa_model} on PyTorch {precision}",
+                   torch_need(folder, precision, max_pixels(settings)) + cache_bytes(settings), helps)
     return load_vlm(folder, settings, model_id=settings.vqa_model)
 
 
@@ -111,6 +113,11 @@ def openvino_vlm(folder: Path, settings: Settings, make_export: bool) -> VisionL
         raise RuntimeRefused(f"{described}, below VQA_FIDELITY_MIN_MATCH={settings.vqa_fidelity_min_match}")
     log.info("VQA runtime %s", described)
     return vlm
+
+
+def cache_bytes(settings: Settings) -> int:
+    """What PyTorch's follow-up caches hold when full (runners/vlm/torch_reuse.py): counted as needed."""
+    return (settings.vqa_vision_cache_mb + settings.vqa_prefix_cache_mb) * 1024**2
 
 
 def max_pixels(settings: Settings) -> int:

@@ -64,6 +64,9 @@ class VisionLanguageModel:
     def quantization(self) -> str:
         return str(getattr(self.runtime, "quantization", self.runtime.precision))
 
+    def caches(self) -> dict[str, dict[str, int]]:
+        return self.runtime.caches()
+
     # ------------------------------------------------------------------------------------ entry points
 
     def generate_each(

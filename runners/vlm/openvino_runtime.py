@@ -5,6 +5,19 @@ the chat-templated prompt with Qwen's own vision placeholders, images already re
 one request of a `ContinuousBatchingPipeline`; the pipeline is stepped until every request ends, so a batch of
 concurrent questions shares each forward pass, and a request whose deadline passes (or that is cancelled) is
 stopped on its own at the next step. Heavy imports (openvino, openvino_genai, numpy) happen inside functions.
+
+No follow-up cache here (docs/cpu.md 'Follow-up questions'; what PyTorch does in runners/vlm/torch_reuse.py), as
+read in OpenVINO GenAI 2026.4's source:
+- a vision encoding cannot be given back: `add_request(id, prompt, images, ...)` runs the vision encoder on every
+  request (continuous_batching/pipeline_base.cpp). The one request that takes embeddings, `add_request(id,
+  tensor, ...)`, takes Qwen's 3D rotary positions from the embedder's state, i.e. the last prompt it prepared
+  (qwen2vl/classes.cpp get_position_ids), not from the embeddings given: wrong for any other photo or prompt.
+- `SchedulerConfig.enable_prefix_caching` stays off: a block of a prompt with images is found by a hash of its
+  embeddings (sequence_group.cpp _make_hash) that reads 10 values (stride 50) of each token's 2048 (3B) and leaves
+  out the 3D rotary positions, so it is not a key on the image: what tells two photos apart is float rounding in
+  those sampled values. A plain colour at two aspect ratios (8x4 and 4x8 patches: the same token count, other
+  positions) embeds to within 5e-7 of itself (measured on the tiny model in PyTorch); where the sampled values
+  round alike, blocks made at the other positions are reused, and such a hit cannot be told from a right one.
 """
 
 from __future__ import annotations
@@ -50,11 +63,15 @@ class OpenVinoRuntime:
 
         scheduler = openvino_genai.SchedulerConfig()
         scheduler.cache_size = KV_CACHE_GIB
+        scheduler.enable_prefix_caching = False  # its block hash is not a key on the image (see above)
         compute = cpu_precision(settings.vqa_openvino_precision)
         # Pinned: the CPU plugin would pick bf16 by itself on AMX / AVX-512-BF16 CPUs.
         properties = {"INFERENCE_PRECISION_HINT": compute}
         pipeline = openvino_genai.ContinuousBatchingPipeline(str(export_dir), scheduler, "CPU", properties)
         return cls(pipeline, inputs, weights, compute)
+
+    def caches(self) -> dict[str, dict[str, int]]:
+        return {}  # nothing is reused across requests here (see above)
 
     def run_batch(self, items: Sequence[Prepared], limits: Sequence[int], deadlines: Sequence[float | None],
                   sampling: Sampling) -> list[Row]:

@@ -40,6 +40,11 @@ class Runtime(Protocol):
     device: str  # "cpu" | "cuda"
     video: bool  # whether it takes video parts
 
+    def caches(self) -> dict[str, dict[str, int]]:
+        """The follow-up caches this runtime keeps, by name: entries, bytes, limit_bytes, hits, misses,
+        evictions (/health shows them; empty when it keeps none)."""
+        ...
+
     def run_batch(self, items: Sequence[Prepared], limits: Sequence[int], deadlines: Sequence[float | None],
                   sampling: Sampling) -> list[Row]:
         """One Row per item, generated together. Raises when the batch as a whole failed."""

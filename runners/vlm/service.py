@@ -169,7 +169,8 @@ class VQARunner:
             return {}
         return {"model_id": self.model.model_id, "device": self.model.device, "runtime": self.model.runtime.name,
                 "precision": self.model.precision, "quantization": self.model.quantization,
-                "generate_calls": self.calls, "generated_items": self.items, **gpu_memory(self.model.device)}
+                "generate_calls": self.calls, "generated_items": self.items, "caches": self.model.caches(),
+                **gpu_memory(self.model.device)}
 
 
 def stop_server(message: str) -> None:

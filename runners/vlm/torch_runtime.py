@@ -20,6 +20,7 @@ from config import Settings
 from runners.device import native_bf16
 from runners.vlm.inputs import Prepared, VlmInputs
 from runners.vlm.runtime import Row, Sampling
+from runners.vlm.torch_reuse import TorchReuse
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,8 @@ class TorchRuntime:
         self.device = device
         self.precision = precision
         self.quantization: Quantization = quantization
+        # Follow-up questions reuse a photo's vision encoding and prompt prefix (runners/vlm/torch_reuse.py).
+        self.reuse = TorchReuse(inputs.settings, f"torch/{precision}/{getattr(model, 'name_or_path', '')}")
         self._lock = threading.Lock()
 
     @classmethod
@@ -120,7 +123,11 @@ class TorchRuntime:
         else:
             config.update(do_sample=False, temperature=1.0, top_p=1.0, top_k=50)
         with self._lock, torch.inference_mode():
-            return self.model.generate(**batch, generation_config=config, **extra)
+            kwargs = self.reuse.generate_kwargs(self.model, batch)
+            return self.model.generate(**kwargs, generation_config=config, **extra)
+
+    def caches(self) -> dict[str, dict[str, int]]:
+        return self.reuse.info()
 
 
 class TokenQueue:

@@ -31,7 +31,7 @@ from shapes import draw_described, make_library
 from config import Settings
 from runners.vlm import VisionLanguageModel
 from runners.vlm.inputs import Generation, ItemError, VQAItem, item_messages
-from runners.vlm.loader import max_pixels, open_vlm
+from runners.vlm.loader import cache_bytes, max_pixels, open_vlm
 from runners.vlm.memory_guard import GIB, torch_need
 
 FRESH = 7 * 10**9
@@ -115,6 +115,18 @@ def test_int8_answers_equal_pytorch_fp32(ov_vlm: VisionLanguageModel, tiny_vlm: 
     two = [{"role": "user", "content": [{"type": "image", "image": cases[0][1]}, {"type": "image",
             "image": cases[1][1]}, {"type": "text", "text": DESCRIBE_Q}]}]
     assert generate(ov_vlm, [two]) == generate(tiny_vlm, [two])  # several images in one question
+
+
+def test_same_size_photos_asked_again_get_their_own_answers_as_pytorch_with_its_caches_warm(
+        ov_vlm: VisionLanguageModel, tiny_vlm: VisionLanguageModel) -> None:
+    photos = [(color, draw_image("circle", color, 96, FRESH + 500 + i)) for i, color in enumerate(COLORS)]
+    asked = [item_messages(VQAItem(images=[image], question=COLOR_Q)) for _, image in photos]
+    for conversations in (asked, asked[::-1], asked):  # each question after another photo's, of the same size
+        ours = [generate(ov_vlm, [c])[0] for c in conversations]
+        assert ours == [generate(tiny_vlm, [c])[0] for c in conversations]  # PyTorch: from its caches after once
+        assert [g.text for g in ours] == [photos[asked.index(c)][0] for c in conversations]
+    assert ov_vlm.caches() == {}  # nothing reused on OpenVINO: no vision cache it could take, prefix caching off
+    assert tiny_vlm.caches()["prefix"]["hits"] >= 2 * len(photos)
 
 
 def test_batched_alone_streamed_and_limited_answers_agree(ov_vlm: VisionLanguageModel) -> None:
@@ -268,7 +280,7 @@ def test_the_memory_guard_stops_a_load_that_will_not_fit(tiny_qwen_dir: Path, cg
     env = export_env(tiny_qwen_dir, tmp_path / "no-export", VQA_RUNTIME="torch", VQA_MAX_PIXELS="0",
                      PYTHONPATH=str(ROOT))
     settings = settings_for(tiny_qwen_dir, tmp_path, vqa_max_pixels=0)
-    need = torch_need(tiny_qwen_dir, "fp32", max_pixels(settings))
+    need = torch_need(tiny_qwen_dir, "fp32", max_pixels(settings)) + cache_bytes(settings)  # the caches when full
     refused = guarded_start(cgroup, env, need // 2)
     assert refused.returncode == 3, refused.stderr[-2000:]
     message = refused.stdout
@@ -302,6 +314,7 @@ def post(server: Server, path: str, **kwargs: Any) -> httpx.Response:
 def test_health_names_the_runtime_and_its_precision(served: Server) -> None:
     health = httpx.get(f"{served.url}/health", timeout=30).json()
     assert (health["vqa_runtime"], health["vqa_precision"], health["vqa_model_loaded"]) == ("openvino", "int8", True)
+    assert health["vqa_caches"] == {}  # OpenVINO keeps no follow-up cache (runners/vlm/openvino_runtime.py)
 
 
 def test_every_vqa_endpoint_answers_through_openvino(served: Server) -> None:

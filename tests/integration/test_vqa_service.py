@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import concurrent.futures
 import io
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -206,6 +207,33 @@ def test_health_reports_the_vqa_model(server: Server) -> None:
     assert health["vqa_model_loaded"] is True and health["clip_model_loaded"] is True
     assert health["vqa_quantization"] == "none" and health["device"] == "cpu"
     assert health["gpu_memory_allocated_gb"] is None
+    assert set(health["vqa_caches"]) == {"vision", "prefix"}
+    assert health["vqa_caches"]["vision"]["limit_bytes"] == 256 * 1024 * 1024  # VQA_VISION_CACHE_MB's default
+
+
+def cache_counts(server: Server) -> dict[tuple[str, str], float]:
+    """mms_vqa_cache_total by (cache, outcome), as /metrics shows it (recorded in the VQA runner's process)."""
+    text = httpx.get(f"{server.url}/metrics", timeout=30).text
+    found = re.findall(r'^mms_vqa_cache_total\{cache="(\w+)",outcome="(\w+)"\} ([0-9.e+]+)$', text, re.MULTILINE)
+    return {(cache, outcome): float(value) for cache, outcome, value in found}
+
+
+def test_follow_up_questions_hit_the_caches_in_health_and_metrics(server: Server) -> None:
+    red, blue = (png(draw_shape("circle", color, size=96, seed=SEED + 40 + i)) for i, color in
+                 enumerate(("red", "blue")))
+    before = httpx.get(f"{server.url}/health", timeout=30).json()["vqa_caches"]
+    counts = cache_counts(server)
+    # The same photo asked again, and a same-size photo of another colour between: each gets its own answer.
+    answers = [ask(server, COLOR_Q, image=image).json()["answer"] for image in (red, blue, red, blue)]
+    assert answers == ["red", "blue", "red", "blue"]
+    after = httpx.get(f"{server.url}/health", timeout=30).json()["vqa_caches"]
+    assert after["prefix"]["hits"] - before["prefix"]["hits"] == 2, (before, after)
+    assert after["vision"]["misses"] - before["vision"]["misses"] == 2, (before, after)  # each photo encoded once
+    for name in ("vision", "prefix"):
+        assert 0 < after[name]["bytes"] <= after[name]["limit_bytes"]
+    now = cache_counts(server)
+    assert now[("prefix", "hit")] - counts.get(("prefix", "hit"), 0.0) == 2
+    assert now[("vision", "miss")] - counts.get(("vision", "miss"), 0.0) == 2
 
 
 def data_url(image: Image.Image) -> str:

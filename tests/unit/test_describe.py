@@ -102,7 +102,10 @@ def test_described_by_is_the_model_and_a_short_hash_of_the_prompt() -> None:
 def test_described_by_is_known_from_the_settings_before_the_model_loads(tiny_qwen_dir: Path) -> None:
     settings = Settings(_env_file=None, vqa_model=str(tiny_qwen_dir), device="cpu", describe_prompt="p")  # type: ignore[call-arg]
     assert described_by_of(settings) == describer_id(str(tiny_qwen_dir), "p")
-    assert open_describer(settings).described_by == described_by_of(settings)
+    describer = open_describer(settings)
+    assert describer.described_by == described_by_of(settings)
+    # Each photo is described once: the follow-up caches would only hold memory in the indexer.
+    assert [cache["limit_bytes"] for cache in describer.vlm.caches().values()] == [0, 0]
 
 
 # ---------------------------------------------------------------- the Describer on the real tiny VLM

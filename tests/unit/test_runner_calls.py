@@ -80,18 +80,20 @@ def test_health_report_sums_gpu_memory_and_says_degraded() -> None:
     clip = FakeRunner({"device": "cuda", "gpu_memory_allocated_gb": 1.0, "gpu_memory_reserved_gb": 2.0})
     vqa = FakeRunner({"device": "cuda", "gpu_memory_allocated_gb": 3.0, "gpu_memory_reserved_gb": 4.0,
                       "quantization": "4bit", "runtime": "torch", "precision": "nf4", "generate_calls": 2,
-                      "generated_items": 5})
+                      "generated_items": 5, "caches": {"vision": {"entries": 1, "bytes": 10}}})
     report = asyncio.run(health_report(clip, vqa, calls, "clip-a", "qwen"))
     assert report == {"status": "healthy", "store": "ok", "clip_model_loaded": True, "vqa_model_loaded": True,
                       "image_library_size": 0, "device": "cuda", "gpu_memory_allocated_gb": 4.0,
                       "gpu_memory_reserved_gb": 6.0, "clip_model": "clip-a", "index_model": None,
                       "vqa_model": "qwen", "vqa_quantization": "4bit", "vqa_runtime": "torch", "vqa_precision": "nf4",
                       "described_images": 0, "descriptions_by": {},
+                      "vqa_caches": {"vision": {"entries": 1, "bytes": 10}},
                       "vqa_batches": {"generate_calls": 2, "answers": 5}}
     store.ensure_collection("clip-a", 4)
     down = asyncio.run(health_report(clip, FakeRunner(TimeoutError()), calls, "clip-a", "qwen"))
     assert (down["status"], down["vqa_model_loaded"], down["index_model"]) == ("degraded", False, "clip-a")
     assert down["gpu_memory_allocated_gb"] == 1.0 and down["vqa_batches"] == {"generate_calls": None, "answers": None}
+    assert down["vqa_caches"] is None
     store.upsert([Point(point_id(name), np.ones(4, dtype=np.float32), {"path": name}) for name in ("a.jpg", "b.jpg")])
     store.set_descriptions({point_id("a.jpg"): {"description": "红色的圆形", "visible_text": "", "tags": [],
                                                 "described_by": "qwen#abc"}})
