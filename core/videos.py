@@ -12,7 +12,7 @@ Timestamps that go backwards or are missing never make a sample go back in time.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
@@ -166,15 +166,17 @@ def frame_time(frame: Any, stream: Any, count: int) -> float:
     return float((frame.pts - (stream.start_time or 0)) * stream.time_base)
 
 
-def read_frames(source: str | BinaryIO, times: list[float], short_side: int = 0, long_side: int = 0
-                ) -> tuple[list[tuple[float, Image.Image]], VideoInfo]:
-    """The frames at `times` of the video at `source`, scaled (see scaled_size); BadVideo when it cannot be
-    read or no frame decodes."""
+def read_frames(source: str | BinaryIO, times: list[float] | Callable[[VideoInfo], list[float]],
+                short_side: int = 0, long_side: int = 0) -> tuple[list[tuple[float, Image.Image]], VideoInfo]:
+    """The frames at `times` (or at the times `times(info)` gives, from what the header says) of the video
+    at `source`, scaled (see scaled_size); BadVideo when it cannot be read or no frame decodes."""
     import av
 
     with open_video(source) as container:
         stream, info = video_stream(container)
         size = scaled_size(info.width, info.height, short_side, long_side)
+        if callable(times):
+            times = times(info)
         try:
             frames = list(frames_at(container, stream, times, size))
         except (av.FFmpegError, OSError, ValueError) as exc:
