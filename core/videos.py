@@ -90,7 +90,10 @@ def sample_times(duration: float | None, interval: float, max_frames: int, max_d
     times = [i * interval for i in range(dense)]
     rest = duration - dense_end
     extra = min(max_frames - dense, math.floor(rest / interval))
-    return times + evenly(dense_end, duration, extra) if extra > 0 else times
+    if extra <= 0:
+        return times
+    step = rest / extra
+    return times + [dense_end + (i + 0.5) * step for i in range(extra)]  # the middle of each equal part
 
 
 def evenly(start: float, end: float, count: int) -> list[float]:

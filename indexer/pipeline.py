@@ -139,7 +139,7 @@ class Indexer:
         self.flush_reuse()  # may hand files back to embedding, so it goes first
         self.flush_embed()
         self.delete_ids += plan.stale_ids
-        self.summary.removed += len(plan.stale_ids)
+        self.summary.removed += len({str(plan.existing[pid].get("path", pid)) for pid in plan.stale_ids})  # files
         if self.delete_ids:
             self.timed("write", self.store.delete, sorted(set(self.delete_ids)))
         self.timed("finish", self.store.finish)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from fractions import Fraction
 from pathlib import Path
 
 from PIL import Image
@@ -20,4 +21,63 @@ def write_clip(path: Path, frames: list[Image.Image], fps: int, codec: str) -> P
         for image in frames:
             container.mux(stream.encode(av.VideoFrame.from_image(image)))
         container.mux(stream.encode())
+    return path
+
+
+def shape_frames(segments: list[tuple[str, str, float]], fps: int, size: int = 96, seed: int = 1) -> list[Image.Image]:
+    """Frames of still shapes: each (shape, colour, seconds) segment after the one before (tests/shapes.py)."""
+    from shapes import draw_shape
+
+    frames: list[Image.Image] = []
+    for shape, color, seconds in segments:
+        frames += [draw_shape(shape, color, size=size, seed=seed)] * round(seconds * fps)
+    return frames
+
+
+def write_timed_clip(path: Path, frames: list[Image.Image], times: list[float], codec: str = "libx264") -> Path:
+    """`frames` shown at `times` (seconds, a millisecond time base): a variable frame rate clip."""
+    import av
+    from av.video.stream import VideoStream
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=30)
+        assert isinstance(stream, VideoStream)
+        stream.width, stream.height = frames[0].size
+        stream.pix_fmt = "yuv420p"
+        stream.codec_context.time_base = Fraction(1, 1000)
+        for image, at in zip(frames, times, strict=True):
+            frame = av.VideoFrame.from_image(image)
+            frame.pts, frame.time_base = round(at * 1000), Fraction(1, 1000)
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    return path
+
+
+def write_audio_only(path: Path, seconds: float = 1.0) -> Path:
+    """An mp4 with an AAC audio stream and no video stream."""
+    import av
+    import numpy as np
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("aac", rate=44100)
+        samples = np.zeros((1, 1024), dtype=np.float32)
+        for i in range(round(seconds * 44100 / 1024)):
+            frame = av.AudioFrame.from_ndarray(samples, format="fltp", layout="mono")
+            frame.sample_rate, frame.pts = 44100, i * 1024
+            container.mux(stream.encode(frame))  # type: ignore[attr-defined]
+        container.mux(stream.encode())  # type: ignore[attr-defined]
+    return path
+
+
+def write_empty_clip(path: Path, size: int = 96) -> Path:
+    """A container with a video stream and not one frame: a 0-second clip."""
+    import av
+    from av.video.stream import VideoStream
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=10)
+        assert isinstance(stream, VideoStream)
+        stream.width = stream.height = size
+        stream.pix_fmt = "yuv420p"
+        container.start_encoding()  # the header, with no packet after it
     return path
