@@ -21,6 +21,7 @@ import numpy as np
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from api.errors import ApiError, bad_request, not_found
+from api.moment_hits import MomentSearch
 from api.runner_calls import from_runner
 from api.search_fields import SearchPage, result_item
 from api.store_calls import StoreCalls
@@ -71,6 +72,7 @@ class Searching:
         self.stream_slots = StreamSlots(settings.search_stream_slots)
         self.described_at = -DESCRIBED_TTL_S
         self.described_count = 0
+        self.moments = MomentSearch(store)  # a clip listed once, at its best moment
 
     async def off_loop(self, func: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self.files, func, *args)
@@ -134,8 +136,7 @@ class Searching:
         await self.check_index()
         ran = await self.pick_mode(mode)
         vector = None if ran == "text" else await self.text_vector(query)
-        found: list[Hit] = await self.store.run(self.store.store.search, vector, top_k, page.where, page.offset,
-                                                page.dedup, None if ran == "vector" else query)
+        found = await self.moments.search(vector, top_k, page, None if ran == "vector" else query)
         return found, ran
 
     async def text_vector(self, query: str) -> Any:
@@ -191,9 +192,7 @@ class Searching:
         return await self.shaped(await self.hits(vector, top_k, page), include_image)
 
     async def hits(self, vector: Any, top_k: int, page: SearchPage) -> list[Hit]:
-        found: list[Hit] = await self.store.run(self.store.store.search, vector, top_k, page.where, page.offset,
-                                                page.dedup)
-        return found
+        return await self.moments.search(vector, top_k, page)
 
     async def shaped(self, hits: list[Hit], include_image: bool | str) -> list[Any]:
         if include_image is True:

@@ -62,6 +62,18 @@ SCHEMAS: dict[str, Any] = {
             "thumbnail_url": {"type": "string", "description": 'with include_image="thumbnail": '
                               "/images/<path>?size=256"},
             "image_url": {"type": "string", "description": 'with include_image="thumbnail": /images/<path>?size=0'},
+            "media": {"type": "string", "enum": ["image", "video"],
+                      "description": 'what `image` names: a photo, or a video whose moment `t` matched'},
+            "t": {"type": "number", "description": "a video: the time of the moment's best frame, in seconds"},
+            "start": {"type": "number", "description": "a video: where the moment starts, in seconds"},
+            "end": {"type": "number", "description": "a video: where the moment ends, in seconds"},
+            "moments": {"type": "array", "description": "a video: its other matching moments, best first "
+                        "(a clip is listed once, at its best moment)",
+                        "items": {"type": "object", "properties": {
+                            "t": {"type": "number"}, "start": {"type": "number"}, "end": {"type": "number"},
+                            "score": {"type": "number"}}}},
+            "video_url": {"type": "string", "description": 'a video, with include_image="thumbnail": '
+                          "/images/<path>, the clip itself (Range requests work)"},
         },
     },
     "SearchResponse": {

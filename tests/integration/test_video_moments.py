@@ -25,7 +25,7 @@ from store.qdrant_edge import EdgeStore
 SAMPLING = VideoSampling(interval=1.0, max_frames=60, max_duration=120.0, merge_cosine=0.92)
 FPS = 10
 # (file, codec, segments): each clip shows still shapes, 3 s each
-CLIPS = {
+CLIPS: dict[str, tuple[str, list[tuple[str, str, float]]]] = {
     "trips/ferry.mp4": ("libx264", [("circle", "red", 3), ("square", "blue", 3), ("triangle", "green", 3)]),
     "trips/party.webm": ("libvpx-vp9", [("square", "yellow", 3), ("circle", "purple", 3)]),
     "old/home.mkv": ("mpeg4", [("triangle", "orange", 3), ("square", "green", 3)]),
@@ -120,7 +120,7 @@ def test_a_long_clip_is_covered_evenly_within_its_frame_budget(tmp_path: Path, s
                                                                encoder: ClipEncoder) -> None:
     library = tmp_path / "lib"
     library.mkdir()
-    segments = [("circle", "red", 10), ("square", "blue", 10), ("triangle", "green", 10)]
+    segments: list[tuple[str, str, float]] = [("circle", "red", 10), ("square", "blue", 10), ("triangle", "green", 10)]
     write_clip(library / "long.mp4", shape_frames(segments, 5, size=64), fps=5, codec="libx264")
     sampling = VideoSampling(interval=1.0, max_frames=8, max_duration=6.0, merge_cosine=0.92)
     _, counting = index(store, encoder, library, video=sampling)
