@@ -92,6 +92,12 @@ SCHEMAS: dict[str, Any] = {
             "thumbnail_url": {"type": "string", "description": "/images/<path>?size=256"},
             "image_url": {"type": "string", "description": "/images/<path>?size=0"},
             "description": {"type": "string", "description": "the photo's stored description, when it has one"},
+            "media": {"type": "string", "enum": ["image", "video"],
+                      "description": "a photo, or a video moment (the model saw the frame at `t`)"},
+            "t": {"type": "number", "description": "a video: the moment's time in seconds"},
+            "start": {"type": "number", "description": "a video: where the moment starts, in seconds"},
+            "end": {"type": "number", "description": "a video: where the moment ends, in seconds"},
+            "video_url": {"type": "string", "description": "a video: /images/<path>, the clip itself"},
         },
     },
     "AskResponse": {
