@@ -135,3 +135,29 @@ def test_bad_video_requests_are_4xx(server: Server) -> None:
     assert get(server, "/images/page.mp4").status_code == 404  # HTML under a video name is not served
     assert get(server, "/images/page.mp4", params={"t": "1"}).status_code == 404
     assert get(server, "/images/missing.mp4", params={"t": "1"}).status_code == 404
+
+
+COLOR_Q = "What color is the shape?"
+
+
+def test_vqa_about_a_moment_sees_the_frames_around_it(server: Server) -> None:
+    for t, color in (("1", "red"), ("4.5", "blue"), ("7.5", "green")):
+        answer = post(server, "/vqa", data={"question": COLOR_Q, "image_id": "trips/ferry.mp4", "t": t})
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["answer"] == color, t
+    refusals = [({"image_id": "trips/ferry.mp4"}, 400), ({"image_id": "photo0.jpg", "t": "1"}, 400),
+                ({"image_id": "trips/ferry.mp4", "t": "-1"}, 400), ({"image_id": "trips/ferry.mp4", "t": "500"}, 400),
+                ({"image_id": "missing.mp4", "t": "1"}, 404), ({"image_id": "page.mp4", "t": "1"}, 400)]
+    for fields, status in refusals:
+        answer = post(server, "/vqa", data={"question": COLOR_Q, **fields})
+        assert answer.status_code == status and answer.json()["status"] == "error", (fields, answer.text)
+
+
+def test_ask_cites_the_clip_and_the_time(server: Server) -> None:
+    answer = post(server, "/ask", json={"question": COLOR_Q, "query": caption("triangle", "green"), "top_k": 1,
+                                        "media": "video"})
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    source = body["sources"][0]
+    assert (source["image"], source["media"]) == ("trips/ferry.mp4", "video") and 6 <= source["t"] < 9
+    assert source["thumbnail_url"].startswith("/images/trips/ferry.mp4?t=") and body["answer"] == "green"
