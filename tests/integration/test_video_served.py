@@ -5,7 +5,9 @@ moment's frame as a picture, the clip itself with Range, and bad input answered 
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
+import re
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -161,3 +163,34 @@ def test_ask_cites_the_clip_and_the_time(server: Server) -> None:
     source = body["sources"][0]
     assert (source["image"], source["media"]) == ("trips/ferry.mp4", "video") and 6 <= source["t"] < 9
     assert source["thumbnail_url"].startswith("/images/trips/ferry.mp4?t=") and body["answer"] == "green"
+
+
+def eventually(check: Callable[[], bool], seconds: float = 30) -> bool:
+    """Whether `check` holds within `seconds` (the page's CSP refuses Playwright's wait_for_function)."""
+    deadline = time.monotonic() + seconds
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
+
+
+def test_the_page_shows_the_moment_and_plays_the_clip_from_it(server: Server) -> None:
+    from helpers.browser import launched, tab
+    from playwright.sync_api import expect
+
+    with launched() as browser, tab(browser) as page:
+        page.goto(f"{server.url}/ui/")
+        page.fill("#query", caption("circle", "purple"))
+        page.press("#query", "Enter")
+        first = page.locator("#grid .card").first
+        expect(first).to_have_attribute("data-image", "party.webm")
+        moment = first.locator(".moment")
+        expect(moment).to_have_attribute("title", "video moment 0:03–0:06")  # the purple circle's moment
+        expect(moment).to_have_text(re.compile(r"▶ 0:0[345]"))  # its best frame's time
+        assert eventually(lambda: page.eval_on_selector("#grid .card img", "img => img.naturalWidth") > 0)
+        first.click()
+        expect(page.locator("#viewer-video")).to_be_visible()
+        assert eventually(lambda: page.eval_on_selector("#viewer-video", "video => video.currentTime") >= 3)
+        expect(page.locator("#viewer-img")).to_be_hidden()
+        expect(page.locator("#viewer-meta")).to_contain_text(re.compile(r"video moment at 0:0[345]"))
