@@ -175,11 +175,12 @@ def result_item(hit: Hit, include_image: bool | str, read_base64: Any) -> dict[s
     path = str(hit.payload.get("path", ""))
     item: dict[str, Any] = {"image": path, "score": round(float(hit.score), 6)}
     item.update(described_fields(hit.payload))
-    item.update(media_fields(hit.payload))
+    media = media_fields(hit.payload)
     if include_image == "thumbnail":
-        item.update(image_urls(path, item.get("t")))
+        item.update(image_urls(path, media.get("t")))
     elif include_image:
         item["image_base64"] = read_base64(path)
+    item.update(media)  # after the fields results always had, in their order
     return item
 
 
