@@ -237,7 +237,7 @@ def test_a_base64_answer_is_streamed_with_files_read_off_the_event_loop(tmp_path
     assert [r["image"] for r in results] == ["big.png", "gone.png", "red.png"]
     assert base64.b64decode(results[0]["image_base64"]) == big and results[1]["image_base64"] is None
     assert base64.b64decode(results[2]["image_base64"]) == (root / "red.png").read_bytes()
-    assert list(results[0]) == ["image", "score", "image_base64", "media"]  # the seed's field order, then media
+    assert list(results[0]) == ["image", "score", "media", "image_base64"]  # the seed's order, media before the file
     assert len(threads) == 3 and all(name.startswith("files") for name in threads)
 
 
