@@ -81,3 +81,21 @@ def write_empty_clip(path: Path, size: int = 96) -> Path:
         stream.pix_fmt = "yuv420p"
         container.start_encoding()  # the header, with no packet after it
     return path
+
+
+def jump_back(path: Path, after_block: int, milliseconds: int) -> Path:
+    """Rewrite a short Matroska clip (one cluster) so that its timestamps jump back by `milliseconds` from the
+    `after_block`-th frame on: each SimpleBlock (ID 0xA3, a size, track 0x81, a 16-bit time relative to the
+    cluster) gets its time moved. Muxers refuse to write such a clip, so it is made by hand."""
+    data = bytearray(path.read_bytes())
+    blocks, at = [], data.find(b"\xa3")
+    while at >= 0:
+        length = next((n for n in range(1, 9) if data[at + 1] & (0x80 >> (n - 1))), 9)
+        if length <= 8 and data[at + 1 + length] == 0x81:
+            blocks.append(at + 2 + length)
+        at = data.find(b"\xa3", at + 1)
+    for start in blocks[after_block:]:
+        moved = int.from_bytes(data[start:start + 2], "big", signed=True) - milliseconds
+        data[start:start + 2] = moved.to_bytes(2, "big", signed=True)
+    path.write_bytes(bytes(data))
+    return path

@@ -13,7 +13,14 @@ from typing import Any
 
 import pytest
 from helpers.indexing import contents, index
-from helpers.video import shape_frames, write_audio_only, write_clip, write_empty_clip, write_timed_clip
+from helpers.video import (
+    jump_back,
+    shape_frames,
+    write_audio_only,
+    write_clip,
+    write_empty_clip,
+    write_timed_clip,
+)
 from shapes import caption, draw_shape
 
 from indexer.moments import moment_id
@@ -160,6 +167,8 @@ def test_damaged_and_hostile_files_are_indexed_or_listed_with_a_reason(tmp_path:
     times = [0.0, 0.1, 0.2, 2.5, 2.6, 5.0]  # a variable frame rate: long and short gaps
     frames = shape_frames([("square", "blue", 0.3), ("triangle", "green", 0.3)], 10)
     write_timed_clip(library / "vfr.mp4", frames, times)
+    backwards = shape_frames([("circle", "orange", 2), ("triangle", "purple", 2)], FPS, size=64)
+    jump_back(write_clip(library / "back.mkv", backwards, fps=FPS, codec="mpeg4"), 25, 1500)  # 2.4 s -> 0.9 s
     started = time.monotonic()
     summary, _ = index(store, encoder, library, video=SAMPLING)
     assert time.monotonic() - started < 60
@@ -173,6 +182,9 @@ def test_damaged_and_hostile_files_are_indexed_or_listed_with_a_reason(tmp_path:
     assert set(indexed) & set(reasons) == set()
     found = best(store, encoder, "triangle", "green")
     assert found["path"] == "vfr.mp4" and found["t"] >= 2.5  # the frame shown at 2.5 s
+    back = moments_of(store, "back.mkv")  # indexed; its moments never go back in time
+    assert [m["start"] for m in back] == sorted({m["start"] for m in back}) and len(back) >= 2
+    assert best(store, encoder, "triangle", "purple")["path"] == "back.mkv"
 
 
 def test_a_photo_without_media_gets_it_without_reembedding(tmp_path: Path, store: Any,
