@@ -99,3 +99,26 @@ def jump_back(path: Path, after_block: int, milliseconds: int) -> Path:
         data[start:start + 2] = moved.to_bytes(2, "big", signed=True)
     path.write_bytes(bytes(data))
     return path
+
+
+def write_huge_header_clip(path: Path, claimed: int = 16000) -> Path:
+    """A Motion-JPEG Matroska clip of 64 x 64 frames whose JPEG headers (SOF0) each claim `claimed` x `claimed`
+    pixels: what a decoder believes before it allocates a frame."""
+    import av
+    from av.video.stream import VideoStream
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mjpeg", rate=10)
+        assert isinstance(stream, VideoStream)
+        stream.width = stream.height = 64
+        stream.pix_fmt = "yuvj420p"
+        for image in shape_frames([("circle", "red", 1)], 10, size=64):
+            container.mux(stream.encode(av.VideoFrame.from_image(image)))
+        container.mux(stream.encode())
+    data = bytearray(path.read_bytes())
+    at = data.find(b"\xff\xc0")
+    while at >= 0:  # SOF0: marker, length (2), precision (1), height (2), width (2)
+        data[at + 5:at + 9] = claimed.to_bytes(2, "big") * 2
+        at = data.find(b"\xff\xc0", at + 2)
+    path.write_bytes(bytes(data))
+    return path
