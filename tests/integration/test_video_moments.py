@@ -25,6 +25,7 @@ from helpers.video import (
 from shapes import caption, draw_shape
 
 from indexer.moments import moment_id
+from indexer.verify import verify_store
 from indexer.video_frames import VideoSampling
 from runners.clip import ClipEncoder
 from store.interface import SearchFilter, point_id
@@ -102,6 +103,8 @@ def test_reruns_renames_edits_and_deletions(tmp_path: Path, store: Any, encoder:
 
     again, counting = index(store, encoder, library, video=SAMPLING)
     assert counting.embedded == 0 and again.unchanged == 1 and again.added == again.updated == 0
+    report = verify_store(store)
+    assert report.ok, report.lines()  # `python -m indexer --verify` knows a moment's id
 
     os.utime(library / "a.mp4", (time.time() + 5, time.time() + 5))  # touched, same content: nothing embedded
     touched, counting = index(store, encoder, library, video=SAMPLING)
