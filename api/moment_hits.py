@@ -14,11 +14,15 @@ from typing import Any
 
 from api.search_fields import SearchPage
 from api.store_calls import StoreCalls
+from api.vqa_moments import frames_near
+from core.library import Library, NotInLibrary
+from core.videos import BadVideo
 from store.interface import Hit, SearchFilter
 
 CHECK_TTL_S = 2.0  # how long "the collection holds videos" is trusted before the store is asked again
 FETCH_FACTOR = 3  # hits fetched per result wanted, at first
 MAX_FETCH = 10_000  # hits fetched at most for one page
+FRAME_BYTES = 256 * 1024  # what a moment's frame is counted as against SEARCH_MAX_RESPONSE_MB (a JPEG, 1024 px)
 MOMENTS_KEY = "moments"  # the other moments of a clip, in a grouped hit's payload: [(score, payload), ...]
 
 
@@ -66,3 +70,17 @@ def group_moments(hits: list[Hit]) -> list[Hit]:
         clips[path] = replace(hit, payload={**hit.payload, MOMENTS_KEY: []})
         out.append(clips[path])
     return out
+
+
+def result_bytes(payload: dict[str, Any]) -> int:
+    """The bytes a result's `image_base64` holds: the file's, a video moment's frame's."""
+    return FRAME_BYTES if payload.get("media") == "video" else int(payload.get("size") or 0)
+
+
+def moment_frame(library: Library, rel: str, t: float) -> bytes | None:
+    """A video moment's frame as a JPEG (`image_base64` of its result); None when the clip is gone or no
+    longer decodes."""
+    try:
+        return frames_near(library, rel, [t])[0]
+    except (NotInLibrary, BadVideo):
+        return None

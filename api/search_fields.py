@@ -178,8 +178,8 @@ def result_item(hit: Hit, include_image: bool | str, read_base64: Any) -> dict[s
     media = media_fields(hit.payload)
     if include_image == "thumbnail":
         item.update(image_urls(path, media.get("t")))
-    elif include_image:
-        item["image_base64"] = read_base64(path)
+    elif include_image:  # a video moment: its frame (an old client shows a picture, not a clip)
+        item["image_base64"] = read_base64(path, media["t"]) if "t" in media else read_base64(path)
     item.update(media)  # after the fields results always had, in their order
     return item
 

@@ -21,7 +21,7 @@ import numpy as np
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from api.errors import ApiError, bad_request, not_found
-from api.moment_hits import MomentSearch
+from api.moment_hits import MomentSearch, moment_frame, result_bytes
 from api.runner_calls import from_runner
 from api.search_fields import SearchPage, result_item
 from api.store_calls import StoreCalls
@@ -97,7 +97,8 @@ class Searching:
             turn = self.stream_slots.turn()
             try:
                 await turn.take()
-                data = await self.off_loop(self.read_file, file.rel)
+                data = await (self.off_loop(self.read_file, file.rel) if file.t is None else
+                              self.off_loop(moment_frame, self.library, file.rel, file.t))
                 if data is None:
                     yield (fields[:-1] + ', "image_base64": null}').encode()
                     continue
@@ -205,7 +206,7 @@ class Searching:
     def check_response_size(self, hits: list[Any]) -> None:
         """400 before reading any file when the results' base64 would pass SEARCH_MAX_RESPONSE_MB."""
         limit_mb = self.settings.search_max_response_mb
-        need_mb = sum(int(hit.payload.get("size") or 0) for hit in hits) * 4 / 3 / 1024 / 1024
+        need_mb = sum(result_bytes(hit.payload) for hit in hits) * 4 / 3 / 1024 / 1024
         if need_mb > limit_mb:
             raise ApiError(400, "response_too_large", f"these {len(hits)} results as base64 would take "
                            f"{need_mb:.0f} MB, over SEARCH_MAX_RESPONSE_MB ({limit_mb:g} MB): ask for fewer "
@@ -226,6 +227,7 @@ class LibraryBytes:
     """A result's `image_base64` still to be read: `answer` streams it (see the module docstring)."""
 
     rel: str
+    t: float | None = None  # a video moment's time: its frame is sent (api/moment_hits.py moment_frame)
 
 
 B64_PIECE = 3 * 64 * 1024  # a multiple of 3, so the pieces' base64 joins into the file's base64

@@ -4,6 +4,7 @@ moment's frame as a picture, the clip itself with Range, and bad input answered 
 
 from __future__ import annotations
 
+import base64
 import io
 import re
 import time
@@ -115,6 +116,9 @@ def test_a_moment_frame_is_a_cached_picture(server: Server) -> None:
     later = get(server, "/images/trips/ferry.mp4", params={"t": "4.5", "size": "48"})
     image = Image.open(io.BytesIO(later.content))
     assert max(image.size) == 48 and red_share(image) < 0.01  # the blue square's frame
+    inline = search(server, "circle", "red", top_k=1, media="video")[0]  # include_image true: the frame, base64
+    picture = Image.open(io.BytesIO(base64.b64decode(inline["image_base64"])))
+    assert picture.format == "JPEG" and red_share(picture) > 0.05
     again = get(server, "/images/trips/ferry.mp4", params={"t": "4.5", "size": "48"},
                 headers={"If-None-Match": later.headers["etag"]})
     assert again.status_code == 304
