@@ -132,6 +132,8 @@ def test_the_clip_itself_with_ranges(server: Server) -> None:
     assert part.status_code == 206 and part.content == data[100:200]
     assert part.headers["content-range"] == f"bytes 100-199/{len(data)}"
     assert get(server, "/images/party.webm", headers={"Range": f"bytes={len(data)}-"}).status_code == 416
+    head = httpx.head(f"{server.url}/images/party.webm", timeout=60)
+    assert head.status_code == 200 and head.content == b"" and head.headers["content-length"] == str(len(data))
 
 
 def test_bad_video_requests_are_4xx(server: Server) -> None:
