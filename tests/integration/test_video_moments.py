@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers.indexing import contents, index
+from helpers.indexing import CountingEncoder, contents, index
 from helpers.video import (
     jump_back,
     shape_frames,
@@ -25,8 +25,11 @@ from helpers.video import (
 from shapes import caption, draw_shape
 
 from indexer.moments import moment_id
+from indexer.pipeline import Indexer
+from indexer.pipeline import IndexOptions as Options
 from indexer.verify import verify_store
 from indexer.video_frames import VideoSampling
+from indexer.watch import snapshot
 from runners.clip import ClipEncoder
 from store.interface import SearchFilter, point_id
 from store.qdrant_edge import EdgeStore
@@ -196,3 +199,18 @@ def test_a_photo_without_media_gets_it_without_reembedding(tmp_path: Path, store
     summary, counting = index(store, encoder, library, video=SAMPLING)
     assert counting.embedded == 0 and summary.payload_updated == 1
     assert dict(store.payloads())[pid]["media"] == "image"
+
+
+def test_watch_sees_videos_and_a_clip_being_written_keeps_its_moments(tmp_path: Path, store: Any,
+                                                                        encoder: ClipEncoder) -> None:
+    library = tmp_path / "lib"
+    write_clips(library, {"a.mp4": CLIPS["trips/ferry.mp4"]})
+    index(store, encoder, library, video=SAMPLING)
+    files = snapshot(library)  # what --watch lists and settles
+    assert files is not None and set(files) == {"a.mp4"}
+    whole = (library / "a.mp4").read_bytes()
+    (library / "a.mp4").write_bytes(whole[:1000])  # being copied over: --watch holds it back
+    counting = CountingEncoder(encoder)
+    held = Indexer(store, counting, Options(progress=False, video=SAMPLING)).run(library, hold={"a.mp4"})
+    assert (held.removed, held.failed, counting.embedded) == (0, 0, 0)
+    assert len(moments_of(store, "a.mp4")) == 3
