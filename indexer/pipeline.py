@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image
 
 from core.images import DRAFT_SIZE
+from core.library import is_video_name
 from indexer.decode import Decoded, decode_entry
 from indexer.moments import MEDIA_IMAGE, copied_points, moment_points
 from indexer.plan import Plan, make_plan
@@ -175,10 +176,15 @@ class Indexer:
         bar = progress_bar(len(entries), self.options.progress)
         with ThreadPoolExecutor(self.options.workers, thread_name_prefix="decode") as pool:
             pending: deque[Future[Decoded]] = deque()
+            videos: deque[Future[Decoded]] = deque()  # a video's frames weigh what many photos do
             items = iter(entries)
             for entry in items:
                 pending.append(pool.submit(decode_entry, entry, self.options.draft_size, needs_image, self.video))
-                if len(pending) >= window:
+                if is_video_name(entry.rel_path):
+                    videos.append(pending[-1])
+                while len(pending) >= window or len(videos) > self.options.workers:
+                    if videos and videos[0] is pending[0]:
+                        videos.popleft()
                     yield self.wait(pending.popleft())
                     bar.update(1)
             while pending:
@@ -231,7 +237,7 @@ class Indexer:
         batch, self.to_embed = self.to_embed, []
         if not batch:
             return
-        embedded = self.timed("embed", embed_decoded, self.encoder, batch)
+        embedded = self.timed("embed", embed_decoded, self.encoder, batch, self.options.batch_size)
         self.write_embedded([(item, vector, reason) for item, (vector, reason) in zip(batch, embedded, strict=True)])
 
     def take_embedded(self, item: Decoded, vector: np.ndarray | None, reason: str | None) -> None:
@@ -360,13 +366,15 @@ def video_points(item: Decoded, vectors: np.ndarray, model_id: str, min_cosine: 
     return moment_points(item, times, rows[good], model_id, cosine)
 
 
-def embed_decoded(encoder: ImageEncoder, batch: list[Decoded]) -> list[tuple[np.ndarray | None, str | None]]:
+def embed_decoded(encoder: ImageEncoder, batch: list[Decoded], most: int | None = None
+                  ) -> list[tuple[np.ndarray | None, str | None]]:
     """Each decoded file's vector (or why it has none): the embed stage of both engines. A video's frames go
-    in the same batch as the photos; its "vector" is a row per frame (NaN where a frame failed)."""
+    in the same batch as the photos; its "vector" is a row per frame (NaN where a frame failed). `most`: CLIP
+    is given at most this many images at once (a long clip's frames in several calls)."""
     images: list[Image.Image] = []
     for d in batch:  # an engine hands over decoded images only
-        images += [frame for _, frame in d.frames] if d.frames is not None else [d.image] if d.image else []
-    vectors, reasons = encode_each(encoder, images)
+        images += [frame for _, frame in d.frames] if d.frames is not None else [d.image] if d.image is not None else []
+    vectors, reasons = encode_chunks(encoder, images, most or len(images) or 1)
     out: list[tuple[np.ndarray | None, str | None]] = []
     at = 0
     for d in batch:
@@ -379,6 +387,14 @@ def embed_decoded(encoder: ImageEncoder, batch: list[Decoded]) -> list[tuple[np.
         out.append((vectors[at:at + count], failed[0] if failed and len(failed) == count else None))
         at += count
     return out
+
+
+def encode_chunks(encoder: ImageEncoder, images: list[Image.Image], most: int) -> tuple[np.ndarray, list[str | None]]:
+    """encode_each over `most` images at a time: what CLIP holds at once stays bounded."""
+    if len(images) <= most:
+        return encode_each(encoder, images)
+    parts = [encode_each(encoder, images[start:start + most]) for start in range(0, len(images), most)]
+    return np.concatenate([vectors for vectors, _ in parts]), [r for _, reasons in parts for r in reasons]
 
 
 def encode_each(encoder: ImageEncoder, images: list[Image.Image]) -> tuple[np.ndarray, list[str | None]]:
