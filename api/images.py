@@ -44,7 +44,7 @@ from config import get_settings
 from core.files import write_atomically
 from core.images import BadImage, load_image
 from core.library import Library, LibraryFile, NotInLibrary, OpenedFile, is_video_name, library_name
-from core.videos import BadVideo
+from core.videos import NO_SIZE_LIMIT, BadVideo
 
 log = logging.getLogger("service")
 
@@ -139,7 +139,7 @@ class ImageFiles:
     def video_answer(self, request: Request, rel: str, size: int, fmt: str) -> Response:
         """A video's frame at `t`, or the file itself (api/video_images.py)."""
         t = video_images.parse_t(request.query_params.get("t"))
-        with self.library.open(rel, video_images.NO_SIZE_LIMIT) as opened:
+        with self.library.open(rel, NO_SIZE_LIMIT) as opened:
             found = opened.found
             media_type = video_images.video_type(opened)  # checked first, as for photos
             if t is None and (size == 0 or "size" not in request.query_params):

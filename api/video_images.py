@@ -20,7 +20,6 @@ from core.library import OpenedFile
 from core.videos import BadVideo, frame_at
 
 PIECE = 1 << 20  # bytes read from the file per piece streamed
-NO_SIZE_LIMIT = 1 << 62  # a video is streamed, never read whole: LIBRARY_MAX_FILE_MB does not apply
 MATROSKA = b"\x1a\x45\xdf\xa3"
 # ISO base media boxes a QuickTime / MP4 file starts with
 ISO_BOXES = (b"ftyp", b"moov", b"mdat", b"wide", b"free", b"skip", b"pnot")

@@ -13,12 +13,11 @@ from PIL import Image
 from api.errors import bad_request
 from api.search_fields import image_urls, media_fields
 from core.library import Library, NotInLibrary
-from core.videos import BadVideo, read_frames
+from core.videos import NO_SIZE_LIMIT, BadVideo, read_frames
 
 FRAMES = 3  # frames the model sees around `t`
 SPAN_S = 1.0  # they are spread over [t - SPAN_S, t + SPAN_S]
 LONG_SIDE = 1024  # their longer side at most (VQA_MAX_PIXELS bounds what the model takes anyway)
-NO_SIZE_LIMIT = 1 << 62  # a video is streamed, never read whole: LIBRARY_MAX_FILE_MB does not apply
 
 
 def around(t: float, count: int = FRAMES, span: float = SPAN_S) -> list[float]:

@@ -24,6 +24,9 @@ MAX_FRAME_PIXELS = 8192 * 8192
 MAX_DECODED_PER_SAMPLE = 600
 # A sample this far (seconds) past the last decoded frame is reached by seeking, not by decoding forward.
 SEEK_GAP_S = 4.0
+# A video is streamed, never read whole into memory: LIBRARY_MAX_FILE_MB (what is read into memory) does not
+# apply to it; its readers open it with this limit (core/library.py Library.open).
+NO_SIZE_LIMIT = 1 << 62
 # Containers FFmpeg opens that hold a still image, not a video (a .mp4 that is really a JPEG).
 IMAGE_FORMATS = ("image2", "_pipe")
 

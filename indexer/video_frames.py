@@ -16,12 +16,11 @@ from typing import BinaryIO
 from PIL import Image
 
 from core.library import Library, NotInLibrary
-from core.videos import BadVideo, VideoInfo, read_frames, sample_times
+from core.videos import NO_SIZE_LIMIT, BadVideo, VideoInfo, read_frames, sample_times
 from indexer.scan import FileEntry
 
 CLIP_SIDE = 224  # CLIP's input size: frames are scaled to this short side as they are decoded
 CHUNK = 8 << 20  # bytes hashed at a time
-NO_SIZE_LIMIT = 1 << 62  # a video is streamed, so LIBRARY_MAX_FILE_MB (what is read into memory) does not apply
 
 
 @dataclass(frozen=True)
