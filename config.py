@@ -132,6 +132,21 @@ class Settings(BaseSettings):
         default=None, ge=0, description="Ray: GPUs each model actor holds (unset: 1 when the cluster has GPUs).")
     index_ray_cpus_per_actor: float = Field(
         default=1.0, gt=0, description="Ray: CPUs (torch threads) each model actor holds.")
+    video_frame_interval_s: float = Field(
+        default=1.0, gt=0,
+        description="Videos in the library are indexed as moments (docs/indexing.md): a frame every this many "
+        "seconds is embedded by CLIP.")
+    video_max_frames: int = Field(
+        default=240, ge=1, le=100_000,
+        description="Frames embedded per video at most: a longer clip is covered evenly with this many.")
+    video_max_duration_s: float = Field(
+        default=120.0, gt=0,
+        description="The first this many seconds of a video are sampled every VIDEO_FRAME_INTERVAL_S; what is left "
+        "of VIDEO_MAX_FRAMES is spread evenly over the rest of the clip.")
+    video_merge_cosine: float = Field(
+        default=0.92, ge=-1, le=1,
+        description="Consecutive frames of a video whose CLIP vectors have at least this cosine are one moment "
+        "(one point); 1: every sampled frame is its own moment.")
     watch_interval_s: float = Field(
         default=2.0, gt=0, description="`python -m indexer --watch`: seconds between two listings of the library.")
     watch_settle_s: float = Field(

@@ -65,6 +65,8 @@ BUILD_INDEX_AT_START_POINTS = 20_000
 
 
 Text = Annotated[str, BeforeValidator(search_fields.as_text)]  # a typed `2024` stays text (see as_text)
+MomentTime = Annotated[float | None, Field(ge=0, allow_inf_nan=False, description=(
+    "with the image_id of a library video: the moment asked about, in seconds (a search result's `t`)"))]
 ASK_TOP_K = min(DEFAULT_TOP_K, SETTINGS.ask_max_images)
 
 
@@ -189,9 +191,11 @@ class MultimodalServer:
         video: Annotated[Path, Field(description="a short mp4 or webm clip, instead of an image")] = NO_FILE,
         image_id: Annotated[Text | None, Field(description="a library-relative path, instead of an upload")] = None,
         max_new_tokens: Annotated[int | None, Field(ge=1, le=SETTINGS.vqa_max_new_tokens_cap)] = None,
+        t: MomentTime = None,
     ) -> dict[str, Any]:
-        """Answer a question about an uploaded image, a library image (`image_id`) or a short video."""
-        request = await self.vqa_requests.prepare(question, image, video, image_id, max_new_tokens)
+        """Answer a question about an uploaded image, a library image (`image_id`) or a short video; with the
+        `image_id` of a library video, about its moment at `t` (the model sees the frames around it)."""
+        request = await self.vqa_requests.prepare(question, image, video, image_id, max_new_tokens, t)
         result = await self.vqa_requests.generate(request, "/vqa")
         return {"status": "success", "question": question, "answer": result["text"]}
 
@@ -204,9 +208,10 @@ class MultimodalServer:
         video: Path = NO_FILE,
         image_id: Text | None = None,
         max_new_tokens: Annotated[int | None, Field(ge=1, le=SETTINGS.vqa_max_new_tokens_cap)] = None,
+        t: MomentTime = None,
     ) -> str:
         """As /vqa, but the answer comes as plain text chunks while it is generated."""
-        request = await self.vqa_requests.prepare(question, image, video, image_id, max_new_tokens)
+        request = await self.vqa_requests.prepare(question, image, video, image_id, max_new_tokens, t)
         pieces = await self.vqa_requests.stream(request)  # a refused request raises here, before the 200
         return StreamingResponse(pieces, media_type="text/plain; charset=utf-8")  # type: ignore[return-value]
 

@@ -15,7 +15,7 @@ from typing import Any
 import anyio
 from starlette.responses import Response, StreamingResponse
 
-from api import chat_completions, chat_messages
+from api import chat_completions, chat_messages, vqa_moments
 from api.chat_completions import LIBRARY_MODEL, Answer, Chat
 from api.errors import ApiError, bad_request
 from api.search_fields import SearchPage, described_fields, image_urls, search_page
@@ -168,6 +168,12 @@ class Asking:
         photos = []
         for hit in hits:
             rel = str(hit.payload.get("path", ""))
+            if hit.payload.get("media") == "video":  # a moment: its frame, and a source naming clip and time
+                moment = vqa_moments.moment_source(self.library, rel, hit.payload)
+                if moment is not None:
+                    photos.append(RetrievedPhoto({"image": rel, "score": round(float(hit.score), 6), **moment[0]},
+                                                 moment[1]))
+                continue
             try:
                 data = self.library.read_bytes(rel)
                 load_image(data)

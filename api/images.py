@@ -35,14 +35,16 @@ from urllib.parse import unquote_to_bytes
 from PIL import Image
 from starlette.convertors import PathConvertor, register_url_convertor
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 
+from api import video_images
 from api.errors import ApiError, bad_request, handles_errors, not_found
 from api.http.logs import escape_controls
 from config import get_settings
 from core.files import write_atomically
 from core.images import BadImage, load_image
-from core.library import Library, LibraryFile, NotInLibrary, OpenedFile, library_name
+from core.library import Library, LibraryFile, NotInLibrary, OpenedFile, is_video_name, library_name
+from core.videos import NO_SIZE_LIMIT, BadVideo
 
 log = logging.getLogger("service")
 
@@ -100,12 +102,14 @@ class ImageFiles:
         loop = asyncio.get_running_loop()
         try:  # the whole answer comes from one descriptor, opened and read on the thumbnail threads
             return await loop.run_in_executor(self.pool, self.answer, request, rel, size, fmt)
-        except (NotInLibrary, OSError, BadImage) as exc:  # refused, unreadable, or not an allowed image
+        except (NotInLibrary, OSError, BadImage, BadVideo) as exc:  # refused, unreadable, or not an allowed image
             log.info("not serving image %s: %s", escape_controls(request.url.path), exc)
             raise missing(raw) from exc
 
     def answer(self, request: Request, rel: str, size: int, fmt: str) -> Response:
         """The response for library file `rel`, read only through the descriptor Library.open gives."""
+        if is_video_name(rel):
+            return self.video_answer(request, rel, size, fmt)
         with self.library.open(rel) as opened:
             found = opened.found
             tag = etag(found, "original") if size == 0 else etag(found, size, fmt)
@@ -132,6 +136,38 @@ class ImageFiles:
         start, end = span or (0, len(cached))
         return sized_response(b"" if head else cached[start:end], media_type, headers, span, len(cached), end - start)
 
+    def video_answer(self, request: Request, rel: str, size: int, fmt: str) -> Response:
+        """A video's frame at `t`, or the file itself (api/video_images.py)."""
+        t = video_images.parse_t(request.query_params.get("t"))
+        with self.library.open(rel, NO_SIZE_LIMIT) as opened:
+            found = opened.found
+            media_type = video_images.video_type(opened)  # checked first, as for photos
+            if t is None and (size == 0 or "size" not in request.query_params):
+                return self.video_file(request, opened, media_type)
+            tag = etag(found, "frame", t or 0.0, size, fmt)
+            headers = cache_headers(found, tag)
+            if not_modified(request, headers["ETag"], found.mtime_ns):
+                return Response(status_code=304, headers=headers)
+            body = self.cached(tag, fmt)
+            if body is None:
+                body = video_images.render_frame(opened, t or 0.0, size, FORMATS[fmt][0], QUALITY)
+                self.store_cached(tag, fmt, body)
+        head = request.method == "HEAD"
+        return sized_response(b"" if head else body, FORMATS[fmt][1], headers, None, len(body), len(body))
+
+    def video_file(self, request: Request, opened: OpenedFile, media_type: str) -> Response:
+        found = opened.found
+        headers = cache_headers(found, etag(found, "original"))
+        if not_modified(request, headers["ETag"], found.mtime_ns):
+            return Response(status_code=304, headers=headers)
+        span = byte_range(request, headers["ETag"], found.size)
+        start, end = span or (0, found.size)
+        headers.update({"Accept-Ranges": "bytes", "Content-Length": str(end - start)})
+        if span is not None:
+            headers["Content-Range"] = f"bytes {start}-{end - 1}/{found.size}"
+        body = iter(()) if request.method == "HEAD" else video_images.FilePieces(opened, start, end)
+        return StreamingResponse(body, status_code=206 if span else 200, media_type=media_type, headers=headers)
+
     def cache_path(self, key: str, fmt: str) -> Path:
         return self.cache / key[:2] / f"{key}{FORMATS[fmt][2]}"
 
@@ -147,6 +183,11 @@ class ImageFiles:
         """Render the thumbnail from the opened file and cache it. Runs on the thumbnail threads. A cache
         that cannot be written (full, read-only) still serves it, with one warning until it works again."""
         body = render(opened.read(), size, FORMATS[fmt][0])
+        self.store_cached(key, fmt, body)
+        return body
+
+    def store_cached(self, key: str, fmt: str, body: bytes) -> None:
+        """Write a rendered thumbnail into the cache; one warning while the cache cannot be written."""
         try:
             write_atomically(self.cache_path(key, fmt), body)
         except OSError as exc:
@@ -158,7 +199,6 @@ class ImageFiles:
             if self.cache_failing:
                 log.warning("thumbnail cache %s (THUMBNAIL_CACHE) is writable again", self.cache)
             self.cache_failing = False
-        return body
 
 
 def sized_response(body: bytes, media_type: str, headers: dict[str, str], span: tuple[int, int] | None,

@@ -40,6 +40,8 @@ ModifiedBefore = Annotated[OptionalText, Field(
 MinWidth = Annotated[int | None, Field(ge=0, description="only images at least this wide (pixels)")]
 MinHeight = Annotated[int | None, Field(ge=0, description="only images at least this high (pixels)")]
 MinBytes = Annotated[int | None, Field(ge=0, description="only files of at least this many bytes")]
+Media = Annotated[Literal["image", "video"] | None, Field(
+    description='only photos ("image") or only the moments of videos ("video"); unset: both')]
 Offset = Annotated[int, Field(ge=0, description="skip this many results (paging)")]
 Dedup = Annotated[bool, Field(description="collapse files with identical content, keeping the best")]
 SearchMode = Annotated[Literal["vector", "text", "hybrid"] | None, Field(
@@ -53,7 +55,7 @@ SearchMode = Annotated[Literal["vector", "text", "hybrid"] | None, Field(
 SEARCH_FIELDS: tuple[tuple[str, Any, Any], ...] = (
     ("folder", Folder, None), ("modified_after", ModifiedAfter, None), ("modified_before", ModifiedBefore, None),
     ("min_width", MinWidth, None), ("min_height", MinHeight, None), ("min_bytes", MinBytes, None),
-    ("offset", Offset, 0), ("dedup", Dedup, False))
+    ("offset", Offset, 0), ("dedup", Dedup, False), ("media", Media, None))
 
 
 def with_search_fields(endpoint: Callable[..., Any]) -> Callable[..., Any]:
@@ -81,7 +83,7 @@ class SearchPage:
 
 def search_page(top_k: int, offset: int, dedup: bool, max_window: int, *, folder: str | None = None,
                 modified_after: str | None = None, modified_before: str | None = None, min_width: int | None = None,
-                min_height: int | None = None, min_bytes: int | None = None,
+                min_height: int | None = None, min_bytes: int | None = None, media: str | None = None,
                 exclude: tuple[str, ...] = ()) -> SearchPage:
     """Validate the filter and paging fields (ApiError 400 with a message naming the field)."""
     if offset + top_k > max_window:
@@ -93,7 +95,7 @@ def search_page(top_k: int, offset: int, dedup: bool, max_window: int, *, folder
         raise bad_request("modified_after is later than modified_before")
     where = SearchFilter(folder=library_folder(folder), modified_after=after, modified_before=before,
                          min_width=min_width or None, min_height=min_height or None, min_bytes=min_bytes or None,
-                         exclude_ids=exclude)
+                         media=media or None, exclude_ids=exclude)
     return SearchPage(where, offset, dedup)
 
 
@@ -148,13 +150,17 @@ def is_library_text(text: str) -> bool:
     return True
 
 
-def image_urls(rel_path: str) -> dict[str, str]:
+def image_urls(rel_path: str, t: float | None = None) -> dict[str, str]:
     """The /images URLs of a library name: the file's raw bytes percent-encoded, so a name that is
-    not UTF-8 (`\\xNN` escapes in its library name) reaches its file too."""
+    not UTF-8 (`\\xNN` escapes in its library name) reaches its file too. A video's moment at `t`: its frame
+    (thumbnail and full size) and `video_url`, the clip itself (a browser plays it from `t` with `#t=`)."""
     try:
         quoted = url_path(rel_path)
     except NotInLibrary:  # never a name the indexer stored; its URLs answer 404
         quoted = quote(rel_path, safe="/", errors="backslashreplace")
+    if t is not None:
+        return {"thumbnail_url": f"/images/{quoted}?t={t:g}&size={THUMBNAIL_SIZE}",
+                "image_url": f"/images/{quoted}?t={t:g}&size=0", "video_url": f"/images/{quoted}"}
     return {"thumbnail_url": f"/images/{quoted}?size={THUMBNAIL_SIZE}", "image_url": f"/images/{quoted}?size=0"}
 
 
@@ -169,8 +175,24 @@ def result_item(hit: Hit, include_image: bool | str, read_base64: Any) -> dict[s
     path = str(hit.payload.get("path", ""))
     item: dict[str, Any] = {"image": path, "score": round(float(hit.score), 6)}
     item.update(described_fields(hit.payload))
+    media = media_fields(hit.payload)
     if include_image == "thumbnail":
-        item.update(image_urls(path))
-    elif include_image:
-        item["image_base64"] = read_base64(path)
+        item.update(image_urls(path, media.get("t")))
+    elif include_image:  # a video moment: its frame (an old client shows a picture, not a clip)
+        item["image_base64"] = read_base64(path, media["t"]) if "t" in media else read_base64(path)
+    item.update(media)  # after the fields results always had, in their order
     return item
+
+
+def moment(payload: dict[str, Any]) -> dict[str, float]:
+    """A video moment's times in seconds: `t` (its best frame), `start`, `end`."""
+    return {key: float(payload.get(key) or 0.0) for key in ("t", "start", "end")}
+
+
+def media_fields(payload: dict[str, Any]) -> dict[str, Any]:
+    """`media` ("image" or "video"), and for a video its moment and its other matching moments, best first
+    (api/moment_hits.py folds them into the clip's best hit)."""
+    if payload.get("media") != "video":
+        return {"media": "image"}
+    others = [{**moment(p), "score": round(float(score), 6)} for score, p in payload.get("moments", [])]
+    return {"media": "video", **moment(payload), "moments": others}

@@ -21,6 +21,7 @@ import numpy as np
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from api.errors import ApiError, bad_request, not_found
+from api.moment_hits import MomentSearch, moment_frame, result_bytes
 from api.runner_calls import from_runner
 from api.search_fields import SearchPage, result_item
 from api.store_calls import StoreCalls
@@ -71,6 +72,7 @@ class Searching:
         self.stream_slots = StreamSlots(settings.search_stream_slots)
         self.described_at = -DESCRIBED_TTL_S
         self.described_count = 0
+        self.moments = MomentSearch(store)  # a clip listed once, at its best moment
 
     async def off_loop(self, func: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self.files, func, *args)
@@ -95,7 +97,8 @@ class Searching:
             turn = self.stream_slots.turn()
             try:
                 await turn.take()
-                data = await self.off_loop(self.read_file, file.rel)
+                data = await (self.off_loop(self.read_file, file.rel) if file.t is None else
+                              self.off_loop(moment_frame, self.library, file.rel, file.t))
                 if data is None:
                     yield (fields[:-1] + ', "image_base64": null}').encode()
                     continue
@@ -134,8 +137,7 @@ class Searching:
         await self.check_index()
         ran = await self.pick_mode(mode)
         vector = None if ran == "text" else await self.text_vector(query)
-        found: list[Hit] = await self.store.run(self.store.store.search, vector, top_k, page.where, page.offset,
-                                                page.dedup, None if ran == "vector" else query)
+        found = await self.moments.search(vector, top_k, page, None if ran == "vector" else query)
         return found, ran
 
     async def text_vector(self, query: str) -> Any:
@@ -191,9 +193,7 @@ class Searching:
         return await self.shaped(await self.hits(vector, top_k, page), include_image)
 
     async def hits(self, vector: Any, top_k: int, page: SearchPage) -> list[Hit]:
-        found: list[Hit] = await self.store.run(self.store.store.search, vector, top_k, page.where, page.offset,
-                                                page.dedup)
-        return found
+        return await self.moments.search(vector, top_k, page)
 
     async def shaped(self, hits: list[Hit], include_image: bool | str) -> list[Any]:
         if include_image is True:
@@ -206,7 +206,7 @@ class Searching:
     def check_response_size(self, hits: list[Any]) -> None:
         """400 before reading any file when the results' base64 would pass SEARCH_MAX_RESPONSE_MB."""
         limit_mb = self.settings.search_max_response_mb
-        need_mb = sum(int(hit.payload.get("size") or 0) for hit in hits) * 4 / 3 / 1024 / 1024
+        need_mb = sum(result_bytes(hit.payload) for hit in hits) * 4 / 3 / 1024 / 1024
         if need_mb > limit_mb:
             raise ApiError(400, "response_too_large", f"these {len(hits)} results as base64 would take "
                            f"{need_mb:.0f} MB, over SEARCH_MAX_RESPONSE_MB ({limit_mb:g} MB): ask for fewer "
@@ -227,6 +227,7 @@ class LibraryBytes:
     """A result's `image_base64` still to be read: `answer` streams it (see the module docstring)."""
 
     rel: str
+    t: float | None = None  # a video moment's time: its frame is sent (api/moment_hits.py moment_frame)
 
 
 B64_PIECE = 3 * 64 * 1024  # a multiple of 3, so the pieces' base64 joins into the file's base64

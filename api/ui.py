@@ -4,7 +4,7 @@ Plain HTML/JS/CSS with no build step and nothing fetched from elsewhere, so it w
 itself is public (api/http/limits.py); every API call it makes carries the API key when one is set.
 Everything under /ui is sent with UI_POLICY as its Content-Security-Policy (added by
 api/http/middleware.py SecurityHeaders): only the page's own files run, no inline script or style, and
-images come only from this server or the blob:/data: URLs the page makes itself.
+images (and the videos it plays) come only from this server or the blob:/data: URLs the page makes itself.
 """
 
 from __future__ import annotations

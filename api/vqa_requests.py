@@ -17,14 +17,14 @@ import anyio
 from starlette.requests import Request
 from starlette.responses import Response
 
-from api import chat_completions
+from api import chat_completions, vqa_moments
 from api.chat_completions import Answer, Chat
 from api.errors import ApiError, bad_request, unavailable
 from api.runner_calls import from_runner, runner_unavailable
 from api.searching import not_in_library
 from config import Settings
 from core.images import BadImage, load_image
-from core.library import Library, NotInLibrary
+from core.library import Library, NotInLibrary, is_video_name
 from core.telemetry import count_tokens
 from runners.vlm import ChatRequest
 
@@ -66,13 +66,13 @@ class VqaRequests:
             raise ApiError(503, "vqa_disabled", VQA_DISABLED)
 
     async def prepare(self, question: str, image: Path | None, video: Path | None, image_id: str | None,
-                      max_new_tokens: int | None) -> ChatRequest:
+                      max_new_tokens: int | None, t: float | None = None) -> ChatRequest:
         """build() on a worker thread: reading and validating an upload (decoding a 12-MP photo takes
         a fraction of a second) must not hold the event loop."""
-        return await asyncio.to_thread(self.build, question, image, video, image_id, max_new_tokens)
+        return await asyncio.to_thread(self.build, question, image, video, image_id, max_new_tokens, t)
 
     def build(self, question: str, image: Path | None, video: Path | None, image_id: str | None,
-              max_new_tokens: int | None) -> ChatRequest:
+              max_new_tokens: int | None, t: float | None = None) -> ChatRequest:
         """The ChatRequest of a /vqa or /vqa/stream call (400 for bad input, 404 for an image_id the
         library refuses)."""
         self.require_enabled()
@@ -84,6 +84,10 @@ class VqaRequests:
         given = [name for name, value in (("image", image), ("video", video), ("image_id", image_id)) if value]
         if len(given) != 1:
             raise bad_request("send exactly one of image, video or image_id")
+        if t is not None or (image_id and is_video_name(image_id)):  # a moment of a library video
+            content = [*self.moment(image_id, t), {"type": "text", "text": question}]
+            return ChatRequest(messages=[{"role": "user", "content": content}], max_new_tokens=max_new_tokens,
+                               deadline=self.deadline())
         if video is not None:
             media = video_part(video)
         else:
@@ -102,6 +106,15 @@ class VqaRequests:
     def deadline(self) -> float:
         """When the caller stops waiting (REQUEST_TIMEOUT_S from now): the runner stops generating then."""
         return time.time() + self.settings.request_timeout_s
+
+    def moment(self, image_id: str | None, t: float | None) -> list[dict[str, Any]]:
+        """The frames around `t` of library video `image_id` (api/vqa_moments.py); 404 as for a missing image."""
+        vqa_moments.check_t(t, image_id, bool(image_id) and is_video_name(str(image_id)))
+        try:
+            rel = self.library.resolve(str(image_id)).rel
+            return vqa_moments.moment_parts(self.library, rel, float(t or 0.0))
+        except NotInLibrary as exc:
+            raise not_in_library(str(image_id)) from exc
 
     def library_image(self, image_id: str) -> bytes:
         try:

@@ -3,8 +3,8 @@ GET /images/..., `image_id` on /vqa, /vqa/stream and /image2image_search, and ba
 
 A library file is named by a library-relative path ("a/b.jpg", posix separators) that is not absolute,
 has no `..`, NUL or backslash, no hidden part (a component starting with ".") and ends in an image
-suffix. After symlinks are resolved it must still be inside the library, must not be
-hidden there either (a link to `.secret.png` or into `.cache/` is refused), must keep an image suffix
+or video suffix. After symlinks are resolved it must still be inside the library, must not be
+hidden there either (a link to `.secret.png` or into `.cache/` is refused), must keep an image or video suffix
 and must be a regular file. Callers answer every refusal exactly as they answer a missing file, so a
 caller cannot tell which files exist.
 
@@ -36,6 +36,9 @@ from pathlib import Path, PurePosixPath
 from urllib.parse import quote
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"})
+# Videos are library files too: the indexer indexes their moments (indexer/video_frames.py), /images serves
+# their frames and the files themselves. They are never read whole into memory (core/videos.py streams them).
+VIDEO_EXTENSIONS = frozenset({".mp4", ".mov", ".m4v", ".webm", ".mkv", ".avi"})
 # Opening a library file: follow no link, never block (a FIFO), never become a controlling terminal.
 FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 # Its folders on the way: O_PATH (Linux) needs no read permission on them, as a path lookup needs none.
@@ -66,6 +69,15 @@ class LibraryFile:
 
 def is_image_name(name: str) -> bool:
     return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def is_video_name(name: str) -> bool:
+    return os.path.splitext(name)[1].lower() in VIDEO_EXTENSIONS
+
+
+def is_media_name(name: str) -> bool:
+    """An image or video suffix: the names a library file may have."""
+    return is_image_name(name) or is_video_name(name)
 
 
 def is_hidden(name: str) -> bool:
@@ -121,8 +133,8 @@ def name_problem(rel: str) -> str | None:
         return "not a library-relative path"
     if any(part == ".." or is_hidden(part) for part in path.parts):
         return "leaves the library or is hidden"
-    if not is_image_name(path.name):
-        return "not an image file name"
+    if not is_media_name(path.name):
+        return "not an image or video file name"
     return None
 
 
@@ -151,7 +163,7 @@ class Library:
         if not real.is_relative_to(self.root):
             raise NotInLibrary(rel, "a symbolic link that leads out of the library")
         inside = real.relative_to(self.root).parts
-        if any(is_hidden(part) for part in inside) or not is_image_name(real.name):
+        if any(is_hidden(part) for part in inside) or not is_media_name(real.name):
             raise NotInLibrary(rel, "a symbolic link to a hidden or non-image file")
         if not stat.S_ISREG(info.st_mode):
             raise NotInLibrary(rel, "not a regular file")

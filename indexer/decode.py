@@ -11,8 +11,9 @@ from pathlib import Path
 from PIL import Image
 
 from core.images import BadImage, clip_view, load_image
-from core.library import Library, NotInLibrary
+from core.library import Library, NotInLibrary, is_video_name
 from indexer.scan import FileEntry
+from indexer.video_frames import VideoSampling, read_video
 
 
 @dataclass
@@ -24,6 +25,14 @@ class Decoded:
     height: int = 0
     error: str | None = None
     gone: bool = False  # deleted (or moved away) since the scan
+    # A video (indexer/video_frames.py): its sampled frames (seconds, CLIP-sized image) instead of `image`,
+    # each embedded in the photos' batches and merged into moments (indexer/moments.py).
+    frames: list[tuple[float, Image.Image]] | None = None
+    duration: float = 0.0
+
+    @property
+    def is_video(self) -> bool:
+        return is_video_name(self.entry.rel_path)
 
 
 def content_hash(data: bytes) -> str:
@@ -51,11 +60,14 @@ def read_file(entry: FileEntry) -> tuple[bytes | None, str | None]:
 
 
 def decode_entry(
-    entry: FileEntry, draft_size: int | None = None, needs_image: Callable[[FileEntry, str], bool] | None = None
+    entry: FileEntry, draft_size: int | None = None, needs_image: Callable[[FileEntry, str], bool] | None = None,
+    video: VideoSampling | None = None,
 ) -> Decoded:
     """Read, hash and decode one file; skip decoding when `needs_image(entry, hash)` says the
     vector can be reused. Never raises: errors go into `.error`, a file deleted since the scan
-    sets `.gone`."""
+    sets `.gone`. A video's frames are sampled as `video` says (default: the VIDEO_* settings)."""
+    if is_video_name(entry.rel_path):
+        return decode_video(entry, video or VideoSampling.from_settings(), needs_image)
     data, error = read_file(entry)
     if data is None:
         return Decoded(entry, "", error=error, gone=error is None)
@@ -70,3 +82,11 @@ def decode_entry(
     # Only CLIP's view waits in the embed batch: bounded whatever the file's shape (core/images.py).
     result.image = clip_view(image)
     return result
+
+
+def decode_video(entry: FileEntry, sampling: VideoSampling,
+                 needs_image: Callable[[FileEntry, str], bool] | None) -> Decoded:
+    needs = None if needs_image is None else (lambda digest: needs_image(entry, digest))
+    read = read_video(entry, sampling, needs)
+    return Decoded(entry, read.content_hash, width=read.width, height=read.height, error=read.error,
+                   gone=read.gone, frames=read.frames, duration=read.duration)

@@ -139,7 +139,8 @@ class DescribeStage:
         and how many points that is in all."""
         payloads = dict(self.store.payloads())
         current = current_descriptions(payloads, self.described_by)
-        todo = sorted((pid for pid, p in payloads.items() if p.get("described_by") != self.described_by),
+        todo = sorted((pid for pid, p in payloads.items()  # video moments (indexer/moments.py) are not photos
+                       if p.get("described_by") != self.described_by and p.get("media") != "video"),
                       key=lambda pid: str(payloads[pid].get("path", pid)))
         copies = {pid: current[h] for pid in todo if (h := payloads[pid].get("content_hash")) in current}
         return copies, group_by_content(payloads, [pid for pid in todo if pid not in copies]), len(todo)

@@ -15,9 +15,12 @@ import numpy as np
 from PIL import Image
 
 from core.images import DRAFT_SIZE
+from core.library import is_video_name
 from indexer.decode import Decoded, decode_entry
+from indexer.moments import MEDIA_IMAGE, copied_points, moment_points
 from indexer.plan import Plan, make_plan
 from indexer.scan import FileEntry, scan_library
+from indexer.video_frames import VideoSampling
 from runners.clip import encode_isolated
 from store.interface import Point, VectorStore, description_of, folders_of, point_id
 
@@ -69,6 +72,7 @@ class IndexOptions:
     # the library for an unmounted one and removes nothing; `stop` asked between batches ends it early.
     keep_if_empty: bool = False
     stop: Callable[[], bool] | None = None
+    video: VideoSampling | None = None  # which frames of a video are embedded (None: the VIDEO_* settings)
 
 
 class Engine(Protocol):
@@ -106,6 +110,7 @@ class Indexer:
         self.embedded: list[tuple[Decoded, np.ndarray | None, str | None]] = []  # from an engine's embedders
         self.delete_ids: list[str] = []
         self.timer: dict[str, float] = {}
+        self.video = self.options.video or VideoSampling.from_settings()
 
     def run(self, root: Path, hold: Collection[str] = ()) -> Summary:
         """`hold`: library names left as they are, neither indexed nor removed (watch mode's files
@@ -135,7 +140,7 @@ class Indexer:
         self.flush_reuse()  # may hand files back to embedding, so it goes first
         self.flush_embed()
         self.delete_ids += plan.stale_ids
-        self.summary.removed += len(plan.stale_ids)
+        self.summary.removed += len({str(plan.existing[pid].get("path", pid)) for pid in plan.stale_ids})  # files
         if self.delete_ids:
             self.timed("write", self.store.delete, sorted(set(self.delete_ids)))
         self.timed("finish", self.store.finish)
@@ -147,9 +152,13 @@ class Indexer:
         updates: dict[str, dict[str, Any]] = {}
         for entry in plan.unchanged:
             pid = point_id(entry.rel_path)
+            if pid not in plan.existing:
+                continue  # a video: its moments were written with every field
             folders = folders_of(entry.rel_path)
             if plan.existing[pid].get("folders") != folders:
                 updates[pid] = {"folders": folders}
+            if "media" not in plan.existing[pid]:  # the `media` search filter (indexed before videos were)
+                updates.setdefault(pid, {})["media"] = MEDIA_IMAGE
         self.store.set_payloads(updates)
         self.summary.payload_updated = len(updates)
 
@@ -167,10 +176,15 @@ class Indexer:
         bar = progress_bar(len(entries), self.options.progress)
         with ThreadPoolExecutor(self.options.workers, thread_name_prefix="decode") as pool:
             pending: deque[Future[Decoded]] = deque()
+            videos: deque[Future[Decoded]] = deque()  # a video's frames weigh what many photos do
             items = iter(entries)
             for entry in items:
-                pending.append(pool.submit(decode_entry, entry, self.options.draft_size, needs_image))
-                if len(pending) >= window:
+                pending.append(pool.submit(decode_entry, entry, self.options.draft_size, needs_image, self.video))
+                if is_video_name(entry.rel_path):
+                    videos.append(pending[-1])
+                while len(pending) >= window or len(videos) > self.options.workers:
+                    if videos and videos[0] is pending[0]:
+                        videos.popleft()
                     yield self.wait(pending.popleft())
                     bar.update(1)
             while pending:
@@ -189,30 +203,30 @@ class Indexer:
         self.summary.failures.append((path, reason))
 
     def take(self, item: Decoded) -> None:
-        pid = point_id(item.entry.rel_path)
+        old = self.plan.ids_of(item.entry.rel_path)
         if item.gone:  # deleted since the scan: as if the scan had not seen it
-            if pid in self.plan.existing:
-                self.delete_ids.append(pid)
+            if old:
+                self.delete_ids += old
                 self.summary.removed += 1
             return
         if item.error is not None:
             self.fail(item.entry.rel_path, item.error)
-            if pid in self.plan.existing:
-                self.delete_ids.append(pid)  # its old vector no longer matches the file
+            self.delete_ids += old  # its old vectors no longer match the file
             return
         source = self.plan.reuse_source(item.entry, item.content_hash)
-        if source is not None:
+        if source is not None and item.is_video:
+            self.reuse_moments(item, source)
+        elif source is not None:
             self.to_reuse.append((item, source))
             if len(self.to_reuse) >= self.options.batch_size:
                 self.flush_reuse()
         else:
             self.to_embed.append(item)
-            if len(self.to_embed) >= self.options.batch_size:
-                self.flush_embed()
+            if sum(len(d.frames or [0]) for d in self.to_embed) >= self.options.batch_size:
+                self.flush_embed()  # a video's frames fill the batch as photos do
 
     def count_write(self, item: Decoded, same_content: bool) -> None:
-        pid = point_id(item.entry.rel_path)
-        if pid not in self.plan.existing:
+        if not self.plan.ids_of(item.entry.rel_path):
             self.summary.added += 1
         elif same_content:
             self.summary.unchanged += 1
@@ -223,7 +237,7 @@ class Indexer:
         batch, self.to_embed = self.to_embed, []
         if not batch:
             return
-        embedded = self.timed("embed", embed_decoded, self.encoder, batch)
+        embedded = self.timed("embed", embed_decoded, self.encoder, batch, self.options.batch_size)
         self.write_embedded([(item, vector, reason) for item, (vector, reason) in zip(batch, embedded, strict=True)])
 
     def take_embedded(self, item: Decoded, vector: np.ndarray | None, reason: str | None) -> None:
@@ -238,11 +252,32 @@ class Indexer:
             self.write_embedded(batch)
 
     def write_embedded(self, results: list[tuple[Decoded, np.ndarray | None, str | None]]) -> None:
-        points, written, failed = embedded_points(results, self.encoder.model_id)
+        points, written, failed = embedded_points(results, self.encoder.model_id, self.video.merge_cosine)
         for item, reason in failed:  # listed; its batch-mates are written as if it were not there
             self.take(Decoded(item.entry, item.content_hash, error=reason))
         self.timed("write", self.store.upsert, points)
+        self.drop_old_moments(written, points)
         self.count_written(written)
+
+    def drop_old_moments(self, written: list[Decoded], points: list[Point]) -> None:
+        """A video written again with fewer moments than before: its old extra moments go."""
+        kept = {point.id for point in points}
+        for item in written:
+            self.delete_ids += [pid for pid in self.plan.ids_of(item.entry.rel_path)
+                                if item.is_video and pid not in kept]
+
+    def reuse_moments(self, item: Decoded, source: str) -> None:
+        """A video whose content has moments already (its own, touched; a copy's; a rename's): copied over."""
+        ids = self.plan.moments.get(str(self.plan.existing[source].get("path", "")), [])
+        vectors = self.timed("write", self.store.vectors, ids)
+        if len(vectors) < len(ids):  # gone meanwhile: embed it after all
+            self.retry_embed(item)
+            return
+        points = copied_points(item, [(self.plan.existing[pid], vectors[pid]) for pid in ids])
+        self.timed("write", self.store.upsert, points)
+        self.drop_old_moments([item], points)
+        self.count_write(item, same_content=ids == self.plan.ids_of(item.entry.rel_path))
+        self.summary.reused += 1
 
     def count_written(self, items: list[Decoded]) -> None:
         """Files whose freshly embedded points were written (by this process or by an engine's writers)."""
@@ -273,8 +308,8 @@ class Indexer:
             self.summary.reused += 1
 
     def retry_embed(self, item: Decoded) -> None:
-        fresh = decode_entry(item.entry, self.options.draft_size)
-        if fresh.image is not None:
+        fresh = decode_entry(item.entry, self.options.draft_size, video=self.video)
+        if fresh.image is not None or fresh.frames:
             self.to_embed.append(fresh)
         else:
             self.take(fresh)
@@ -293,17 +328,26 @@ def build_point(item: Decoded, vector: np.ndarray, width: int, height: int, mode
         "indexed_at": time.time(),
         "model_id": model_id,
         "folders": folders_of(entry.rel_path),
+        "media": MEDIA_IMAGE,
     }
     return Point(point_id(entry.rel_path), np.asarray(vector, dtype=np.float32), payload)
 
 
-def embedded_points(results: list[tuple[Decoded, np.ndarray | None, str | None]], model_id: str
-                    ) -> tuple[list[Point], list[Decoded], list[tuple[Decoded, str]]]:
+def embedded_points(results: list[tuple[Decoded, np.ndarray | None, str | None]], model_id: str,
+                    min_cosine: float | None = None) -> tuple[list[Point], list[Decoded], list[tuple[Decoded, str]]]:
     """The points of freshly embedded files, the files they are for, and the files that got no usable vector
-    (with the reason the summary lists)."""
+    (with the reason the summary lists). A video's vectors (a row a frame) become its moments' points, merged
+    at `min_cosine` (None: VIDEO_MERGE_COSINE)."""
     points, written, failed = [], [], []
     for item, vector, reason in results:
-        if reason is None and vector is not None and np.all(np.isfinite(vector)):
+        if item.frames is not None and vector is not None:
+            found = video_points(item, vector, model_id, min_cosine)
+            if found:
+                points += found
+                written.append(item)
+            else:
+                failed.append((item, f"cannot embed: {reason or 'no frame embedded'}"))
+        elif reason is None and vector is not None and np.all(np.isfinite(vector)):
             points.append(build_point(item, vector, item.width, item.height, model_id))
             written.append(item)
         else:
@@ -311,11 +355,46 @@ def embedded_points(results: list[tuple[Decoded, np.ndarray | None, str | None]]
     return points, written, failed
 
 
-def embed_decoded(encoder: ImageEncoder, batch: list[Decoded]) -> list[tuple[np.ndarray | None, str | None]]:
-    """Each decoded file's vector (or why it has none): the embed stage of both engines."""
-    images = [d.image for d in batch if d.image is not None]  # an engine hands over decoded images only
-    vectors, reasons = encode_each(encoder, images)
-    return list(zip(vectors, reasons, strict=True))
+def video_points(item: Decoded, vectors: np.ndarray, model_id: str, min_cosine: float | None) -> list[Point]:
+    """A video's moments from the vectors of its frames; frames that got none are left out."""
+    rows = np.asarray(vectors, dtype=np.float32).reshape(len(item.frames or []), -1)
+    good = [i for i in range(len(rows)) if np.all(np.isfinite(rows[i]))]
+    if not good:
+        return []
+    cosine = VideoSampling.from_settings().merge_cosine if min_cosine is None else min_cosine
+    times = [(item.frames or [])[i][0] for i in good]
+    return moment_points(item, times, rows[good], model_id, cosine)
+
+
+def embed_decoded(encoder: ImageEncoder, batch: list[Decoded], most: int | None = None
+                  ) -> list[tuple[np.ndarray | None, str | None]]:
+    """Each decoded file's vector (or why it has none): the embed stage of both engines. A video's frames go
+    in the same batch as the photos; its "vector" is a row per frame (NaN where a frame failed). `most`: CLIP
+    is given at most this many images at once (a long clip's frames in several calls)."""
+    images: list[Image.Image] = []
+    for d in batch:  # an engine hands over decoded images only
+        images += [frame for _, frame in d.frames] if d.frames is not None else [d.image] if d.image is not None else []
+    vectors, reasons = encode_chunks(encoder, images, most or len(images) or 1)
+    out: list[tuple[np.ndarray | None, str | None]] = []
+    at = 0
+    for d in batch:
+        if d.frames is None:
+            out.append((vectors[at], reasons[at]))
+            at += 1
+            continue
+        count = len(d.frames)
+        failed = [r for r in reasons[at:at + count] if r]
+        out.append((vectors[at:at + count], failed[0] if failed and len(failed) == count else None))
+        at += count
+    return out
+
+
+def encode_chunks(encoder: ImageEncoder, images: list[Image.Image], most: int) -> tuple[np.ndarray, list[str | None]]:
+    """encode_each over `most` images at a time: what CLIP holds at once stays bounded."""
+    if len(images) <= most:
+        return encode_each(encoder, images)
+    parts = [encode_each(encoder, images[start:start + most]) for start in range(0, len(images), most)]
+    return np.concatenate([vectors for vectors, _ in parts]), [r for _, reasons in parts for r in reasons]
 
 
 def encode_each(encoder: ImageEncoder, images: list[Image.Image]) -> tuple[np.ndarray, list[str | None]]:

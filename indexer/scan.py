@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.library import Library, NotInLibrary, is_hidden, is_image_name, library_name
+from core.library import Library, NotInLibrary, is_hidden, is_media_name, library_name
 
 log = logging.getLogger("indexer")
 
@@ -51,7 +51,7 @@ def scan_library(root: Path, unreadable: list[tuple[str, str]] | None = None,
             try:
                 entries.append(make_entry(library, path, path.relative_to(root).as_posix()))
             except NotInLibrary as exc:
-                if is_image_name(name) and not is_hidden(name):  # not plainly skipped: say why
+                if is_media_name(name) and not is_hidden(name):  # not plainly skipped: say why
                     log.warning("skipped %s", ascii(str(exc)))  # ascii(): any name prints on any console
                     if refused is not None:
                         refused.append((shown_name(path.relative_to(root).as_posix()), exc.reason))

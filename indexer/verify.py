@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from core.library import name_problem
+from indexer.moments import is_moment, moment_id
 from store.interface import (
     RECOVERY,
     Record,
@@ -122,25 +123,33 @@ class PointCheck:
         path = payload.get("path")
         name = shown(path) if isinstance(path, str) else f"id {shown(str(record.id))}"
         found = [vector_problem(record.vector, self.dim) if self.vectors else None,
-                 self.id_problem(record.id, path),
+                 self.id_problem(record.id, path, payload),
                  None if payload.get("model_id") == self.model_id else
                  "a payload made by another model than the collection's",
                  payload_problem(payload) or text_problem(record.text, payload)]
         return [(problem, name) for problem in found if problem]
 
-    def id_problem(self, pid: str, path: Any) -> str | None:
+    def id_problem(self, pid: str, path: Any, payload: dict[str, Any] | None = None) -> str | None:
         if not isinstance(path, str):
             return "no path in the payload"
         refused = name_problem(path)
         if refused:
             return f"a path the library rule refuses ({refused})"
-        if point_id(path) != pid:
+        if own_id(path, payload or {}) != pid:
             return "an id that is not the one its path gives"
         key = uuid.UUID(pid).bytes
         if key in self.seen:
             return "a second point with the same id (its path twice)"
         self.seen.add(key)
         return None
+
+
+def own_id(path: str, payload: dict[str, Any]) -> str:
+    """The id the indexer gives a point: its path's, or for a video's moment its path's and index's."""
+    if not is_moment(payload):
+        return point_id(path)
+    moment = payload.get("moment")
+    return moment_id(path, moment) if isinstance(moment, int) and not isinstance(moment, bool) else ""
 
 
 def vector_problem(vector: np.ndarray | None, dim: int) -> str | None:

@@ -32,7 +32,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from core.library import NotInLibrary, is_hidden, is_image_name, library_name
+from core.library import NotInLibrary, is_hidden, is_media_name, library_name
 from indexer.pipeline import ImageEncoder, Indexer, IndexOptions, Summary
 from indexer.scan import walk
 from store.interface import VectorStore
@@ -54,7 +54,7 @@ def snapshot(root: Path) -> dict[str, Stat] | None:
     for folder, dirs, names in walk(root):  # no recursion: any depth (indexer/scan.py)
         dirs[:] = [d for d in dirs if not is_hidden(d)]
         for name in names:
-            if is_hidden(name) or not is_image_name(name):
+            if is_hidden(name) or not is_media_name(name):
                 continue
             path = os.path.join(folder, name)
             try:
@@ -172,7 +172,7 @@ def wakes(event: Any) -> bool:
     if event.is_directory:
         return bool(event.event_type != "modified")
     names = (os.path.basename(os.fsdecode(path)) for path in (event.src_path, event.dest_path) if path)
-    return any(is_image_name(name) and not is_hidden(name) for name in names)
+    return any(is_media_name(name) and not is_hidden(name) for name in names)
 
 
 class Events:

@@ -14,7 +14,11 @@ import numpy as np
 # writes the same ids, so an interrupted run converges on the clean run's collection.
 POINT_NAMESPACE = uuid.UUID("6f9c3d2e-8a41-5b7c-9e0d-2a1b3c4d5e6f")
 
-PAYLOAD_FIELDS = ("path", "content_hash", "size", "mtime", "width", "height", "indexed_at", "model_id", "folders")
+PAYLOAD_FIELDS = ("path", "content_hash", "size", "mtime", "width", "height", "indexed_at", "model_id", "folders",
+                  "media")
+# A video's moment (indexer/moments.py) has these too: its index in the clip, the best frame's time and the
+# moment's span, in seconds, and the clip's duration. Its `media` is "video" (a photo's "image").
+MOMENT_FIELDS = ("moment", "t", "start", "end", "duration")
 # What the indexer's describe stage writes (set_descriptions): the VLM's description of the photo, the
 # text visible in it, its tags (a string or a list of strings) and which model + prompt wrote them.
 DESCRIPTION_FIELDS = ("description", "visible_text", "tags", "described_by")
@@ -170,6 +174,7 @@ class SearchFilter:
     min_width: int | None = on_payload("width", AT_LEAST, "integer")
     min_height: int | None = on_payload("height", AT_LEAST, "integer")
     min_bytes: int | None = on_payload("size", AT_LEAST, "integer")
+    media: str | None = on_payload("media", MATCH, "keyword")  # "image" or "video" (a video's moments)
     exclude_ids: tuple[str, ...] = ()  # points left out (image-to-image: the query image itself)
 
     def matches(self) -> dict[str, Any]:

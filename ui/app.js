@@ -24,6 +24,7 @@ const state = {
   opener: null, // the element focused before the viewer opened
   keyPrompt: null, // the pending API key prompt, shared by concurrent requests
   sourceUrls: [], // blob: URLs of the library answer's source thumbnails
+  videoUrl: null, // blob: URL of the clip the viewer plays (when an API key is needed)
 };
 
 // ------------------------------------------------------------------ API calls
@@ -173,6 +174,7 @@ function filterFields() {
   text("f-before", "modified_before");
   number("f-width", "min_width");
   number("f-height", "min_height");
+  text("f-media", "media");
   if ($("f-dedup").checked) fields.dedup = true;
   return fields;
 }
@@ -252,6 +254,53 @@ function describedLines(result) {
   return lines;
 }
 
+// A video result is a moment: its frame is the thumbnail, its time is shown, a click plays the clip from it.
+function momentLines(result, button) {
+  if (result.media !== "video") return [];
+  const line = document.createElement("span");
+  line.className = "moment";
+  line.textContent = `▶ ${clock(result.t)}`;
+  line.title = `video moment ${clock(result.start)}–${clock(result.end)}`;
+  button.setAttribute("aria-label", `${button.getAttribute("aria-label")}, video at ${clock(result.t)}`);
+  return [line];
+}
+
+function clock(seconds) {
+  const whole = Math.floor(seconds || 0);
+  const minutes = Math.floor(whole / 60);
+  return `${minutes}:${String(whole % 60).padStart(2, "0")}`;
+}
+
+// The clip itself from the moment's time: straight from its URL (Range requests) when no API key is needed,
+// else fetched whole with the key (a <video> cannot send it) and played from a blob: URL.
+async function playMoment(result) {
+  const video = $("viewer-video");
+  video.hidden = false;
+  $("viewer-img").hidden = true;
+  const start = () => {
+    video.currentTime = result.t || 0;
+    video.play().catch(() => {}); // autoplay may be refused: the controls are there
+  };
+  video.addEventListener("loadedmetadata", start, { once: true });
+  if (!sessionStorage.getItem(KEY_STORE)) {
+    video.src = result.video_url || `/images/${encodeURI(result.image)}`;
+    return;
+  }
+  const blob = await (await request(result.video_url || `/images/${encodeURI(result.image)}`)).blob();
+  state.videoUrl = URL.createObjectURL(blob);
+  video.src = state.videoUrl;
+}
+
+function stopVideo() {
+  const video = $("viewer-video");
+  video.pause();
+  video.removeAttribute("src");
+  video.load();
+  video.hidden = true;
+  if (state.videoUrl) URL.revokeObjectURL(state.videoUrl);
+  state.videoUrl = null;
+}
+
 function clearGrid() {
   state.objectUrls.forEach((url) => URL.revokeObjectURL(url));
   state.objectUrls = [];
@@ -279,7 +328,7 @@ function card(result) {
   const scoreText = document.createElement("span");
   scoreText.className = "score";
   scoreText.textContent = score;
-  button.append(img, name, scoreText, ...describedLines(result));
+  button.append(img, name, scoreText, ...momentLines(result, button), ...describedLines(result));
   button.addEventListener("click", () => openViewer({ kind: "library", result }, button));
   item.append(button);
   showImage(img, result.thumbnail_url || dataUrl(result), state.objectUrls);
@@ -323,6 +372,8 @@ function openViewer(subject, opener) {
   releaseViewerImage();
   img.removeAttribute("src");
   img.hidden = false;
+  stopVideo();
+  $("similar").hidden = subject.kind === "library" && subject.result.media === "video";
   $("viewer-noimage").hidden = true;
   $("answer").hidden = true;
   $("answer").textContent = "";
@@ -334,9 +385,14 @@ function openViewer(subject, opener) {
     const described = [result.description, result.visible_text && `“${result.visible_text}”`].filter(Boolean);
     $("viewer-meta").textContent = [`In your library · score ${result.score.toFixed(3)}`, ...described].join(" · ");
     img.alt = result.image;
-    const urls = [];
-    showImage(img, result.image_url || result.thumbnail_url || dataUrl(result), urls)
-      .then(() => { state.viewerUrl = urls[0] || null; });
+    if (result.media === "video") {
+      $("viewer-meta").textContent += ` · video moment at ${clock(result.t)}`;
+      playMoment(result).catch((error) => showError($("viewer-error"), error, "Cannot play the video"));
+    } else {
+      const urls = [];
+      showImage(img, result.image_url || result.thumbnail_url || dataUrl(result), urls)
+        .then(() => { state.viewerUrl = urls[0] || null; });
+    }
   } else {
     const { file } = subject;
     $("viewer-title").textContent = file.name || "Your photo";
@@ -373,7 +429,7 @@ async function ask(question) {
   try {
     const response = subject.kind === "upload"
       ? await postForm("/vqa/stream", { question }, subject.file)
-      : await postJson("/vqa/stream", { question, image_id: subject.result.image });
+      : await postJson("/vqa/stream", momentFields({ question, image_id: subject.result.image }, subject.result));
     await readInto(response, answer);
     if (!answer.textContent.trim()) answer.textContent = "(no answer)";
     answer.dataset.state = "done";
@@ -385,6 +441,11 @@ async function ask(question) {
     answer.setAttribute("aria-busy", "false");
     button.disabled = false;
   }
+}
+
+// A question about a video result asks about its moment (the model sees the frames around `t`).
+function momentFields(fields, result) {
+  return result.media === "video" ? { ...fields, t: result.t } : fields;
 }
 
 // Append the response body to `element` as it arrives.
@@ -579,6 +640,7 @@ function start() {
   });
   $("viewer").addEventListener("close", () => {
     releaseViewerImage();
+    stopVideo();
     if (state.opener && document.contains(state.opener)) state.opener.focus();
   });
   setUpDrop();

@@ -98,6 +98,18 @@ SCHEMAS: dict[str, Any] = {
             "thumbnail_url": {"type": "string", "description": 'with include_image="thumbnail": '
                               "/images/<path>?size=256"},
             "image_url": {"type": "string", "description": 'with include_image="thumbnail": /images/<path>?size=0'},
+            "media": {"type": "string", "enum": ["image", "video"],
+                      "description": 'what `image` names: a photo, or a video whose moment `t` matched'},
+            "t": {"type": "number", "description": "a video: the time of the moment's best frame, in seconds"},
+            "start": {"type": "number", "description": "a video: where the moment starts, in seconds"},
+            "end": {"type": "number", "description": "a video: where the moment ends, in seconds"},
+            "moments": {"type": "array", "description": "a video: its other matching moments, best first "
+                        "(a clip is listed once, at its best moment)",
+                        "items": {"type": "object", "properties": {
+                            "t": {"type": "number"}, "start": {"type": "number"}, "end": {"type": "number"},
+                            "score": {"type": "number"}}}},
+            "video_url": {"type": "string", "description": 'a video, with include_image="thumbnail": '
+                          "/images/<path>, the clip itself (Range requests work)"},
         },
     },
     "SearchResponse": {
@@ -117,6 +129,12 @@ SCHEMAS: dict[str, Any] = {
             "thumbnail_url": {"type": "string", "description": "/images/<path>?size=256"},
             "image_url": {"type": "string", "description": "/images/<path>?size=0"},
             **DESCRIBED,
+            "media": {"type": "string", "enum": ["image", "video"],
+                      "description": "a photo, or a video moment (the model saw the frame at `t`)"},
+            "t": {"type": "number", "description": "a video: the moment's time in seconds"},
+            "start": {"type": "number", "description": "a video: where the moment starts, in seconds"},
+            "end": {"type": "number", "description": "a video: where the moment ends, in seconds"},
+            "video_url": {"type": "string", "description": "a video: /images/<path>, the clip itself"},
         },
     },
     "AskResponse": {
@@ -174,6 +192,7 @@ EVENT_STREAMS = {"/ask/stream": "Server-sent events: `sources` ({\"sources\": [.
                                 "({\"text\"}) pieces of the answer, then `done` ({\"answer\", \"cited\"}); "
                                 "`error` ({\"code\", \"message\"}) if the model fails after the start"}
 IMAGE_TYPES = ("image/jpeg", "image/webp", "image/png", "image/gif", "image/bmp")
+VIDEO_TYPES = ("video/mp4", "video/quicktime", "video/webm", "video/x-matroska", "video/x-msvideo")
 
 
 def error_responses(statuses: dict[int, str]) -> dict[str, Any]:
@@ -311,7 +330,8 @@ def images_operation() -> dict[str, Any]:
         "operationId": "get_image", "tags": [SERVICE_TAG],
         "description": "A cached JPEG/WebP thumbnail of a library image (its longer side at most `size` px), "
                        "or the file itself with `size=0`. ETag/Last-Modified; 304 for a matching "
-                       "If-None-Match / If-Modified-Since.",
+                       "If-None-Match / If-Modified-Since. A library video: `t` gives the frame at `t` seconds "
+                       "as a thumbnail (`size`, `format`), no `t` the clip itself (a single byte Range: 206).",
         "parameters": [
             {"name": "path", "in": "path", "required": True, "schema": {"type": "string"},
              "description": "the library-relative path as the file's raw bytes, URL-quoted: take it from a "
@@ -320,13 +340,18 @@ def images_operation() -> dict[str, Any]:
              "schema": {"type": "integer", "minimum": 0, "maximum": 2048, "default": 256}},
             {"name": "format", "in": "query", "required": False,
              "schema": {"type": "string", "enum": ["jpeg", "webp"], "default": "jpeg"}},
+            {"name": "t", "in": "query", "required": False, "schema": {"type": "number", "minimum": 0},
+             "description": "a video: the time of the frame to show, in seconds (a search result's `t`)"},
         ],
         "responses": {
             "200": {"description": "The thumbnail, or the original file", "headers": cache,
-                    "content": {media: binary for media in IMAGE_TYPES}},
+                    "content": {media: binary for media in (*IMAGE_TYPES, *VIDEO_TYPES)}},
+            "206": {"description": "A byte range of the original file or clip (`Range`)",
+                    "content": {media: binary for media in (*IMAGE_TYPES, *VIDEO_TYPES)}},
             "304": {"description": "Not modified since the ETag / date the client has", "headers": cache},
             **error_responses({400: "A bad size or format", 401: COMMON_ERRORS[401],
-                               404: "Not an image file inside the library", 429: COMMON_ERRORS[429],
+                               404: "Not an image file inside the library", 416: "A range past the end",
+                               429: COMMON_ERRORS[429],
                                500: COMMON_ERRORS[500]}),
         },
     }

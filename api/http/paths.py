@@ -6,6 +6,7 @@ from __future__ import annotations
 INTERNAL_PREFIX = "/internal/"  # a local indexer's writes through the service (api/internal_store.py)
 UI_PATH = "/ui"  # the web page (api/ui.py)
 UI_POLICY = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; "
+             "media-src 'self' blob:; "
              "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'")
 
 

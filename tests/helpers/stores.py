@@ -134,6 +134,7 @@ def payload_for(rel: str, i: int = 0) -> dict[str, object]:
         "indexed_at": "2025-01-02T03:04:05+00:00",
         "model_id": MODEL,
         "folders": folders_of(rel),
+        "media": "image",
     }
 
 

@@ -200,9 +200,9 @@ def test_include_image_thumbnail_true_and_false(server: Server, library: Library
     assert all("thumbnail_url" in r for r in as_json.json()["results"])
     full = post(server, "/text2image_search", json={"text_query": "红色的圆形", "top_k": 2}).json()["results"]
     assert base64.b64decode(full[0]["image_base64"]) == (library.root / full[0]["image"]).read_bytes()
-    assert set(full[0]) == {"image", "score", "image_base64"}
+    assert set(full[0]) == {"image", "score", "image_base64", "media"}  # media: "image" (videos: "video")
     bare = post(server, "/text2image_search", data={"text_query": "红色的圆形", "include_image": "false"})
-    assert all(set(r) == {"image", "score"} for r in bare.json()["results"])
+    assert all(set(r) == {"image", "score", "media"} and r["media"] == "image" for r in bare.json()["results"])
     assert error_code(post(server, "/text2image_search", json={"text_query": "x", "include_image": "maybe"}),
                       400) == "invalid_argument"
 

@@ -125,7 +125,7 @@ def test_text_search_ranks_by_cosine_and_reads_only_library_files(store: ServerS
     assert results[1]["image_base64"] is None  # a link to a hidden file: never read, whatever the index holds
     assert clip.calls == ["texts"]
     plain = answered(search, search.by_text("blue", 1, page(), include_image=False))
-    assert plain == [{"image": "blue.png", "score": pytest.approx(1.0, abs=1e-5)}]
+    assert plain == [{"image": "blue.png", "score": pytest.approx(1.0, abs=1e-5), "media": "image"}]
     urls = answered(search, search.by_text("green", 1, page(), include_image="thumbnail"))[0]
     assert urls["thumbnail_url"] == "/images/green.png?size=256" and "image_base64" not in urls
 
@@ -237,7 +237,7 @@ def test_a_base64_answer_is_streamed_with_files_read_off_the_event_loop(tmp_path
     assert [r["image"] for r in results] == ["big.png", "gone.png", "red.png"]
     assert base64.b64decode(results[0]["image_base64"]) == big and results[1]["image_base64"] is None
     assert base64.b64decode(results[2]["image_base64"]) == (root / "red.png").read_bytes()
-    assert list(results[0]) == ["image", "score", "image_base64"]  # the seed's field order
+    assert list(results[0]) == ["image", "score", "media", "image_base64"]  # the seed's order, media before the file
     assert len(threads) == 3 and all(name.startswith("files") for name in threads)
 
 
@@ -270,7 +270,7 @@ def test_with_descriptions_the_default_is_hybrid_and_text_mode_reads_them(store:
     results, mode = asyncio.run(search.by_text("发票", 3, page(), include_image=False, mode="text"))
     assert mode == "text" and clip.calls == []  # text mode needs no CLIP encode
     assert results == [{"image": "blue.png", "score": pytest.approx(results[0]["score"]),
-                        "description": "一张蓝色的发票", "visible_text": "发票 No. 42"}]
+                        "description": "一张蓝色的发票", "visible_text": "发票 No. 42", "media": "image"}]
     vector, mode = asyncio.run(search.by_text("red", 2, page(), include_image=False, mode="vector"))
     assert mode == "vector" and vector[0]["score"] == pytest.approx(1.0, abs=1e-5)
 

@@ -36,7 +36,8 @@ def make_points() -> list[Point]:
         folder = FOLDERS[i % len(FOLDERS)]
         rel = f"{folder}/p{i}.jpg" if folder else f"p{i}.jpg"
         payload = {"path": rel, "content_hash": f"h{i}", "size": 1000 * (i + 1), "mtime": T0 + i * DAY,
-                   "width": 100 + 10 * i, "height": 50 + 20 * (i % 7), "folders": folders_of(rel)}
+                   "width": 100 + 10 * i, "height": 50 + 20 * (i % 7), "folders": folders_of(rel),
+                   "media": "video" if i % 4 == 0 else "image"}
         points.append(Point(point_id(rel), vector, payload))
     return points
 
@@ -52,6 +53,7 @@ TABLE: dict[str, tuple[Any, Keep]] = {
     "min_width": (300, lambda pid, p: p["width"] >= 300),
     "min_height": (130, lambda pid, p: p["height"] >= 130),
     "min_bytes": (12_000, lambda pid, p: p["size"] >= 12_000),
+    "media": ("video", lambda pid, p: p["media"] == "video"),
     "exclude_ids": (EXCLUDED, lambda pid, p: pid not in EXCLUDED),
 }
 
