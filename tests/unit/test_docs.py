@@ -360,8 +360,14 @@ def unknown_settings(text: str, known: set[str]) -> list[str]:
     return sorted(set(unknown))
 
 
+def script_variables() -> set[str]:
+    """The environment variables our shell scripts read (`${TEST_WORKERS:-2}` in scripts/test.sh)."""
+    return {name for path in (ROOT / "scripts").glob("*.sh")
+            for name in re.findall(r"\$\{([A-Z][A-Z0-9_]*)", path.read_text(encoding="utf-8"))}
+
+
 def test_every_setting_the_docs_name_exists() -> None:
-    known = setting_names() | code_constants()
+    known = setting_names() | code_constants() | script_variables()
     unknown = [f"{path.relative_to(ROOT)}: {name}" for path in doc_files()
                for name in unknown_settings(path.read_text(encoding="utf-8"), known)]
     assert not unknown, "the docs name settings config.Settings does not have:\n" + "\n".join(unknown)
