@@ -1,0 +1,249 @@
+"""TextReader: the text lines in a photo, read by rapidocr's PP-OCRv6 models (a plain class, no BentoML).
+
+rapidocr 3.10.0 (pinned in requirements.txt) carries its models in its wheel: PP-OCRv6 small detection and
+recognition models (Chinese, English and mixed) and a text-direction classifier (upside-down lines), so nothing is
+downloaded at run time. It is imported when the first photo is read. OCR_RUNTIME picks the engine that runs them,
+ONNX Runtime or OpenVINO: the same models, the same reads (BENCHMARKS.md, "Text in photos"), so `ocr_by`, the
+id recorded with each photo's lines (like `described_by`), names the models and the rules of this module, not the
+runtime.
+
+Bounds, whatever the photo: the image is shrunk to OCR_MAX_PIXELS before it is read (rapidocr then works on at
+most 2,000 px a side), an image longer than MAX_ASPECT times its width (or the reverse) is read in at most
+MAX_TILES overlapping tiles of that shape, one whose short side is under MIN_SIDE px holds no readable text (read
+as none), the detector considers at
+most 4 x OCR_MAX_LINES boxes, and a photo keeps its OCR_MAX_LINES most confident lines. Decoding (16-bit PNG, CMYK
+JPEG, animated GIF, decompression bombs) is core/images.py's, done by the caller (indexer/ocr_stage.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from PIL import Image
+
+from runners.ocr.text import normalized
+
+if TYPE_CHECKING:
+    from config import Settings
+
+log = logging.getLogger(__name__)
+
+PACKAGE = "rapidocr-3.10.0"
+# The model files the pinned rapidocr runs by default (tests/integration/test_ocr_reader.py checks the engine loads
+# these): detection, recognition, direction classifier.
+MODELS = ("PP-OCRv6_det_small", "PP-OCRv6_rec_small", "ch_ppocr_mobile_v2.0_cls_mobile")
+RULES_VERSION = 1  # bump when what this module keeps of a read changes (filters, boxes): every photo is read again
+RUNTIMES = ("onnxruntime", "openvino")
+MIN_SIDE = 8  # px: a thinner image holds no line a person could read
+# Longer than this many times its short side: read in overlapping tiles of this shape (the detector scales a photo's
+# short side to 736 px, so a long strip read whole costs as many pixels as its length asks), each starting
+# TILE_STEP short sides after the last (so a word up to 1.5 short sides long is whole in one of them), at most
+# MAX_TILES of them: the rest of a longer banner (over 21.5:1) is not read.
+MAX_ASPECT = 4
+TILE_STEP = 2.5
+MAX_TILES = 8
+MAX_LINE_CHARS = 300  # a line's text is cut here (a read of a photo full of text stays bounded)
+# A line this short (after normalization, spaces left out) is kept only at this confidence or more: round blobs,
+# wheels and plates get read as "O" or "C" at low confidence.
+SHORT_LINE_CHARS = 1
+SHORT_LINE_MIN_CONFIDENCE = 0.9
+
+
+@dataclass(frozen=True)
+class ReadOptions:
+    runtime: str = "onnxruntime"  # OCR_RUNTIME
+    max_lines: int = 100  # OCR_MAX_LINES
+    min_confidence: float = 0.5  # OCR_MIN_CONFIDENCE
+    max_pixels: int = 4_000_000  # OCR_MAX_PIXELS
+    threads: int = 0  # OCR_THREADS; 0: the runtime's default (every core)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ReadOptions:
+        return cls(runtime=settings.ocr_runtime, max_lines=settings.ocr_max_lines,
+                   min_confidence=settings.ocr_min_confidence, max_pixels=settings.ocr_max_pixels,
+                   threads=settings.ocr_threads)
+
+    @property
+    def ocr_by(self) -> str:
+        """The models, and a short hash of the rules and bounds that decide which lines are kept: a change of
+        any re-reads every photo on the next `--ocr` run; a change of runtime or threads does not."""
+        rules = f"v{RULES_VERSION}|{self.max_lines}|{self.min_confidence:g}|{self.max_pixels}"
+        return f"{PACKAGE}/{'+'.join(MODELS)}#{hashlib.sha256(rules.encode()).hexdigest()[:8]}"
+
+
+def ocr_by_of(settings: Settings) -> str:
+    return ReadOptions.from_settings(settings).ocr_by
+
+
+@dataclass(frozen=True)
+class TextLine:
+    """One line read: its text, the model's confidence (0-1), its box as fractions of the photo's width and
+    height (x0, y0, x1, y1: the axis-aligned bounds of the line's quadrilateral) and the angle of the line's
+    top edge in degrees (clockwise, as image coordinates go)."""
+
+    text: str
+    confidence: float
+    box: tuple[float, float, float, float]
+    angle: float
+
+    def payload(self) -> dict[str, Any]:
+        return {"text": self.text, "confidence": round(self.confidence, 4),
+                "box": [round(v, 4) for v in self.box], "angle": round(self.angle, 1)}
+
+
+class TextReader:
+    """Reads text lines from PIL images; the OCR engine is made (and rapidocr imported) on the first read."""
+
+    def __init__(self, options: ReadOptions | None = None) -> None:
+        self.options = options or ReadOptions()
+        if self.options.runtime not in RUNTIMES:
+            raise ValueError(f"OCR_RUNTIME must be one of {', '.join(RUNTIMES)}, not {self.options.runtime!r}")
+        self._engine: Any = None
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> TextReader:
+        return cls(ReadOptions.from_settings(settings))
+
+    @property
+    def ocr_by(self) -> str:
+        return self.options.ocr_by
+
+    def engine(self) -> Any:
+        with self._lock:
+            if self._engine is None:
+                self._engine = make_engine(self.options)
+            return self._engine
+
+    def read(self, image: Image.Image) -> list[TextLine]:
+        """The lines in `image`, most confident first cut to OCR_MAX_LINES, then in reading order (top to bottom,
+        left to right). An image too thin to hold text gives none."""
+        if image.mode != "RGB":
+            from core.images import to_rgb
+
+            image = to_rgb(image)
+        image = shrink(image, self.options.max_pixels)
+        width, height = image.size
+        if min(width, height) < MIN_SIDE:
+            return []
+        lines: list[TextLine] = []
+        for left, top, tile in tiles(image):
+            lines.extend(self._read_tile(tile, left, top, width, height))
+        return self.kept(distinct(lines))
+
+    def read_each(self, images: Sequence[Image.Image | str]) -> list[list[TextLine] | str]:
+        """Each image's lines, or why it has none: a string given in its place (a decode's reason) stays, and a
+        read that fails is that photo's reason; the others are read as if alone."""
+        out: list[list[TextLine] | str] = []
+        for image in images:
+            if isinstance(image, str):
+                out.append(image)
+                continue
+            try:
+                out.append(self.read(image))
+            except MemoryError:
+                out.append("cannot read its text: out of memory")
+            except Exception as exc:  # noqa: BLE001 - one photo's failure must not fail its batch
+                log.warning("OCR failed on one photo: %r", exc)
+                out.append(f"cannot read its text: {type(exc).__name__}: {exc}"[:300])
+        return out
+
+    def _read_tile(self, tile: Image.Image, left: int, top: int, width: int, height: int) -> list[TextLine]:
+        result = self.engine()(tile)
+        texts, scores, boxes = result.txts, result.scores, result.boxes
+        if texts is None or boxes is None or scores is None:
+            return []
+        lines = []
+        for text, score, quad in zip(texts, scores, boxes, strict=True):
+            points = [(float(x) + left, float(y) + top) for x, y in quad]
+            xs, ys = [p[0] for p in points], [p[1] for p in points]
+            box = (clamp(min(xs) / width), clamp(min(ys) / height), clamp(max(xs) / width), clamp(max(ys) / height))
+            (x0, y0), (x1, y1) = points[0], points[1]
+            angle = math.degrees(math.atan2(y1 - y0, x1 - x0))
+            lines.append(TextLine(str(text).strip()[:MAX_LINE_CHARS], float(score), box, angle))
+        return lines
+
+    def kept(self, lines: list[TextLine]) -> list[TextLine]:
+        """The lines worth keeping: confident enough, not a lone low-confidence character, the OCR_MAX_LINES most
+        confident, in reading order."""
+        good = [line for line in lines if line.text and line.confidence >= self.options.min_confidence
+                and not (len(normalized(line.text).replace(" ", "")) <= SHORT_LINE_CHARS
+                         and line.confidence < SHORT_LINE_MIN_CONFIDENCE)]
+        best = sorted(good, key=lambda line: -line.confidence)[:self.options.max_lines]
+        return sorted(best, key=lambda line: (round((line.box[1] + line.box[3]) / 2, 2), line.box[0]))
+
+
+def make_engine(options: ReadOptions) -> Any:
+    """rapidocr's RapidOCR on the chosen runtime, with its logging quiet and the detector's boxes bounded."""
+    import rapidocr
+    from rapidocr import EngineType, RapidOCR
+
+    engine = EngineType(options.runtime)
+    models = Path(rapidocr.__file__).parent / "models"
+    threads = options.threads if options.threads > 0 else -1
+    params: dict[str, Any] = {
+        "Global.log_level": "error", "Global.text_score": options.min_confidence,
+        "Det.max_candidates": min(1000, 4 * options.max_lines),
+        "Det.engine_type": engine, "Cls.engine_type": engine, "Rec.engine_type": engine,
+        # The files named in MODELS, explicitly: what `ocr_by` says is what runs.
+        "Det.model_path": str(models / f"{MODELS[0]}.onnx"), "Rec.model_path": str(models / f"{MODELS[1]}.onnx"),
+        "Cls.model_path": str(models / f"{MODELS[2]}.onnx"),
+        "EngineConfig.onnxruntime.intra_op_num_threads": threads,
+        "EngineConfig.openvino.inference_num_threads": threads,
+    }
+    return RapidOCR(params=params)
+
+
+def shrink(image: Image.Image, max_pixels: int) -> Image.Image:
+    """`image` as is within `max_pixels` (0: no bound), else resized to fit, keeping its shape."""
+    if max_pixels <= 0 or image.width * image.height <= max_pixels:
+        return image
+    scale = (max_pixels / (image.width * image.height)) ** 0.5
+    size = (max(1, int(image.width * scale)), max(1, int(image.height * scale)))
+    return image.resize(size, Image.Resampling.BICUBIC, reducing_gap=3.0)
+
+
+def tiles(image: Image.Image) -> list[tuple[int, int, Image.Image]]:
+    """(left, top, tile): the whole image, or for one longer than MAX_ASPECT to one, overlapping tiles of that shape
+    along its long side (see MAX_TILES)."""
+    width, height = image.size
+    short, long = min(width, height), max(width, height)
+    size = short * MAX_ASPECT
+    if long <= size:
+        return [(0, 0, image)]
+    step = int(short * TILE_STEP)
+    starts = list(range(0, max(1, long - size + step), step))[:MAX_TILES]
+    if width > height:
+        return [(x, 0, image.crop((x, 0, min(width, x + size), height))) for x in starts]
+    return [(0, y, image.crop((0, y, width, min(height, y + size)))) for y in starts]
+
+
+def distinct(lines: list[TextLine]) -> list[TextLine]:
+    """The lines less those read twice where tiles overlap: of two lines whose boxes mostly overlap, the longer
+    (then the more confident) read is kept."""
+    kept: list[TextLine] = []
+    for line in sorted(lines, key=lambda item: (-len(item.text), -item.confidence)):
+        if all(overlap(line.box, other.box) < 0.5 for other in kept):
+            kept.append(line)
+    return kept
+
+
+def overlap(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> float:
+    """The share of the smaller box that the two boxes have in common."""
+    width = min(a[2], b[2]) - max(a[0], b[0])
+    height = min(a[3], b[3]) - max(a[1], b[1])
+    if width <= 0 or height <= 0:
+        return 0.0
+    smaller = min((a[2] - a[0]) * (a[3] - a[1]), (b[2] - b[0]) * (b[3] - b[1]))
+    return width * height / smaller if smaller > 0 else 0.0
+
+
+def clamp(value: float) -> float:
+    return min(1.0, max(0.0, value))
