@@ -158,11 +158,11 @@ AT_MOST = "at_most"  # the key's number is <= the field
 CONTAINS = "contains"  # the key's text holds each of the field's strings (exact substrings; the key has no index)
 
 
-def on_payload(key: str, test: str, index: str) -> Any:
+def on_payload(key: str, test: str, index: str, default: Any = None) -> Any:
     """Declare a SearchFilter field: the payload `key` it tests, how (MATCH, AT_LEAST or AT_MOST), and
     the Qdrant payload index type ("keyword", "integer", "float", "bool", "datetime"...) that `key`
     gets so the test is fast. The store builds its filters and payload indexes from these alone."""
-    return field(default=None, metadata={"key": key, "test": test, "index": index})
+    return field(default=default, metadata={"key": key, "test": test, "index": index})
 
 
 @dataclass(frozen=True)
@@ -182,7 +182,7 @@ class SearchFilter:
     exclude_ids: tuple[str, ...] = ()  # points left out (image-to-image: the query image itself)
     # Quoted phrases of a text query (runners/ocr/text.py normalizes them): the photo's normalized read text must
     # hold each one, an exact substring (Qdrant's MatchSubstring, reading the payload: the key has no index).
-    phrases: tuple[str, ...] = on_payload("ocr_norm", CONTAINS, "")
+    phrases: tuple[str, ...] = on_payload("ocr_norm", CONTAINS, "", default=())
 
     def matches(self) -> dict[str, Any]:
         """payload key -> the value it must hold (or contain), for the MATCH fields that are set."""
