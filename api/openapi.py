@@ -50,6 +50,14 @@ ERROR = {
     },
 }
 
+# The text read in a photo (indexer --ocr; api/read_text.py), on search results and /ask's sources.
+READ_FIELDS: dict[str, Any] = {
+    "read_text": {"type": "string", "description": "the text read in the photo, one line each, when it has any "
+                  "(indexer --ocr)"},
+    "matched_lines": {"type": "array", "items": {"$ref": "#/components/schemas/ReadLine"},
+                      "description": "text search: the read lines that hold a quoted phrase or a word of the query"},
+}
+
 SCHEMAS: dict[str, Any] = {
     "Error": ERROR,
     "SearchResult": {
@@ -62,6 +70,18 @@ SCHEMAS: dict[str, Any] = {
             "thumbnail_url": {"type": "string", "description": 'with include_image="thumbnail": '
                               "/images/<path>?size=256"},
             "image_url": {"type": "string", "description": 'with include_image="thumbnail": /images/<path>?size=0'},
+            **READ_FIELDS,
+        },
+    },
+    "ReadLine": {
+        "type": "object", "required": ["text", "confidence", "box", "angle"],
+        "description": "a line of text read in the photo (indexer --ocr)",
+        "properties": {
+            "text": {"type": "string"},
+            "confidence": {"type": "number", "minimum": 0, "maximum": 1},
+            "box": {"type": "array", "items": {"type": "number", "minimum": 0, "maximum": 1}, "minItems": 4,
+                    "maxItems": 4, "description": "[x0, y0, x1, y1] as fractions of the photo's width and height"},
+            "angle": {"type": "number", "description": "the line's slope in degrees (clockwise)"},
         },
     },
     "SearchResponse": {
@@ -80,6 +100,7 @@ SCHEMAS: dict[str, Any] = {
             "thumbnail_url": {"type": "string", "description": "/images/<path>?size=256"},
             "image_url": {"type": "string", "description": "/images/<path>?size=0"},
             "description": {"type": "string", "description": "the photo's stored description, when it has one"},
+            **READ_FIELDS,
         },
     },
     "AskResponse": {

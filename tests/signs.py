@@ -58,9 +58,9 @@ def sign(lines: list[str], size: tuple[int, int] = (1000, 750), text_px: int = 5
         (draw.ellipse if rng.random() < 0.5 else draw.rectangle)((x - r, y - r, x + r, y + r), fill=shade)
     face = font(font_name, text_px)
     boxes = [draw.textbbox((0, 0), line, font=face) for line in lines]
-    text_w = max(b[2] - b[0] for b in boxes)
+    text_w = int(max(b[2] - b[0] for b in boxes))
     gap = text_px // 3
-    text_h = sum(b[3] - b[1] for b in boxes) + gap * (len(lines) - 1)
+    text_h = int(sum(b[3] - b[1] for b in boxes)) + gap * (len(lines) - 1)
     pad = text_px // 2
     board_color = (245, 243, 235)
     ink = tuple(int(245 - (245 - c) * contrast) for c in (25, 25, 35))
@@ -69,7 +69,7 @@ def sign(lines: list[str], size: tuple[int, int] = (1000, 750), text_px: int = 5
     y = pad
     for line, box in zip(lines, boxes, strict=True):
         board_draw.text((pad - box[0], y - box[1]), line, font=face, fill=(*ink, 255))
-        y += box[3] - box[1] + gap
+        y += int(box[3] - box[1]) + gap
     if angle:
         board = board.rotate(angle, expand=True, resample=Image.Resampling.BICUBIC)
     cx, cy = place if place is not None else (rng.uniform(0.35, 0.65), rng.uniform(0.35, 0.65))
