@@ -1,8 +1,8 @@
 """TextReader: the text lines in a photo, read by rapidocr's PP-OCRv6 models (a plain class, no BentoML).
 
 rapidocr 3.10.0 (pinned in requirements.txt) carries its models in its wheel: PP-OCRv6 small detection and
-recognition models (Chinese, English and mixed) and a text-direction classifier (upside-down lines), so nothing is
-downloaded at run time. It is imported when the first photo is read. OCR_RUNTIME picks the engine that runs them,
+recognition models (Chinese, English and mixed), so nothing is downloaded at run time (upside-down lines: see
+FLIP_BELOW). It is imported when the first photo is read. OCR_RUNTIME picks the engine that runs them,
 ONNX Runtime or OpenVINO: the same models, the same reads (BENCHMARKS.md, "Text in photos"), so `ocr_by`, the
 id recorded with each photo's lines (like `described_by`), names the models and the rules of this module, not the
 runtime.
@@ -36,10 +36,13 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PACKAGE = "rapidocr-3.10.0"
-# The model files the pinned rapidocr runs by default (tests/integration/test_ocr_reader.py checks the engine loads
-# these): detection, recognition, direction classifier.
-MODELS = ("PP-OCRv6_det_small", "PP-OCRv6_rec_small", "ch_ppocr_mobile_v2.0_cls_mobile")
-RULES_VERSION = 1  # bump when what this module keeps of a read changes (filters, boxes): every photo is read again
+# The model files of the pinned rapidocr's wheel this module runs (named to the engine: make_engine): detection and
+# recognition. Not its text-direction classifier: on clear signs beside a blob it turned lines upside down ("EXIT 出口"
+# read as "日13"); instead a line read with less than FLIP_BELOW confidence is read again turned by 180 degrees, and
+# the more confident read is kept (an upside-down photo's lines are read right so).
+MODELS = ("PP-OCRv6_det_small", "PP-OCRv6_rec_small")
+FLIP_BELOW = 0.9
+RULES_VERSION = 2  # bump when what this module keeps of a read changes (filters, boxes): every photo is read again
 RUNTIMES = ("onnxruntime", "openvino")
 MIN_SIDE = 8  # px: a thinner image holds no line a person could read
 # Longer than this many times its short side: read in overlapping tiles of this shape (the detector scales a photo's
@@ -156,10 +159,23 @@ class TextReader:
         return out
 
     def _read_tile(self, tile: Image.Image, left: int, top: int, width: int, height: int) -> list[TextLine]:
-        result = self.engine()(tile)
+        engine = self.engine()
+        result = engine(tile, use_det=True, use_cls=False, use_rec=True)  # explicit: a call's flags persist
         texts, scores, boxes = result.txts, result.scores, result.boxes
         if texts is None or boxes is None or scores is None:
             return []
+        texts, scores = list(texts), list(scores)
+        unsure = [i for i, score in enumerate(scores) if score < FLIP_BELOW]
+        if unsure:
+            import numpy as np
+            from rapidocr.utils.process_img import get_rotate_crop_image
+
+            bgr = np.ascontiguousarray(np.asarray(tile)[..., ::-1])
+            for i in unsure:
+                crop = get_rotate_crop_image(bgr, np.asarray(boxes[i], dtype=np.float32))
+                again = engine(np.ascontiguousarray(np.rot90(crop, 2)), use_det=False, use_cls=False, use_rec=True)
+                if again.txts and again.scores and float(again.scores[0]) > scores[i]:
+                    texts[i], scores[i] = again.txts[0], float(again.scores[0])
         lines = []
         for text, score, quad in zip(texts, scores, boxes, strict=True):
             points = [(float(x) + left, float(y) + top) for x, y in quad]
@@ -189,12 +205,12 @@ def make_engine(options: ReadOptions) -> Any:
     models = Path(rapidocr.__file__).parent / "models"
     threads = options.threads if options.threads > 0 else -1
     params: dict[str, Any] = {
-        "Global.log_level": "error", "Global.text_score": options.min_confidence,
+        "Global.log_level": "error", "Global.text_score": 0.0,  # kept() filters, after the flip
         "Det.max_candidates": min(1000, 4 * options.max_lines),
-        "Det.engine_type": engine, "Cls.engine_type": engine, "Rec.engine_type": engine,
+        "Global.use_cls": False,  # see MODELS
+        "Det.engine_type": engine, "Rec.engine_type": engine,
         # The files named in MODELS, explicitly: what `ocr_by` says is what runs.
         "Det.model_path": str(models / f"{MODELS[0]}.onnx"), "Rec.model_path": str(models / f"{MODELS[1]}.onnx"),
-        "Cls.model_path": str(models / f"{MODELS[2]}.onnx"),
         "EngineConfig.onnxruntime.intra_op_num_threads": threads,
         "EngineConfig.openvino.inference_num_threads": threads,
     }
