@@ -18,7 +18,7 @@ from starlette.responses import Response, StreamingResponse
 from api import chat_completions, openai
 from api.chat_completions import LIBRARY_MODEL, Answer, Chat
 from api.errors import ApiError, bad_request
-from api.read_text import read_fields
+from api.read_text import read_fields, text_query
 from api.search_fields import SearchPage, described_fields, image_urls, search_page
 from api.searching import Searching
 from api.vqa_requests import VqaRequests
@@ -148,7 +148,7 @@ class Asking:
         if ran != "vector":
             hits = await self.pictured(query, top_k, page, hits)
         hits = hits[:top_k]
-        photos: list[RetrievedPhoto] = await self.searching.off_loop(self.readable, hits)
+        photos: list[RetrievedPhoto] = await self.searching.off_loop(self.readable, hits, query)
         return photos
 
     async def pictured(self, query: str, top_k: int, page: SearchPage, hits: list[Hit]) -> list[Hit]:
@@ -172,9 +172,11 @@ class Asking:
                          "among the %d best (ASK_CLIP_SUPPORT)", hit.payload.get("path"), window)
         return kept
 
-    def readable(self, hits: list[Hit]) -> list[RetrievedPhoto]:
+    def readable(self, hits: list[Hit], query: str | None = None) -> list[RetrievedPhoto]:
         """The hits whose file is still a readable image of the library; the others (deleted or changed
-        since indexing) are left out, so the numbers the model sees are the sources' numbers."""
+        since indexing) are left out, so the numbers the model sees are the sources' numbers. Each source
+        carries the text read in its photo and the lines `query` matches (api/read_text.py)."""
+        parsed = None if query is None else text_query(query)
         photos = []
         for hit in hits:
             rel = str(hit.payload.get("path", ""))
@@ -185,7 +187,7 @@ class Asking:
                 log.warning("ask: skipping %r, no longer a library image (%s)", rel, exc)
                 continue
             source = {"image": rel, "score": round(float(hit.score), 6), **described_fields(hit.payload),
-                      **image_urls(rel), **read_fields(hit.payload)}
+                      **image_urls(rel), **read_fields(hit.payload, parsed)}
             photos.append(RetrievedPhoto(source, data))
         return photos
 
