@@ -5,8 +5,16 @@ from __future__ import annotations
 
 import pytest
 
-from runners.ocr import MAX_PHRASES, ReadOptions, TextQuery, contains_phrase, matched_lines, normalized, parse_query
-from runners.ocr import read_text_norm
+from runners.ocr import (
+    MAX_PHRASES,
+    ReadOptions,
+    TextQuery,
+    contains_phrase,
+    matched_lines,
+    normalized,
+    parse_query,
+    read_text_norm,
+)
 
 
 def test_normalized_folds_case_width_and_spaces_next_to_cjk() -> None:
