@@ -42,6 +42,7 @@ PACKAGE = "rapidocr-3.10.0"
 # the more confident read is kept (an upside-down photo's lines are read right so).
 MODELS = ("PP-OCRv6_det_small", "PP-OCRv6_rec_small")
 FLIP_BELOW = 0.9
+FLIP_MAX = 16  # lines per tile read again turned, at most: the unsure ones with the largest boxes (time stays bounded)
 RULES_VERSION = 2  # bump when what this module keeps of a read changes (filters, boxes): every photo is read again
 RUNTIMES = ("onnxruntime", "openvino")
 MIN_SIDE = 8  # px: a thinner image holds no line a person could read
@@ -165,7 +166,8 @@ class TextReader:
         if texts is None or boxes is None or scores is None:
             return []
         texts, scores = list(texts), list(scores)
-        unsure = [i for i, score in enumerate(scores) if score < FLIP_BELOW]
+        unsure = sorted((i for i, score in enumerate(scores) if score < FLIP_BELOW),
+                        key=lambda i: -quad_area(boxes[i]))[:FLIP_MAX]
         if unsure:
             import numpy as np
             from rapidocr.utils.process_img import get_rotate_crop_image
@@ -259,6 +261,12 @@ def overlap(a: tuple[float, float, float, float], b: tuple[float, float, float, 
         return 0.0
     smaller = min((a[2] - a[0]) * (a[3] - a[1]), (b[2] - b[0]) * (b[3] - b[1]))
     return width * height / smaller if smaller > 0 else 0.0
+
+
+def quad_area(quad: Any) -> float:
+    """The area of a box's axis-aligned bounds, in pixels."""
+    xs, ys = [float(p[0]) for p in quad], [float(p[1]) for p in quad]
+    return (max(xs) - min(xs)) * (max(ys) - min(ys))
 
 
 def clamp(value: float) -> float:
