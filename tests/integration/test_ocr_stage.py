@@ -148,14 +148,15 @@ def test_watch_with_ocr_reads_a_photo_added_while_it_runs(tiny_clip_dir: Path, t
     env = {**env_for(tiny_clip_dir, library, qdrant), "WATCH_INTERVAL_S": "0.3", "WATCH_SETTLE_S": "0.3"}
     proc = subprocess.Popen([sys.executable, "-m", "indexer", "--watch", "--ocr", "--no-progress"], cwd=ROOT,
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    assert proc.stderr is not None
+    stderr = proc.stderr
+    assert stderr is not None
     lines: list[str] = []
 
     def passes(count: int, limit: float = 120) -> None:  # a pass line is logged once its OCR is done too
         deadline = time.monotonic() + limit
         while sum("pass:" in line for line in lines) < count and time.monotonic() < deadline:
-            if select.select([proc.stderr], [], [], 0.1)[0]:
-                lines.append(proc.stderr.readline().decode(errors="replace"))  # type: ignore[union-attr]
+            if select.select([stderr], [], [], 0.1)[0]:
+                lines.append(stderr.readline().decode(errors="replace"))
         assert sum("pass:" in line for line in lines) >= count, "".join(lines)
 
     try:
@@ -165,7 +166,7 @@ def test_watch_with_ocr_reads_a_photo_added_while_it_runs(tiny_clip_dir: Path, t
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(60)
-        proc.stderr.close()
+        stderr.close()
     assert proc.returncode == 0, "".join(lines)
     payloads, _ = collection(qdrant)
     read = {p["path"]: norm(p.get("ocr_text")) for p in payloads.values()}
