@@ -21,7 +21,7 @@ import hashlib
 import logging
 import math
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -43,19 +43,21 @@ PACKAGE = "rapidocr-3.10.0"
 MODELS = ("PP-OCRv6_det_small", "PP-OCRv6_rec_small")
 FLIP_BELOW = 0.9
 FLIP_MAX = 16  # lines per tile read again turned, at most: the unsure ones with the largest boxes (time stays bounded)
-RULES_VERSION = 2  # bump when what this module keeps of a read changes (filters, boxes): every photo is read again
+RULES_VERSION = 3  # bump when what this module keeps of a read changes (filters, boxes): every photo is read again
 RUNTIMES = ("onnxruntime", "openvino")
 MIN_SIDE = 8  # px: a thinner image holds no line a person could read
-# Longer than this many times its short side: read in overlapping tiles of this shape (the detector scales a photo's
+# Longer than this many times its short side: read as overlapping tiles of this shape (the detector scales a photo's
 # short side to 736 px, so a long strip read whole costs as many pixels as its length asks), each starting
 # TILE_STEP short sides after the last (so a word up to 1.5 short sides long is whole in one of them), at most
-# MAX_TILES of them: the rest of a longer banner (over 21.5:1) is not read.
+# MAX_TILES of them (the rest of a longer banner, over 21.5:1, is not read), stacked into one sheet (mosaic) that the
+# detector reads in one go.
 MAX_ASPECT = 4
 TILE_STEP = 2.5
 MAX_TILES = 8
 MAX_LINE_CHARS = 300  # a line's text is cut here (a read of a photo full of text stays bounded)
-# A line this short (after normalization, spaces left out) is kept only at this confidence or more: round blobs,
-# wheels and plates get read as "O" or "C" at low confidence.
+# A line of one character (after normalization, spaces left out) is kept only when it is a CJK character read with
+# this confidence or more (出, 药): round blobs, wheels and plates get read as "O", "C" or "0", often confidently. A
+# line without a letter or digit (a blob read as "■", "•" or "–") is never kept.
 SHORT_LINE_CHARS = 1
 SHORT_LINE_MIN_CONFIDENCE = 0.9
 
@@ -137,9 +139,13 @@ class TextReader:
         width, height = image.size
         if min(width, height) < MIN_SIDE:
             return []
-        lines: list[TextLine] = []
-        for left, top, tile in tiles(image):
-            lines.extend(self._read_tile(tile, left, top, width, height))
+        pieces = tiles(image)
+        if len(pieces) == 1:
+            found = self._read_tile(image)
+        else:  # one read of the tiles stacked (mosaic), each line taken back to its tile
+            sheet, place = mosaic(pieces, wide=width > height)
+            found = [(text, score, place(points)) for text, score, points in self._read_tile(sheet)]
+        lines = [line_of(text, score, points, width, height) for text, score, points in found]
         return self.kept(distinct(lines))
 
     def read_each(self, images: Sequence[Image.Image | str]) -> list[list[TextLine] | str]:
@@ -159,7 +165,8 @@ class TextReader:
                 out.append(f"cannot read its text: {type(exc).__name__}: {exc}"[:300])
         return out
 
-    def _read_tile(self, tile: Image.Image, left: int, top: int, width: int, height: int) -> list[TextLine]:
+    def _read_tile(self, tile: Image.Image) -> list[tuple[str, float, list[tuple[float, float]]]]:
+        """(text, confidence, the box's four points in the tile's pixels) of each line the models read in it."""
         engine = self.engine()
         result = engine(tile, use_det=True, use_cls=False, use_rec=True)  # explicit: a call's flags persist
         texts, scores, boxes = result.txts, result.scores, result.boxes
@@ -178,24 +185,58 @@ class TextReader:
                 again = engine(np.ascontiguousarray(np.rot90(crop, 2)), use_det=False, use_cls=False, use_rec=True)
                 if again.txts and again.scores and float(again.scores[0]) > scores[i]:
                     texts[i], scores[i] = again.txts[0], float(again.scores[0])
-        lines = []
-        for text, score, quad in zip(texts, scores, boxes, strict=True):
-            points = [(float(x) + left, float(y) + top) for x, y in quad]
-            xs, ys = [p[0] for p in points], [p[1] for p in points]
-            box = (clamp(min(xs) / width), clamp(min(ys) / height), clamp(max(xs) / width), clamp(max(ys) / height))
-            (x0, y0), (x1, y1) = points[0], points[1]
-            angle = math.degrees(math.atan2(y1 - y0, x1 - x0))
-            lines.append(TextLine(str(text).strip()[:MAX_LINE_CHARS], float(score), box, angle))
-        return lines
+        return [(str(text).strip()[:MAX_LINE_CHARS], float(score), [(float(x), float(y)) for x, y in quad])
+                for text, score, quad in zip(texts, scores, boxes, strict=True)]
 
     def kept(self, lines: list[TextLine]) -> list[TextLine]:
         """The lines worth keeping: confident enough, not a lone low-confidence character, the OCR_MAX_LINES most
         confident, in reading order."""
-        good = [line for line in lines if line.text and line.confidence >= self.options.min_confidence
-                and not (len(normalized(line.text).replace(" ", "")) <= SHORT_LINE_CHARS
-                         and line.confidence < SHORT_LINE_MIN_CONFIDENCE)]
+        good = [line for line in lines if line.confidence >= self.options.min_confidence and worth_keeping(line)]
         best = sorted(good, key=lambda line: -line.confidence)[:self.options.max_lines]
         return sorted(best, key=lambda line: (round((line.box[1] + line.box[3]) / 2, 2), line.box[0]))
+
+
+def line_of(text: str, score: float, points: list[tuple[float, float]], width: int, height: int) -> TextLine:
+    """A line read, its box as fractions of the image (width x height) and the angle of its top edge."""
+    xs, ys = [p[0] for p in points], [p[1] for p in points]
+    box = (clamp(min(xs) / width), clamp(min(ys) / height), clamp(max(xs) / width), clamp(max(ys) / height))
+    (x0, y0), (x1, y1) = points[0], points[1]
+    return TextLine(text, score, box, math.degrees(math.atan2(y1 - y0, x1 - x0)))
+
+
+def mosaic(pieces: list[tuple[int, int, Image.Image]], wide: bool
+           ) -> tuple[Image.Image, Callable[[list[tuple[float, float]]], list[tuple[float, float]]]]:
+    """The tiles of a long image stacked across (a wide image's one under the other, a tall one's side by side) with
+    a white gap, so the detector reads them in one go at the size of one near-square image rather than each at 736
+    px high; and the function that takes a line's points back from the sheet to the image."""
+    short = min(pieces[0][2].size)
+    gap = max(4, short // 4)
+    pitch = short + gap
+    count = len(pieces)
+    long = max(max(tile.size) for _, _, tile in pieces)
+    sheet = Image.new("RGB", (long, count * pitch - gap) if wide else (count * pitch - gap, long), "white")
+    for i, (_, _, tile) in enumerate(pieces):
+        sheet.paste(tile, (0, i * pitch) if wide else (i * pitch, 0))
+
+    def place(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+        centre = sum(p[1] if wide else p[0] for p in points) / len(points)
+        i = min(count - 1, max(0, int(centre // pitch)))
+        left, top, _ = pieces[i]
+        if wide:
+            return [(x + left, y - i * pitch) for x, y in points]
+        return [(x - i * pitch, y + top) for x, y in points]
+
+    return sheet, place
+
+
+def worth_keeping(line: TextLine) -> bool:
+    """Whether a line holds words: a letter or digit, and more than one character unless it is a confident CJK one."""
+    text = normalized(line.text).replace(" ", "")
+    if not any(c.isalnum() for c in text):
+        return False
+    if len(text) <= SHORT_LINE_CHARS:
+        return not text.isascii() and line.confidence >= SHORT_LINE_MIN_CONFIDENCE
+    return True
 
 
 def make_engine(options: ReadOptions) -> Any:

@@ -59,9 +59,10 @@ def test_a_photo_full_of_text_keeps_its_most_confident_lines_in_reading_order() 
 def test_short_unsure_reads_are_dropped() -> None:
     reader = TextReader(ReadOptions(min_confidence=0.5))
     box = (0.1, 0.1, 0.2, 0.2)
-    lines = [TextLine("O", 0.7, box, 0.0), TextLine("C", 0.95, box, 0.0), TextLine("OK", 0.6, box, 0.0),
-             TextLine("weak", 0.4, box, 0.0), TextLine("", 0.99, box, 0.0)]
-    assert [line.text for line in reader.kept(lines)] == ["C", "OK"]
+    lines = [TextLine("O", 0.7, box, 0.0), TextLine("C", 0.99, box, 0.0), TextLine("OK", 0.6, box, 0.0),
+             TextLine("weak", 0.4, box, 0.0), TextLine("", 0.99, box, 0.0), TextLine("■", 0.99, box, 0.0),
+             TextLine("• –", 0.99, box, 0.0), TextLine("出", 0.95, box, 0.0), TextLine("药", 0.6, box, 0.0)]
+    assert sorted(line.text for line in reader.kept(lines)) == ["OK", "出"]
 
 
 def test_onnxruntime_and_openvino_read_the_same(reader: TextReader) -> None:
@@ -83,7 +84,7 @@ def test_hostile_images_are_read_within_bounds_or_refused_with_a_reason(reader: 
             continue
         assert refusal is None, name
         assert isinstance(reader.read(shrink(image, pixels.shrink)), list), name
-        assert time.monotonic() - started < 20, name
+        assert time.monotonic() - started < 60, name
     assert reader.read(Image.new("RGB", (40_000, 1))) == []
     assert reader.read(Image.new("RGB", (8, 8), "white")) == []
     assert reader.read(Image.new("I;16", (300, 200), 40_000)) == []  # any mode is made RGB first
@@ -92,14 +93,14 @@ def test_hostile_images_are_read_within_bounds_or_refused_with_a_reason(reader: 
     banner.paste(sign(["WELCOME 欢迎"], size=(700, 150), seed=3, place=(0.5, 0.5)), (2650, 0))
     started = time.monotonic()
     assert "welcome欢迎" in texts(reader.read(banner))
-    assert time.monotonic() - started < 20
+    assert time.monotonic() - started < 60  # bounded (a few seconds on a quiet 2-core CPU; CI shares it)
 
 
 def test_a_12_megapixel_photo_is_shrunk_before_it_is_read(reader: TextReader) -> None:
     photo = sign(["Golden Dragon 金龙"], size=(4000, 3000), text_px=160, seed=5)
     started = time.monotonic()
     assert texts(reader.read(photo)) == ["golden dragon金龙"]
-    assert time.monotonic() - started < 20
+    assert time.monotonic() - started < 60  # bounded (a few seconds on a quiet 2-core CPU; CI shares it)
 
 
 def test_read_each_keeps_reasons_and_reads_the_rest(reader: TextReader) -> None:
