@@ -1,7 +1,8 @@
 """The OCR stage (indexer/ocr_stage.py) on the embedded store, through the command line, with the real OCR models on
 sign photos drawn by tests/signs.py: copies read once (by content hash), a SIGKILL after the first written batch and
 a rerun that reads only the rest, `--watch --ocr` reading a photo added while it runs, and the Ray engine's actor
-(indexer/ray_ocr.py) giving the local engine's reads. The service's write path, failures and search:
+(indexer/ray_ocr.py) giving the local engine's reads (the whole stage on a Ray cluster:
+tests/integration/test_ray_indexing.py). The service's write path, failures and search:
 tests/integration/test_ocr_served.py."""
 
 from __future__ import annotations
@@ -192,3 +193,4 @@ def test_the_ray_actor_reads_as_the_local_engine(tmp_path: Path) -> None:
     image, _, _ = load_image(data)
     assert outcomes[0] == read_payload(reader.read(image), reader.ocr_by)
     assert norm(outcomes[0]["ocr_text"]) == "nightmarket夜市"
+
