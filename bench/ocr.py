@@ -1,6 +1,7 @@
 """Text in photos (issue 28): what the OCR stage reads and how fast, ONNX Runtime vs OpenVINO side by side.
 
-    .venv/bin/python bench/ocr.py [--photos-per-cell 4] [--speed-photos 5] [--describe 0] [--no-record]
+    .venv/bin/python bench/ocr.py [--photos-per-cell 4] [--speed-photos 5] [--describe 0] [--phrase-scan 20000]
+                                  [--no-record]
 
 The benchmark set is made here (tests/signs.py): photos of signs holding a Chinese, an English or a mixed phrase,
 drawn with every CJK font of Debian's packages that is installed (fonts-wqy-zenhei, fonts-noto-cjk,
@@ -16,7 +17,8 @@ process of its own (its peak memory is that process's ru_maxrss) and reports:
 - photos/s reading one photo at a time at 1 MP (1155x866) and 12 MP (4000x3000), median over --speed-photos photos;
 - the OCR stage's photos/min (indexer/ocr_stage.py: decode, read and write, on the embedded store) and peak memory;
 - with --describe N: the describe stage's photos/min on N of the same photos (VQA_MODEL, its CPU runtime), for the
-  ratio; without it, only the OCR side is measured.
+  ratio; without it, only the OCR side is measured;
+- what a quoted phrase costs a search (the exact substring filter), per mode, over --phrase-scan read photos.
 
 A figure is only worth recording on a quiet machine: the script writes the "Text in photos" block of BENCHMARKS.md
 unless --no-record.
@@ -177,6 +179,49 @@ def describe_rate(folder: Path, made: list[dict[str, Any]], count: int) -> float
     return len(images) / (time.perf_counter() - start) * 60
 
 
+def phrase_scan(points: int, dim: int = 512, repeats: int = 7) -> list[tuple[str, str, str]]:
+    """Median latency of a top-10 search with and without a quoted phrase, per mode, over `points` read photos
+    (random vectors, read texts of three words each): what the exact phrase filter costs (docs/text-in-photos.md)."""
+    import numpy as np
+
+    from runners.ocr import read_text_norm
+    from store.base import Point, SearchFilter, point_id
+    from store.edge import EdgeStore
+
+    rng, pick = np.random.default_rng(0), random.Random(0)
+    words = ["golden", "dragon", "exit", "出口", "面馆", "生日", "快乐", "market", "夜市", "taxi", "bakery", "咖啡"]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        store = EdgeStore(Path(tmp), "bench")
+        store.ensure_collection("bench/none", dim)
+        for start in range(0, points, 1000):
+            count = min(1000, points - start)
+            vectors = rng.standard_normal((count, dim)).astype(np.float32)
+            vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+            names = [f"p{start + i}.jpg" for i in range(count)]
+            store.upsert([Point(point_id(n), v, {"path": n, "content_hash": n, "folders": []})
+                          for n, v in zip(names, vectors, strict=True)])
+            texts = {point_id(n): " ".join(pick.sample(words, 3)) for n in names}
+            store.set_descriptions({pid: {"ocr_text": t, "ocr_norm": read_text_norm([t]), "ocr_by": "bench"}
+                                    for pid, t in texts.items()})
+        store.finish()
+        query = rng.standard_normal(dim).astype(np.float32)
+        query /= np.linalg.norm(query)
+        for mode, vector, text in (("text", None, "golden dragon"), ("vector", query, None),
+                                   ("hybrid", query, "golden dragon")):
+            medians = []
+            for where in (None, SearchFilter(phrases=("golden dragon",))):
+                seconds = []
+                for _ in range(repeats):
+                    start_s = time.perf_counter()
+                    store.search(vector, 10, where, text=text)
+                    seconds.append(time.perf_counter() - start_s)
+                medians.append(statistics.median(seconds) * 1000)
+            rows.append((f"{mode}, {points:,} points", f"{medians[0]:.1f} ms", f"{medians[1]:.1f} ms"))
+        store.close()
+    return rows
+
+
 def by(made: list[dict[str, Any]], reads: dict[str, str], key: str, values: tuple[int, ...]) -> list[float]:
     return [statistics.mean(accuracy(reads[c["name"]], c["phrase"]) for c in made if abs(c[key]) == v)
             for v in values]
@@ -187,6 +232,8 @@ def main() -> None:
     parser.add_argument("--photos-per-cell", type=int, default=4, help="photos per (text height, rotation) cell")
     parser.add_argument("--speed-photos", type=int, default=5)
     parser.add_argument("--describe", type=int, default=0, help="also time the describe stage on this many photos")
+    parser.add_argument("--phrase-scan", type=int, default=20_000,
+                        help="points of the quoted-phrase latency figures (0: not measured)")
     parser.add_argument("--no-record", action="store_true")
     parser.add_argument("--worker", help=argparse.SUPPRESS)  # internal: one runtime in a process of its own
     parser.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
@@ -239,12 +286,18 @@ def main() -> None:
                  ("OCR stage / describe stage", f"{ort['stage_per_min'] / describe_per_min:.0f}x")]
     body = ("### Text in photos (issue 28)\n\n"
             f"`.venv/bin/python bench/ocr.py --photos-per-cell {args.photos_per_cell} --speed-photos "
-            f"{args.speed_photos} --describe {args.describe}` on {cpu_name()} ({instruction_sets()}): rapidocr 3.10.0, "
+            f"{args.speed_photos} --describe {args.describe} --phrase-scan {args.phrase_scan}` on {cpu_name()} "
+            f"({instruction_sets()}): rapidocr 3.10.0, "
             "PP-OCRv6 small det/rec, photos of signs made by tests/signs.py (JPEG q70, 1 MP, clutter, some faint or "
             "blurred), each runtime in its own process.\n\n" + table(rows)
             + "\n\nCharacter accuracy by text height:\n\n" + three(size_rows)
             + "\n\nCharacter accuracy by rotation (either way):\n\n" + three(angle_rows)
             + "\n\n" + three(recall_rows + speed_rows))
+    if args.phrase_scan:
+        scan = ["| top-10 search | no phrase | with a quoted phrase |", "|---|---|---|"]
+        scan += [f"| {' | '.join(row)} |" for row in phrase_scan(args.phrase_scan)]
+        body += ("\n\nWhat the exact phrase filter costs (embedded store, 512-d vectors, every point read; the dense "
+                 "ranking scans exactly when a phrase is given):\n\n" + "\n".join(scan))
     print(body)
     if not args.no_record:
         record("text-in-photos", body)
