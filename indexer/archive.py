@@ -45,6 +45,7 @@ import numpy as np
 from core.files import atomic_file
 from store.base import (
     DESCRIPTION_FIELDS,
+    OCR_FIELDS,
     CollectionMissingError,
     IndexTuning,
     ModelMismatchError,
@@ -52,6 +53,7 @@ from store.base import (
     StoreError,
     VectorStore,
     description_of,
+    ocr_of,
 )
 
 FORMAT = "images-archive"
@@ -364,7 +366,9 @@ def _import_descriptions(store: VectorStore, path: Path, name: str, model_id: st
         for record in records:
             summary.points += 1
             fields = description_of(record.payload)
-            if all(fields.get(k) is None for k in DESCRIPTION_FIELDS):
+            if record.payload.get("ocr_by") is not None:  # the text read in the photo (indexer --ocr) comes too
+                fields.update(ocr_of(record.payload))
+            if all(fields.get(k) is None for k in (*DESCRIPTION_FIELDS, *OCR_FIELDS)):
                 continue
             if current.get(record.id) != _short(record.payload.get("content_hash")):
                 summary.skipped += 1  # not indexed (yet), or its file changed since the export

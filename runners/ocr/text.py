@@ -75,6 +75,8 @@ def matched_lines(lines: Sequence[dict[str, Any]], query: TextQuery) -> list[dic
     keys = list(query.phrases) + [key for key in word_keys(query.words) if key]
     found = []
     for line in lines:
+        if not isinstance(line, dict):  # a payload from elsewhere (an archive): only objects are lines
+            continue
         text = normalized(str(line.get("text", "")))
         if text and any(key in text if not key.isascii() else _has_word(text, key) for key in keys):
             found.append(line)

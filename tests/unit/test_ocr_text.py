@@ -59,6 +59,7 @@ def test_matched_lines_hold_a_phrase_or_a_word() -> None:
     assert texts(parse_query('"golden dragon"')) == ["Golden Dragon"]
     assert texts(parse_query("a to")) == []  # short Latin words match nothing on their own
     assert texts(parse_query("24h")) == ["24h"]
+    assert matched_lines(["not a line", 3, {"text": "Golden"}], parse_query("golden")) == [{"text": "Golden"}]
 
 
 def test_ocr_by_names_the_models_and_rules_but_not_the_runtime() -> None:
