@@ -68,7 +68,7 @@ def contains_phrase(norm_text: str, phrase: str) -> bool:
     return bool(phrase) and phrase in norm_text
 
 
-def matched_lines(lines: Sequence[dict[str, Any]], query: TextQuery) -> list[dict[str, Any]]:
+def matched_lines(lines: Sequence[Any], query: TextQuery) -> list[dict[str, Any]]:
     """The read lines (payload `ocr_lines` entries: text, confidence, box, angle) that a query matches: those
     holding one of its quoted phrases and, for its other words, those holding one of them (a Latin word whole,
     Chinese by any two neighbouring characters of the query, or one character when the query has one there)."""
