@@ -20,7 +20,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -76,14 +76,13 @@ class OcrCounts:
     failed: int = 0  # points whose photo could not be read (listed in failures)
     with_text: int = 0  # points read this run that hold at least one line
     lines: int = 0
-    read_seconds: float = 0.0  # time spent decoding and reading photos (not copying)
-    photos: list[int] = field(default_factory=lambda: [0])  # photos read by the model (a list: shared by reference)
+    read_seconds: float = 0.0  # time spent decoding, reading and writing photos (not copying)
+    photos_read: int = 0  # photos (contents) read by the model
 
     def as_dict(self) -> dict[str, Any]:
-        photos = self.photos[0]
         return {"ocr_by": self.ocr_by, "read": self.read, "reused": self.reused, "failed": self.failed,
-                "with_text": self.with_text, "lines": self.lines, "photos_read": photos,
-                "photos_per_s": round(photos / self.read_seconds, 3) if self.read_seconds > 0 else 0.0}
+                "with_text": self.with_text, "lines": self.lines, "photos_read": self.photos_read,
+                "photos_per_s": round(self.photos_read / self.read_seconds, 3) if self.read_seconds > 0 else 0.0}
 
 
 def read_payload(lines: Sequence[TextLine], ocr_by: str) -> dict[str, Any]:
@@ -133,7 +132,7 @@ class OcrStage:
                        if self.engine is not None else self.read_batches(photos, pool))
             for batch, outcomes in batches:
                 self.record(batch, outcomes)
-                self.counts.photos[0] += sum(1 for outcome in outcomes if not isinstance(outcome, str))
+                self.counts.photos_read += sum(1 for outcome in outcomes if not isinstance(outcome, str))
                 bar.update(sum(len(photo.ids) for photo in batch))
                 if self.options.stop is not None and self.options.stop():
                     break
