@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import io
 import json
 import logging
@@ -22,6 +23,7 @@ from store import open_store_for_writing
 from store.base import CollectionInfo, ModelMismatchError, StoreError, StoreLockedError, VectorStore
 
 if TYPE_CHECKING:
+    from indexer.ocr_stage import LineReader
     from indexer.ray_engine import RayOptions
 
 log = logging.getLogger("indexer")
@@ -195,15 +197,17 @@ def describe(store: VectorStore, library: Path, settings: Settings, options: Ind
 
 
 def read_text(store: VectorStore, library: Path, settings: Settings, options: IndexOptions, summary: Summary,
-              ray: RayOptions | None = None, stop: Callable[[], bool] | None = None) -> None:
+              ray: RayOptions | None = None, stop: Callable[[], bool] | None = None,
+              reader: Callable[[], LineReader] | None = None) -> None:
     """The OCR stage after the embedding run (indexer/ocr_stage.py); the OCR models are loaded only if a photo needs
-    them (with `ray`: in each reader actor of the cluster)."""
+    them (with `ray`: in each reader actor of the cluster; `reader`: one made once for every watch pass)."""
     from indexer.ocr_stage import OcrEngine, OcrOptions, OcrStage
     from runners.ocr import TextReader, ocr_by_of
 
-    def load() -> TextReader:
+    def load() -> LineReader:
         return TextReader.from_settings(settings)
 
+    load = reader or load
     engine: OcrEngine | None = None
     if ray is not None:
         from indexer.ray_ocr import RayReader
@@ -282,8 +286,15 @@ def run(argv: list[str] | None = None) -> int:
                 log.warning("--watch does not describe photos: run `python -m indexer --describe` for that")
             after = None
             if args.ocr:
+                from runners.ocr import TextReader
+
+                @functools.cache
+                def reader() -> LineReader:  # loaded once, when a pass first has a photo to read
+                    return TextReader.from_settings(settings)
+
                 def after(summary: Summary, stop: Callable[[], bool]) -> None:  # each pass's photos read
-                    read_text(store, args.library, settings, replace(options, progress=False), summary, stop=stop)
+                    read_text(store, args.library, settings, replace(options, progress=False), summary, stop=stop,
+                              reader=reader)
             try:
                 watch_until_signal(store, encoder, args.library, options, settings.watch_interval_s,
                                    settings.watch_settle_s, settings.watch_events, after)
