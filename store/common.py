@@ -132,8 +132,14 @@ class EngineStore(ABC):
             # them however few do.
             plan = Query(dense, words or None, fused=dense is not None and text is not None,
                          exact=bool(where is not None and where.contains()))
-            hits = search_pages(lambda n, skip: [_hit(p) for p in self._query(plan, condition, n, skip)],
-                                limit, offset, dedup)
+            def query(n: int, skip: int) -> list[Hit]:
+                return [_hit(p) for p in self._query(plan, condition, n, skip)]
+
+            # With phrases, each page is cut from the top in one order that never ties (score, then path): equal
+            # scores (the same sign in two photos, or two fused ranks that add up the same) may come back in
+            # either order from one query to the next, and a page taken at an offset would repeat or skip one.
+            hits = (search_pages(query, limit, offset, dedup) if not plan.exact or dedup
+                    else stable_page(query, limit, offset))
         except CollectionMissingError:
             return []
         if text is None:
@@ -439,6 +445,16 @@ def search_pages(query: Callable[[int, int], list[Hit]], limit: int, offset: int
         if len(unique) >= wanted or len(hits) < fetch:
             return unique[offset:wanted]
         fetch *= DEDUP_FETCH_FACTOR
+
+
+def stable_page(query: Callable[[int, int], list[Hit]], limit: int, offset: int) -> list[Hit]:
+    """One page of a backend's `query(limit, offset)` cut from the first 2 x (offset + limit) hits in the order of
+    score, then path: the same order for every page (ties that straddle that depth are the bound)."""
+    if limit <= 0:
+        return []
+    hits = query(2 * (offset + limit), 0)
+    ordered = sorted(hits, key=lambda h: (-h.score, str(h.payload.get("path", h.id))))
+    return ordered[offset:offset + limit]
 
 
 def best_per_content(hits: list[Hit]) -> list[Hit]:

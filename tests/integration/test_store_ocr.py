@@ -89,3 +89,15 @@ def test_lines_that_are_not_plain_objects_are_refused(store: VectorStore) -> Non
     store.upsert(points)
     with pytest.raises(StoreError):
         store.set_descriptions({points[0].id: {"ocr_lines": [{"text": {"nested": 1}}]}})
+
+
+def test_pages_of_a_phrase_never_repeat_or_skip_a_photo_when_scores_tie(store: VectorStore) -> None:
+    points = make_points(5)
+    store.upsert(points)
+    store.set_descriptions({point.id: read("EXIT 出口") for point in points})  # the same text: BM25 ties
+    where = SearchFilter(phrases=("exit出口",))
+    query = unit_vectors(1, seed=9)[0]
+    for vector, text in ((None, "exit"), (query, "exit"), (query, None)):
+        pages = [ids(store.search(vector, 2, where, offset=k, text=text)) for k in (0, 2, 4, 6)]
+        assert sorted(sum(pages, [])) == sorted(pt.id for pt in points), (vector is None, text)
+        assert [len(page) for page in pages] == [2, 2, 1, 0]
