@@ -138,6 +138,7 @@ class EngineStore(ABC):
             # With phrases, each page is cut from the top in one order that never ties (score, then path): equal
             # scores (the same sign in two photos, or two fused ranks that add up the same) may come back in
             # either order from one query to the next, and a page taken at an offset would repeat or skip one.
+            # (Without phrases paging is as it always was.)
             hits = (search_pages(query, limit, offset, dedup) if not plan.exact or dedup
                     else stable_page(query, limit, offset))
         except CollectionMissingError:
@@ -448,13 +449,19 @@ def search_pages(query: Callable[[int, int], list[Hit]], limit: int, offset: int
 
 
 def stable_page(query: Callable[[int, int], list[Hit]], limit: int, offset: int) -> list[Hit]:
-    """One page of a backend's `query(limit, offset)` cut from the first 2 x (offset + limit) hits in the order of
-    score, then path: the same order for every page (ties that straddle that depth are the bound)."""
+    """One page of a backend's `query(limit, offset)` cut from the hits in the order of score, then path: the same
+    order for every page. Hits are fetched from the top, 2 x (offset + limit) of them and more while the last one
+    fetched still ties with the page's last (which of several equal scores an engine returns is its choice)."""
     if limit <= 0:
         return []
-    hits = query(2 * (offset + limit), 0)
-    ordered = sorted(hits, key=lambda h: (-h.score, str(h.payload.get("path", h.id))))
-    return ordered[offset:offset + limit]
+    wanted = offset + limit
+    fetch = 2 * wanted
+    while True:
+        hits = query(fetch, 0)
+        ordered = sorted(hits, key=lambda h: (-h.score, str(h.payload.get("path", h.id))))
+        if len(hits) < fetch or ordered[-1].score < ordered[min(len(ordered), wanted) - 1].score:
+            return ordered[offset:wanted]
+        fetch *= DEDUP_FETCH_FACTOR
 
 
 def best_per_content(hits: list[Hit]) -> list[Hit]:
