@@ -143,6 +143,7 @@ async function loadHealth() {
       `question model ${health.vqa_model_loaded ? "loaded" : "not loaded"}`,
     ];
     if (health.described_images) parts.push(`${health.described_images.toLocaleString()} described`);
+    if (health.read_images) parts.push(`${health.read_images.toLocaleString()} read for text`);
     if (health.device) parts.push(`device: ${health.device}`);
     if (health.index_model && health.clip_model && health.index_model !== health.clip_model) {
       parts.push("the index was built with another model: re-run the indexer");

@@ -201,6 +201,8 @@ def test_ask_retrieves_by_the_words_and_carries_the_read_text(setup: dict[str, A
     [source] = asked.json()["sources"]
     assert source["image"] == "signs/golden.jpg" and source["read_text"] == "金龙面馆\nGolden Dragon"
     assert [m["text"] for m in source["matched_lines"]] == ["金龙面馆"]
+    health = httpx.get(f"{server.url}/health", timeout=60).json()
+    assert health["read_images"] == POINTS - 1 and list(health["read_by"]) == [setup["first"]["ocr"]["ocr_by"]]
     schema = httpx.get(f"{server.url}/docs.json", timeout=60).json()["components"]["schemas"]
     assert {"read_text", "matched_lines"} <= set(schema["SearchResult"]["properties"])
     assert {"read_text", "matched_lines"} <= set(schema["AskSource"]["properties"])
@@ -210,6 +212,7 @@ def test_the_page_boxes_the_matched_lines(setup: dict[str, Any]) -> None:
     server = setup["server"]
     with launched() as browser, tab(browser) as page:
         open_ui(page, server)
+        expect(page.locator("#status")).to_contain_text(f"{POINTS - 1} read for text")
         shown = search(page, '"golden dragon"')
         assert shown == ["signs/golden.jpg"]
         card = page.locator("#grid .card").first
