@@ -45,7 +45,8 @@ class TextQuery:
 
 def parse_query(text: str) -> TextQuery:
     """The phrases between double quotes in `text` (empty or blank ones ignored, an unpaired quote mark taken
-    as a plain character and dropped) and the words of the whole text. ValueError for more than MAX_PHRASES."""
+    as a plain character and dropped) and the words of the whole text (without its quote marks; a text with none
+    is left exactly as it is). ValueError for more than MAX_PHRASES."""
     phrases: list[str] = []
     for match in _QUOTED.finditer(text):
         phrase = normalized(next(group for group in match.groups() if group is not None))
@@ -53,6 +54,8 @@ def parse_query(text: str) -> TextQuery:
             phrases.append(phrase)
     if len(phrases) > MAX_PHRASES:
         raise ValueError(f"the query holds {len(phrases)} quoted phrases, more than {MAX_PHRASES}")
+    if not _QUOTES.search(text):  # no quote mark: the text as it came (what CLIP and BM25 always got)
+        return TextQuery(text, ())
     words = _SPACES.sub(" ", _QUOTES.sub(" ", text)).strip()
     return TextQuery(words or text.strip(), tuple(phrases))
 

@@ -33,6 +33,7 @@ def test_quoted_phrases_are_taken_out_and_normalized() -> None:
     assert parse_query('an unpaired " quote').phrases == ()
     assert parse_query('"" empty').phrases == () and parse_query('""').words == '""'
     assert parse_query('"a" "A"').phrases == ("a",)  # the same phrase once
+    assert parse_query("a  red\tcircle") == TextQuery("a  red\tcircle", ())  # no quotes: untouched
     with pytest.raises(ValueError, match="quoted phrases"):
         parse_query(" ".join(f'"w{i}"' for i in range(MAX_PHRASES + 1)))
 
