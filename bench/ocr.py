@@ -282,8 +282,11 @@ def main() -> None:
     rows = [("photos in the set", str(len(made))), ("fonts", ", ".join(sorted({c["font"] for c in made}))),
             ("photos whose read text is the same under both runtimes", f"{same:.3f}")]
     if describe_per_min is not None:
-        rows += [("describe stage photos/min (same photos)", f"{describe_per_min:.2f}"),
-                 ("OCR stage / describe stage", f"{ort['stage_per_min'] / describe_per_min:.0f}x")]
+        from config import get_settings
+
+        rows += [(f"describe stage photos/min (same photos; VQA_MODEL={get_settings().vqa_model})",
+                  f"{describe_per_min:.2f}"),
+                 ("OCR stage / describe stage (photos/min)", f"{ort['stage_per_min'] / describe_per_min:.1f}x")]
     body = ("### Text in photos (issue 28)\n\n"
             f"`.venv/bin/python bench/ocr.py --photos-per-cell {args.photos_per_cell} --speed-photos "
             f"{args.speed_photos} --describe {args.describe} --phrase-scan {args.phrase_scan}` on {cpu_name()} "
