@@ -102,6 +102,22 @@ def check_record(record: Record, model_id: str, dim: int, report: Report) -> Non
         report.add(problem, name)
     elif description_text(payload).strip() and payload.get("described_by") is not None and not record.text:
         report.add("a description without its text vector (text search misses it)", name)
+    problem = ocr_problem(payload)
+    if problem:
+        report.add(problem, name)
+    elif str(payload.get("ocr_text") or "").strip() and payload.get("ocr_by") is not None and not record.text:
+        report.add("read text without its text vector (text search misses it)", name)
+
+
+def ocr_problem(payload: dict[str, Any]) -> str | None:
+    """What is wrong with a point's read text (indexer --ocr), or None."""
+    for key in ("ocr_text", "ocr_norm", "ocr_by"):
+        if payload.get(key) is not None and not isinstance(payload[key], str):
+            return f"a read-text field {key!r} that is not text"
+    lines = payload.get("ocr_lines")
+    if lines is not None and not (isinstance(lines, list) and all(isinstance(line, dict) for line in lines)):
+        return "read lines that are not a list of objects"
+    return None
 
 
 def description_problem(payload: dict[str, Any]) -> str | None:

@@ -101,3 +101,16 @@ def test_pages_of_a_phrase_never_repeat_or_skip_a_photo_when_scores_tie(store: V
         pages = [ids(store.search(vector, 2, where, offset=k, text=text)) for k in (0, 2, 4, 6)]
         assert sorted(sum(pages, [])) == sorted(pt.id for pt in points), (vector is None, text)
         assert [len(page) for page in pages] == [2, 2, 1, 0]
+
+
+def test_verify_checks_the_read_text(store: VectorStore) -> None:
+    from indexer.verify import verify_store
+
+    points = make_points(3)
+    store.upsert(points)
+    store.set_descriptions({points[0].id: read("Golden Dragon")})
+    store.set_payloads({points[1].id: {"ocr_by": "x", "ocr_text": "EXIT"},  # set as payload alone: no text vector
+                        points[2].id: {"ocr_norm": 3}})
+    report = verify_store(store)
+    assert sorted(report.problems) == [
+        "a read-text field 'ocr_norm' that is not text", "read text without its text vector (text search misses it)"]
