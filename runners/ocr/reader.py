@@ -8,10 +8,10 @@ id recorded with each photo's lines (like `described_by`), names the models and 
 runtime.
 
 Bounds, whatever the photo: the image is shrunk to OCR_MAX_PIXELS before it is read (rapidocr then works on at
-most 2,000 px a side), an image longer than MAX_ASPECT times its width (or the reverse) is read in at most
-MAX_TILES overlapping tiles of that shape, one whose short side is under MIN_SIDE px holds no readable text (read
-as none), the detector considers at
-most 4 x OCR_MAX_LINES boxes, and a photo keeps its OCR_MAX_LINES most confident lines. Decoding (16-bit PNG, CMYK
+most 2,000 px a side), an image longer than MAX_ASPECT times its width (or the reverse) is read as at most
+MAX_TILES overlapping tiles of that shape stacked into one sheet, one whose short side is under MIN_SIDE px holds
+no readable text (read as none), the detector considers at most 4 x OCR_MAX_LINES boxes, at most FLIP_MAX lines a
+tile are read a second time, and a photo keeps its OCR_MAX_LINES most confident lines. Decoding (16-bit PNG, CMYK
 JPEG, animated GIF, decompression bombs) is core/images.py's, done by the caller (indexer/ocr_stage.py).
 """
 
