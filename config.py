@@ -176,6 +176,31 @@ class Settings(BaseSettings):
         "keeping their shape); 0: `VQA_MAX_PIXELS`. A CPU's prefill time grows with the pixels: 501760 (640 visual "
         "tokens) halves it (docs/cpu.md); what a smaller budget costs in reading text is measured in BENCHMARKS.md "
         "(\"Describe pixel budget\"). Changing it does not re-describe photos.")
+    index_ocr: bool = Field(
+        default=False,
+        description="`true`: every `python -m indexer` run, and `--watch` after each pass, also runs the OCR stage "
+        "(indexer/ocr_stage.py: the text lines in each photo, read by rapidocr's PP-OCRv6 models), as `--ocr` does "
+        "(docs/text-in-photos.md).")
+    ocr_runtime: Literal["onnxruntime", "openvino"] = Field(
+        default="onnxruntime",
+        description="What runs the OCR models: `onnxruntime` or `openvino` (the same models and reads; changing it "
+        "does not re-read photos).")
+    ocr_max_lines: int = Field(
+        default=100, ge=1, le=1000,
+        description="Lines kept per photo at most: its most confident ones (a photo full of small print stays "
+        "bounded). Changing it re-reads every photo on the next `--ocr` run.")
+    ocr_min_confidence: float = Field(
+        default=0.5, ge=0, le=1,
+        description="Least confidence (0-1) of a line kept (a lone character needs 0.9). Changing it re-reads "
+        "every photo on the next `--ocr` run.")
+    ocr_max_pixels: int = Field(
+        default=4_000_000, ge=10_000,
+        description="Pixels a photo is shrunk to, at most, before it is read (rapidocr itself reads at most 2,000 px "
+        "a side). Changing it re-reads every photo on the next `--ocr` run.")
+    ocr_batch_size: int = Field(
+        default=16, ge=1, le=1024, description="Photos per batch of the OCR stage (read, then written at once).")
+    ocr_threads: int = Field(
+        default=0, ge=0, le=256, description="Threads the OCR runtime uses for one photo; 0: every core.")
 
     # CLIP runner (adaptive batching)
     clip_adaptive_batching: bool = Field(

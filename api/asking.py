@@ -18,6 +18,7 @@ from starlette.responses import Response, StreamingResponse
 from api import chat_completions, chat_messages, vqa_moments
 from api.chat_completions import LIBRARY_MODEL, Answer, Chat
 from api.errors import ApiError, bad_request
+from api.read_text import read_fields, text_query
 from api.search_fields import SearchPage, described_fields, image_urls, search_page
 from api.searching import Searching
 from api.vqa_requests import VqaRequests
@@ -29,6 +30,7 @@ from store.interface import Hit
 
 log = logging.getLogger("service")
 DEFAULT_TOP_K = 3
+MAX_EVIDENCE_CHARS = 500  # of a photo's read text given to the model beside it
 NO_MATCH = ("No photos in the library matched the question, so there is nothing to answer from. "
             "图库中没有与问题相符的照片。")
 
@@ -64,14 +66,22 @@ def cited_photos(answer: str, count: int) -> list[int]:
     return sorted(n for n in found if 1 <= n <= count)
 
 
-def photo_content(images: list[bytes], question: str, instruction: str) -> list[dict[str, Any]]:
+def photo_content(images: list[bytes], question: str, instruction: str,
+                  read_texts: list[str] | None = None) -> list[dict[str, Any]]:
     """The user message: the photos in order, each after its label "Photo N:", then the instruction and
-    the question in one text part. One photo and no instruction is what /vqa sends: [image, question]."""
+    the question in one text part. One photo and no instruction is what /vqa sends: [image, question].
+    `read_texts` (/ask: the text the OCR stage read in each photo) goes after a photo's label as evidence the
+    model may quote: `Photo 2 (text read in it: "金龙面馆 / Golden Dragon"):`."""
     numbered = len(images) > 1 or bool(instruction)
     parts: list[dict[str, Any]] = []
     for number, data in enumerate(images, 1):
         if numbered:
-            parts.append({"type": "text", "text": f"Photo {number}:"})
+            read = (read_texts or [])[number - 1:number]
+            evidence = " / ".join(line for line in (read[0] if read else "").splitlines() if line.strip())
+            quoted = json.dumps(evidence[:MAX_EVIDENCE_CHARS], ensure_ascii=False)
+            quoted = json.dumps(evidence[:MAX_EVIDENCE_CHARS], ensure_ascii=False)
+            label = f"Photo {number} (text read in it: {quoted}):" if evidence else f"Photo {number}:"
+            parts.append({"type": "text", "text": label})
         parts.append({"type": "image", "image": data})
     parts.append({"type": "text", "text": f"{instruction}\n\n{question}" if instruction else question})
     return parts
@@ -138,7 +148,7 @@ class Asking:
         if ran != "vector":
             hits = await self.pictured(query, top_k, page, hits)
         hits = hits[:top_k]
-        photos: list[RetrievedPhoto] = await self.searching.off_loop(self.readable, hits)
+        photos: list[RetrievedPhoto] = await self.searching.off_loop(self.readable, hits, query)
         return photos
 
     async def pictured(self, query: str, top_k: int, page: SearchPage, hits: list[Hit]) -> list[Hit]:
@@ -162,9 +172,11 @@ class Asking:
                          "among the %d best (ASK_CLIP_SUPPORT)", hit.payload.get("path"), window)
         return kept
 
-    def readable(self, hits: list[Hit]) -> list[RetrievedPhoto]:
+    def readable(self, hits: list[Hit], query: str | None = None) -> list[RetrievedPhoto]:
         """The hits whose file is still a readable image of the library; the others (deleted or changed
-        since indexing) are left out, so the numbers the model sees are the sources' numbers."""
+        since indexing) are left out, so the numbers the model sees are the sources' numbers. Each source
+        carries the text read in its photo and the lines `query` matches (api/read_text.py)."""
+        parsed = None if query is None else text_query(query)
         photos = []
         for hit in hits:
             rel = str(hit.payload.get("path", ""))
@@ -181,12 +193,13 @@ class Asking:
                 log.warning("ask: skipping %r, no longer a library image (%s)", rel, exc)
                 continue
             source = {"image": rel, "score": round(float(hit.score), 6), **described_fields(hit.payload),
-                      **image_urls(rel)}
+                      **image_urls(rel), **read_fields(hit.payload, parsed)}
             photos.append(RetrievedPhoto(source, data))
         return photos
 
     def chat_request(self, photos: list[RetrievedPhoto], question: str, **sampling: Any) -> ChatRequest:
-        content = photo_content([p.data for p in photos], question, self.settings.ask_instruction)
+        content = photo_content([p.data for p in photos], question, self.settings.ask_instruction,
+                                [str(p.source.get("read_text", "")) for p in photos])
         return ChatRequest(messages=[{"role": "user", "content": content}], deadline=self.vqa.deadline(), **sampling)
 
     async def ask(self, question: str, query: str, top_k: int, page: SearchPage,

@@ -18,10 +18,11 @@ def summed(infos: list[dict[str, Any]], key: str) -> float | None:
 
 async def health_report(clip: Any, vqa: Any, store: StoreCalls, model_id: str, vqa_model_id: str) -> dict[str, Any]:
     clip_info, vqa_info = await asyncio.gather(runner_info(clip), runner_info(vqa))
-    info, described, size, state = None, {}, None, "ok"
+    info, described, read, size, state = None, {}, {}, None, "ok"
     try:
         info = await store.run(store.store.info)
         described = await store.run(store.store.described_counts)
+        read = await store.run(store.store.read_counts)
         size = await store.run(store.store.count)
     except ApiError:  # the store's state is part of the report, not a reason to fail it
         pass
@@ -45,6 +46,9 @@ async def health_report(clip: Any, vqa: Any, store: StoreCalls, model_id: str, v
         # ("<VQA model id>#<prompt hash>"; more than one while a changed model or prompt re-describes).
         "described_images": sum(described.values()),
         "descriptions_by": described,
+        # `python -m indexer --ocr`: photos whose text was read (with or without any), per `ocr_by`.
+        "read_images": sum(read.values()),
+        "read_by": read,
         "vqa_model": vqa_model_id,
         "vqa_quantization": vqa_info.get("quantization"),
         # VQA_RUNTIME as resolved: "torch" or "openvino", and its weight precision ("fp32", "bf16", "int8", ...)

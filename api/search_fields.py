@@ -46,9 +46,11 @@ Offset = Annotated[int, Field(ge=0, description="skip this many results (paging)
 Dedup = Annotated[bool, Field(description="collapse files with identical content, keeping the best")]
 SearchMode = Annotated[Literal["vector", "text", "hybrid"] | None, Field(
     description='how results are ranked: "vector" = CLIP similarity (score is the cosine); "text" = BM25 over '
-                'the photos\' descriptions, visible text and tags; "hybrid" = both, fused by Reciprocal Rank Fusion '
-                '(score is the fused rank score). Default: "hybrid" when the index holds descriptions '
-                '(`python -m indexer --describe`), else "vector". The answer\'s `mode` says which ran')]
+                'the photos\' descriptions, visible text and tags, and the text read in them (`python -m indexer '
+                '--ocr`); "hybrid" = both, fused by Reciprocal Rank Fusion (score is the fused rank score). Default: '
+                '"hybrid" when the index holds descriptions (`python -m indexer --describe`) or read text, else '
+                '"vector". The answer\'s `mode` says which ran. In every mode, a phrase in double quotes in the query '
+                'must be in a photo\'s read text')]
 
 # The filter and paging fields every search endpoint takes: (name, type, default). Adding a filter to the
 # API is one row here (and its SearchFilter field in store/interface.py, its parsing in search_page).

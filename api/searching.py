@@ -22,6 +22,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from api.errors import ApiError, bad_request, not_found
 from api.moment_hits import MomentSearch, moment_frame, result_bytes
+from api.read_text import read_fields, text_query, with_phrases
 from api.runner_calls import from_runner
 from api.search_fields import SearchPage, result_item
 from api.store_calls import StoreCalls
@@ -125,19 +126,28 @@ class Searching:
 
     async def by_text(self, query: str, top_k: int, page: SearchPage, include_image: bool | str,
                       mode: str | None = None) -> tuple[list[Any], str]:
-        """The shaped results for a text and the mode that ranked them."""
+        """The shaped results for a text and the mode that ranked them (with the text read in each photo and the
+        lines the query matches, api/read_text.py)."""
         hits, ran = await self.text_hits(query, top_k, page, mode)
-        return await self.shaped(hits, include_image), ran
+        results = await self.shaped(hits, include_image)
+        parsed = text_query(query)
+        for item, hit in zip(results, hits, strict=True):
+            item.update(read_fields(hit.payload, parsed))
+        return results, ran
 
     async def text_hits(self, query: str, top_k: int, page: SearchPage,
                         mode: str | None = None) -> tuple[list[Hit], str]:
         """The store's hits for a text, best first, and the mode that ran: the search of
-        /text2image_search (and of /ask). "vector" ranks by CLIP, "text" by the descriptions' words (BM25),
-        "hybrid" fuses both in one store query; None picks hybrid once the index holds descriptions."""
+        /text2image_search (and of /ask). "vector" ranks by CLIP, "text" by the words of the descriptions and of
+        the text read in the photos (BM25), "hybrid" fuses both in one store query; None picks hybrid once the
+        index holds descriptions or read text. A phrase in double quotes is a filter: the photo's read text must
+        hold it (api/read_text.py); the words rank without the quote marks."""
+        parsed = text_query(query)
+        page = with_phrases(page, parsed)
         await self.check_index()
         ran = await self.pick_mode(mode)
-        vector = None if ran == "text" else await self.text_vector(query)
-        found = await self.moments.search(vector, top_k, page, None if ran == "vector" else query)
+        vector = None if ran == "text" else await self.text_vector(parsed.words)
+        found = await self.moments.search(vector, top_k, page, None if ran == "vector" else parsed.words)
         return found, ran
 
     async def text_vector(self, query: str) -> Any:
@@ -148,16 +158,19 @@ class Searching:
         if mode is None:
             return "hybrid" if await self.described() else "vector"
         if mode == "text" and not await self.described():
-            raise ApiError(409, "no_descriptions", 'no photo in the index has a description yet, so mode "text" '
-                           "finds nothing: run `python -m indexer --describe` (it uses VQA_MODEL), or search "
-                           'with mode "vector"')
+            raise ApiError(409, "no_descriptions", 'no photo in the index has a description or read text yet, so '
+                           'mode "text" finds nothing: run `python -m indexer --ocr` (the text in photos) or '
+                           '`python -m indexer --describe` (it uses VQA_MODEL), or search with mode "vector"')
         return mode
 
     async def described(self) -> int:
-        """How many photos have descriptions (any model), re-counted at most every DESCRIBED_TTL_S."""
+        """How many photos have descriptions (any model) or were read by the OCR stage, re-counted at most every
+        DESCRIBED_TTL_S."""
         if time.monotonic() - self.described_at >= DESCRIBED_TTL_S:
             counts: dict[str, int] = await self.store.run(self.store.store.described_counts)
-            self.described_count, self.described_at = sum(counts.values()), time.monotonic()
+            read: dict[str, int] = await self.store.run(self.store.store.read_counts)
+            self.described_count = sum(counts.values()) + sum(read.values())
+            self.described_at = time.monotonic()
         return self.described_count
 
     async def by_image_id(self, rel: str, top_k: int, page: SearchPage, include_image: bool | str) -> list[Any]:
@@ -201,7 +214,7 @@ class Searching:
         return list(await self.off_loop(self.results, hits, include_image))
 
     def results(self, hits: list[Any], include_image: bool | str) -> list[Any]:
-        return [result_item(hit, include_image, LibraryBytes) for hit in hits]
+        return [{**result_item(hit, include_image, LibraryBytes), **read_fields(hit.payload)} for hit in hits]
 
     def check_response_size(self, hits: list[Any]) -> None:
         """400 before reading any file when the results' base64 would pass SEARCH_MAX_RESPONSE_MB."""

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import io
 import json
 import logging
 import os
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
@@ -21,6 +23,7 @@ from store import open_store_for_writing
 from store.interface import CollectionInfo, ModelMismatchError, StoreError, StoreLockedError, VectorStore
 
 if TYPE_CHECKING:
+    from indexer.ocr_stage import LineReader
     from indexer.ray_engine import RayOptions
 
 log = logging.getLogger("indexer")
@@ -44,6 +47,9 @@ def parse_args(argv: list[str] | None, settings: Settings) -> argparse.Namespace
     parser.add_argument("--describe", action="store_true", default=settings.index_describe,
                         help="after indexing, describe every photo not yet described by VQA_MODEL with "
                              "DESCRIBE_PROMPT (INDEX_DESCRIBE; DESCRIBE_BATCH_SIZE per batch)")
+    parser.add_argument("--ocr", action=argparse.BooleanOptionalAction, default=settings.index_ocr,
+                        help="after indexing, read the text in every photo not yet read by the OCR models "
+                             "(INDEX_OCR; OCR_BATCH_SIZE per batch; with --watch, after each pass)")
     parser.add_argument("--watch", action="store_true",
                         help="keep running: index files as they are added, changed, moved or removed "
                              "(WATCH_INTERVAL_S, WATCH_SETTLE_S); SIGTERM or Ctrl-C ends it")
@@ -148,6 +154,11 @@ def print_summary(summary: Summary, as_json: bool, out: TextIO | None = None) ->
     print(f"scanned {summary.scanned} | added {summary.added} | updated {summary.updated} | "
           f"removed {summary.removed} | unchanged {summary.unchanged} | failed {summary.failed} "
           f"(vectors reused: {summary.reused}; payloads completed: {summary.payload_updated})", file=out)
+    if summary.ocr is not None:
+        ocr = summary.ocr
+        print(f"read text {ocr['read']} (copied from the same content: {ocr['reused']}; with text: "
+              f"{ocr['with_text']}, {ocr['lines']} lines) | ocr failed {ocr['failed']} | "
+              f"{ocr['photos_per_s']:.2f} photos/s", file=out)
     if summary.described or summary.describe_failed or "describe" in summary.seconds:
         print(f"described {summary.described} (copied from the same content: {summary.descriptions_reused}) | "
               f"describe failed {summary.describe_failed}", file=out)
@@ -183,6 +194,28 @@ def describe(store: VectorStore, library: Path, settings: Settings, options: Ind
                                     progress=options.progress,
                                     pixels=pixel_budget(settings.describe_max_pixels, settings.vqa_max_pixels))
     DescribeStage(store, library, described_by_of(settings), load, summary, stage_options, engine).run()
+
+
+def read_text(store: VectorStore, library: Path, settings: Settings, options: IndexOptions, summary: Summary,
+              ray: RayOptions | None = None, stop: Callable[[], bool] | None = None,
+              reader: Callable[[], LineReader] | None = None) -> None:
+    """The OCR stage after the embedding run (indexer/ocr_stage.py); the OCR models are loaded only if a photo needs
+    them (with `ray`: in each reader actor of the cluster; `reader`: one made once for every watch pass)."""
+    from indexer.ocr_stage import OcrEngine, OcrOptions, OcrStage
+    from runners.ocr import ocr_by_of, open_reader
+
+    def load() -> LineReader:
+        return open_reader(settings)
+
+    load = reader or load
+    engine: OcrEngine | None = None
+    if ray is not None:
+        from indexer.ray_ocr import RayReader
+
+        engine = RayReader(load, ray)
+    stage_options = OcrOptions(batch_size=settings.ocr_batch_size, workers=min(options.workers, 4),
+                               progress=options.progress, max_pixels=settings.ocr_max_pixels, stop=stop)
+    OcrStage(store, library, ocr_by_of(settings), load, summary, stage_options, engine).run()
 
 
 def ray_engine(settings: Settings, store: VectorStore, load: Callable[[], ImageEncoder], options: RayOptions
@@ -251,9 +284,20 @@ def run(argv: list[str] | None = None) -> int:
                 log.warning("--watch runs in this process: --engine ray is for whole runs")
             if args.describe:
                 log.warning("--watch does not describe photos: run `python -m indexer --describe` for that")
+            after = None
+            if args.ocr:
+                from runners.ocr import open_reader
+
+                @functools.cache
+                def reader() -> LineReader:  # loaded once, when a pass first has a photo to read
+                    return open_reader(settings)
+
+                def after(summary: Summary, stop: Callable[[], bool]) -> None:  # each pass's photos read
+                    read_text(store, args.library, settings, replace(options, progress=False), summary, stop=stop,
+                              reader=reader)
             try:
                 watch_until_signal(store, encoder, args.library, options, settings.watch_interval_s,
-                                   settings.watch_settle_s, settings.watch_events)
+                                   settings.watch_settle_s, settings.watch_events, after)
             finally:
                 store.close()
             return 0
@@ -271,6 +315,8 @@ def run(argv: list[str] | None = None) -> int:
                 started = connect()
                 engine = ray_engine(settings, store, load, ray)
             summary = Indexer(store, encoder, options, engine).run(args.library)
+            if args.ocr:  # before describing: it is fast, so the words in photos are searchable sooner
+                read_text(store, args.library, settings, options, summary, ray)
             if args.describe:
                 describe(store, args.library, settings, options, summary, ray)
         finally:

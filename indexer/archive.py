@@ -49,6 +49,7 @@ from core.files import atomic_file
 from indexer.verify import MAX_DIM, MAX_PAYLOAD_BYTES, MAX_TERMS, PointCheck, vector_problem
 from store.interface import (
     DESCRIPTION_FIELDS,
+    OCR_FIELDS,
     CollectionMissingError,
     IndexTuning,
     ModelMismatchError,
@@ -56,6 +57,7 @@ from store.interface import (
     StoreError,
     VectorStore,
     description_of,
+    ocr_of,
 )
 
 FORMAT = "images-archive"
@@ -440,7 +442,9 @@ def _import_descriptions(store: VectorStore, path: Path, name: str, model_id: st
         for record in records:
             summary.points += 1
             fields = description_of(record.payload)
-            if all(fields.get(k) is None for k in DESCRIPTION_FIELDS):
+            if record.payload.get("ocr_by") is not None:  # the text read in the photo (indexer --ocr) comes too
+                fields.update(ocr_of(record.payload))
+            if all(fields.get(k) is None for k in (*DESCRIPTION_FIELDS, *OCR_FIELDS)):
                 continue
             if current.get(record.id) != _short(record.payload.get("content_hash")):
                 summary.skipped += 1  # not indexed (yet), or its file changed since the export

@@ -54,11 +54,15 @@ class Summary:
     # The Ray engine only: Ray Data's figures per stage (indexer/ray_engine.py stage_figures); None elsewhere,
     # and then not in the `--json` summary, which stays as the local engine has always printed it.
     ray_stages: list[dict[str, Any]] | None = None
+    # The OCR stage (indexer/ocr_stage.py, `--ocr`): its counts and photos/s (OcrCounts.as_dict); None when it did
+    # not run, and then not in the `--json` summary either.
+    ocr: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
-        if self.ray_stages is None:
-            del out["ray_stages"]
+        for optional in ("ray_stages", "ocr"):
+            if out[optional] is None:
+                del out[optional]
         return out
 
 

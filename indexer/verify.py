@@ -42,7 +42,9 @@ EXAMPLES = 5
 MAX_DIM = 65_536  # CLIP vector size (CLIP models give 512 to 1280)
 MAX_TEXT_CHARS = 65_536  # a description's words: description, visible_text and tags together
 MAX_NAME_CHARS = 1_024  # described_by: a model id, "#", a prompt hash
-MAX_TERMS = 2 * MAX_TEXT_CHARS  # text vector terms: a character starts at most two tokens (CJK: it, its pair)
+MAX_READ_CHARS = 65_536  # the read text of a photo (indexer --ocr keeps OCR_MAX_LINES lines)
+# text vector terms: a character starts at most two tokens (CJK: it, its pair)
+MAX_TERMS = 2 * (MAX_TEXT_CHARS + MAX_READ_CHARS)
 MAX_PAYLOAD_BYTES = 2 << 20  # the payload as JSON (path, folders, description...): ~1 KB typically
 # The store still opens, so its descriptions can be kept before re-embedding.
 REPAIR = ("To keep the descriptions and re-embed: `python -m indexer --export keep.jsonl.gz`, "
@@ -164,7 +166,7 @@ def vector_problem(vector: np.ndarray | None, dim: int) -> str | None:
 
 def payload_problem(payload: dict[str, Any]) -> str | None:
     """What makes the payload one the store would not take or the indexer not write, or None."""
-    described = description_problem(payload)  # first: it names the field
+    described = description_problem(payload) or ocr_problem(payload)  # first: they name the field
     if described:
         return described
     try:
@@ -175,6 +177,17 @@ def payload_problem(payload: dict[str, Any]) -> str | None:
     except ValueError:
         return "a payload number that is not finite"
     return f"a payload of over {MAX_PAYLOAD_BYTES} bytes" if size > MAX_PAYLOAD_BYTES else None
+
+
+def ocr_problem(payload: dict[str, Any]) -> str | None:
+    """What is wrong with a point's read text (indexer --ocr), or None."""
+    for key in ("ocr_text", "ocr_norm", "ocr_by"):
+        if payload.get(key) is not None and not isinstance(payload[key], str):
+            return f"a read-text field {key!r} that is not text"
+    lines = payload.get("ocr_lines")
+    if lines is not None and not (isinstance(lines, list) and all(isinstance(line, dict) for line in lines)):
+        return "read lines that are not a list of objects"
+    return None
 
 
 def description_problem(payload: dict[str, Any]) -> str | None:
@@ -195,7 +208,10 @@ def description_problem(payload: dict[str, Any]) -> str | None:
 def text_problem(text: dict[int, float] | None, payload: dict[str, Any]) -> str | None:
     if text is None or not text:
         described = description_text(payload).strip() and payload.get("described_by") is not None
-        return "a description without its text vector (text search misses it)" if described else None
+        if described:
+            return "a description without its text vector (text search misses it)"
+        read = str(payload.get("ocr_text") or "").strip() and payload.get("ocr_by") is not None
+        return "read text without its text vector (text search misses it)" if read else None
     if len(text) > MAX_TERMS:
         return f"a text vector of over {MAX_TERMS} terms"
     if not all(math.isfinite(weight) for weight in text.values()):

@@ -38,6 +38,9 @@ from indexer.scan import walk
 from store.interface import VectorStore
 
 log = logging.getLogger("indexer.watch")
+# What runs after a pass that changed the collection (indexer/__main__.py: the OCR stage with `--ocr`): the pass's
+# summary, and a callable that says whether the watch is stopping.
+AfterPass = Callable[[Summary, Callable[[], bool]], None]
 
 Stat = tuple[int, int]  # size in bytes, mtime in nanoseconds
 
@@ -289,12 +292,19 @@ def next_wait(watcher: Watcher, events: Events, interval_s: float) -> float:
 
 
 def watch(store: VectorStore, encoder: ImageEncoder, root: Path, options: IndexOptions, interval_s: float,
-          settle_s: float, stop: threading.Event, events: bool = True) -> None:
-    """Watch and index until `stop` is set; a pass under way ends after its current batch."""
+          settle_s: float, stop: threading.Event, events: bool = True, after: AfterPass | None = None) -> None:
+    """Watch and index until `stop` is set; a pass under way ends after its current batch. `after` runs after
+    each pass that changed the collection (the OCR stage, `--ocr`), with the pass's summary and `stop.is_set`."""
     pass_options = replace(options, progress=False, keep_if_empty=True, stop=stop.is_set)
 
+    first = [True]  # the first pass runs `after` whatever it changed: photos indexed before the watch started
+
     def index(hold: set[str]) -> Summary:
-        return Indexer(store, encoder, pass_options).run(root, hold)
+        summary = Indexer(store, encoder, pass_options).run(root, hold)
+        if after is not None and not stop.is_set() and (first[0] or summary.added or summary.updated):
+            first[0] = False
+            after(summary, stop.is_set)
+        return summary
 
     watcher = Watcher(root, index, store.count, settle_s)
     log.info("files settle for %.1f s before they are indexed", settle_s)
@@ -302,7 +312,8 @@ def watch(store: VectorStore, encoder: ImageEncoder, root: Path, options: IndexO
 
 
 def watch_until_signal(store: VectorStore, encoder: ImageEncoder, root: Path, options: IndexOptions,
-                       interval_s: float, settle_s: float, events: bool = True) -> None:
+                       interval_s: float, settle_s: float, events: bool = True, after: AfterPass | None = None
+                       ) -> None:
     """`watch` in the main thread, ended by SIGTERM or SIGINT (Ctrl-C) after the current batch."""
     stop = threading.Event()
 
@@ -313,7 +324,7 @@ def watch_until_signal(store: VectorStore, encoder: ImageEncoder, root: Path, op
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     logging.getLogger("indexer.watch").setLevel(logging.INFO)
     try:
-        watch(store, encoder, root, options, interval_s, settle_s, stop, events)
+        watch(store, encoder, root, options, interval_s, settle_s, stop, events, after)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

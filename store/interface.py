@@ -22,8 +22,14 @@ MOMENT_FIELDS = ("moment", "t", "start", "end", "duration")
 # What the indexer's describe stage writes (set_descriptions): the VLM's description of the photo, the
 # text visible in it, its tags (a string or a list of strings) and which model + prompt wrote them.
 DESCRIPTION_FIELDS = ("description", "visible_text", "tags", "described_by")
-# The fields whose words make a point's "text" sparse vector (store/text_terms.py), in this order.
-TEXT_FIELDS = ("description", "visible_text", "tags")
+# What the indexer's OCR stage writes (indexer/ocr_stage.py, also through set_descriptions): the lines read in the
+# photo (`ocr_lines`: a list of {text, confidence, box, angle}), their text (`ocr_text`, one line each), that text
+# normalized for the exact test of quoted phrases (`ocr_norm`: runners/ocr/text.py) and which models and rules read
+# them (`ocr_by`).
+OCR_FIELDS = ("ocr_text", "ocr_lines", "ocr_norm", "ocr_by")
+# The fields whose words make a point's "text" sparse vector (store/text_terms.py), in this order: the VLM's
+# description and the text read by OCR, where a photo has both.
+TEXT_FIELDS = ("description", "visible_text", "tags", "ocr_text")
 TEXT_VECTOR = "text"  # the named sparse vector (Modifier.IDF) beside the unnamed dense CLIP vector
 RRF_K = 60  # Reciprocal Rank Fusion constant of hybrid search: score = sum of 1 / (RRF_K + rank)
 # Hybrid search fuses the first max(HYBRID_DEPTH, offset + limit) points of each ranking: a point that
@@ -31,8 +37,10 @@ RRF_K = 60  # Reciprocal Rank Fusion constant of hybrid search: score = sum of 1
 # a top-10 query would fuse two lists of 10 and mostly just interleave them). Pages within the first
 # HYBRID_DEPTH points are cut from the same fused list, so they never overlap or skip.
 HYBRID_DEPTH = 100
-# Payload fields that hold a list of strings (every other field is a flat value).
+# Payload fields that hold a list of strings (every other field is a flat value, but LINES_FIELDS).
 LIST_FIELDS = frozenset({"folders", "tags"})
+# Payload fields that hold a list of objects of flat values and lists of numbers (the OCR stage's lines).
+LINES_FIELDS = frozenset({"ocr_lines"})
 DEDUP_FETCH_FACTOR = 4  # with dedup, ask the engine for this many times the hits needed, then more
 
 
@@ -151,13 +159,14 @@ class Hit:
 MATCH = "match"  # the key's value, or one of its list of values, equals the field
 AT_LEAST = "at_least"  # the key's number is >= the field
 AT_MOST = "at_most"  # the key's number is <= the field
+CONTAINS = "contains"  # the key's text holds each of the field's strings (exact substrings; the key has no index)
 
 
-def on_payload(key: str, test: str, index: str) -> Any:
+def on_payload(key: str, test: str, index: str, default: Any = None) -> Any:
     """Declare a SearchFilter field: the payload `key` it tests, how (MATCH, AT_LEAST or AT_MOST), and
     the Qdrant payload index type ("keyword", "integer", "float", "bool", "datetime"...) that `key`
     gets so the test is fast. The store builds its filters and payload indexes from these alone."""
-    return field(default=None, metadata={"key": key, "test": test, "index": index})
+    return field(default=default, metadata={"key": key, "test": test, "index": index})
 
 
 @dataclass(frozen=True)
@@ -176,10 +185,17 @@ class SearchFilter:
     min_bytes: int | None = on_payload("size", AT_LEAST, "integer")
     media: str | None = on_payload("media", MATCH, "keyword")  # "image" or "video" (a video's moments)
     exclude_ids: tuple[str, ...] = ()  # points left out (image-to-image: the query image itself)
+    # Quoted phrases of a text query (runners/ocr/text.py normalizes them): the photo's normalized read text must
+    # hold each one, an exact substring (Qdrant's MatchSubstring, reading the payload: the key has no index).
+    phrases: tuple[str, ...] = on_payload("ocr_norm", CONTAINS, "", default=())
 
     def matches(self) -> dict[str, Any]:
         """payload key -> the value it must hold (or contain), for the MATCH fields that are set."""
         return {key: value for key, test, value in self._conditions() if test == MATCH and value != ""}
+
+    def contains(self) -> list[tuple[str, str]]:
+        """(payload key, text) for each string a CONTAINS field asks its key to hold."""
+        return [(key, text) for key, test, value in self._conditions() if test == CONTAINS for text in value if text]
 
     def ranges(self) -> dict[str, tuple[float | None, float | None]]:
         """payload key -> (lowest, highest) for the bounded numeric fields."""
@@ -202,14 +218,15 @@ class SearchFilter:
 
 def filter_indexes() -> dict[str, str]:
     """payload key -> index type, of the keys the SearchFilter fields test."""
-    return {f.metadata["key"]: f.metadata["index"] for f in dataclasses.fields(SearchFilter) if "key" in f.metadata}
+    return {f.metadata["key"]: f.metadata["index"] for f in dataclasses.fields(SearchFilter)
+            if "key" in f.metadata and f.metadata["index"]}
 
 
 # Payload indexes: created with the collection and, idempotently, on every ensure_collection() of an
 # existing one: those the search filters need, plus content_hash, the key dedup groups by (no filter
 # tests it today; it has been indexed since the filters came, so existing collections keep it).
-# described_by is indexed for described_counts() (a facet needs a keyword index).
-INDEXED_FIELDS = {**filter_indexes(), "content_hash": "keyword", "described_by": "keyword"}
+# described_by is indexed for described_counts() (a facet needs a keyword index), ocr_by for read_counts().
+INDEXED_FIELDS = {**filter_indexes(), "content_hash": "keyword", "described_by": "keyword", "ocr_by": "keyword"}
 
 
 class VectorStore(Protocol):
@@ -251,13 +268,17 @@ class VectorStore(Protocol):
         """Add or replace these payload fields of existing points (id -> fields), keeping their vectors."""
 
     def set_descriptions(self, described: dict[str, dict[str, Any]]) -> None:
-        """Write these description fields (DESCRIPTION_FIELDS; id -> fields) of existing points, keeping
-        their other payload and their dense vector, and make each point's text vector from the given
-        TEXT_FIELDS (it replaces the point's earlier one). Ids that no longer exist are skipped. Adds
+        """Write these description fields (DESCRIPTION_FIELDS, or the OCR stage's OCR_FIELDS; id -> fields) of
+        existing points, keeping their other payload and their dense vector, and make each point's text vector
+        from its TEXT_FIELDS, the given ones over those it holds (so a description and the read text both count;
+        it replaces the point's earlier one). Ids that no longer exist are skipped. Adds
         the text vector to a collection made before it existed."""
 
     def described_counts(self) -> dict[str, int]:
         """Number of points per `described_by` value ({} when none is described or the collection is missing)."""
+
+    def read_counts(self) -> dict[str, int]:
+        """Number of points per `ocr_by` value (photos the OCR stage read, with or without text; {} when none)."""
 
     def count(self) -> int:
         """Number of points; 0 when the collection is missing."""
@@ -296,6 +317,9 @@ def clean_payload(payload: dict[str, Any]) -> dict[str, Any]:
         if key in LIST_FIELDS and isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
             out[key] = list(value)
             continue
+        if key in LINES_FIELDS and isinstance(value, (list, tuple)):
+            out[key] = [clean_line(key, line) for line in value]
+            continue
         if isinstance(value, np.generic):
             value = value.item()
         elif hasattr(value, "__fspath__"):
@@ -305,6 +329,28 @@ def clean_payload(payload: dict[str, Any]) -> dict[str, Any]:
                              "only str, int and float are stored")
         out[str(key)] = value
     return out
+
+
+def clean_line(key: str, line: Any) -> dict[str, Any]:
+    """One entry of a LINES_FIELDS list as plain JSON: an object of str / number values and lists of numbers."""
+    if not isinstance(line, dict):
+        raise StoreError(f"payload field {key!r} holds a {type(line).__name__}; only objects are stored")
+    out: dict[str, Any] = {}
+    for name, value in line.items():
+        if isinstance(value, (list, tuple)) and all(isinstance(v, (int, float, np.generic)) for v in value):
+            out[str(name)] = [v.item() if isinstance(v, np.generic) else v for v in value]
+        elif isinstance(value, np.generic):
+            out[str(name)] = value.item()
+        elif value is None or isinstance(value, (str, int, float)):
+            out[str(name)] = value
+        else:
+            raise StoreError(f"payload field {key!r} has a line whose {name!r} is a {type(value).__name__}")
+    return out
+
+
+def ocr_of(payload: dict[str, Any]) -> dict[str, Any]:
+    """A point's OCR_FIELDS, as set_descriptions takes them (to copy one point's read text to another)."""
+    return {key: payload.get(key) for key in OCR_FIELDS}
 
 
 def description_of(payload: dict[str, Any]) -> dict[str, Any]:

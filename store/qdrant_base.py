@@ -38,6 +38,7 @@ from store.interface import (
     HYBRID_DEPTH,
     INDEXED_FIELDS,
     RECOVERY,
+    TEXT_FIELDS,
     TEXT_VECTOR,
     CollectionInfo,
     CollectionMissingError,
@@ -126,10 +127,20 @@ class QdrantStore(ABC):
             if dense is None and not words:
                 return []  # no words, or no point was ever described
 
-            # A text with no words beside a vector still fuses (one ranking): the scores stay RRF scores.
-            plan = Query(dense, words or None, fused=dense is not None and text is not None)
-            hits = search_pages(lambda n, skip: [_hit(p) for p in self._query(plan, condition, n, skip)],
-                                limit, offset, dedup)
+            # A text with no words beside a vector still fuses (one ranking): the scores stay RRF scores. Quoted
+            # phrases (a test on a key with no index) make the dense ranking exact, so it misses no photo that holds
+            # them however few do.
+            plan = Query(dense, words or None, fused=dense is not None and text is not None,
+                         exact=bool(where is not None and where.contains()))
+            def query(n: int, skip: int) -> list[Hit]:
+                return [_hit(p) for p in self._query(plan, condition, n, skip)]
+
+            # With phrases, each page is cut from the top in one order that never ties (score, then path): equal
+            # scores (the same sign in two photos, or two fused ranks that add up the same) may come back in
+            # either order from one query to the next, and a page taken at an offset would repeat or skip one.
+            # (Without phrases paging is as it always was.)
+            hits = (search_pages(query, limit, offset, dedup) if not plan.exact or dedup
+                    else stable_page(query, limit, offset))
         except CollectionMissingError:
             return []
         if text is None:
@@ -160,19 +171,29 @@ class QdrantStore(ABC):
         if not described:
             return
         self._ensure_text_vector()
-        present = {str(record.id) for record in self._retrieve(list(described), vectors=False)}
-        updates = [(pid, clean_payload(fields), terms(description_text(fields)))
-                   for pid, fields in described.items() if pid in present]  # a photo deleted meanwhile: skip
+        # The text vector holds the words of every TEXT_FIELDS field of the point: those given here over those it
+        # holds (a described photo's read text, a read photo's description).
+        held = {str(record.id): dict(record.payload or {})
+                for record in self._retrieve(list(described), vectors=False, payload=list(TEXT_FIELDS))}
+        updates = [(pid, clean_payload(fields), terms(description_text({**held[pid], **fields})))
+                   for pid, fields in described.items() if pid in held]  # a photo deleted meanwhile: skip
         if updates:
             self._describe(updates)
 
     def described_counts(self) -> dict[str, int]:
+        return self._counts("described_by")
+
+    def read_counts(self) -> dict[str, int]:
+        return self._counts("ocr_by")
+
+    def _counts(self, key: str) -> dict[str, int]:
+        """Number of points per value of the payload `key`."""
         try:
-            if "described_by" in self._index_names():
-                return self._facet("described_by")
+            if key in self._index_names():
+                return self._facet(key)
             counts: dict[str, int] = {}  # a collection from before the index: read every payload
             for _, payload in self.payloads():
-                value = payload.get("described_by")
+                value = payload.get(key)
                 if value is not None:
                     counts[str(value)] = counts.get(str(value), 0) + 1
             return counts
@@ -204,6 +225,7 @@ class QdrantStore(ABC):
             return None
         must = [self._match(key, value) for key, value in where.matches().items()]
         must += [self._range(key, low, high) for key, (low, high) in where.ranges().items()]
+        must += [self._contains(key, text) for key, text in where.contains()]
         must_not = [self._has_id(list(where.exclude_ids))] if where.exclude_ids else []
         if not must and not must_not:
             return None
@@ -261,9 +283,9 @@ class QdrantStore(ABC):
         """Upsert whole points: dense vector (never None here), text sparse vector if any, payload."""
 
     @abstractmethod
-    def _retrieve(self, ids: list[str], vectors: bool = True) -> Sequence[Any]:
-        """The records (with .id and, if `vectors`, .vector; no payload) of these ids; missing ids are
-        left out."""
+    def _retrieve(self, ids: list[str], vectors: bool = True, payload: list[str] | None = None) -> Sequence[Any]:
+        """The records (with .id and, if `vectors`, .vector; with `payload`, .payload holding those keys, else no
+        payload) of these ids; missing ids are left out."""
 
     @abstractmethod
     def _query(self, plan: Query, condition: Any, limit: int, offset: int) -> Sequence[Any]:
@@ -309,6 +331,10 @@ class QdrantStore(ABC):
         """Condition: low <= payload `key` <= high (None: unbounded on that side)."""
 
     @abstractmethod
+    def _contains(self, key: str, text: str) -> Any:
+        """Condition: the payload `key`'s text holds `text` (an exact substring: `key` has no full-text index)."""
+
+    @abstractmethod
     def _has_id(self, ids: list[str]) -> Any:
         """Condition: the point is one of `ids`."""
 
@@ -350,6 +376,7 @@ class Query:
     dense: list[float] | None
     words: dict[int, float] | None
     fused: bool
+    exact: bool = False  # rank the dense vectors by an exact scan of the points that match (no HNSW)
 
     def depth(self, limit: int, offset: int) -> int:
         """How many points each prefetch of a fused query ranks."""
@@ -359,13 +386,13 @@ class Query:
 # --- the shared settings of both libraries: `lib` is qdrant_edge or qdrant_client.models (same class names) ----
 
 
-def search_params(lib: Any, tuning: IndexTuning) -> Any:
+def search_params(lib: Any, tuning: IndexTuning, exact: bool = False) -> Any:
     """The dense search's beam width and, with quantized vectors, the rescoring of the oversampled candidates
     (IndexTuning.rescore_oversampling x limit) with the float vectors (so the final order and scores are exact
     cosines)."""
     rescore = (lib.QuantizationSearchParams(rescore=True, oversampling=tuning.rescore_oversampling())
                if tuning.quantization else None)
-    return lib.SearchParams(hnsw_ef=tuning.hnsw_ef, quantization=rescore)
+    return lib.SearchParams(hnsw_ef=tuning.hnsw_ef, quantization=rescore, exact=exact)
 
 
 def quantization_config(lib: Any, tuning: IndexTuning, int8: Any) -> Any:
@@ -418,6 +445,22 @@ def search_pages(query: Callable[[int, int], list[Hit]], limit: int, offset: int
         unique = best_per_content(hits)
         if len(unique) >= wanted or len(hits) < fetch:
             return unique[offset:wanted]
+        fetch *= DEDUP_FETCH_FACTOR
+
+
+def stable_page(query: Callable[[int, int], list[Hit]], limit: int, offset: int) -> list[Hit]:
+    """One page of a backend's `query(limit, offset)` cut from the hits in the order of score, then path: the same
+    order for every page. Hits are fetched from the top, 2 x (offset + limit) of them and more while the last one
+    fetched still ties with the page's last (which of several equal scores an engine returns is its choice)."""
+    if limit <= 0:
+        return []
+    wanted = offset + limit
+    fetch = 2 * wanted
+    while True:
+        hits = query(fetch, 0)
+        ordered = sorted(hits, key=lambda h: (-h.score, str(h.payload.get("path", h.id))))
+        if len(hits) < fetch or ordered[-1].score < ordered[min(len(ordered), wanted) - 1].score:
+            return ordered[offset:wanted]
         fetch *= DEDUP_FETCH_FACTOR
 
 

@@ -269,18 +269,19 @@ class EdgeStore(QdrantStore):
             shard.update(qe.UpdateOperation.upsert_points(batch))
         self._written(len(batch))
 
-    def _retrieve(self, ids: list[str], vectors: bool = True) -> Sequence[Any]:
+    def _retrieve(self, ids: list[str], vectors: bool = True, payload: list[str] | None = None) -> Sequence[Any]:
         shard = self._require_open()
         wanted: list[int | uuid.UUID | str] = list(ids)
+        keys = False if payload is None else qe.PayloadSelector.Include(payload)
         with self._guard("retrieve"):
             # with_vector=True would also return the text vector: name the dense one.
-            return shard.retrieve(wanted, with_payload=False, with_vector=[""] if vectors else False)
+            return shard.retrieve(wanted, with_payload=keys, with_vector=[""] if vectors else False)
 
     def _query(self, plan: Query, condition: Any, limit: int, offset: int) -> Sequence[Any]:
         shard = self._require_open()
         dense = None if plan.dense is None else qe.Query.Nearest(plan.dense)
         text = None if plan.words is None else qe.Query.Nearest(_sparse(plan.words), using=TEXT_VECTOR)
-        params = search_params(qe, self.tuning)
+        params = search_params(qe, self.tuning, plan.exact)
         if plan.fused:
             depth = plan.depth(limit, offset)
             prefetches = [qe.Prefetch(limit=depth, query=dense, filter=condition, params=params)]
@@ -353,6 +354,9 @@ class EdgeStore(QdrantStore):
 
     def _range(self, key: str, low: float | None, high: float | None) -> Any:
         return qe.FieldCondition(key, range=qe.RangeFloat(gte=low, lte=high))
+
+    def _contains(self, key: str, text: str) -> Any:
+        return qe.FieldCondition(key, match=qe.MatchSubstring(text))
 
     def _has_id(self, ids: list[str]) -> Any:
         return qe.HasIdCondition(set(ids))

@@ -182,14 +182,14 @@ class ServerStore(QdrantStore):
                          for r in records[start:start + UPSERT_CHUNK]]
                 self.client.upsert(self.collection, points=chunk, wait=True)
 
-    def _retrieve(self, ids: list[str], vectors: bool = True) -> Sequence[Any]:
+    def _retrieve(self, ids: list[str], vectors: bool = True, payload: list[str] | None = None) -> Sequence[Any]:
         with self._guard("retrieve points"):
             # with_vectors=True would also return the text vector: name the dense one.
-            return self.client.retrieve(self.collection, ids=ids, with_payload=False,
+            return self.client.retrieve(self.collection, ids=ids, with_payload=payload or False,
                                         with_vectors=[""] if vectors else False)
 
     def _query(self, plan: Query, condition: Any, limit: int, offset: int) -> Sequence[Any]:
-        params = None if self.local else search_params(models, self.tuning)
+        params = None if self.local else search_params(models, self.tuning, plan.exact)
         text = None if plan.words is None else _sparse(plan.words)
         ranking: dict[str, Any]
         if plan.fused:
@@ -263,6 +263,9 @@ class ServerStore(QdrantStore):
 
     def _range(self, key: str, low: float | None, high: float | None) -> Any:
         return models.FieldCondition(key=key, range=models.Range(gte=low, lte=high))
+
+    def _contains(self, key: str, text: str) -> Any:
+        return models.FieldCondition(key=key, match=models.MatchSubstring(substring=text))
 
     def _has_id(self, ids: list[str]) -> Any:
         return models.HasIdCondition(has_id=list(ids))

@@ -68,7 +68,8 @@ TIMEOUT_MARGIN_S = 20.0
 # An indexer's finish() only flushes there: the index build holds the GIL (the whole service) for seconds.
 REMOTE_METHODS = frozenset({
     "info", "ensure_collection", "upsert", "delete", "payload_page", "vectors", "search", "set_payloads",
-    "set_descriptions", "described_counts", "count", "flush", "unindexed_points", "records_page", "restore",
+    "set_descriptions", "described_counts", "read_counts", "count", "flush", "unindexed_points", "records_page",
+    "restore",
 })
 
 # Error codes of the write path -> the StoreError the caller gets (any other code: StoreError).
@@ -338,6 +339,9 @@ class RemoteStore:
 
     def described_counts(self) -> dict[str, int]:
         return self.call("described_counts")  # type: ignore[no-any-return]
+
+    def read_counts(self) -> dict[str, int]:
+        return self.call("read_counts")  # type: ignore[no-any-return]
 
     def count(self) -> int:
         return self.call("count")  # type: ignore[no-any-return]

@@ -144,6 +144,7 @@ async function loadHealth() {
       `question model ${health.vqa_model_loaded ? "loaded" : "not loaded"}`,
     ];
     if (health.described_images) parts.push(`${health.described_images.toLocaleString()} described`);
+    if (health.read_images) parts.push(`${health.read_images.toLocaleString()} read for text`);
     if (health.device) parts.push(`device: ${health.device}`);
     if (health.index_model && health.clip_model && health.index_model !== health.clip_model) {
       parts.push("the index was built with another model: re-run the indexer");
@@ -225,7 +226,7 @@ async function runSearch(search, append = false) {
   }
 }
 
-const MODE_NAMES = { vector: "the photos (CLIP)", text: "description words", hybrid: "photos and descriptions" };
+const MODE_NAMES = { vector: "the photos (CLIP)", text: "words (descriptions, text in photos)", hybrid: "photos and descriptions" };
 
 // The mode is named once descriptions take part, or when the user picked one ("Rank by").
 function summaryText(search, count, mode) {
@@ -301,6 +302,54 @@ function stopVideo() {
   state.videoUrl = null;
 }
 
+// The lines a text search matched in the text read in a photo (indexer --ocr): their words under the thumbnail.
+function readLines(result) {
+  const matched = Array.isArray(result.matched_lines) ? result.matched_lines : [];
+  if (!matched.length) return [];
+  const line = document.createElement("span");
+  line.className = "read-text";
+  line.textContent = matched.map((m) => `“${m.text}”`).join(" ");
+  line.title = `text read in the photo:\n${result.read_text || ""}`;
+  return [line];
+}
+
+// The thumbnail with the matched lines' boxes drawn over it (fractions of the photo, placed once the image's
+// shape is known: the thumbnail is letterboxed in a square). Without matched lines, the thumbnail alone.
+function readBoxes(img, result) {
+  const matched = Array.isArray(result.matched_lines) ? result.matched_lines : [];
+  if (!matched.length) return img;
+  const frame = document.createElement("span");
+  frame.className = "thumb";
+  const overlay = document.createElement("span");
+  overlay.className = "read-boxes";
+  overlay.setAttribute("aria-hidden", "true");
+  for (const m of matched) {
+    if (!Array.isArray(m.box) || m.box.length !== 4) continue;
+    const [x0, y0, x1, y1] = m.box.map(Number);
+    const box = document.createElement("span");
+    box.className = "read-box";
+    box.title = m.text;
+    box.style.left = `${x0 * 100}%`;
+    box.style.top = `${y0 * 100}%`;
+    box.style.width = `${Math.max(0, x1 - x0) * 100}%`;
+    box.style.height = `${Math.max(0, y1 - y0) * 100}%`;
+    overlay.append(box);
+  }
+  const place = () => {
+    const w = img.naturalWidth, h = img.naturalHeight;
+    if (!w || !h) return;
+    const wide = w >= h;
+    overlay.style.width = wide ? "100%" : `${(w / h) * 100}%`;
+    overlay.style.height = wide ? `${(h / w) * 100}%` : "100%";
+    overlay.style.left = wide ? "0" : `${(100 - (w / h) * 100) / 2}%`;
+    overlay.style.top = wide ? `${(100 - (h / w) * 100) / 2}%` : "0";
+    overlay.classList.add("placed");
+  };
+  img.addEventListener("load", place);
+  frame.append(img, overlay);
+  return frame;
+}
+
 function clearGrid() {
   state.objectUrls.forEach((url) => URL.revokeObjectURL(url));
   state.objectUrls = [];
@@ -328,7 +377,8 @@ function card(result) {
   const scoreText = document.createElement("span");
   scoreText.className = "score";
   scoreText.textContent = score;
-  button.append(img, name, scoreText, ...momentLines(result, button), ...describedLines(result));
+  button.append(readBoxes(img, result), name, scoreText, ...momentLines(result, button), ...describedLines(result),
+                 ...readLines(result));
   button.addEventListener("click", () => openViewer({ kind: "library", result }, button));
   item.append(button);
   showImage(img, result.thumbnail_url || dataUrl(result), state.objectUrls);

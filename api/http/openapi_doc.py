@@ -83,6 +83,17 @@ HEALTH = {  # api/health.py health_report
     "vqa_precision": {**NULLABLE_STRING, "description": "its weight precision: `fp32`, `bf16`, `int8`, `int4`..."},
     "vqa_batches": {"type": "object", "properties": {"generate_calls": NULLABLE_INTEGER,
                                                      "answers": NULLABLE_INTEGER}},
+    "read_images": {"type": "integer", "description": "photos whose text was read (indexer --ocr)"},
+    "read_by": {"type": "object", "additionalProperties": {"type": "integer"},
+                "description": "photos read by each OCR model id (`ocr_by`)"},
+}
+
+# The text read in a photo (indexer --ocr; api/read_text.py), on search results and /ask's sources.
+READ_FIELDS: dict[str, Any] = {
+    "read_text": {"type": "string", "description": "the text read in the photo, one line each, when it has any "
+                  "(indexer --ocr)"},
+    "matched_lines": {"type": "array", "items": {"$ref": "#/components/schemas/ReadLine"},
+                      "description": "text search: the read lines that hold a quoted phrase or a word of the query"},
 }
 
 SCHEMAS: dict[str, Any] = {
@@ -110,6 +121,18 @@ SCHEMAS: dict[str, Any] = {
                             "score": {"type": "number"}}}},
             "video_url": {"type": "string", "description": 'a video, with include_image="thumbnail": '
                           "/images/<path>, the clip itself (Range requests work)"},
+            **READ_FIELDS,
+        },
+    },
+    "ReadLine": {
+        "type": "object", "required": ["text", "confidence", "box", "angle"],
+        "description": "a line of text read in the photo (indexer --ocr)",
+        "properties": {
+            "text": {"type": "string"},
+            "confidence": {"type": "number", "minimum": 0, "maximum": 1},
+            "box": {"type": "array", "items": {"type": "number", "minimum": 0, "maximum": 1}, "minItems": 4,
+                    "maxItems": 4, "description": "[x0, y0, x1, y1] as fractions of the photo's width and height"},
+            "angle": {"type": "number", "description": "the line's slope in degrees (clockwise)"},
         },
     },
     "SearchResponse": {
@@ -135,6 +158,7 @@ SCHEMAS: dict[str, Any] = {
             "start": {"type": "number", "description": "a video: where the moment starts, in seconds"},
             "end": {"type": "number", "description": "a video: where the moment ends, in seconds"},
             "video_url": {"type": "string", "description": "a video: /images/<path>, the clip itself"},
+            **READ_FIELDS,
         },
     },
     "AskResponse": {

@@ -215,3 +215,33 @@ def test_a_node_removed_mid_run_loses_no_photo(cluster: Any, encoder: ClipEncode
     assert {p["path"] for _, p in store.payloads()} == set(shapes) and store.count() == len(shapes)
     store.close()
     assert ray.is_initialized()
+
+
+def test_the_ocr_stage_on_ray_reads_what_it_reads_here(cluster: Any, encoder: ClipEncoder, tmp_path: Path) -> None:
+    """indexer/ray_ocr.py: the OCR stage (indexer/ocr_stage.py) on an actor pool of real readers writes the lines
+    the local engine writes, with the same counts and failures."""
+    from signs import jpeg, sign
+
+    from indexer.ocr_stage import OcrOptions, OcrStage
+    from indexer.ray_ocr import RayReader
+    from runners.ocr import TextReader
+
+    root = tmp_path / "signs"
+    root.mkdir()
+    for i, words in enumerate(["Golden Dragon", "EXIT 出口", "夜市"]):
+        (root / f"s{i}.jpg").write_bytes(jpeg(sign([words], size=(640, 480), seed=70 + i)))
+    (root / "thin.png").write_bytes(strip(1, 65_000))
+    found = {}
+    for name, engine in (("local", None), ("ray", RayReader(TextReader, RayOptions(progress=False)))):
+        store = EdgeStore(tmp_path / name, "images")
+        run(store, encoder, root)
+        summary = Summary()
+        OcrStage(store, root, TextReader().ocr_by, TextReader, summary, OcrOptions(batch_size=2, progress=False),
+                 engine).run()
+        assert summary.ocr is not None
+        figures = {k: v for k, v in summary.ocr.items() if k != "photos_per_s"}
+        found[name] = ({p["path"]: p.get("ocr_lines") for _, p in store.payloads()}, figures, summary.failures)
+        store.close()
+    assert found["ray"] == found["local"]
+    lines, figures, _ = found["ray"]
+    assert figures["read"] == 4 and figures["with_text"] == 3 and lines["thin.png"] == []

@@ -86,7 +86,7 @@ def test_health_report_sums_gpu_memory_and_says_degraded() -> None:
                       "image_library_size": 0, "device": "cuda", "gpu_memory_allocated_gb": 4.0,
                       "gpu_memory_reserved_gb": 6.0, "clip_model": "clip-a", "index_model": None,
                       "vqa_model": "qwen", "vqa_quantization": "4bit", "vqa_runtime": "torch", "vqa_precision": "nf4",
-                      "described_images": 0, "descriptions_by": {},
+                      "described_images": 0, "descriptions_by": {}, "read_images": 0, "read_by": {},
                       "vqa_caches": {"vision": {"entries": 1, "bytes": 10}},
                       "vqa_batches": {"generate_calls": 2, "answers": 5}}
     store.ensure_collection("clip-a", 4)
@@ -99,6 +99,9 @@ def test_health_report_sums_gpu_memory_and_says_degraded() -> None:
                                                 "described_by": "qwen#abc"}})
     described = asyncio.run(health_report(clip, vqa, calls, "clip-a", "qwen"))
     assert (described["described_images"], described["descriptions_by"]) == (1, {"qwen#abc": 1})
+    store.set_descriptions({point_id("b.jpg"): {"ocr_text": "EXIT", "ocr_by": "ocr#1"}})
+    read = asyncio.run(health_report(clip, vqa, calls, "clip-a", "qwen"))
+    assert (read["read_images"], read["read_by"], read["described_images"]) == (1, {"ocr#1": 1}, 1)
 
 
 def test_one_renderer_for_api_methods_and_starlette_routes() -> None:

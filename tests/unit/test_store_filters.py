@@ -37,7 +37,8 @@ def make_points() -> list[Point]:
         rel = f"{folder}/p{i}.jpg" if folder else f"p{i}.jpg"
         payload = {"path": rel, "content_hash": f"h{i}", "size": 1000 * (i + 1), "mtime": T0 + i * DAY,
                    "width": 100 + 10 * i, "height": 50 + 20 * (i % 7), "folders": folders_of(rel),
-                   "media": "video" if i % 4 == 0 else "image"}
+                   "media": "video" if i % 4 == 0 else "image",
+                   "ocr_norm": "金龙 golden dragon" if i % 3 == 0 else "dragon"}
         points.append(Point(point_id(rel), vector, payload))
     return points
 
@@ -55,6 +56,7 @@ TABLE: dict[str, tuple[Any, Keep]] = {
     "min_bytes": (12_000, lambda pid, p: p["size"] >= 12_000),
     "media": ("video", lambda pid, p: p["media"] == "video"),
     "exclude_ids": (EXCLUDED, lambda pid, p: pid not in EXCLUDED),
+    "phrases": (("龙 golden",), lambda pid, p: "龙 golden" in p["ocr_norm"]),
 }
 
 
@@ -80,7 +82,7 @@ def neutral(engine_filter: Any) -> tuple[list[tuple[Any, ...]], list[str]]:
     must: list[tuple[Any, ...]] = []
     for c in engine_filter.must or []:
         if c.match is not None:
-            must.append((c.key, c.match.value))
+            must.append((c.key, getattr(c.match, "value", None) or c.match.substring))
         else:
             must.append((c.key, c.range.gte, c.range.lte))
     excluded: list[str] = []
@@ -135,7 +137,7 @@ def test_no_condition_is_no_filter(stores: dict[str, Store], where: SearchFilter
 
 def test_every_filter_key_has_its_declared_payload_index() -> None:
     for f in dataclasses.fields(SearchFilter):
-        if f.metadata:
+        if f.metadata and f.metadata["index"]:  # phrases: an exact substring test, on a key with no index
             assert INDEXED_FIELDS[f.metadata["key"]] == f.metadata["index"], f.name
 
 
