@@ -385,11 +385,12 @@ def test_disk_full_mid_run_stops_with_a_message_and_resumes(random_clip_dir: Pat
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Any:
-    """A 160 MiB tmpfs (root and a mount-permitting environment only; skipped elsewhere). The shard
-    takes ~80 MiB of it: each segment's payload indexes hold 2 MiB of null bitmaps per field."""
+    """A 224 MiB tmpfs (root and a mount-permitting environment only; skipped elsewhere). The shard
+    takes ~100 MiB of it: each segment's payload indexes hold 2 MiB of null bitmaps per field (media and the
+    read text's phrase field among them), and a resumed run wants 64 MiB more."""
     mount = tmp_path / "disk"
     mount.mkdir()
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=160m", "tmpfs", str(mount)],
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=224m", "tmpfs", str(mount)],
                                            capture_output=True).returncode != 0:
         pytest.skip("mounting a tmpfs needs root and a mount-permitting environment")
     yield mount
