@@ -90,11 +90,11 @@ class Settings(BaseSettings):
         default="int8",
         description="`int8`: the collection also keeps int8 copies of the vectors in RAM; HNSW is built and searched "
         "on them and the best candidates are rescored with the float vectors (scores stay exact cosines). `binary`: "
-        "1-bit copies (32x smaller than float32, coarser: 4x oversampled, then rescored; docs/scaling.md). `none`: "
+        "1-bit copies (32x smaller than float32, coarser: 16x oversampled, then rescored; docs/scaling.md). `none`: "
         "float vectors only. Applies when the indexer creates or optimizes a collection.")
     qdrant_oversampling: float | None = Field(
         default=None, ge=1,
-        description="Candidates rescored with the float vectors, as a multiple of top_k (unset: 2 for int8, 4 for "
+        description="Candidates rescored with the float vectors, as a multiple of top_k (unset: 2 for int8, 16 for "
         "binary).")
     qdrant_on_disk: bool = Field(
         default=False,

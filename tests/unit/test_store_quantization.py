@@ -11,7 +11,7 @@ import pytest
 from helpers.stores import MODEL, make_points, unit_vectors
 
 from store import memory_store, tuning_of
-from store.interface import IndexTuning, Point
+from store.interface import BINARY_OVERSAMPLING, IndexTuning, Point
 from store.qdrant_edge import EdgeStore
 
 DIM = 64
@@ -46,7 +46,7 @@ def test_the_setting_picks_the_quantization(settings_env: Any) -> None:
         quantization_type="binary", on_disk=True)
     plain = tuning_of(settings_env(QDRANT_QUANTIZATION="none", QDRANT_ON_DISK="false"))
     assert not plain.quantization and not plain.on_disk
-    assert BINARY.rescore_oversampling() == 4.0 and IndexTuning().rescore_oversampling() == 2.0
+    assert BINARY.rescore_oversampling() == BINARY_OVERSAMPLING == 16.0 and IndexTuning().rescore_oversampling() == 2.0
     wider = tuning_of(settings_env(QDRANT_QUANTIZATION="binary", QDRANT_OVERSAMPLING="8"))
     assert wider.rescore_oversampling() == 8.0
 
