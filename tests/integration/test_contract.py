@@ -154,7 +154,10 @@ def test_success_streams_and_bentoml_endpoints_pass_untouched(server: Server) ->
     with httpx.stream("POST", f"{server.url}/vqa/stream", data={"question": "Describe the image."},
                       files={"image": ("p.png", image, "image/png")}, timeout=120) as response:
         assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
-        assert len([c for c in response.iter_text() if c]) > 1
+        # Streamed, not buffered: no length known up front. (How many reads the pieces arrive in depends on the
+        # machine's load; test_vlm checks the model yields several pieces.)
+        assert "content-length" not in response.headers
+        assert "red" in "".join(response.iter_text())
     chat = {"messages": [{"role": "user", "content": "hi"}], "stream": True, "max_tokens": 4}
     with httpx.stream("POST", f"{server.url}/v1/chat/completions", json=chat, timeout=120) as response:
         assert response.headers["content-type"].startswith("text/event-stream")
