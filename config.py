@@ -143,6 +143,11 @@ class Settings(BaseSettings):
         default=120.0, gt=0,
         description="The first this many seconds of a video are sampled every VIDEO_FRAME_INTERVAL_S; what is left "
         "of VIDEO_MAX_FRAMES is spread evenly over the rest of the clip.")
+    video_scene_cut: float = Field(
+        default=20.0, ge=0, le=255,
+        description="A video's frame whose small grey copy differs from the frame before by more than this "
+        "(mean absolute difference, 0-255) is a scene change: it is embedded too (between the sampled frames, "
+        "within VIDEO_MAX_FRAMES), so a moment starts where its scene does. 0: only the sampled frames.")
     video_merge_cosine: float = Field(
         default=0.92, ge=-1, le=1,
         description="Consecutive frames of a video whose CLIP vectors have at least this cosine are one moment "

@@ -28,18 +28,18 @@ from api.runner_calls import runner_ready
 from api.searching import Searching, query_text
 from api.store_calls import StoreCalls
 from api.vqa_requests import VqaRequests
-from config import get_settings
+from config import load_settings_or_exit
 from core.bentoml_compat import NO_FILE, upload_name
 from core.library import Library
 from runners.clip import model_id_of
 from runners.clip.service import ClipRunner
 from runners.vlm.service import VQARunner
 from store import open_store
-from store.interface import StoreDamagedError, StoreError, point_id
+from store.interface import StoreDamagedError, StoreError
 from store.via_service import service_file_path
 
 log = logging.getLogger("service")
-SETTINGS = get_settings()
+SETTINGS = load_settings_or_exit()  # a bad setting: one line naming it, exit 2
 
 
 def refuse_without_space(folder: Path) -> None:
@@ -164,17 +164,20 @@ class MultimodalServer:
         image_id: Annotated[Text | None, Field(description="a library-relative path, instead of an upload")] = None,
         top_k: Annotated[int, Field(ge=1, le=SETTINGS.search_max_top_k)] = 5,
         include_image: search_fields.IncludeImage = True,
+        t: MomentTime = None,
         **fields: Any,
     ) -> dict[str, Any]:
         """Find the library images most like an uploaded image or a library image (`image_id`, whose
-        stored vector is used and which is left out of the results), best first."""
+        stored vector is used and which is left out of the results), best first; with the `image_id` of a library
+        video, most like its moment at `t` (the clip itself left out)."""
         if (image is None) == (not image_id):
             raise bad_request("send exactly one of image or image_id")
+        if t is not None and not image_id:
+            raise bad_request("t: only with the image_id of a video in the library")
         rel = self.searching.library_id(image_id) if image_id else None
-        page = search_fields.search_page(top_k, max_window=self.settings.search_max_window,
-                                  exclude=(point_id(rel),) if rel else (), **fields)
+        page = search_fields.search_page(top_k, max_window=self.settings.search_max_window, **fields)
         if rel is not None:
-            results, query = await self.searching.by_image_id(rel, top_k, page, include_image), rel
+            results, query = await self.searching.by_image_id(rel, top_k, page, include_image, t), rel
         else:
             upload = Path(str(image))
             results, query = await self.searching.by_upload(upload, top_k, page, include_image), upload_name(upload)

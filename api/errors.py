@@ -65,8 +65,8 @@ ERROR_CODES: tuple[ErrorCode, ...] = (
     ErrorCode("408", "request_timeout", "the request's headers did not arrive within `REQUEST_HEADER_TIMEOUT_S`, "
               "or its body within `REQUEST_BODY_TIMEOUT_S` (the connection is closed)"),
     ErrorCode("409", "model_mismatch", "the index was built with another CLIP model"),
-    ErrorCode("409", "no_descriptions", 'a search in `mode` `"text"` while no photo has a description yet '
-              "(`python -m indexer --describe`)"),
+    ErrorCode("409", "no_descriptions", 'a search in `mode` `"text"` while no photo has a description or read text '
+              "yet (`python -m indexer --ocr` or `--describe`)"),
     ErrorCode("409", "conflict", "a 409 that BentoML or Starlette answers by itself"),
     ErrorCode("413", "payload_too_large", "a body over `MAX_UPLOAD_MB`"),
     ErrorCode("415", "unsupported_media_type", "an API call whose Content-Type is not `application/json`, "

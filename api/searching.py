@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +27,11 @@ from api.runner_calls import from_runner
 from api.search_fields import SearchPage, result_item
 from api.store_calls import StoreCalls
 from api.stream_slots import StreamSlots
+from api.vqa_moments import check_t
 from config import Settings
 from core.images import DRAFT_SIZE, BadImage, clip_view, load_image
-from core.library import Library, NotInLibrary
+from core.library import Library, NotInLibrary, is_video_name
+from indexer.moments import moment_id
 from store.interface import Hit, point_id
 
 log = logging.getLogger("service")
@@ -43,6 +45,17 @@ def not_in_library(image_id: str) -> ApiError:
     """The one answer for an image_id the library refuses, whatever the reason (missing, hidden,
     outside, not an image): a caller cannot tell which files exist."""
     return not_found(f"image_id {image_id!r} is not in the image library")
+
+
+def moment_at(rel: str, moments: dict[str, dict[str, Any]], t: float) -> str:
+    """The id of the moment of `rel` that holds `t` (the nearest one when `t` falls in a gap); 400 past the clip's
+    last moment."""
+    spans = {pid: (float(m.get("start", 0.0)), float(m.get("end", 0.0))) for pid, m in moments.items()}
+    last = max(end for _, end in spans.values())
+    if t > last:
+        raise bad_request(f"t: {rel!r} has no moment at {t:g} s (its last one ends at {last:g} s)")
+    return min(spans, key=lambda pid: -1.0 if spans[pid][0] <= t < spans[pid][1]
+               else min(abs(t - spans[pid][0]), abs(t - spans[pid][1])))
 
 
 def query_text(text: str, max_chars: int) -> str:
@@ -173,9 +186,27 @@ class Searching:
             self.described_at = time.monotonic()
         return self.described_count
 
-    async def by_image_id(self, rel: str, top_k: int, page: SearchPage, include_image: bool | str) -> list[Any]:
+    async def by_image_id(self, rel: str, top_k: int, page: SearchPage, include_image: bool | str,
+                          t: float | None = None) -> list[Any]:
+        """The results most like library file `rel` (a video's: its moment at `t`), without itself."""
+        vector, itself = await self.library_source(rel, t)
+        where = replace(page.where, exclude_ids=(*page.where.exclude_ids, *itself))
+        return await self.ranked(vector, top_k, replace(page, where=where), include_image)
+
+    async def library_source(self, rel: str, t: float | None) -> tuple[Any, tuple[str, ...]]:
+        """Where image-to-image search from library file `rel` starts: the stored vector and the points left out
+        of the results. A photo: its own point. A video: the moment at `t` (seconds; required, as for /vqa), and
+        its whole clip left out (its other moments look alike)."""
+        check_t(t, rel, is_video_name(rel))
         await self.check_index()
-        return await self.ranked(await self.stored_vector(rel), top_k, page, include_image)
+        if t is None:
+            return await self.stored_vector(rel), (point_id(rel),)
+        ids = [moment_id(rel, index) for index in range(self.settings.video_max_frames)]
+        moments = await self.store.run(self.store.store.payloads_of, ids, ["start", "end"])
+        if not moments:
+            raise not_found(f"image_id {rel!r} has no moments in the image index (run `python -m indexer` "
+                            "after adding files)")
+        return await self.stored_vector(rel, moment_at(rel, moments, t)), tuple(moments)
 
     async def by_upload(self, upload: Path, top_k: int, page: SearchPage, include_image: bool | str) -> list[Any]:
         await self.check_index()
@@ -187,11 +218,13 @@ class Searching:
             raise ApiError(409, "model_mismatch", f"the image index was built with {info.model_id!r} but "
                            f"CLIP_MODEL is {self.model_id!r}: re-run `python -m indexer --recreate`")
 
-    async def stored_vector(self, rel: str) -> Any:
-        found = await self.store.run(self.store.store.vectors, [point_id(rel)])
-        if point_id(rel) not in found:
+    async def stored_vector(self, rel: str, pid: str | None = None) -> Any:
+        """The stored vector of `rel`'s point (or of its point `pid`: a video's moment)."""
+        pid = pid or point_id(rel)
+        found = await self.store.run(self.store.store.vectors, [pid])
+        if pid not in found:
             raise not_found(f"image_id {rel!r} is not in the image index (run `python -m indexer` after adding files)")
-        return found[point_id(rel)]
+        return found[pid]
 
     async def upload_vector(self, upload: Path) -> Any:
         try:

@@ -46,7 +46,7 @@ def cases(n: int, seed: int) -> list[tuple[str, str, str, Any]]:
 
 
 def rates(describer: Any, share: float, photos: list[tuple[str, str, str, Any]]) -> dict[str, float]:
-    from indexer.describe_stage import shrink
+    from indexer.payload_stage import shrink
     from runners.vlm.describe import Description
 
     budget = int(MODEL_BOUND * share)

@@ -12,7 +12,8 @@ process of its own (its peak memory is that process's ru_maxrss) and reports:
 - character accuracy (1 - edit distance / length, read text vs the sign, both normalized as search compares them) by
   text height and by rotation;
 - phrase recall@5: each photo's phrase searched as text (BM25 over the read text, mode "text", in an embedded store
-  holding every photo of the set): the share of photos found among the first 5;
+  holding every photo of the set): the share of photos found among the first 5 (other photos whose sign holds the
+  phrase too are right answers as well, so they are not counted against it: phrases repeat across the set);
 - the same reads: the share of photos whose read text is identical under both runtimes;
 - photos/s reading one photo at a time at 1 MP (1155x866) and 12 MP (4000x3000), median over --speed-photos photos;
 - the OCR stage's photos/min (indexer/ocr_stage.py: decode, read and write, on the embedded store) and peak memory;
@@ -107,13 +108,20 @@ def accuracy(read: str, truth: str) -> float:
     return max(0.0, 1 - edit_distance(got, want) / max(1, len(want)))
 
 
+def holds(sign: str, phrase: str) -> bool:
+    """Whether a sign reading `sign` holds `phrase` (as search compares them: NFKC, case folded, no spaces)."""
+    from runners.ocr import normalized
+
+    return normalized(phrase).replace(" ", "") in normalized(sign).replace(" ", "")
+
+
 def worker(runtime: str, folder: Path, made: list[dict[str, Any]], speed_photos: int) -> dict[str, Any]:
     """One runtime, in this process: reads, recall, speeds, the stage's rate and this process's peak memory."""
     import numpy as np
 
     from config import Settings
     from core.images import load_image
-    from indexer.ocr_stage import OcrOptions, OcrStage
+    from indexer.ocr_stage import OcrStage, ocr_options
     from indexer.pipeline import Summary
     from runners.ocr import open_reader
     from store.interface import Point, folders_of, point_id
@@ -150,14 +158,17 @@ def worker(runtime: str, folder: Path, made: list[dict[str, Any]], speed_photos:
         store.upsert(points)
         summary = Summary()
         OcrStage(store, folder, reader.ocr_by, lambda: reader, summary,
-                 OcrOptions(batch_size=settings.ocr_batch_size, progress=False,
+                 ocr_options(batch_size=settings.ocr_batch_size, progress=False,
                             max_pixels=settings.ocr_max_pixels)).run()
         payloads = dict(store.payloads())
         reads = {str(p["path"]): str(p.get("ocr_text") or "") for p in payloads.values()}
         found = {}
         for case in made:
-            hits = store.search(None, 5, text=case["phrase"])
-            found[case["name"]] = any(hit.payload.get("path") == case["name"] for hit in hits)
+            # Other photos whose sign holds this phrase too are right answers as well: they do not push it out.
+            also = {c["name"] for c in made if c is not case and holds(c["phrase"], case["phrase"])}
+            hits = store.search(None, len(made), text=case["phrase"])
+            ranked = [hit.payload.get("path") for hit in hits if hit.payload.get("path") not in also]
+            found[case["name"]] = case["name"] in ranked[:5]
         store.close()
     assert summary.ocr is not None
     return {"runtime": runtime, "reads": reads, "found": found, "speeds": speeds,
@@ -256,6 +267,10 @@ def main() -> None:
             results[runtime] = json.loads(done.stdout.strip().splitlines()[-1])
         describe_per_min = describe_rate(folder, made, args.describe) if args.describe else None
     ort, ov = results["onnxruntime"], results["openvino"]
+    for case in made:  # what each missed phrase was read as: where recall is lost (not recorded)
+        if not ort["found"][case["name"]]:
+            print(f"missed: {case['name']} font {case['font']} contrast {case['contrast']} blur {case['blur']}: "
+                  f"{case['phrase']!r} read {ort['reads'][case['name']]!r}", file=sys.stderr)
     same = sum(ort["reads"][c["name"]] == ov["reads"][c["name"]] for c in made) / len(made)
     heads = ("", "ONNX Runtime", "OpenVINO")
     size_rows = [(f"text {s} px", f"{a:.3f}", f"{b:.3f}") for s, a, b in

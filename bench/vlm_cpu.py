@@ -205,7 +205,7 @@ def describe_batch(vlm: Any) -> dict[str, Any]:
     """DESCRIBE_BATCH photos described together at DESCRIBE_PIXELS (the describe stage's shrink of 1000x1000
     photos), DESCRIBE_TOKENS tokens each, timed whole: photos a minute."""
     from config import DEFAULT_DESCRIBE_PROMPT
-    from indexer.describe_stage import shrink
+    from indexer.payload_stage import shrink
     from runners.vlm.inputs import VQAItem, item_messages
 
     photos = [shrink(photo(10 + i), DESCRIBE_PIXELS) for i in range(DESCRIBE_BATCH)]

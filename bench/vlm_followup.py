@@ -30,7 +30,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "bench"), str(ROOT / "tests")]
 
-from _machine import cpu_name  # noqa: E402
+from _machine import cpu_name, instruction_sets  # noqa: E402
 from _models import build_real_qwen  # noqa: E402
 from _report import record  # noqa: E402
 from vlm_cpu import export, load, photo  # noqa: E402
@@ -98,7 +98,7 @@ def measure(runtime: str, model: Path, exports: Path, side: int) -> dict[str, An
     reuse = getattr(vlm.runtime, "reuse", None)
     if runtime.endswith("-off") and reuse is not None:
         reuse.vision.limit = reuse.prefixes.limit = 0  # both caches off: every question pays in full
-    timed_answer(vlm, question(photo(90, side), FIRST))  # first-call work (kernels for this shape), not timed
+    timed_answer(vlm, question(photo(90, min(side, 448)), FIRST))  # first-call work (allocations, kernels), not timed
     image = photo(91, side)
     first_token, first_whole, _ = timed_answer(vlm, question(image, FIRST))
     second_token, second_whole, _ = timed_answer(vlm, question(image, SECOND))
@@ -150,8 +150,12 @@ def report(figures: dict[str, dict[str, Any]], layers: int | None, side: int) ->
             cells.append(f"{cell} / {values[limit]:.0f}" if limit != key and limit in values else cell)
         lines.append(f"| {label} | {' | '.join(cells)} |")
     size = "real size" if layers is None else f"{layers} layer(s) per tower: a smoke run, not real size"
-    head = (f"{cpu_name()}; Qwen2.5-VL-3B architecture, random weights ({size}); a {side}x{side} photo; "
-            f"{TOKENS}-token answers")
+    command = " ".join(["`.venv/bin/python bench/vlm_followup.py", f"--runtimes {','.join(figures)}",
+                        *([f"--layers {layers}"] if layers is not None else []), f"--side {side}`"])
+    head = (f"### Follow-up questions (issue 29)\n\n{command} on {cpu_name()} ({instruction_sets()}), each runtime in "
+            f"a process of its own: Qwen2.5-VL-3B architecture, random weights ({size}); a {side}x{side} photo; "
+            f"{TOKENS}-token answers. PyTorch (f32) keeps the vision and prefix caches at their default settings; "
+            "OpenVINO (int8 weights, f32 arithmetic) keeps neither (docs/cpu.md says why).")
     return head + "\n\n" + "\n".join(lines)
 
 

@@ -31,6 +31,20 @@ NO_SIZE_LIMIT = 1 << 62
 IMAGE_FORMATS = ("image2", "_pipe")
 
 
+@dataclass(frozen=True)
+class Cuts:
+    """Scene changes taken as samples besides the times asked for: among the frames decoded on the way to a sample
+    (consecutive ones; none are decoded across a seek), a frame whose SIGNATURE_SIDE x SIGNATURE_SIDE luma differs
+    from the one before by more than `threshold` (mean absolute difference, 0-255) is kept too, `limit` of them at
+    most. A still or slowly moving scene differs by a few levels; a cut to another scene by tens."""
+
+    threshold: float
+    limit: int
+
+
+SIGNATURE_SIDE = 16  # a frame's signature for cuts: its luma shrunk to this square (swscale, as it is decoded)
+
+
 class BadVideo(Exception):
     """The file is not a video we can read; the message says why (for the summary and for 4xx answers)."""
 
@@ -115,16 +129,18 @@ def scaled_size(width: int, height: int, short_side: int = 0, long_side: int = 0
     return max(1, round(width * scale)), max(1, round(height * scale))
 
 
-def frames_at(container: Any, stream: Any, times: list[float], size: tuple[int, int]
+def frames_at(container: Any, stream: Any, times: list[float], size: tuple[int, int], cuts: Cuts | None = None
               ) -> Iterator[tuple[float, Image.Image]]:
     """(time, RGB image of `size`) of the first frame at or after each of `times` (sorted), each frame scaled
-    as it is decoded. A frame serves one sample at most; samples past the clip's end are left out. A clip
-    damaged further on (a truncated file) gives the frames before the damage."""
+    as it is decoded, and (with `cuts`) of each scene change decoded on the way. A frame serves one sample at
+    most; samples past the clip's end are left out. A clip damaged further on (a truncated file) gives the frames
+    before the damage."""
     import av
 
-    decoded, budget = 0, MAX_DECODED_PER_SAMPLE * len(times)
+    decoded, budget, cut = 0, MAX_DECODED_PER_SAMPLE * len(times), 0
     last = position = -math.inf  # the time of the last frame kept / decoded: what is kept never goes back
     frames: Iterator[Any] | None = None
+    before = None  # the signature of the frame decoded before (none across a seek)
     try:
         for target in times:
             if target <= last:
@@ -132,16 +148,22 @@ def frames_at(container: Any, stream: Any, times: list[float], size: tuple[int, 
             if frames is None or target - position > SEEK_GAP_S:
                 if target > SEEK_GAP_S:
                     seek(container, stream, target)
-                frames = iter(container.decode(stream))
+                frames, before = iter(container.decode(stream)), None
             found = None
             for frame in frames:
                 decoded += 1
                 if decoded > budget:
                     return  # timestamps that never reach the target
                 position = frame_time(frame, stream, decoded)
+                changed = False
+                if cuts is not None and cut < cuts.limit:
+                    before, changed = scene_change(frame, before, cuts.threshold)
                 if position >= target and position > last:
                     found = frame
                     break
+                if changed and position > last:
+                    cut, last = cut + 1, position
+                    yield last, frame.reformat(size[0], size[1], format="rgb24").to_image()
             if found is None:
                 return  # the end of the clip
             last = position
@@ -149,6 +171,17 @@ def frames_at(container: Any, stream: Any, times: list[float], size: tuple[int, 
     except (av.FFmpegError, OSError, ValueError):
         if last == -math.inf:
             raise
+
+
+def scene_change(frame: Any, before: Any, threshold: float) -> tuple[Any, bool]:
+    """`frame`'s signature, and whether it differs from `before` (the previous frame's) by more than
+    `threshold`."""
+    import numpy as np
+
+    signature = frame.reformat(SIGNATURE_SIDE, SIGNATURE_SIDE, format="gray").to_ndarray().astype(np.int16)
+    if before is None:
+        return signature, False
+    return signature, float(np.abs(signature - before).mean()) > threshold
 
 
 def seek(container: Any, stream: Any, seconds: float) -> None:
@@ -173,9 +206,11 @@ def frame_time(frame: Any, stream: Any, count: int) -> float:
 
 
 def read_frames(source: str | BinaryIO, times: list[float] | Callable[[VideoInfo], list[float]],
-                short_side: int = 0, long_side: int = 0) -> tuple[list[tuple[float, Image.Image]], VideoInfo]:
+                short_side: int = 0, long_side: int = 0, cut_threshold: float = 0.0, max_frames: int = 0
+                ) -> tuple[list[tuple[float, Image.Image]], VideoInfo]:
     """The frames at `times` (or at the times `times(info)` gives, from what the header says) of the video
-    at `source`, scaled (see scaled_size); BadVideo when it cannot be read or no frame decodes."""
+    at `source`, scaled (see scaled_size), and with `cut_threshold` the scene changes decoded between them (Cuts:
+    `max_frames` in all at most); BadVideo when it cannot be read or no frame decodes."""
     import av
 
     with open_video(source) as container:
@@ -184,7 +219,8 @@ def read_frames(source: str | BinaryIO, times: list[float] | Callable[[VideoInfo
         if callable(times):
             times = times(info)
         try:
-            frames = list(frames_at(container, stream, times, size))
+            cuts = Cuts(cut_threshold, max(0, max_frames - len(times))) if cut_threshold > 0 else None
+            frames = list(frames_at(container, stream, times, size, cuts))
         except (av.FFmpegError, OSError, ValueError) as exc:
             raise BadVideo(f"cannot decode: {describe(exc)}") from exc
     if not frames:

@@ -24,6 +24,7 @@ from store.interface import CollectionInfo, ModelMismatchError, StoreError, Stor
 
 if TYPE_CHECKING:
     from indexer.ocr_stage import LineReader
+    from indexer.payload_stage import PayloadEngine
     from indexer.ray_engine import RayOptions
 
 log = logging.getLogger("indexer")
@@ -179,20 +180,17 @@ def describe(store: VectorStore, library: Path, settings: Settings, options: Ind
              ray: RayOptions | None = None) -> None:
     """The describe stage after the embedding run; VQA_MODEL is loaded only if a photo needs the model
     (with `ray`: in each describer actor of the cluster)."""
-    from indexer.describe_stage import DescribeEngine, DescribeOptions, DescribeStage, pixel_budget
+    from indexer.describe_stage import DescribeStage, pixel_budget
+    from indexer.payload_stage import PayloadOptions
     from runners.vlm import Describer, described_by_of, open_describer
 
     def load() -> Describer:
         return open_describer(settings)
 
-    engine: DescribeEngine | None = None
-    if ray is not None:
-        from indexer.ray_engine import RayDescriber
-
-        engine = RayDescriber(load, ray)
-    stage_options = DescribeOptions(batch_size=settings.describe_batch_size, workers=options.workers,
-                                    progress=options.progress,
-                                    pixels=pixel_budget(settings.describe_max_pixels, settings.vqa_max_pixels))
+    stage_options = PayloadOptions(batch_size=settings.describe_batch_size, workers=options.workers,
+                                   progress=options.progress,
+                                   pixels=pixel_budget(settings.describe_max_pixels, settings.vqa_max_pixels))
+    engine = payload_engine(load, ray)
     DescribeStage(store, library, described_by_of(settings), load, summary, stage_options, engine).run()
 
 
@@ -201,21 +199,25 @@ def read_text(store: VectorStore, library: Path, settings: Settings, options: In
               reader: Callable[[], LineReader] | None = None) -> None:
     """The OCR stage after the embedding run (indexer/ocr_stage.py); the OCR models are loaded only if a photo needs
     them (with `ray`: in each reader actor of the cluster; `reader`: one made once for every watch pass)."""
-    from indexer.ocr_stage import OcrEngine, OcrOptions, OcrStage
+    from indexer.ocr_stage import OcrStage, ocr_options
     from runners.ocr import ocr_by_of, open_reader
 
     def load() -> LineReader:
         return open_reader(settings)
 
     load = reader or load
-    engine: OcrEngine | None = None
-    if ray is not None:
-        from indexer.ray_ocr import RayReader
+    stage_options = ocr_options(batch_size=settings.ocr_batch_size, workers=min(options.workers, 4),
+                                progress=options.progress, max_pixels=settings.ocr_max_pixels, stop=stop)
+    OcrStage(store, library, ocr_by_of(settings), load, summary, stage_options, payload_engine(load, ray)).run()
 
-        engine = RayReader(load, ray)
-    stage_options = OcrOptions(batch_size=settings.ocr_batch_size, workers=min(options.workers, 4),
-                               progress=options.progress, max_pixels=settings.ocr_max_pixels, stop=stop)
-    OcrStage(store, library, ocr_by_of(settings), load, summary, stage_options, engine).run()
+
+def payload_engine(load: Callable[[], object], ray: RayOptions | None) -> PayloadEngine | None:
+    """Where a payload stage runs its model: here (None), or on a Ray actor pool."""
+    if ray is None:
+        return None
+    from indexer.ray_engine import RayPayloads
+
+    return RayPayloads(load, ray)
 
 
 def ray_engine(settings: Settings, store: VectorStore, load: Callable[[], ImageEncoder], options: RayOptions

@@ -1,39 +1,26 @@
-"""The OCR stage (`python -m indexer --ocr`, INDEX_OCR): the text lines in every indexed photo, read by
-runners/ocr (rapidocr's PP-OCRv6 models), stored as payload of its point beside its description.
+"""The OCR stage (`python -m indexer --ocr`, INDEX_OCR): the text lines in every indexed photo, read by runners/ocr
+(rapidocr's PP-OCRv6 models), a payload stage (indexer/payload_stage.py: incremental, copies shared, resumable,
+per-photo failures listed, both engines).
 
-It follows the describe stage (indexer/describe_stage.py) and shares its pieces: it runs after the embedding run
-over the points already in the collection; a point whose payload's `ocr_by` is not the current one (the models and
-the reading rules: runners/ocr/reader.py, ReadOptions.ocr_by) is read. The fields (store.interface.OCR_FIELDS) go to the
-store with set_descriptions, which also puts the read words into the point's text vector beside its description's.
-Each batch is written at once, so a killed run loses at most the batch it was reading and the next run reads only
-what is still missing. Content is read once: a point whose content hash another point already has a current read
-for gets a copy (no model call). A photo that cannot be decoded or read is listed in the summary
-(`cannot read its text: ...`); its batch-mates and the run go on, and it is tried again on the next run.
-
-Both engines read here: the local engine in this process, the Ray engine (indexer/ray_ocr.py) on an actor pool,
-each batch through `read_decoded`; the driver records every batch the same way (OcrStage.record).
+A point whose payload's `ocr_by` is not the current one (the models and the reading rules: runners/ocr/reader.py,
+ReadOptions.ocr_by) is read. The fields (store.interface.OCR_FIELDS) go to the store with set_descriptions, which
+also puts the read words into the point's text vector beside its description's. A photo that cannot be decoded or
+read is listed (`cannot read its text: ...`) and tried again on the next run.
 """
 
 from __future__ import annotations
 
-import logging
-import time
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from PIL import Image
 
-from core.library import Library
-from indexer.describe_stage import PixelBudget, SameContent, chunks, decode_photo, group_by_content
-from indexer.pipeline import Summary, progress_bar
+from indexer.payload_stage import Outcome, PayloadEngine, PayloadKind, PayloadOptions, PayloadStage, PixelBudget
+from indexer.pipeline import Summary
 from runners.ocr import TextLine, read_text_norm
 from store.interface import VectorStore, ocr_of
-
-log = logging.getLogger(__name__)
-STAGE = "ocr"  # its name on the progress bar and in the summary's seconds
 
 
 class LineReader(Protocol):
@@ -43,27 +30,6 @@ class LineReader(Protocol):
     def ocr_by(self) -> str: ...
 
     def read_each(self, images: Sequence[Image.Image | str]) -> list[list[TextLine] | str]: ...
-
-
-class OcrEngine(Protocol):
-    """Reads the photos elsewhere (indexer/ray_ocr.py, RayReader): yields each batch with its outcomes
-    (read_decoded's), which the stage records as it records its own."""
-
-    def __call__(self, photos: list[SameContent], root: Path, pixels: PixelBudget, ocr_by: str, batch_size: int
-                 ) -> Iterator[tuple[list[SameContent], list[dict[str, Any] | str]]]: ...
-
-
-@dataclass
-class OcrOptions:
-    batch_size: int = 16
-    workers: int = 2
-    progress: bool = True
-    max_pixels: int = 4_000_000  # OCR_MAX_PIXELS: photos are decoded and shrunk to this before they are read
-    stop: Callable[[], bool] | None = None  # asked between batches (watch mode's SIGTERM)
-
-    @property
-    def pixels(self) -> PixelBudget:
-        return PixelBudget(decode=self.max_pixels, shrink=self.max_pixels)
 
 
 @dataclass
@@ -92,115 +58,51 @@ def read_payload(lines: Sequence[TextLine], ocr_by: str) -> dict[str, Any]:
             "ocr_norm": read_text_norm(texts), "ocr_by": ocr_by}
 
 
-def read_decoded(model: Callable[[], LineReader], decoded: list[Image.Image | str], ocr_by: str
-                 ) -> list[dict[str, Any] | str]:
-    """Each decoded photo's OCR fields, or why it has none (its decode's reason, or the reader's). `model()` gives
-    the reader; it is asked for only when the batch holds an image. Both engines read here."""
-    if not any(isinstance(image, Image.Image) for image in decoded):
-        return [str(image) for image in decoded]
-    outcomes: list[dict[str, Any] | str] = []
-    for result in model().read_each(decoded):
-        outcomes.append(result if isinstance(result, str) else read_payload(result, ocr_by))
-    return outcomes
+class TextReads(PayloadKind):
+    """The OCR stage's kind: the lines read; counted in the summary's `ocr` (OcrCounts)."""
 
+    stage = "ocr"
+    marker = "ocr_by"
+    failure = "cannot read its text"
 
-class OcrStage:
-    """Read every point of `store` not read by `ocr_by`; the counts go into `summary.ocr`."""
+    def __init__(self, by: str) -> None:
+        super().__init__(by)
+        self.counts = OcrCounts(by)
 
-    def __init__(self, store: VectorStore, root: Path, ocr_by: str, load: Callable[[], LineReader],
-                 summary: Summary, options: OcrOptions | None = None, engine: OcrEngine | None = None) -> None:
-        self.store = store
-        self.root = root
-        self.library = Library(root)
-        self.ocr_by = ocr_by
-        self.load = load
-        self.reader: LineReader | None = None
-        self.summary = summary
-        self.options = options or OcrOptions()
-        self.engine = engine
-        self.counts = OcrCounts(ocr_by)
+    def fields_of(self, payload: dict[str, Any]) -> dict[str, Any]:
+        return ocr_of(payload)
 
-    def run(self) -> Summary:
-        start = time.perf_counter()
-        copies, photos, total = self.todo()
-        bar = progress_bar(total, self.options.progress, STAGE)
-        pool = ThreadPoolExecutor(self.options.workers, thread_name_prefix="ocr-decode")
-        try:
-            self.copy(copies, bar)
-            reading = time.perf_counter()
-            batches = (self.engine(photos, self.root, self.options.pixels, self.ocr_by, self.options.batch_size)
-                       if self.engine is not None else self.read_batches(photos, pool))
-            for batch, outcomes in batches:
-                self.record(batch, outcomes)
-                self.counts.photos_read += sum(1 for outcome in outcomes if not isinstance(outcome, str))
-                bar.update(sum(len(photo.ids) for photo in batch))
-                if self.options.stop is not None and self.options.stop():
-                    break
-            self.counts.read_seconds = time.perf_counter() - reading
-            if total:
-                self.store.flush() if self.options.stop is not None else self.store.finish()
-        finally:
-            pool.shutdown()
-            bar.close()
-            self.summary.seconds[STAGE] = round(time.perf_counter() - start, 3)
-            self.summary.ocr = self.counts.as_dict()
-        return self.summary
+    def outcomes(self, model: LineReader, images: list[Image.Image]) -> list[Outcome]:
+        return [result if isinstance(result, str) else read_payload(result, self.by)
+                for result in model.read_each(images)]
 
-    def read_batches(self, photos: list[SameContent], pool: ThreadPoolExecutor
-                     ) -> Iterator[tuple[list[SameContent], list[dict[str, Any] | str]]]:
-        """The local engine: decode each batch on `pool`, read it here."""
-        for batch in chunks(photos, self.options.batch_size):
-            decoded = list(pool.map(lambda photo: decode_photo(self.library, photo, self.options.pixels), batch))
-            yield batch, read_decoded(self.model, decoded, self.ocr_by)
-
-    def record(self, batch: list[SameContent], outcomes: list[dict[str, Any] | str]) -> None:
-        """Write the OCR fields of one batch (each photo's go to every point holding it) and list the photos that
-        have none (both engines record here)."""
-        written: dict[str, dict[str, Any]] = {}
-        for photo, outcome in zip(batch, outcomes, strict=True):
-            if isinstance(outcome, str):
-                for path in photo.paths:
-                    self.counts.failed += 1
-                    self.summary.failures.append((path, outcome if outcome.startswith("cannot read its text")
-                                                  else f"cannot read its text: {outcome}"))
-                continue
-            written.update({pid: outcome for pid in photo.ids})
-        if written:
-            self.store.set_descriptions(written)
-            self.count_written(written.values())
-
-    def count_written(self, fields: Any) -> None:
+    def counted(self, summary: Summary, fields: Iterable[dict[str, Any]], copied: bool) -> None:
         for one in fields:
-            self.counts.read += 1
             lines = len(one.get("ocr_lines") or [])
+            self.counts.read += 1
+            self.counts.reused += 1 if copied else 0
             self.counts.lines += lines
             self.counts.with_text += 1 if lines else 0
 
-    def todo(self) -> tuple[dict[str, dict[str, Any]], list[SameContent], int]:
-        """What this run must do: copies of current reads (id -> fields), the photos to read, and how many points
-        that is in all."""
-        payloads = dict(self.store.payloads())
-        current: dict[str, dict[str, Any]] = {}
-        for _, payload in sorted(payloads.items()):
-            digest = payload.get("content_hash")
-            if digest and payload.get("ocr_by") == self.ocr_by and digest not in current:
-                current[digest] = ocr_of(payload)
-        todo = sorted((pid for pid, p in payloads.items() if p.get("ocr_by") != self.ocr_by),
-                      key=lambda pid: str(payloads[pid].get("path", pid)))
-        copies = {pid: current[h] for pid in todo if (h := payloads[pid].get("content_hash")) in current}
-        return copies, group_by_content(payloads, [pid for pid in todo if pid not in copies]), len(todo)
+    def failed(self, summary: Summary, path: str, reason: str) -> None:
+        self.counts.failed += 1
+        super().failed(summary, path, reason)
 
-    def copy(self, copies: dict[str, dict[str, Any]], bar: Any) -> None:
-        for chunk in chunks(list(copies.items()), self.options.batch_size):
-            self.store.set_descriptions(dict(chunk))
-            self.count_written(dict(chunk).values())
-            self.counts.reused += len(chunk)
-            bar.update(len(chunk))
+    def finished(self, summary: Summary, photos: int, seconds: float) -> None:
+        self.counts.photos_read, self.counts.read_seconds = photos, seconds
+        summary.ocr = self.counts.as_dict()
 
-    def model(self) -> LineReader:
-        """The reader, made when the first photo needs it."""
-        if self.reader is None:
-            self.reader = self.load()
-            if self.reader.ocr_by != self.ocr_by:  # both come from the same settings
-                raise RuntimeError(f"the reader writes {self.reader.ocr_by!r}, the stage expected {self.ocr_by!r}")
-        return self.reader
+
+def ocr_options(batch_size: int = 16, workers: int = 2, progress: bool = True, max_pixels: int = 4_000_000,
+                stop: Callable[[], bool] | None = None) -> PayloadOptions:
+    """The stage's options: photos decoded and shrunk to `max_pixels` (OCR_MAX_PIXELS) before they are read."""
+    return PayloadOptions(batch_size, workers, progress, PixelBudget(decode=max_pixels, shrink=max_pixels), stop)
+
+
+class OcrStage(PayloadStage):
+    """Read every point of `store` not read by `ocr_by`; the counts go into `summary.ocr`."""
+
+    def __init__(self, store: VectorStore, root: Path, ocr_by: str, load: Callable[[], LineReader],
+                 summary: Summary, options: PayloadOptions | None = None, engine: PayloadEngine | None = None
+                 ) -> None:
+        super().__init__(TextReads(ocr_by), store, root, load, summary, options or ocr_options(), engine)

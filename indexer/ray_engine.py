@@ -5,7 +5,7 @@ engine (indexer/pipeline.py).
 The pipeline: the plan's files -> decode (tasks: read, hash, decode; a file whose content the collection
 already holds is not decoded) -> embed (an actor pool, one CLIP model per actor, GPUs when the cluster has
 them) -> write. Every stage calls the functions the local engine calls (decode_entry, embed_decoded,
-embedded_points, build_point; describe: decode_photo, describe_decoded), so both engines write the same points.
+embedded_points, build_point; payload stages: decode_photo, produce), so both engines write the same points.
 
 Writes: with the embedded store held by this process, the driver is its one writer and writes the results in
 batches as they stream in. With QDRANT_URL, or with a running service holding the embedded store (its
@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from indexer.decode import Decoded, decode_entry
-from indexer.describe_stage import ImageDescriber, PixelBudget, SameContent, decode_photo, describe_decoded
+from indexer.payload_stage import Outcome, PayloadKind, PixelBudget, SameContent, decode_photo, produce
 from indexer.pipeline import ImageEncoder, Indexer, embed_decoded, embedded_points
 from indexer.plan import Plan
 from indexer.scan import FileEntry
@@ -349,37 +349,39 @@ class RayEngine:
                              num_gpus=gpu, num_cpus=self.options.cpus_per_actor))
 
 
-# --- the describe stage on Ray ---------------------------------------------------------------------
+# --- the payload stages on Ray ---------------------------------------------------------------------
 
 
-class DescribeActor:
-    """One describer (VLM) per actor: decodes and describes a batch of photos (decode_photo, describe_decoded)."""
+class PayloadActor:
+    """One model per actor (a describer's VLM, a reader's OCR models): decodes a batch of photos and runs the model
+    on it (indexer/payload_stage.py: decode_photo, produce)."""
 
-    def __init__(self, load: Callable[[], ImageDescriber], root: Path, pixels: PixelBudget, described_by: str
-                 ) -> None:
+    def __init__(self, load: Callable[[], Any], root: Path, pixels: PixelBudget, kind: PayloadKind) -> None:
         from core.library import Library
 
-        self.describer = load()
+        self.model = load()
         self.library = Library(root)
         self.pixels = pixels
-        self.described_by = described_by
+        self.kind = kind
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         photos: list[SameContent] = list(batch["photo"])
         decoded = [decode_photo(self.library, photo, self.pixels) for photo in photos]
-        outcomes = describe_decoded(lambda: self.describer, decoded, self.described_by)
+        outcomes = produce(self.kind, lambda: self.model, decoded)
         return {"photo": photos, "outcome": [json.dumps(outcome) for outcome in outcomes]}
 
 
-class RayDescriber:
-    """indexer.describe_stage's `batches` seam on Ray: photos described on an actor pool, recorded by the driver."""
+class RayPayloads:
+    """A payload stage's engine seam on Ray (indexer/payload_stage.py, PayloadEngine): photos processed on an actor
+    pool (INDEX_RAY_DESCRIBE_ACTORS actors; a GPU each for a kind that uses one, when the cluster has them),
+    recorded by the driver."""
 
-    def __init__(self, load: Callable[[], ImageDescriber], options: RayOptions) -> None:
+    def __init__(self, load: Callable[[], Any], options: RayOptions) -> None:
         self.load = load
         self.options = options
 
-    def __call__(self, photos: list[SameContent], root: Path, pixels: PixelBudget, described_by: str,
-                 batch_size: int) -> Iterator[tuple[list[SameContent], list[dict[str, Any] | str]]]:
+    def __call__(self, photos: list[SameContent], root: Path, pixels: PixelBudget, kind: PayloadKind,
+                 batch_size: int) -> Iterator[tuple[list[SameContent], list[Outcome]]]:
         if not photos:
             return
         import ray
@@ -388,10 +390,11 @@ class RayDescriber:
         configure(self.options.progress)
         dataset = (ray.data.from_items([{"photo": photo} for photo in photos],
                                        override_num_blocks=max(1, min(len(photos) // batch_size, 1000)))
-                   .map_batches(DescribeActor, batch_size=batch_size,
+                   .map_batches(PayloadActor, batch_size=batch_size,
                                 fn_constructor_kwargs={"load": self.load, "root": root, "pixels": pixels,
-                                                       "described_by": described_by},
+                                                       "kind": kind},
                                 compute=ActorPoolStrategy(size=self.options.describe_actors),
-                                num_gpus=gpus(self.options), num_cpus=self.options.cpus_per_actor))
+                                num_gpus=gpus(self.options) if kind.uses_gpu else 0,
+                                num_cpus=self.options.cpus_per_actor))
         for batch in dataset.iter_batches(batch_size=batch_size, batch_format="numpy"):
             yield list(batch["photo"]), [json.loads(str(outcome)) for outcome in batch["outcome"]]

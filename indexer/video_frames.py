@@ -31,13 +31,15 @@ class VideoSampling:
     max_frames: int = 240
     max_duration: float = 120.0
     merge_cosine: float = 0.92
+    scene_cut: float = 20.0  # VIDEO_SCENE_CUT: core/videos.py Cuts' threshold; 0: no frames at scene changes
 
     @classmethod
     def from_settings(cls) -> VideoSampling:
         from config import get_settings
 
         s = get_settings()
-        return cls(s.video_frame_interval_s, s.video_max_frames, s.video_max_duration_s, s.video_merge_cosine)
+        return cls(s.video_frame_interval_s, s.video_max_frames, s.video_max_duration_s, s.video_merge_cosine,
+                   s.video_scene_cut)
 
 
 @lru_cache(maxsize=8)
@@ -90,7 +92,8 @@ def sample(result: VideoRead, stream: BinaryIO, sampling: VideoSampling) -> None
         return sample_times(info.duration, sampling.interval, sampling.max_frames, sampling.max_duration)
 
     try:
-        frames, info = read_frames(stream, times, short_side=CLIP_SIDE)
+        frames, info = read_frames(stream, times, short_side=CLIP_SIDE, cut_threshold=sampling.scene_cut,
+                                   max_frames=sampling.max_frames)
     except BadVideo as exc:
         result.error = str(exc)
         return

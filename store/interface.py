@@ -252,6 +252,9 @@ class VectorStore(Protocol):
     def vectors(self, ids: Sequence[str]) -> dict[str, np.ndarray]:
         """Stored vectors of the given ids (missing ids are left out)."""
 
+    def payloads_of(self, ids: Sequence[str], keys: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """The payload keys `keys` of the given ids (missing ids are left out; a key a point lacks is absent)."""
+
     def search(self, vector: np.ndarray | None, limit: int, where: SearchFilter | None = None, offset: int = 0,
                dedup: bool = False, text: str | None = None) -> list[Hit]:
         """Points that match `where`, best first, skipping the first `offset`. `dedup`: only the best

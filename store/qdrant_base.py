@@ -116,6 +116,17 @@ class QdrantStore(ABC):
                     out[str(record.id)] = vector
         return out
 
+    def payloads_of(self, ids: Sequence[str], keys: Sequence[str]) -> dict[str, dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {}
+        wanted = list(ids)
+        for start in range(0, len(wanted), RETRIEVE_CHUNK):
+            try:
+                records = self._retrieve(wanted[start:start + RETRIEVE_CHUNK], vectors=False, payload=list(keys))
+            except CollectionMissingError:
+                return out
+            out.update({str(record.id): dict(record.payload or {}) for record in records})
+        return out
+
     def search(self, vector: np.ndarray | None, limit: int, where: SearchFilter | None = None, offset: int = 0,
                dedup: bool = False, text: str | None = None) -> list[Hit]:
         if vector is None and text is None:

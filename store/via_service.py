@@ -67,7 +67,7 @@ TIMEOUT_MARGIN_S = 20.0
 # The VectorStore methods an indexer may run in the service (the service refuses every other name).
 # An indexer's finish() only flushes there: the index build holds the GIL (the whole service) for seconds.
 REMOTE_METHODS = frozenset({
-    "info", "ensure_collection", "upsert", "delete", "payload_page", "vectors", "search", "set_payloads",
+    "info", "ensure_collection", "upsert", "delete", "payload_page", "vectors", "payloads_of", "search", "set_payloads",
     "set_descriptions", "described_counts", "read_counts", "count", "flush", "unindexed_points", "records_page",
     "restore",
 })
@@ -322,6 +322,12 @@ class RemoteStore:
         out: dict[str, np.ndarray] = {}
         for start in range(0, len(ids), IDS_CHUNK):
             out.update(self.call("vectors", ids=list(ids[start:start + IDS_CHUNK])))
+        return out
+
+    def payloads_of(self, ids: Sequence[str], keys: Sequence[str]) -> dict[str, dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {}
+        for start in range(0, len(ids), IDS_CHUNK):
+            out.update(self.call("payloads_of", ids=list(ids[start:start + IDS_CHUNK]), keys=list(keys)))
         return out
 
     def search(self, vector: np.ndarray | None, limit: int, where: SearchFilter | None = None, offset: int = 0,

@@ -423,7 +423,6 @@ function openViewer(subject, opener) {
   img.removeAttribute("src");
   img.hidden = false;
   stopVideo();
-  $("similar").hidden = subject.kind === "library" && subject.result.media === "video";
   $("viewer-noimage").hidden = true;
   $("answer").hidden = true;
   $("answer").textContent = "";
@@ -621,9 +620,10 @@ function findSimilar() {
     const name = subject.file.name || "your photo";
     runSearch({ endpoint: "/image2image_search", fields: {}, upload: subject.file, label: `similar to ${name}` });
   } else {
-    const image = subject.result.image;
-    runSearch({ endpoint: "/image2image_search", fields: { image_id: image }, upload: null,
-      label: `similar to ${image}` });
+    const { image, media, t } = subject.result;
+    const moment = media === "video" ? { t: String(t) } : {}; // a clip: like its moment at t
+    runSearch({ endpoint: "/image2image_search", fields: { image_id: image, ...moment }, upload: null,
+      label: media === "video" ? `similar to ${image} at ${clock(t)}` : `similar to ${image}` });
   }
 }
 

@@ -51,6 +51,11 @@ ERROR = {
 }
 
 # What a score is depends on the ranking that made it (api/searching.py, store/qdrant_base.py).
+MOMENT = {  # a video result's moment (search results, /ask sources)
+    "t": {"type": "number", "description": "a video: the time of the moment's best frame, in seconds"},
+    "start": {"type": "number", "description": "a video: where the moment starts, in seconds"},
+    "end": {"type": "number", "description": "a video: where the moment ends, in seconds"},
+}
 SCORE = ("higher is better: the cosine similarity of CLIP vectors in `vector` mode (and on /image2image_search), "
          "the BM25 weight of the description's words in `text` mode, the fused (RRF) score in `hybrid` mode")
 DESCRIBED = {  # api/search_fields.py described_fields: written by `python -m indexer --describe`
@@ -111,9 +116,7 @@ SCHEMAS: dict[str, Any] = {
             "image_url": {"type": "string", "description": 'with include_image="thumbnail": /images/<path>?size=0'},
             "media": {"type": "string", "enum": ["image", "video"],
                       "description": 'what `image` names: a photo, or a video whose moment `t` matched'},
-            "t": {"type": "number", "description": "a video: the time of the moment's best frame, in seconds"},
-            "start": {"type": "number", "description": "a video: where the moment starts, in seconds"},
-            "end": {"type": "number", "description": "a video: where the moment ends, in seconds"},
+            **MOMENT,
             "moments": {"type": "array", "description": "a video: its other matching moments, best first "
                         "(a clip is listed once, at its best moment)",
                         "items": {"type": "object", "properties": {
@@ -154,9 +157,7 @@ SCHEMAS: dict[str, Any] = {
             **DESCRIBED,
             "media": {"type": "string", "enum": ["image", "video"],
                       "description": "a photo, or a video moment (the model saw the frame at `t`)"},
-            "t": {"type": "number", "description": "a video: the moment's time in seconds"},
-            "start": {"type": "number", "description": "a video: where the moment starts, in seconds"},
-            "end": {"type": "number", "description": "a video: where the moment ends, in seconds"},
+            **MOMENT,
             "video_url": {"type": "string", "description": "a video: /images/<path>, the clip itself"},
             **READ_FIELDS,
         },

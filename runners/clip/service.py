@@ -9,14 +9,14 @@ import bentoml
 import numpy as np
 from PIL import Image
 
-from config import get_settings
+from config import load_settings_or_exit
 from core.bentoml_compat import runner_options
 from core.telemetry import observe_batch
 from runners.clip import ClipEncoder, open_clip
 from runners.device import gpu_memory
 
 log = logging.getLogger(__name__)
-SETTINGS = get_settings()
+SETTINGS = load_settings_or_exit()  # a bad setting: one line naming it, exit 2
 
 
 # Adaptive batching of concurrent calls (CLIP_ADAPTIVE_BATCHING=false turns it off, for comparison:

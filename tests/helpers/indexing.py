@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import io
 import os
+import re
+import select
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -74,5 +78,48 @@ def edge_contents(folder: Path) -> dict[str, dict[str, Any]]:
     store = EdgeStore(folder, "images")
     try:
         return contents(store)
+    finally:
+        store.close()
+
+
+def kill_after_first_batch(env: dict[str, str], stage: str, batch: int, limit: float = 240) -> tuple[int, int]:
+    """Run `python -m indexer --<stage>` (a payload stage: describe, ocr), SIGKILL it as soon as the stage's progress
+    bar shows a written batch of `batch`; (done, total) then. The env must set TQDM_MININTERVAL=0 (the bar then
+    shows every batch, so the kill can aim at the first one)."""
+    progress_line = re.compile(rb"%s:.*?\| *(\d+)/(\d+) \[" % stage.encode())  # "ocr:  25%|##  | 4/16 ["
+    proc = subprocess.Popen([sys.executable, "-m", "indexer", f"--{stage}"], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    assert proc.stderr is not None
+    start, tail, found = time.monotonic(), b"", None
+    try:
+        fd = proc.stderr.fileno()
+        while time.monotonic() - start < limit:
+            if not select.select([fd], [], [], 0.002)[0]:
+                continue
+            chunk = os.read(fd, 1 << 16)
+            if not chunk:
+                break
+            tail = (tail + chunk)[-4096:]
+            progress = [tuple(int(x) for x in m) for m in progress_line.findall(tail)]
+            if progress and progress[-1][0] >= batch:
+                proc.send_signal(signal.SIGKILL)
+                found = progress[-1]
+                break
+    finally:
+        proc.wait()
+        proc.stderr.close()
+    assert found is not None, f"no {stage} progress before the run ended: {tail.decode(errors='replace')}"
+    assert proc.returncode == -signal.SIGKILL
+    return found[0], found[1]
+
+
+def collection(folder: Path) -> tuple[dict[str, dict[str, object]], dict[str, np.ndarray]]:
+    """The payloads and vectors of the embedded store in `folder`; no duplicate points."""
+    store = EdgeStore(folder, "images")
+    try:
+        records = list(store.payloads())
+        ids = [pid for pid, _ in records]
+        assert len(ids) == len(set(ids)) == store.count(), "duplicate points"
+        return dict(records), store.vectors(ids)
     finally:
         store.close()

@@ -5,10 +5,12 @@ from __future__ import annotations
 import contextlib
 import os
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 
 from store.interface import Point, VectorStore, folders_of, point_id
 
@@ -149,3 +151,20 @@ def edge_store(folder: Path) -> VectorStore:
     from store.qdrant_edge import EdgeStore
 
     return EdgeStore(folder, "images")
+
+
+# Fixtures the store tests share: a module imports them by these names (pytest finds fixtures in its namespace).
+@pytest.fixture(params=BACKENDS, name="backend")
+def each_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    """The test runs once per backend."""
+    b = Backend(request.param, tmp_path)
+    yield b
+    b.cleanup()
+
+
+@pytest.fixture(name="store")
+def store_with_collection(backend: Backend) -> VectorStore:
+    """The backend's store with a collection of MODEL, DIM."""
+    s = backend.open()
+    s.ensure_collection(MODEL, DIM)
+    return s

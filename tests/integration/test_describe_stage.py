@@ -21,8 +21,8 @@ from PIL import Image
 from shapes import CLASSES, COLOR_ZH, draw_described, draw_shape
 
 from config import DEFAULT_DESCRIBE_PROMPT
-from indexer.describe_stage import DescribeOptions as Options
 from indexer.describe_stage import DescribeStage
+from indexer.payload_stage import PayloadOptions as Options
 from indexer.pipeline import Summary
 from runners.clip import ClipEncoder
 from runners.vlm import VisionLanguageModel

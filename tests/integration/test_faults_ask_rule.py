@@ -27,7 +27,8 @@ from api.store_calls import StoreCalls
 from api.vqa_requests import VqaRequests
 from config import DEFAULT_DESCRIBE_PROMPT, Settings
 from core.library import Library
-from indexer.describe_stage import DescribeOptions, DescribeStage
+from indexer.describe_stage import DescribeStage
+from indexer.payload_stage import PayloadOptions
 from indexer.pipeline import Summary
 from runners.clip import ClipEncoder
 from runners.vlm import VisionLanguageModel
@@ -73,7 +74,7 @@ def described(tmp_path_factory: pytest.TempPathFactory, tiny_clip_dir: Path,
     index(store, encoder, root)
     describer = Describer(tiny_describer, DEFAULT_DESCRIBE_PROMPT, max_new_tokens=40)
     DescribeStage(store, root, describer.described_by, lambda: describer, Summary(),
-                  DescribeOptions(batch_size=3, workers=1, progress=False)).run()
+                  PayloadOptions(batch_size=3, workers=1, progress=False)).run()
     for i in range(CIRCLES):
         draw_described("circle", "red", "", seed=i).save(root / f"circle-{i}.png")
     index(store, encoder, root)

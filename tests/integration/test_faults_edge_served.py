@@ -139,3 +139,12 @@ def test_a_full_store_disk_stops_the_start_with_its_reason(tmp_path: Path, tiny_
         assert "SIGBUS" not in output and "Bus error" not in output
     finally:
         subprocess.run(["umount", str(disk)], check=False)
+
+
+def test_a_bad_setting_is_one_line_naming_it_and_the_start_stops(tmp_path: Path, tiny_clip_dir: Path) -> None:
+    """As for `python -m indexer` (docs/indexing.md, exit 2): the setting named, why, where the settings are
+    described; no traceback to read through."""
+    env = {**service_env(tmp_path, tiny_clip_dir, tmp_path), "SEARCH_MAX_TOP_K": "fifty"}
+    output = start_refused(env, tmp_path / "serve.log")
+    assert "error: SEARCH_MAX_TOP_K: Input should be a valid integer" in output and "(docs/settings.md)" in output
+    assert "Traceback" not in output, output

@@ -12,7 +12,7 @@ from PIL import Image
 from signs import sign
 
 from core.images import BadImage, load_image
-from indexer.describe_stage import PixelBudget, shrink
+from indexer.payload_stage import PixelBudget, shrink
 from runners.ocr import ReadOptions, TextLine, TextReader, normalized
 
 SIGNS = [["金龙面馆"], ["Golden Dragon"], ["生日快乐 小明", "Happy Birthday"], ["EXIT 出口"]]

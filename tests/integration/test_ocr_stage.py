@@ -1,15 +1,13 @@
 """The OCR stage (indexer/ocr_stage.py) on the embedded store, through the command line, with the real OCR models on
 sign photos drawn by tests/signs.py: copies read once (by content hash), a SIGKILL after the first written batch and
 a rerun that reads only the rest, `--watch --ocr` reading a photo added while it runs, and the Ray engine's actor
-(indexer/ray_ocr.py) giving the local engine's reads (the whole stage on a Ray cluster:
+(indexer/ray_engine.py, PayloadActor) giving the local engine's reads (the whole stage on a Ray cluster:
 tests/integration/test_ray_indexing.py). The service's write path, failures and search:
 tests/integration/test_ocr_served.py."""
 
 from __future__ import annotations
 
 import json
-import os
-import re
 import select
 import shutil
 import signal
@@ -19,21 +17,19 @@ import time
 from pathlib import Path
 
 import numpy as np
-from helpers.indexing import cli_env
+from helpers.indexing import cli_env, collection, kill_after_first_batch
 from serving import ROOT
 from signs import jpeg, sign
 
 from config import Settings
 from indexer.decode import content_hash
-from indexer.describe_stage import PixelBudget, SameContent
-from indexer.ocr_stage import read_payload
-from indexer.ray_ocr import OcrActor
+from indexer.ocr_stage import TextReads, read_payload
+from indexer.payload_stage import PixelBudget, SameContent
+from indexer.ray_engine import PayloadActor
 from runners.ocr import TextReader, ocr_by_of
 from store.interface import PAYLOAD_FIELDS, point_id
-from store.qdrant_edge import EdgeStore
 
 BATCH = 2
-PROGRESS = re.compile(rb"ocr:.*?\| *(\d+)/(\d+) \[")  # the stage's tqdm line: "ocr:  25%|##  | 4/16 ["
 WORDS = ["Golden Dragon", "金龙面馆", "EXIT 出口", "Night Market 夜市", "Bakery 面包店", "Taxi 出租车"]
 
 
@@ -63,45 +59,6 @@ def indexer(env: dict[str, str], *args: str) -> dict[str, object]:
     return json.loads(done.stdout)  # type: ignore[no-any-return]
 
 
-def kill_after_first_batch(env: dict[str, str], limit: float = 240) -> tuple[int, int]:
-    """Run `--ocr`, SIGKILL it as soon as its progress bar shows a written batch; (done, total) then."""
-    proc = subprocess.Popen([sys.executable, "-m", "indexer", "--ocr"], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    assert proc.stderr is not None
-    start, tail, found = time.monotonic(), b"", None
-    try:
-        fd = proc.stderr.fileno()
-        while time.monotonic() - start < limit:
-            if not select.select([fd], [], [], 0.002)[0]:
-                continue
-            chunk = os.read(fd, 1 << 16)
-            if not chunk:
-                break
-            tail = (tail + chunk)[-4096:]
-            progress = [tuple(int(x) for x in m) for m in PROGRESS.findall(tail)]
-            if progress and progress[-1][0] >= BATCH:
-                proc.send_signal(signal.SIGKILL)
-                found = progress[-1]
-                break
-    finally:
-        proc.wait()
-        proc.stderr.close()
-    assert found is not None, f"no OCR progress before the run ended: {tail.decode(errors='replace')}"
-    assert proc.returncode == -signal.SIGKILL
-    return found[0], found[1]
-
-
-def collection(folder: Path) -> tuple[dict[str, dict[str, object]], dict[str, np.ndarray]]:
-    store = EdgeStore(folder, "images")
-    try:
-        records = list(store.payloads())
-        ids = [pid for pid, _ in records]
-        assert len(ids) == len(set(ids)) == store.count(), "duplicate points"
-        return dict(records), store.vectors(ids)
-    finally:
-        store.close()
-
-
 def norm(text: object) -> str:
     return str(text).casefold().replace(" ", "")
 
@@ -114,7 +71,7 @@ def test_sigkill_mid_ocr_then_a_rerun_reads_the_rest_once(tiny_clip_dir: Path, t
     assert indexer(env)["added"] == len(made)
     _, vectors = collection(qdrant)
 
-    done, total = kill_after_first_batch(env)
+    done, total = kill_after_first_batch(env, "ocr", BATCH)
     assert total == len(made)
     payloads, _ = collection(qdrant)
     ocr_by = ocr_by_of(Settings(_env_file=None))  # type: ignore[call-arg]
@@ -184,7 +141,7 @@ def test_the_ray_actor_reads_as_the_local_engine(tmp_path: Path) -> None:
     pixels = PixelBudget(decode=4_000_000, shrink=4_000_000)
     photos = [SameContent(content_hash(data), [point_id("one.jpg")], ["one.jpg"]),
               SameContent("sha256:other", [point_id("gone.jpg")], ["gone.jpg"])]
-    actor = OcrActor(lambda: reader, library, pixels, reader.ocr_by)
+    actor = PayloadActor(lambda: reader, library, pixels, TextReads(reader.ocr_by))
     out = actor({"photo": photos})
     outcomes = [json.loads(item) for item in out["outcome"]]
     assert outcomes[1] == "changed since it was indexed: run the indexer again"

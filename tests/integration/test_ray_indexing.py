@@ -21,10 +21,11 @@ from helpers.indexing import contents, corrupt_files
 from helpers.ray_cluster import ClipLoader, DescriberLoader, FailingWriter, two_node_cluster
 from shapes import CLASSES, WORDS, draw_described, make_library
 
-from indexer.describe_stage import DescribeOptions, DescribeStage
+from indexer.describe_stage import DescribeStage
+from indexer.payload_stage import PayloadOptions
 from indexer.pipeline import Indexer, Summary
 from indexer.pipeline import IndexOptions as Options
-from indexer.ray_engine import RayDescriber, RayEngine, RayOptions
+from indexer.ray_engine import RayEngine, RayOptions, RayPayloads
 from runners.clip import ClipEncoder
 from store.interface import StoreError, VectorStore
 from store.qdrant_edge import EdgeStore
@@ -91,9 +92,9 @@ def same_vectors(a: VectorStore, b: VectorStore) -> float:
 
 
 def describe(store: VectorStore, root: Path, loader: DescriberLoader, described_by: str,
-             engine: RayDescriber | None = None) -> Summary:
+             engine: RayPayloads | None = None) -> Summary:
     summary = Summary()
-    DescribeStage(store, root, described_by, loader, summary, DescribeOptions(batch_size=BATCH, progress=False),
+    DescribeStage(store, root, described_by, loader, summary, PayloadOptions(batch_size=BATCH, progress=False),
                   engine).run()
     return summary
 
@@ -122,7 +123,7 @@ def test_ray_engine_writes_what_the_local_engine_writes(cluster: Any, encoder: C
     loader = DescriberLoader(tiny_describer_dir)
     described_by = loader().described_by
     described = describe(local, root, loader, described_by)
-    on_ray = describe(remote, root, loader, described_by, RayDescriber(loader, RayOptions(progress=False)))
+    on_ray = describe(remote, root, loader, described_by, RayPayloads(loader, RayOptions(progress=False)))
     assert (described.described, described.describe_failed) == (9, 1)  # the thin PNG: the model refuses it
     assert counts(on_ray) == counts(described)
     assert contents(remote) == contents(local)
@@ -218,12 +219,11 @@ def test_a_node_removed_mid_run_loses_no_photo(cluster: Any, encoder: ClipEncode
 
 
 def test_the_ocr_stage_on_ray_reads_what_it_reads_here(cluster: Any, encoder: ClipEncoder, tmp_path: Path) -> None:
-    """indexer/ray_ocr.py: the OCR stage (indexer/ocr_stage.py) on an actor pool of real readers writes the lines
-    the local engine writes, with the same counts and failures."""
+    """RayPayloads (indexer/ray_engine.py): the OCR stage (indexer/ocr_stage.py) on an actor pool of real readers
+    writes the lines the local engine writes, with the same counts and failures."""
     from signs import jpeg, sign
 
-    from indexer.ocr_stage import OcrOptions, OcrStage
-    from indexer.ray_ocr import RayReader
+    from indexer.ocr_stage import OcrStage, ocr_options
     from runners.ocr import TextReader
 
     root = tmp_path / "signs"
@@ -232,11 +232,11 @@ def test_the_ocr_stage_on_ray_reads_what_it_reads_here(cluster: Any, encoder: Cl
         (root / f"s{i}.jpg").write_bytes(jpeg(sign([words], size=(640, 480), seed=70 + i)))
     (root / "thin.png").write_bytes(strip(1, 65_000))
     found = {}
-    for name, engine in (("local", None), ("ray", RayReader(TextReader, RayOptions(progress=False)))):
+    for name, engine in (("local", None), ("ray", RayPayloads(TextReader, RayOptions(progress=False)))):
         store = EdgeStore(tmp_path / name, "images")
         run(store, encoder, root)
         summary = Summary()
-        OcrStage(store, root, TextReader().ocr_by, TextReader, summary, OcrOptions(batch_size=2, progress=False),
+        OcrStage(store, root, TextReader().ocr_by, TextReader, summary, ocr_options(batch_size=2, progress=False),
                  engine).run()
         assert summary.ocr is not None
         figures = {k: v for k, v in summary.ocr.items() if k != "photos_per_s"}

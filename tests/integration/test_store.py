@@ -13,12 +13,21 @@ tests/integration/test_store_processes.py.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers.stores import BACKENDS, DIM, MODEL, Backend, edge_store, make_points, payload_for, unit_vectors
+from helpers.stores import (
+    BACKENDS,
+    DIM,
+    MODEL,
+    Backend,
+    each_backend,  # noqa: F401 - a fixture
+    edge_store,
+    make_points,
+    payload_for,
+    unit_vectors,
+)
 
 from store.interface import (
     PAYLOAD_FIELDS,
@@ -31,13 +40,6 @@ from store.interface import (
     VectorStore,
     point_id,
 )
-
-
-@pytest.fixture(params=BACKENDS)
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
-    b = Backend(request.param, tmp_path)
-    yield b
-    b.cleanup()
 
 
 @pytest.fixture

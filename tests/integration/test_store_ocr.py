@@ -5,28 +5,21 @@ and the real reads are tested in tests/integration/test_ocr_indexing.py."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
-from helpers.stores import BACKENDS, DIM, MODEL, Backend, make_points, payload_for, unit_vectors
+from helpers.stores import (  # noqa: F401 - fixtures
+    BACKENDS,
+    DIM,
+    MODEL,
+    Backend,
+    each_backend,
+    make_points,
+    payload_for,
+    store_with_collection,
+    unit_vectors,
+)
 
 from runners.ocr import normalized, read_text_norm
 from store.interface import Point, SearchFilter, StoreError, VectorStore, point_id
-
-
-@pytest.fixture(params=BACKENDS)
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
-    b = Backend(request.param, tmp_path)
-    yield b
-    b.cleanup()
-
-
-@pytest.fixture
-def store(backend: Backend) -> VectorStore:
-    s = backend.open()
-    s.ensure_collection(MODEL, DIM)
-    return s
 
 
 def read(*lines: str) -> dict[str, object]:

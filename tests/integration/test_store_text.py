@@ -4,28 +4,13 @@ run against every backend (tests/helpers/stores.py), plus collections made befor
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers.stores import BACKENDS, DIM, MODEL, Backend, make_points, unit_vectors
+from helpers.stores import BACKENDS, DIM, MODEL, Backend, each_backend, make_points, store_with_collection, unit_vectors  # noqa: F401 - fixtures
 
 from store.interface import Point, SearchFilter, StoreError, VectorStore, point_id
-
-
-@pytest.fixture(params=BACKENDS)
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
-    b = Backend(request.param, tmp_path)
-    yield b
-    b.cleanup()
-
-
-@pytest.fixture
-def store(backend: Backend) -> VectorStore:
-    s = backend.open()
-    s.ensure_collection(MODEL, DIM)
-    return s
 
 
 def ids(hits: list) -> list[str]:  # type: ignore[type-arg]

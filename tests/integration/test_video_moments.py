@@ -214,3 +214,51 @@ def test_watch_sees_videos_and_a_clip_being_written_keeps_its_moments(tmp_path: 
     held = Indexer(store, counting, Options(progress=False, video=SAMPLING)).run(library, hold={"a.mp4"})
     assert (held.removed, held.failed, counting.embedded) == (0, 0, 0)
     assert len(moments_of(store, "a.mp4")) == 3
+
+
+def test_the_ocr_stage_reads_the_photos_and_leaves_the_moments_alone(tmp_path: Path, store: Any,
+                                                                      encoder: ClipEncoder) -> None:
+    """Moments are not photos: a library with a clip and a sign photo gets the sign's words, and no failure is
+    listed for the clip's moments (the payload stages skip them), this run or the next."""
+    from signs import jpeg, sign
+
+    from indexer.ocr_stage import OcrStage, ocr_options
+    from indexer.pipeline import Summary
+    from runners.ocr import TextReader
+
+    library = tmp_path / "lib"
+    write_clips(library, {"trips/ferry.mp4": CLIPS["trips/ferry.mp4"]})
+    (library / "sign.jpg").write_bytes(jpeg(sign(["Night Market 夜市"], size=(800, 600), seed=7)))
+    assert index(store, encoder, library, video=SAMPLING)[0].failures == []
+    reader = TextReader()
+    for _ in range(2):
+        summary = OcrStage(store, library, reader.ocr_by, lambda: reader, Summary(),
+                           ocr_options(batch_size=2, progress=False)).run()
+        assert summary.failures == []
+    assert summary.ocr is not None and summary.ocr["read"] == 0  # the second run has nothing left to read
+    points = contents(store).values()
+    assert [p["path"] for p in points if "ocr_by" in p] == ["sign.jpg"]
+    assert "night market" in next(p for p in points if p["path"] == "sign.jpg")["ocr_text"].casefold()
+
+
+def test_a_moment_starts_at_its_scene_change_not_at_the_next_sample(tmp_path: Path, store: Any,
+                                                                     encoder: ClipEncoder) -> None:
+    """Scenes of 2.5 s sampled every 2 s: the frames at the cuts (2.5 s, 5 s) are embedded too, so each moment spans
+    its scene; with VIDEO_SCENE_CUT=0 the moments start at the samples after the cuts."""
+    from dataclasses import replace
+
+    library = tmp_path / "lib"
+    library.mkdir()
+    segments = [("circle", "red", 2.5), ("square", "blue", 2.5), ("triangle", "green", 2.5)]
+    write_clip(library / "cuts.mp4", shape_frames(segments, FPS), fps=FPS, codec="libx264")
+    every_2s = replace(SAMPLING, interval=2.0)
+    summary, counting = index(store, encoder, library, video=every_2s)
+    assert summary.failures == [] and counting.embedded == 4 + 2  # samples at 0, 2, 4, 6 and the two cuts
+    spans = [(m["start"], m["end"]) for m in moments_of(store, "cuts.mp4")]
+    assert spans == [(0.0, 2.5), (2.5, 5.0), (5.0, 7.5)]
+    assert best(store, encoder, "square", "blue")["t"] == pytest.approx(2.5, abs=0.05)
+
+    store.delete(list(contents(store)))
+    summary, counting = index(store, encoder, library, video=replace(every_2s, scene_cut=0.0))
+    assert counting.embedded == 4
+    assert [(m["start"], m["end"]) for m in moments_of(store, "cuts.mp4")] == [(0.0, 4.0), (4.0, 6.0), (6.0, 7.5)]

@@ -100,6 +100,28 @@ def test_image_to_image_finds_moments(server: Server) -> None:
     assert (top["image"], top["media"]) == ("trips/ferry.mp4", "video") and 6 <= top["t"] < 9
 
 
+def test_image_to_image_from_a_moment_of_a_clip(server: Server) -> None:
+    """From ferry.mp4's red circle (t=1): the clip with red circles is most alike; the clip asked from is left out
+    whole; an upload of that moment's frame finds the same; `t` is required for a clip, and only for a clip."""
+    answer = post(server, "/image2image_search", json={"image_id": "trips/ferry.mp4", "t": 1.0, "top_k": 6})
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert (body["query"], body["mode"]) == ("trips/ferry.mp4", "vector")
+    results = body["results"]
+    assert "trips/ferry.mp4" not in [r["image"] for r in results]
+    assert (results[0]["image"], results[0]["media"]) == ("twice.mkv", "video")
+    assert (results[0]["start"], results[0]["end"]) in {(0.0, 2.0), (4.0, 6.0)}
+    frame = get(server, "/images/trips/ferry.mp4", params={"t": "1", "size": "0"}).content
+    uploaded = post(server, "/image2image_search", data={"top_k": "6"},
+                    files={"image": ("frame.jpg", frame, "image/jpeg")}).json()["results"]
+    assert uploaded[0]["image"] == "twice.mkv"
+    for fields, says in (({"image_id": "trips/ferry.mp4"}, "send t"),
+                         ({"image_id": "trips/ferry.mp4", "t": 500}, "no moment at 500 s"),
+                         ({"image_id": "photo0.jpg", "t": 1}, "only with the image_id of a video")):
+        refused = post(server, "/image2image_search", json=fields)
+        assert refused.status_code == 400 and says in refused.json()["error"]["message"], refused.text
+
+
 def red_share(image: Image.Image) -> float:
     red = COLORS["red"]
     pixels = np.asarray(image.convert("RGB"), dtype=np.int32).reshape(-1, 3)

@@ -144,7 +144,8 @@ def test_the_describe_pixel_budget_is_the_smaller_bound_and_only_describe_max_pi
         describe_max: int, vqa_max: int, decode: int, shrink: int) -> None:
     """Photos decode at the smaller bound; the stage resizes only for a DESCRIBE_MAX_PIXELS below VQA_MAX_PIXELS
     (the model's processor applies VQA_MAX_PIXELS itself, in one resize, as for /vqa)."""
-    from indexer.describe_stage import PixelBudget, pixel_budget
+    from indexer.describe_stage import pixel_budget
+    from indexer.payload_stage import PixelBudget
 
     assert pixel_budget(describe_max, vqa_max) == PixelBudget(decode=decode, shrink=shrink)
 
@@ -154,7 +155,8 @@ def test_a_photo_over_the_describe_budget_is_shrunk_keeping_its_shape(tmp_path: 
     under the budget is handed over as it is."""
     from core.library import Library
     from indexer.decode import content_hash
-    from indexer.describe_stage import PixelBudget, SameContent, decode_photo, pixel_budget
+    from indexer.describe_stage import pixel_budget
+    from indexer.payload_stage import PixelBudget, SameContent, decode_photo
 
     big = tmp_path / "big.jpg"
     draw_shape("circle", "red", 1600).resize((1600, 1200)).save(big, quality=90)

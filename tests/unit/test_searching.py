@@ -282,3 +282,13 @@ def test_hybrid_lifts_a_described_match_over_clip_neighbours(store: ServerStore,
     # green.png is last by CLIP, but both rankings name it: RRF puts it first, then CLIP's own order
     assert mode == "hybrid"
     assert [h.payload["path"] for h in hits] == ["green.png", "red.png", "link_hidden.png"]
+
+
+def test_the_moment_at_a_time_is_the_one_holding_it_else_the_nearest() -> None:
+    from api.searching import moment_at
+
+    moments = {"a": {"start": 0.0, "end": 3.0}, "b": {"start": 3.0, "end": 6.0}, "c": {"start": 8.0, "end": 9.5}}
+    assert [moment_at("v.mp4", moments, t) for t in (0.0, 2.99, 3.0, 6.9, 7.2, 9.5)] == ["a", "a", "b", "b", "c", "c"]
+    with pytest.raises(ApiError) as refused:
+        moment_at("v.mp4", moments, 9.6)
+    assert refused.value.status == 400 and "ends at 9.5 s" in refused.value.message
