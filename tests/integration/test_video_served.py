@@ -222,3 +222,7 @@ def test_the_page_shows_the_moment_and_plays_the_clip_from_it(server: Server) ->
         assert eventually(lambda: page.eval_on_selector("#viewer-video", "video => video.currentTime") >= 3)
         expect(page.locator("#viewer-img")).to_be_hidden()
         expect(page.locator("#viewer-meta")).to_contain_text(re.compile(r"video moment at 0:0[345]"))
+        page.click("#similar")  # photos and clips like this moment; the clip itself left out
+        expect(page.locator("#summary")).to_contain_text(re.compile(r"similar to party\.webm at 0:0[345]"))
+        expect(page.locator("#grid .card").first).to_be_visible()
+        expect(page.locator('#grid .card[data-image="party.webm"]')).to_have_count(0)
