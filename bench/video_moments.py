@@ -245,9 +245,10 @@ def main() -> None:
 `.venv/bin/python bench/video_moments.py --seconds {args.seconds:g} --interval {args.interval:g} --four-k-seconds \
 {args.four_k_seconds:g} --search-points {args.search_points}{" --tiny" if args.tiny else ""}` on {cpu_name()}
 ({instruction_sets()}): {args.seconds:g}-s h264 clips, VIDEO_FRAME_INTERVAL_S={args.interval:g}, scene changes sampled,
-{"the tiny" if args.tiny else "real-size (Chinese-CLIP ViT-B/16, random weights)"} CLIP on the CPU. Merging is decided by the model's
-vectors: with random weights alike scenes merge more often than a trained model's would, so "after merging" is a
-floor on the points a real library gets (at most one per scene, plus the cuts the samples straddle).
+{"the tiny" if args.tiny else "real-size (Chinese-CLIP ViT-B/16, random weights)"} CLIP on the CPU.
+Merging is decided by the model's vectors: with random weights alike scenes merge more often than a trained
+model's would, so "after merging" is a floor on the points a real library gets (at most one per scene, plus the
+cuts the samples straddle).
 
 {text}""")
 
