@@ -4,14 +4,13 @@ never writes into a folder that already holds something."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 from helpers.indexing import index
+from helpers.scripts import script
 
 from config import Settings
 from runners.clip import ClipEncoder
@@ -21,13 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def sample_library() -> ModuleType:
-    """scripts/sample_library.py, loaded from its file (scripts/ is not a package)."""
-    spec = importlib.util.spec_from_file_location("sample_library", ROOT / "scripts" / "sample_library.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("sample_library", module)
-    spec.loader.exec_module(module)
-    return module
+    return script("sample_library")
 
 
 def test_a_sample_red_circle_is_found_first(tmp_path: Path, tiny_clip_dir: Path) -> None:

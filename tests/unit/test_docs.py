@@ -10,6 +10,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+from helpers.scripts import script
 
 from config import Settings
 
@@ -61,13 +62,7 @@ RENAMED: dict[str, str] = {"CLIP backends": "CLIP runtimes"}
 
 
 def settings_doc() -> ModuleType:
-    """scripts/settings_doc.py, loaded from its file (scripts/ is not a package)."""
-    spec = importlib.util.spec_from_file_location("settings_doc", ROOT / "scripts" / "settings_doc.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("settings_doc", module)
-    spec.loader.exec_module(module)
-    return module
+    return script("settings_doc")
 
 
 def doc_files() -> list[Path]:

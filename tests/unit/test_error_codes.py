@@ -4,15 +4,14 @@ docs/api.md's error table is generated from it (scripts/errors_doc.py) and curre
 from __future__ import annotations
 
 import ast
-import importlib.util
 import inspect
 import re
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
 import pytest
+from helpers.scripts import script
 
 from api.errors import CODES, ERROR_CODES, bad_request
 
@@ -169,13 +168,7 @@ def dynamic(code):
 
 
 def errors_doc() -> ModuleType:
-    """scripts/errors_doc.py, loaded from its file (scripts/ is not a package)."""
-    spec = importlib.util.spec_from_file_location("errors_doc", ROOT / "scripts" / "errors_doc.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("errors_doc", module)
-    spec.loader.exec_module(module)
-    return module
+    return script("errors_doc")
 
 
 def test_the_error_table_in_docs_api_md_is_generated_from_the_registry_and_current() -> None:
