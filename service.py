@@ -27,6 +27,7 @@ from api.internal_store import InternalStore, listening_url
 from api.runner_calls import runner_ready
 from api.searching import Searching, query_text
 from api.store_calls import StoreCalls
+from api.vqa_moments import check_t
 from api.vqa_requests import VqaRequests
 from config import load_settings_or_exit
 from core.bentoml_compat import NO_FILE, upload_name
@@ -172,8 +173,8 @@ class MultimodalServer:
         video, most like its moment at `t` (the clip itself left out)."""
         if (image is None) == (not image_id):
             raise bad_request("send exactly one of image or image_id")
-        if t is not None and not image_id:
-            raise bad_request("t: only with the image_id of a video in the library")
+        if not image_id:
+            check_t(t, None, is_video=False)  # an upload is no video: no `t`
         rel = self.searching.library_id(image_id) if image_id else None
         page = search_fields.search_page(top_k, max_window=self.settings.search_max_window, **fields)
         if rel is not None:

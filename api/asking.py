@@ -25,6 +25,7 @@ from api.vqa_requests import VqaRequests
 from config import Settings
 from core.images import BadImage, load_image
 from core.library import Library, NotInLibrary
+from runners.ocr import TextQuery
 from runners.vlm import ChatRequest
 from store.interface import Hit
 
@@ -78,7 +79,6 @@ def photo_content(images: list[bytes], question: str, instruction: str,
         if numbered:
             read = (read_texts or [])[number - 1:number]
             evidence = " / ".join(line for line in (read[0] if read else "").splitlines() if line.strip())
-            quoted = json.dumps(evidence[:MAX_EVIDENCE_CHARS], ensure_ascii=False)
             quoted = json.dumps(evidence[:MAX_EVIDENCE_CHARS], ensure_ascii=False)
             label = f"Photo {number} (text read in it: {quoted}):" if evidence else f"Photo {number}:"
             parts.append({"type": "text", "text": label})
@@ -144,23 +144,25 @@ class Asking:
         those whose picture does not support the query (`pictured`)."""
         window = self.settings.ask_clip_support
         more = window if mode != "vector" else 0  # room to refill what the rule below leaves out
-        hits, ran = await self.searching.text_hits(query, top_k + more, page, mode)
+        parsed = text_query(query)
+        hits, ran = await self.searching.text_hits(parsed, top_k + more, page, mode)
         if ran != "vector":
-            hits = await self.pictured(query, top_k, page, hits)
+            hits = await self.pictured(parsed.words, top_k, page, hits)
         hits = hits[:top_k]
-        photos: list[RetrievedPhoto] = await self.searching.off_loop(self.readable, hits, query)
+        photos: list[RetrievedPhoto] = await self.searching.off_loop(self.readable, hits, parsed)
         return photos
 
-    async def pictured(self, query: str, top_k: int, page: SearchPage, hits: list[Hit]) -> list[Hit]:
+    async def pictured(self, words: str, top_k: int, page: SearchPage, hits: list[Hit]) -> list[Hit]:
         """The rule against answers from photos that only *say* the query (issue 22 D11): words, in a
         description or drawn on the photo itself, may lift a photo into the answer's sources, but only one
         that CLIP's image-text ranking alone also puts among the ASK_CLIP_SUPPORT best photos for the query
         (same filters, from the first page); any other is not given to the model, so it is never cited, and
-        the next supported photo of the ranking takes its place."""
+        the next supported photo of the ranking takes its place. `words`: the query without its quote marks, as
+        the search encoded it."""
         window = self.settings.ask_clip_support
         if not window or not hits:
             return hits
-        vector = await self.searching.text_vector(query)
+        vector = await self.searching.text_vector(words)
         store = self.searching.store
         support: list[Hit] = await store.run(store.store.search, vector, page.offset + max(window, top_k),
                                              page.where, 0, False)
@@ -172,11 +174,10 @@ class Asking:
                          "among the %d best (ASK_CLIP_SUPPORT)", hit.payload.get("path"), window)
         return kept
 
-    def readable(self, hits: list[Hit], query: str | None = None) -> list[RetrievedPhoto]:
+    def readable(self, hits: list[Hit], query: TextQuery | None = None) -> list[RetrievedPhoto]:
         """The hits whose file is still a readable image of the library; the others (deleted or changed
         since indexing) are left out, so the numbers the model sees are the sources' numbers. Each source
         carries the text read in its photo and the lines `query` matches (api/read_text.py)."""
-        parsed = None if query is None else text_query(query)
         photos = []
         for hit in hits:
             rel = str(hit.payload.get("path", ""))
@@ -193,7 +194,7 @@ class Asking:
                 log.warning("ask: skipping %r, no longer a library image (%s)", rel, exc)
                 continue
             source = {"image": rel, "score": round(float(hit.score), 6), **described_fields(hit.payload),
-                      **image_urls(rel), **read_fields(hit.payload, parsed)}
+                      **image_urls(rel), **read_fields(hit.payload, query)}
             photos.append(RetrievedPhoto(source, data))
         return photos
 

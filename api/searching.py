@@ -32,6 +32,7 @@ from config import Settings
 from core.images import DRAFT_SIZE, BadImage, clip_view, load_image
 from core.library import Library, NotInLibrary, is_video_name
 from indexer.moments import moment_id
+from runners.ocr import TextQuery
 from store.interface import Hit, point_id
 
 log = logging.getLogger("service")
@@ -141,21 +142,17 @@ class Searching:
                       mode: str | None = None) -> tuple[list[Any], str]:
         """The shaped results for a text and the mode that ranked them (with the text read in each photo and the
         lines the query matches, api/read_text.py)."""
-        hits, ran = await self.text_hits(query, top_k, page, mode)
-        results = await self.shaped(hits, include_image)
         parsed = text_query(query)
-        for item, hit in zip(results, hits, strict=True):
-            item.update(read_fields(hit.payload, parsed))
-        return results, ran
+        hits, ran = await self.text_hits(parsed, top_k, page, mode)
+        return await self.shaped(hits, include_image, parsed), ran
 
-    async def text_hits(self, query: str, top_k: int, page: SearchPage,
+    async def text_hits(self, parsed: TextQuery, top_k: int, page: SearchPage,
                         mode: str | None = None) -> tuple[list[Hit], str]:
         """The store's hits for a text, best first, and the mode that ran: the search of
         /text2image_search (and of /ask). "vector" ranks by CLIP, "text" by the words of the descriptions and of
         the text read in the photos (BM25), "hybrid" fuses both in one store query; None picks hybrid once the
         index holds descriptions or read text. A phrase in double quotes is a filter: the photo's read text must
         hold it (api/read_text.py); the words rank without the quote marks."""
-        parsed = text_query(query)
         page = with_phrases(page, parsed)
         await self.check_index()
         ran = await self.pick_mode(mode)
@@ -241,13 +238,14 @@ class Searching:
     async def hits(self, vector: Any, top_k: int, page: SearchPage) -> list[Hit]:
         return await self.moments.search(vector, top_k, page)
 
-    async def shaped(self, hits: list[Hit], include_image: bool | str) -> list[Any]:
+    async def shaped(self, hits: list[Hit], include_image: bool | str, query: TextQuery | None = None) -> list[Any]:
+        """The results of `hits`; with a text `query`, each read photo's lines that it matches too."""
         if include_image is True:
             self.check_response_size(hits)
-        return list(await self.off_loop(self.results, hits, include_image))
+        return list(await self.off_loop(self.results, hits, include_image, query))
 
-    def results(self, hits: list[Any], include_image: bool | str) -> list[Any]:
-        return [{**result_item(hit, include_image, LibraryBytes), **read_fields(hit.payload)} for hit in hits]
+    def results(self, hits: list[Any], include_image: bool | str, query: TextQuery | None = None) -> list[Any]:
+        return [{**result_item(hit, include_image, LibraryBytes), **read_fields(hit.payload, query)} for hit in hits]
 
     def check_response_size(self, hits: list[Any]) -> None:
         """400 before reading any file when the results' base64 would pass SEARCH_MAX_RESPONSE_MB."""

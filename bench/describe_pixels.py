@@ -46,11 +46,11 @@ def cases(n: int, seed: int) -> list[tuple[str, str, str, Any]]:
 
 
 def rates(describer: Any, share: float, photos: list[tuple[str, str, str, Any]]) -> dict[str, float]:
-    from indexer.payload_stage import shrink
+    from core.images import fit_pixels
     from runners.vlm.describe import Description
 
     budget = int(MODEL_BOUND * share)
-    images = [shrink(image, budget) for *_, image in photos]
+    images = [fit_pixels(image, budget) for *_, image in photos]
     tokens = [describer.vlm.prepare(item).prompt_tokens for item in token_probes(images)]
     started = time.perf_counter()
     results: list[Description | str] = []

@@ -205,10 +205,10 @@ def describe_batch(vlm: Any) -> dict[str, Any]:
     """DESCRIBE_BATCH photos described together at DESCRIBE_PIXELS (the describe stage's shrink of 1000x1000
     photos), DESCRIBE_TOKENS tokens each, timed whole: photos a minute."""
     from config import DEFAULT_DESCRIBE_PROMPT
-    from indexer.payload_stage import shrink
+    from core.images import fit_pixels
     from runners.vlm.inputs import VQAItem, item_messages
 
-    photos = [shrink(photo(10 + i), DESCRIBE_PIXELS) for i in range(DESCRIBE_BATCH)]
+    photos = [fit_pixels(photo(10 + i), DESCRIBE_PIXELS) for i in range(DESCRIBE_BATCH)]
     conversations = [item_messages(VQAItem(images=[image], question=DEFAULT_DESCRIBE_PROMPT)) for image in photos]
     seconds, _ = timed(vlm, conversations, DESCRIBE_TOKENS)
     return {"describe_small_ppm": 60 * DESCRIBE_BATCH / seconds,

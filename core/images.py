@@ -165,6 +165,16 @@ def clip_view(image: Image.Image, max_side: int = CLIP_MAX_SIDE, max_aspect: flo
     return image
 
 
+def fit_pixels(image: Image.Image, max_pixels: int) -> Image.Image:
+    """`image` as is when it holds at most `max_pixels` (0: no bound), else resized to fit, keeping its shape: what
+    a model with a pixel budget is given (the describe and OCR stages, the OCR reader)."""
+    if max_pixels <= 0 or image.width * image.height <= max_pixels:
+        return image
+    scale = (max_pixels / (image.width * image.height)) ** 0.5
+    size = (max(1, int(image.width * scale)), max(1, int(image.height * scale)))
+    return image.resize(size, Image.Resampling.BICUBIC, reducing_gap=3.0)
+
+
 def check_aspect(image: Image.Image, max_ratio: float) -> None:
     """BadImage ("aspect ratio 250:1 is over 200:1") for an image more than `max_ratio` times longer
     than wide or wider than tall (Qwen's processor refuses over 200)."""

@@ -26,7 +26,7 @@ from typing import Any, ClassVar, Protocol
 
 from PIL import Image
 
-from core.images import BadImage, load_image
+from core.images import BadImage, fit_pixels, load_image
 from core.library import Library, NotInLibrary
 from indexer.decode import content_hash
 from indexer.pipeline import Summary, progress_bar
@@ -230,17 +230,7 @@ def decode_photo(library: Library, photo: SameContent, pixels: PixelBudget) -> I
         image, _, _ = load_image(data, draft_size(pixels.decode))
     except BadImage as exc:
         return str(exc)
-    return shrink(image, pixels.shrink)
-
-
-def shrink(image: Image.Image, max_pixels: int) -> Image.Image:
-    """The image as is when it holds at most `max_pixels` (or there is no bound), else resized to fit, keeping
-    its shape: the model's processor then only rounds it to its patch grid."""
-    if max_pixels <= 0 or image.width * image.height <= max_pixels:
-        return image
-    scale = (max_pixels / (image.width * image.height)) ** 0.5
-    size = (max(1, int(image.width * scale)), max(1, int(image.height * scale)))
-    return image.resize(size, Image.Resampling.BICUBIC)
+    return fit_pixels(image, pixels.shrink)
 
 
 def group_by_content(payloads: dict[str, dict[str, Any]], ids: list[str]) -> list[SameContent]:

@@ -267,8 +267,8 @@ class Indexer:
         """A video written again with fewer moments than before: its old extra moments go."""
         kept = {point.id for point in points}
         for item in written:
-            self.delete_ids += [pid for pid in self.plan.ids_of(item.entry.rel_path)
-                                if item.is_video and pid not in kept]
+            if item.is_video:
+                self.delete_ids += [pid for pid in self.plan.ids_of(item.entry.rel_path) if pid not in kept]
 
     def reuse_moments(self, item: Decoded, source: str) -> None:
         """A video whose content has moments already (its own, touched; a copy's; a rename's): copied over."""

@@ -35,7 +35,8 @@ then run `{COMMAND}`. -->
 One typed settings object (`config.py`, pydantic-settings), read from environment variables and a `.env` file in
 the working directory; the variable is the field's name in capitals. A value out of range or not of its type
 is refused before anything starts, with one line naming the setting (`bentoml serve`, `python -m indexer`
-and the other commands exit with it; the indexer's exit code is 2). The settings changed most are in the [README](../README.md#settings).
+and the other commands exit with it; the indexer's exit code is 2). The settings changed most are in the
+[README](../README.md#settings).
 """
 TYPE_NAMES = {str: "text", int: "integer", float: "number", bool: "`true` / `false`", Path: "path",
               SecretStr: "secret text"}

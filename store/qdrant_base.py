@@ -104,28 +104,24 @@ class QdrantStore(ABC):
 
     def vectors(self, ids: Sequence[str]) -> dict[str, np.ndarray]:
         out: dict[str, np.ndarray] = {}
-        wanted = list(ids)
-        for start in range(0, len(wanted), RETRIEVE_CHUNK):
-            try:
-                records = self._retrieve(wanted[start:start + RETRIEVE_CHUNK])
-            except CollectionMissingError:
-                return out
-            for record in records:
-                vector = default_vector(record.vector)
-                if vector is not None:
-                    out[str(record.id)] = vector
+        for record in self._records(ids):
+            vector = default_vector(record.vector)
+            if vector is not None:
+                out[str(record.id)] = vector
         return out
 
     def payloads_of(self, ids: Sequence[str], keys: Sequence[str]) -> dict[str, dict[str, Any]]:
-        out: dict[str, dict[str, Any]] = {}
+        return {str(record.id): dict(record.payload or {})
+                for record in self._records(ids, vectors=False, payload=list(keys))}
+
+    def _records(self, ids: Sequence[str], vectors: bool = True, payload: list[str] | None = None) -> Iterator[Any]:
+        """_retrieve over any number of ids, RETRIEVE_CHUNK at a time; none when the collection is missing."""
         wanted = list(ids)
         for start in range(0, len(wanted), RETRIEVE_CHUNK):
             try:
-                records = self._retrieve(wanted[start:start + RETRIEVE_CHUNK], vectors=False, payload=list(keys))
+                yield from self._retrieve(wanted[start:start + RETRIEVE_CHUNK], vectors, payload)
             except CollectionMissingError:
-                return out
-            out.update({str(record.id): dict(record.payload or {}) for record in records})
-        return out
+                return
 
     def search(self, vector: np.ndarray | None, limit: int, where: SearchFilter | None = None, offset: int = 0,
                dedup: bool = False, text: str | None = None) -> list[Hit]:

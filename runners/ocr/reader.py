@@ -24,14 +24,12 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from PIL import Image
 
+from core.images import fit_pixels
 from runners.ocr.text import normalized
-
-if TYPE_CHECKING:
-    pass
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +119,7 @@ class TextReader:
             from core.images import to_rgb
 
             image = to_rgb(image)
-        image = shrink(image, self.options.max_pixels)
+        image = fit_pixels(image, self.options.max_pixels)
         width, height = image.size
         if min(width, height) < MIN_SIDE:
             return []
@@ -244,15 +242,6 @@ def make_runtime(options: ReadOptions) -> Any:
         "EngineConfig.openvino.inference_num_threads": threads,
     }
     return RapidOCR(params=params)
-
-
-def shrink(image: Image.Image, max_pixels: int) -> Image.Image:
-    """`image` as is within `max_pixels` (0: no bound), else resized to fit, keeping its shape."""
-    if max_pixels <= 0 or image.width * image.height <= max_pixels:
-        return image
-    scale = (max_pixels / (image.width * image.height)) ** 0.5
-    size = (max(1, int(image.width * scale)), max(1, int(image.height * scale)))
-    return image.resize(size, Image.Resampling.BICUBIC, reducing_gap=3.0)
 
 
 def tiles(image: Image.Image) -> list[tuple[int, int, Image.Image]]:

@@ -11,8 +11,8 @@ from extreme_images import CASES
 from PIL import Image
 from signs import sign
 
-from core.images import BadImage, load_image
-from indexer.payload_stage import PixelBudget, shrink
+from core.images import BadImage, fit_pixels, load_image
+from indexer.payload_stage import PixelBudget
 from runners.ocr import ReadOptions, TextLine, TextReader, normalized
 
 SIGNS = [["金龙面馆"], ["Golden Dragon"], ["生日快乐 小明", "Happy Birthday"], ["EXIT 出口"]]
@@ -83,7 +83,7 @@ def test_hostile_images_are_read_within_bounds_or_refused_with_a_reason(reader: 
             assert refusal is not None and refusal in str(exc), (name, exc)
             continue
         assert refusal is None, name
-        assert isinstance(reader.read(shrink(image, pixels.shrink)), list), name
+        assert isinstance(reader.read(fit_pixels(image, pixels.shrink)), list), name
         assert time.monotonic() - started < 60, name
     assert reader.read(Image.new("RGB", (40_000, 1))) == []
     assert reader.read(Image.new("RGB", (8, 8), "white")) == []

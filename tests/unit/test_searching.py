@@ -16,6 +16,7 @@ from qdrant_client import QdrantClient
 from starlette.responses import StreamingResponse
 
 from api.errors import ApiError
+from api.read_text import text_query
 from api.search_fields import SearchPage, search_page
 from api.searching import Searching, query_text
 from api.store_calls import StoreCalls
@@ -251,9 +252,9 @@ def describe(store: ServerStore, rel: str, description: str, visible_text: str =
 def test_without_descriptions_the_default_is_vector_and_text_mode_is_409(store: ServerStore,
                                                                          library: Library) -> None:
     search, clip = searching(store, library)
-    hits, mode = asyncio.run(search.text_hits("red", 3, page()))
+    hits, mode = asyncio.run(search.text_hits(text_query("red"), 3, page()))
     assert mode == "vector" and [h.payload["path"] for h in hits] == ["red.png", "link_hidden.png", "reddish.png"]
-    error = refusal(search.text_hits("red", 3, page(), "text"))
+    error = refusal(search.text_hits(text_query("red"), 3, page(), "text"))
     assert (error.status, error.code) == (409, "no_descriptions")
     assert "python -m indexer --describe" in error.message
 
@@ -278,7 +279,7 @@ def test_with_descriptions_the_default_is_hybrid_and_text_mode_reads_them(store:
 def test_hybrid_lifts_a_described_match_over_clip_neighbours(store: ServerStore, library: Library) -> None:
     search, _ = searching(store, library)
     describe(store, "green.png", "red letters on a green sign")
-    hits, mode = asyncio.run(search.text_hits("red", 3, page(), "hybrid"))
+    hits, mode = asyncio.run(search.text_hits(text_query("red"), 3, page(), "hybrid"))
     # green.png is last by CLIP, but both rankings name it: RRF puts it first, then CLIP's own order
     assert mode == "hybrid"
     assert [h.payload["path"] for h in hits] == ["green.png", "red.png", "link_hidden.png"]
